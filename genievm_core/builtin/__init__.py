@@ -1,0 +1,1 @@
+"""Core features registered as plugins, the same way third-party plugins are."""

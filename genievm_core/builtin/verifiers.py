@@ -1,0 +1,97 @@
+"""The built-in verifiers: ``manifest``, ``chunks`` and ``data``.
+
+- ``manifest``: every disk's index loads, fits the disk's size and chunk size,
+  and matches the checksum in the manifest.
+- ``chunks``: every chunk an index references exists in storage.
+- ``data``: every referenced chunk is read, authenticated, decompressed and
+  its id checked against its content (``genievm verify --read-data``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from genievm_core.errors import CorruptionError
+from genievm_core.models.manifest import BackupManifest, DiskRecord
+from genievm_core.plugin import VerifierRegistry, hookimpl
+from genievm_core.plugin.protocols import Problem, VerifyReport
+from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
+
+__all__ = ["ChunksVerifier", "DataVerifier", "ManifestVerifier"]
+
+
+@hookimpl
+def genievm_register_verifiers(registry: VerifierRegistry) -> None:
+    registry.add(ManifestVerifier())
+    registry.add(ChunksVerifier())
+    registry.add(DataVerifier())
+
+
+def _indexes(
+    repo: Repository, manifest: BackupManifest, report: VerifyReport
+) -> Iterator[tuple[DiskRecord, ChunkIndex]]:
+    for disk in manifest.disks:
+        try:
+            index = repo.get_index(disk.index)
+        except CorruptionError as exc:
+            report.problems.append(Problem(disk.name, str(exc)))
+            continue
+        if (index.disk_size, index.chunk_size, index.count) != (disk.size, disk.chunk_size, disk.chunk_count):
+            report.problems.append(Problem(disk.name, f"index {disk.index} does not match the disk's size"))
+            continue
+        if index.checksum() != disk.checksum:
+            report.problems.append(Problem(disk.name, f"index {disk.index} does not match its checksum"))
+            continue
+        yield disk, index
+
+
+class ManifestVerifier:
+    name = "manifest"
+
+    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport:
+        report = VerifyReport(self.name, manifest.backup_id)
+        for _disk, _index in _indexes(repository, manifest, report):
+            report.checked += 1
+        return report
+
+
+class ChunksVerifier:
+    name = "chunks"
+
+    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport:
+        report = VerifyReport(self.name, manifest.backup_id)
+        for disk, index in _indexes(repository, manifest, report):
+            for i, cid in enumerate(index):
+                if cid == ZERO_ID:
+                    continue
+                report.checked += 1
+                if not repository.has_chunk(cid):
+                    report.problems.append(Problem(disk.name, f"chunk {cid.hex()} is missing", i))
+        return report
+
+
+class DataVerifier:
+    name = "data"
+
+    def __init__(self, workers: int = 4) -> None:
+        self.workers = workers
+
+    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport:
+        report = VerifyReport(self.name, manifest.backup_id)
+
+        def check(cid: bytes) -> str | None:
+            try:
+                repository.get_chunk(cid)
+            except CorruptionError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for disk, index in _indexes(repository, manifest, report):
+                ids = [(i, cid) for i, cid in enumerate(index) if cid != ZERO_ID]
+                for (i, cid), problem in zip(ids, pool.map(check, (c for _, c in ids))):
+                    report.checked += 1
+                    if problem:
+                        report.problems.append(Problem(disk.name, problem, i))
+        return report

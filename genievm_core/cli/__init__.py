@@ -1,0 +1,76 @@
+"""The ``genievm`` command: a typer app over whatever plugins are installed.
+
+Exit codes are those of ``genievm_core.errors`` (docs/errors.md); usage errors
+exit 2, an interrupt 130. A GenieVMError is one line on stderr, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import structlog
+import typer
+
+from genievm_core.cli import backups, plugins, repo, transfer, verify
+from genievm_core.cli.common import State, err_console
+from genievm_core.errors import GenieVMError
+from genievm_core.logging import configure_logging
+
+__all__ = ["app", "main"]
+
+_debug = False
+app = typer.Typer(
+    name="genievm",
+    help="Back up and restore whole virtual machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(repo.app, name="repo")
+app.add_typer(backups.app, name="backups")
+app.command("backup")(transfer.backup)
+app.command("restore")(transfer.restore)
+app.command("verify")(verify.verify)
+app.command("plugins")(plugins.plugins)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    log_level: Annotated[
+        str, typer.Option(envvar="GENIEVM_LOG_LEVEL", help="debug, info, warning or error")
+    ] = "warning",
+    log_format: Annotated[str, typer.Option(envvar="GENIEVM_LOG_FORMAT", help="console or json")] = "console",
+    disable_plugin: Annotated[
+        list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)")
+    ] = None,
+) -> None:
+    global _debug
+    _debug = log_level.lower() == "debug"
+    configure_logging(log_level, "json" if log_format == "json" else "console")
+    ctx.obj = State(disabled_plugins=list(disable_plugin or []))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except GenieVMError as exc:
+        err_console.print(f"genievm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("genievm: interrupted", markup=False)
+        sys.exit(130)
+    except Exception as exc:
+        structlog.get_logger("genievm").debug("internal_error", exc_info=True)
+        err_console.print(
+            f"genievm: internal error: {type(exc).__name__}: {exc} "
+            "(run with --log-level debug for the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        if _debug:
+            raise
+        sys.exit(1)

@@ -1,0 +1,77 @@
+"""``genievm backups``: list and show the backups in a repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from genievm_core.cli.common import emit_json, out_console, state
+
+app = typer.Typer(help="List and show backups.", no_args_is_help=True)
+Repo = Annotated[str | None, typer.Option("--repo", help="repository path or URL")]
+PassFile = Annotated[Path | None, typer.Option()]
+Json = Annotated[bool, typer.Option("--json")]
+
+
+@app.command("list")
+def list_backups(
+    ctx: typer.Context,
+    repo: Repo = None,
+    vm: Annotated[str | None, typer.Option("--vm")] = None,
+    passphrase_file: PassFile = None,
+    json_output: Json = False,
+) -> None:
+    """Every backup, oldest first."""
+    repository = state(ctx).open_repository(repo, passphrase_file)
+    manifests = list(repository.manifests(vm))
+    if json_output:
+        emit_json([
+            {"backup_id": m.backup_id, "vm": m.vm.id, "kind": m.kind, "parent_id": m.parent_id,
+             "finished_at": m.finished_at.isoformat(), "disks": [d.name for d in m.disks],
+             "size": sum(d.size for d in m.disks), "bytes_new": m.stats.bytes_new}
+            for m in manifests
+        ])
+        return
+    table = Table("backup", "vm", "kind", "finished", "disks", "size", "new")
+    for m in manifests:
+        table.add_row(m.backup_id, m.vm.id, m.kind, m.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      ",".join(d.name for d in m.disks), _size(sum(d.size for d in m.disks)),
+                      _size(m.stats.bytes_new))
+    out_console.print(table)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    backup_id: Annotated[str, typer.Argument(help="backup id, or 'latest' with --vm")],
+    repo: Repo = None,
+    vm: Annotated[str | None, typer.Option("--vm")] = None,
+    passphrase_file: PassFile = None,
+    json_output: Json = False,
+) -> None:
+    """One backup's manifest: VM, disks, CBT mode and statistics."""
+    repository = state(ctx).open_repository(repo, passphrase_file)
+    manifest = repository.find_backup(vm, backup_id)
+    data = manifest.model_dump(mode="json", exclude={"vm": {"config"}})
+    if json_output:
+        emit_json(data)
+        return
+    out_console.print(f"backup {manifest.backup_id} of {manifest.vm.id} ({manifest.vm.provider}), {manifest.kind}"
+                      f", parent {manifest.parent_id or '-'}", highlight=False)
+    out_console.print(f"  {manifest.started_at:%Y-%m-%d %H:%M:%S} to {manifest.finished_at:%H:%M:%S} UTC",
+                      highlight=False)
+    for d in manifest.disks:
+        reason = f" ({d.cbt.reason})" if d.cbt.reason else ""
+        out_console.print(f"  disk {d.name}: {_size(d.size)}, {d.chunk_count} chunks, {d.cbt.mode}{reason}, "
+                          f"new {_size(d.stats.bytes_new)}, checksum {d.checksum[:16]}", highlight=False)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)

@@ -1,0 +1,126 @@
+"""What every command shares: the plugin host, repository opening, passphrases, output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from genievm_core.engine import DiskProgress
+from genievm_core.errors import ConfigError, PassphraseRequiredError
+from genievm_core.plugin import PluginHost
+from genievm_core.repository import Repository
+from genievm_core.repository.storage import open_storage
+
+__all__ = ["State", "disk_progress", "emit_json", "passphrase_source", "state"]
+
+PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
+REPO_ENV = "GENIEVM_BACKUP_PATH"
+err_console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
+
+
+@dataclass
+class State:
+    """Options given before the command, shared by all commands."""
+
+    disabled_plugins: list[str] = field(default_factory=list)
+    _host: PluginHost | None = None
+
+    @property
+    def host(self) -> PluginHost:
+        if self._host is None:
+            self._host = PluginHost(disabled=self.disabled_plugins)
+        return self._host
+
+    def open_repository(
+        self, url: str | None, passphrase_file: Path | None, *, compression_level: int = 3
+    ) -> Repository:
+        storage = open_storage(self.host, _require_repo(url))
+        return Repository.open(
+            storage, passphrase=passphrase_source(passphrase_file), compression_level=compression_level
+        )
+
+
+def state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, State)
+    return obj
+
+
+def _require_repo(url: str | None) -> str:
+    url = url or os.environ.get(REPO_ENV)
+    if not url:
+        raise ConfigError(f"invalid configuration: backupPath: give --repo or set {REPO_ENV}")
+    return url
+
+
+def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) -> Any:
+    """A callable that returns the passphrase: from a file, the environment, or a prompt."""
+
+    def get() -> str:
+        if passphrase_file is not None:
+            try:
+                return passphrase_file.read_text().rstrip("\n")
+            except OSError as exc:
+                raise ConfigError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from exc
+        value = os.environ.get(PASSPHRASE_ENV)
+        if value:
+            return value
+        if not sys.stdin.isatty():
+            raise PassphraseRequiredError(
+                f"a passphrase is needed: set {PASSPHRASE_ENV}, give --passphrase-file, or run on a terminal"
+            )
+        first = getpass.getpass("Repository passphrase: ")
+        if confirm and getpass.getpass("Repeat the passphrase: ") != first:
+            raise ConfigError("invalid configuration: passphrase: the two entries differ")
+        return first
+
+    return get
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def disk_progress(enabled: bool) -> Iterator[Any]:
+    """A progress callback drawing one bar per disk on a terminal; a no-op otherwise."""
+    if not enabled or not err_console.is_terminal:
+        yield None
+        return
+    bars = Progress(
+        TextColumn("[bold]{task.fields[disk]}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(p: DiskProgress) -> None:
+        if p.disk not in tasks:
+            tasks[p.disk] = bars.add_task(p.disk, total=p.total, disk=p.disk)
+        bars.update(tasks[p.disk], completed=p.scanned)
+
+    with bars:
+        yield update

@@ -1,0 +1,61 @@
+"""``genievm repo``: create and describe repositories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genievm_core.cli.common import emit_json, out_console, passphrase_source, state
+from genievm_core.errors import ConfigError
+from genievm_core.repository import DEFAULT_CHUNK_SIZE, Repository
+from genievm_core.repository.storage import open_storage
+
+app = typer.Typer(help="Create and describe repositories.", no_args_is_help=True)
+
+
+@app.command("init")
+def init(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="path, file:// or s3:// URL")],
+    encryption: Annotated[str, typer.Option(help="aes-256-gcm or none")] = "aes-256-gcm",
+    chunk_size: Annotated[int, typer.Option(help="bytes, a power of two")] = DEFAULT_CHUNK_SIZE,
+    passphrase_file: Annotated[Path | None, typer.Option(help="file holding the passphrase")] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create a new, empty repository."""
+    if encryption not in ("aes-256-gcm", "none"):
+        raise ConfigError(f"invalid configuration: encryption: {encryption!r} is not aes-256-gcm or none")
+    storage = open_storage(state(ctx).host, url)
+    passphrase = passphrase_source(passphrase_file, confirm=True)() if encryption != "none" else None
+    repo = Repository.init(storage, passphrase=passphrase, chunk_size=chunk_size)
+    if json_output:
+        emit_json(repo.config.model_dump(mode="json", exclude={"encryption"}) | {"url": repo.url})
+    else:
+        out_console.print(
+            f"created repository {repo.url} (id {repo.config.repository_id}, "
+            f"chunks of {repo.chunk_size} bytes, encryption {encryption})",
+            highlight=False,
+        )
+
+
+@app.command("info")
+def info(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Argument(envvar="GENIEVM_BACKUP_PATH")] = None,
+    passphrase_file: Annotated[Path | None, typer.Option()] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a repository's format, chunk size and encryption."""
+    repo = state(ctx).open_repository(url, passphrase_file)
+    data = repo.config.model_dump(mode="json", exclude={"encryption"}) | {
+        "url": repo.url,
+        "encryption": repo.config.encryption.algorithm if repo.config.encryption else "none",
+        "backups": len(repo.backup_ids()),
+    }
+    if json_output:
+        emit_json(data)
+    else:
+        for key, value in data.items():
+            out_console.print(f"{key:>16}: {value}", highlight=False)

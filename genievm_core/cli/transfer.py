@@ -1,0 +1,144 @@
+"""``genievm backup`` and ``genievm restore``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from genievm_core.cli.common import disk_progress, emit_json, out_console, state
+from genievm_core.errors import ConfigError
+from genievm_core.jobs import run_backup, run_restore
+from genievm_core.models.config import BackupConfig, RestoreConfig, load_config
+from genievm_core.models.manifest import BackupManifest
+
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
+Repo = Annotated[str | None, typer.Option("--repo", help="repository path or URL (backupPath)")]
+PassFile = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
+Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value).stem, value
+        if not name or not path:
+            raise ConfigError(f"invalid configuration: {option}: {value!r} is not NAME=PATH")
+        out[name] = path
+    return out
+
+
+def backup(
+    ctx: typer.Context,
+    config_file: ConfigFile = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="VM id or name (vmId)")] = None,
+    repo: Repo = None,
+    provider: Annotated[str | None, typer.Option(help="provider plugin (default image)")] = None,
+    disk: Annotated[list[str] | None, typer.Option("--disk", help="image provider: NAME=PATH (repeatable)")] = None,
+    full: Annotated[bool, typer.Option("--full", help="read everything; no incremental")] = False,
+    compression_level: Annotated[int | None, typer.Option(help="zstd level 1-22")] = None,
+    max_concurrent_disks: Annotated[int | None, typer.Option()] = None,
+    exclude_disk: Annotated[list[str] | None, typer.Option("--exclude-disk")] = None,
+    no_cbt: Annotated[bool, typer.Option("--no-cbt", help="compare chunk ids instead of using CBT")] = False,
+    workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)")] = None,
+    passphrase_file: PassFile = None,
+    json_output: Json = False,
+) -> None:
+    """Back up a VM into a repository (incremental when it has a parent)."""
+    overrides: dict[str, Any] = {
+        "vm_id": vm,
+        "backup_path": repo,
+        "provider": provider,
+        "compression_level": compression_level,
+        "max_concurrent_disks": max_concurrent_disks,
+        "excluded_disks": tuple(exclude_disk) if exclude_disk else None,
+        "incremental": False if full else None,
+        "enable_cbt": False if no_cbt else None,
+    }
+    config = load_config(BackupConfig, path=config_file, overrides=overrides)
+    if disk:
+        options = dict(config.provider_options)
+        options["vms"] = {**options.get("vms", {}), config.vm_id: _pairs(disk, "--disk")}
+        config = config.model_copy(update={"provider_options": options})
+    st = state(ctx)
+    repository = st.open_repository(config.backup_path, passphrase_file, compression_level=config.compression_level)
+    started = time.monotonic()
+    with disk_progress(not json_output) as progress:
+        manifest = run_backup(st.host, config, repository, progress=progress, workers=workers)
+    elapsed = time.monotonic() - started
+    if json_output:
+        emit_json(manifest.model_dump(mode="json", exclude={"vm": {"config"}}) | {"elapsed_seconds": elapsed})
+    else:
+        _print_backup(manifest, elapsed)
+
+
+def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
+    s = manifest.stats
+    out_console.print(
+        f"backup {manifest.backup_id} of {manifest.vm.id}: {manifest.kind}, {len(manifest.disks)} disks, "
+        f"{_mib(s.bytes_scanned)} examined, {_mib(s.bytes_new)} new ({_mib(s.bytes_stored)} stored), "
+        f"{_mib(s.bytes_deduplicated)} unchanged or deduplicated, {_mib(s.bytes_zero)} zero, in {elapsed:.1f} s",
+        highlight=False,
+    )
+    for d in manifest.disks:
+        why = f" ({d.cbt.reason})" if d.cbt.reason else ""
+        out_console.print(f"  {d.name}: {d.size} bytes, {d.cbt.mode}{why}", highlight=False)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def restore(
+    ctx: typer.Context,
+    config_file: ConfigFile = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="VM whose backup is restored")] = None,
+    backup_id: Annotated[str | None, typer.Option("--backup", help="backup id or 'latest'")] = None,
+    repo: Repo = None,
+    target: Annotated[Path | None, typer.Option("--target", help="folder to restore into (restorePath)")] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    new_name: Annotated[str | None, typer.Option()] = None,
+    disk_target: Annotated[
+        list[str] | None, typer.Option("--disk-target", help="NAME=PATH for one disk (repeatable)")
+    ] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="skip reading the restored disks back")] = False,
+    power_on: Annotated[bool, typer.Option("--power-on")] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
+    workers: Annotated[int | None, typer.Option()] = None,
+    passphrase_file: PassFile = None,
+    json_output: Json = False,
+) -> None:
+    """Restore a backup: its disks, and the VM where the provider can define one."""
+    overrides: dict[str, Any] = {
+        "vm_id": vm,
+        "backup_id": backup_id,
+        "backup_path": repo,
+        "restore_path": target,
+        "provider": provider,
+        "new_vm_name": new_name,
+        "verify_after_restore": False if no_verify else None,
+        "power_on_after_restore": True if power_on else None,
+        "force": True if force else None,
+        "disk_configs": tuple({"name": n, "target": p} for n, p in _pairs(disk_target, "--disk-target").items())
+        or None,
+    }
+    config = load_config(RestoreConfig, path=config_file, overrides=overrides)
+    st = state(ctx)
+    repository = st.open_repository(config.backup_path, passphrase_file)
+    started = time.monotonic()
+    with disk_progress(not json_output) as progress:
+        result = run_restore(st.host, config, repository, progress=progress, workers=workers)
+    elapsed = time.monotonic() - started
+    if json_output:
+        emit_json(result.__dict__ | {"elapsed_seconds": elapsed})
+    else:
+        verified = ", verified" if result.verified else ""
+        out_console.print(
+            f"restored backup {result.backup_id} as {result.vm_id}: disks {', '.join(result.disks)} "
+            f"into {config.restore_path}{verified}, in {elapsed:.1f} s",
+            highlight=False,
+        )

@@ -1,0 +1,48 @@
+"""``genievm verify``: check backups without restoring them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genievm_core.cli.common import emit_json, out_console, state
+from genievm_core.errors import VerifyError
+from genievm_core.jobs import run_verify
+
+
+def verify(
+    ctx: typer.Context,
+    repo: Annotated[str | None, typer.Option("--repo", help="repository path or URL")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="only this VM's backups")] = None,
+    backup_id: Annotated[str | None, typer.Option("--backup", help="one backup id, or 'latest'")] = None,
+    read_data: Annotated[bool, typer.Option("--read-data", help="read and authenticate every chunk")] = False,
+    passphrase_file: Annotated[Path | None, typer.Option()] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check backups: indexes and chunk presence, or every chunk's data with --read-data."""
+    st = state(ctx)
+    repository = st.open_repository(repo, passphrase_file)
+    if backup_id:
+        manifests = [repository.find_backup(vm, backup_id)]
+    else:
+        manifests = list(repository.manifests(vm))
+    reports = run_verify(st.host, repository, manifests, read_data=read_data)
+    problems = [(r, p) for r in reports for p in r.problems]
+    if json_output:
+        emit_json([
+            {"backup_id": r.backup_id, "verifier": r.verifier, "checked": r.checked,
+             "problems": [p.__dict__ for p in r.problems]}
+            for r in reports
+        ])
+    else:
+        for r in reports:
+            status = "ok" if r.ok else f"{len(r.problems)} problems"
+            out_console.print(f"{r.backup_id} {r.verifier}: {r.checked} checked, {status}", highlight=False)
+            for p in r.problems:
+                where = f" chunk {p.chunk_index}" if p.chunk_index is not None else ""
+                out_console.print(f"  disk {p.disk}{where}: {p.detail}", highlight=False)
+    if problems:
+        damaged = sorted({f"{r.backup_id}:{p.disk}" for r, p in problems})
+        raise VerifyError(f"verification found {len(problems)} problems in {', '.join(damaged)}")

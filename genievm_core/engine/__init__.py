@@ -1,0 +1,9 @@
+"""The shared parallel copy engine."""
+
+from __future__ import annotations
+
+from genievm_core.engine.backup import BackupEngine, DiskPlan
+from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
+from genievm_core.engine.restore import RestoreEngine
+
+__all__ = ["BackupEngine", "DiskPlan", "DiskProgress", "JobControl", "ProgressCallback", "RestoreEngine"]

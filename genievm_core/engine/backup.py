@@ -1,0 +1,203 @@
+"""The backup side of the copy engine: disk source → chunks → repository.
+
+Per disk, one thread walks the chunks of the plan in order, reads the
+allocated parts of each (holes stay zeros and are never read) and hands the
+chunk to a shared pool of workers that zero-detect, hash, look up, compress,
+encrypt and store it. At most ``window`` chunks of a disk are in flight, so
+memory is bounded by ``window × chunk size × concurrent disks`` whatever the
+disk size. Results are taken in order, so the index is filled without locks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
+from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize
+from genievm_core.models.manifest import BackupStats, CBTRecord
+from genievm_core.plugin.protocols import DiskSource
+from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
+
+__all__ = ["BackupEngine", "DiskPlan"]
+
+Outcome = Literal["new", "deduplicated", "zero", "unchanged"]
+
+
+@dataclass
+class DiskPlan:
+    """What to copy of one disk, decided before any data moves.
+
+    ``changed`` None means every chunk is examined (a full or hash-compare
+    backup); otherwise only the chunks the changed extents touch are, and the
+    rest are taken from ``parent``.
+    """
+
+    cbt: CBTRecord
+    parent: ChunkIndex | None = None
+    changed: list[Extent] | None = None
+
+
+@dataclass
+class _Tally:
+    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BackupStats.model_fields, 0))
+
+    def add(self, outcome: Outcome, length: int, read: int, stored: int) -> None:
+        s = self.stats
+        s["bytes_read"] += read
+        s["bytes_scanned"] += length
+        if outcome == "new":
+            s["chunks_new"] += 1
+            s["bytes_new"] += length
+            s["bytes_stored"] += stored
+        elif outcome == "zero":
+            s["chunks_zero"] += 1
+            s["bytes_zero"] += length
+        else:
+            s["chunks_deduplicated"] += 1
+            s["bytes_deduplicated"] += length
+
+
+class BackupEngine:
+    def __init__(
+        self,
+        repo: Repository,
+        pool: ThreadPoolExecutor,
+        *,
+        known_ids: set[bytes],
+        window: int = 4,
+        progress: ProgressCallback | None = None,
+        control: JobControl | None = None,
+    ) -> None:
+        self.repo = repo
+        self.pool = pool
+        self.window = window
+        self.progress = progress or (lambda _p: None)
+        self.control = control or JobControl()
+        self._known = known_ids  # ids stored in the repository: the parent's, and new ones
+        self._known_lock = threading.Lock()
+        self._chunk = repo.chunk_size
+        self._zero = bytes(self._chunk)
+
+    def backup_disk(self, source: DiskSource, plan: DiskPlan) -> tuple[ChunkIndex, BackupStats]:
+        size = source.info.size
+        index = ChunkIndex.empty(size, self._chunk)
+        allocated = source.allocated_extents()
+        allocated = clip(allocated, size) if allocated is not None else [Extent(0, size)]
+        todo = self._chunks_to_examine(index, plan)
+        tally = _Tally()
+        if plan.changed is not None and plan.parent is not None:
+            for i in range(min(index.count, plan.parent.count)):
+                if index.chunk_length(i) == plan.parent.chunk_length(i):
+                    index[i] = plan.parent[i]
+        total = sum(index.chunk_length(i) for i in todo)
+        progress = DiskProgress(source.info.name, total)
+        self.progress(progress)
+        inflight: deque[tuple[int, int, Future[tuple[Outcome, bytes, int]]]] = deque()
+        try:
+            for i, pieces in self._with_allocation(todo, allocated, index):
+                self.control.checkpoint()
+                length = index.chunk_length(i)
+                if not pieces:
+                    outcome, cid, read, stored = "zero", ZERO_ID, 0, 0
+                    tally.add(outcome, length, 0, 0)
+                    self._advance(progress, outcome, length, 0)
+                    continue
+                data, read = self._read(source, i * self._chunk, length, pieces)
+                parent_id = plan.parent[i] if plan.parent is not None and i < plan.parent.count else None
+                inflight.append((i, read, self.pool.submit(self._process, data, parent_id)))
+                if len(inflight) >= self.window:
+                    self._finish(inflight.popleft(), index, tally, progress)
+            while inflight:
+                self._finish(inflight.popleft(), index, tally, progress)
+        finally:
+            for _, _, fut in inflight:
+                fut.cancel()
+            for _, _, fut in inflight:
+                if not fut.cancelled():
+                    fut.exception()
+        tally.stats["chunks_unchanged"] = index.count - len(todo) if plan.changed is not None else 0
+        progress.done = True
+        self.progress(progress)
+        return index, BackupStats(**tally.stats)
+
+    def _chunks_to_examine(self, index: ChunkIndex, plan: DiskPlan) -> list[int]:
+        if plan.changed is None or plan.parent is None:
+            return list(range(index.count))
+        todo = set(chunk_indexes(clip(plan.changed, index.disk_size), self._chunk))
+        # chunks the parent lacks, or whose length changed with the disk's size, are read too
+        todo.update(i for i in range(index.count) if i >= plan.parent.count
+                    or index.chunk_length(i) != plan.parent.chunk_length(i))
+        return sorted(todo)
+
+    def _with_allocation(
+        self, todo: list[int], allocated: list[Extent], index: ChunkIndex
+    ) -> Iterator[tuple[int, list[Extent]]]:
+        """Each chunk to examine with the allocated extents inside it (empty: a hole)."""
+        alloc = normalize(allocated)
+        j = 0
+        for i in todo:
+            start = i * self._chunk
+            end = start + index.chunk_length(i)
+            while j < len(alloc) and alloc[j].end <= start:
+                j += 1
+            pieces = []
+            k = j
+            while k < len(alloc) and alloc[k].offset < end:
+                pieces.extend(intersect([alloc[k]], [Extent(start, end - start)]))
+                k += 1
+            yield i, pieces
+
+    @staticmethod
+    def _read(source: DiskSource, start: int, length: int, pieces: list[Extent]) -> tuple[bytes, int]:
+        if len(pieces) == 1 and pieces[0] == Extent(start, length):
+            return source.read(start, length), length
+        buf = bytearray(length)
+        for piece in pieces:
+            buf[piece.offset - start : piece.end - start] = source.read(piece.offset, piece.length)
+        return bytes(buf), sum(p.length for p in pieces)
+
+    def _process(self, data: bytes, parent_id: bytes | None) -> tuple[Outcome, bytes, int]:
+        zero = self._zero if len(data) == self._chunk else bytes(len(data))
+        if data == zero:
+            return "zero", ZERO_ID, 0
+        cid = self.repo.codec.chunk_id(data)
+        if cid == parent_id:
+            return "unchanged", cid, 0
+        if cid in self._known or self.repo.has_chunk(cid):
+            with self._known_lock:
+                self._known.add(cid)
+            return "deduplicated", cid, 0
+        stored = self.repo.put_chunk(cid, data)
+        with self._known_lock:
+            self._known.add(cid)
+        return "new", cid, stored
+
+    def _finish(
+        self,
+        item: tuple[int, int, Future[tuple[Outcome, bytes, int]]],
+        index: ChunkIndex,
+        tally: _Tally,
+        progress: DiskProgress,
+    ) -> None:
+        i, read, fut = item
+        outcome, cid, stored = fut.result()
+        index[i] = cid
+        length = index.chunk_length(i)
+        tally.add(outcome, length, read, stored)
+        self._advance(progress, outcome, length, read)
+
+    def _advance(self, progress: DiskProgress, outcome: Outcome, length: int, read: int) -> None:
+        progress.scanned += length
+        progress.read += read
+        if outcome == "new":
+            progress.new += length
+        elif outcome == "zero":
+            progress.zero += length
+        else:
+            progress.deduplicated += length
+        self.progress(progress)

@@ -1,0 +1,58 @@
+"""Progress events and the pause/cancel control the engine checks between chunks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from genievm_core.errors import JobCancelledError
+
+__all__ = ["DiskProgress", "JobControl", "ProgressCallback"]
+
+
+@dataclass
+class DiskProgress:
+    """Where one disk's copy stands. ``total`` is the bytes the engine will examine."""
+
+    disk: str
+    total: int
+    scanned: int = 0
+    read: int = 0
+    new: int = 0
+    deduplicated: int = 0
+    zero: int = 0
+    done: bool = False
+
+
+ProgressCallback = Callable[[DiskProgress], None]
+
+
+class JobControl:
+    """Pause, resume and cancel, honoured by the engine between chunks."""
+
+    def __init__(self, job_id: str = "-") -> None:
+        self.job_id = job_id
+        self._running = threading.Event()
+        self._running.set()
+        self._cancelled = threading.Event()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._running.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def checkpoint(self) -> None:
+        """Block while paused; raise JobCancelledError once cancelled."""
+        self._running.wait()
+        if self._cancelled.is_set():
+            raise JobCancelledError(f"job {self.job_id} was cancelled")

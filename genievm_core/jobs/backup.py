@@ -1,0 +1,163 @@
+"""One backup of one VM, from provider to committed manifest.
+
+Order: describe the VM, pick the parent, take a shared repository lock, open
+the provider's point in time, copy every disk through the engine, leave the
+point in time (the provider removes its snapshot), then commit: indexes, and
+last the manifest. Until the manifest is written nothing of this backup is
+visible; a failure leaves at most unreferenced chunks for garbage collection.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import structlog
+
+from genievm_core.engine import BackupEngine, DiskPlan, JobControl, ProgressCallback
+from genievm_core.errors import ConfigError, CorruptionError
+from genievm_core.models.config import BackupConfig
+from genievm_core.models.manifest import BackupManifest, BackupStats, CBTRecord, DiskRecord, VMRecord
+from genievm_core.models.vm import DiskInfo
+from genievm_core.plugin import PluginHost
+from genievm_core.plugin.protocols import BackupRequest, DiskSource
+from genievm_core.repository import ChunkIndex, Repository, new_backup_id
+
+__all__ = ["run_backup"]
+
+log = structlog.get_logger("genievm.backup")
+
+
+def run_backup(
+    host: PluginHost,
+    config: BackupConfig,
+    repo: Repository,
+    *,
+    progress: ProgressCallback | None = None,
+    control: JobControl | None = None,
+    workers: int | None = None,
+) -> BackupManifest:
+    provider = host.providers.get(config.provider)(config.provider_options)
+    try:
+        vm = provider.describe_vm(config.vm_id)
+        unknown = set(config.excluded_disks) - {d.name for d in vm.disks}
+        if unknown:
+            raise ConfigError(f"invalid BackupConfig: excludedDisks: VM {vm.id} has no disk {sorted(unknown)}")
+        disks = [d for d in vm.disks if d.name not in config.excluded_disks]
+        backup_id = new_backup_id()
+        started = datetime.now(timezone.utc)
+        with repo.lock("shared", f"backup of {vm.id}"):
+            parent = _parent(repo, vm.id) if config.incremental else None
+            parent_disks = {d.name: d for d in parent.disks} if parent else {}
+            request = BackupRequest(
+                disks=tuple(d.name for d in disks),
+                tokens={n: d.cbt.token for n, d in parent_disks.items()},
+                enable_cbt=config.enable_cbt,
+                workdir=config.backup_dir,
+                chain_id=repo.config.repository_id,
+            )
+            log.info("backup.start", vm=vm.id, backup=backup_id, parent=parent.backup_id if parent else None)
+            n_workers = workers or os.cpu_count() or 2
+            with ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool:
+                parent_indexes = _parent_indexes(repo, parent_disks)
+                known: set[bytes] = set()
+                for index in parent_indexes.values():
+                    known |= index.stored_ids()
+                engine = BackupEngine(
+                    repo, pool, known_ids=known, window=2 * n_workers, progress=progress, control=control
+                )
+                with provider.open_backup(vm, request) as session:
+                    sources = session.sources()
+                    plans = {
+                        d.name: _plan(d, sources[d.name], parent_disks, parent_indexes, config)
+                        for d in disks
+                    }
+                    with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
+                        futures = {
+                            d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in disks
+                        }
+                        results = {name: fut.result() for name, fut in futures.items()}
+                    tokens = {d.name: sources[d.name].next_token() for d in disks}
+            records = []
+            for d in disks:
+                index, stats = results[d.name]
+                key = repo.put_index(backup_id, d.name, index)
+                cbt = plans[d.name].cbt.model_copy(update={"token": tokens[d.name]})
+                records.append(DiskRecord(
+                    name=d.name, size=d.size, chunk_size=repo.chunk_size, chunk_count=index.count,
+                    index=key, checksum=index.checksum(), format=d.format, cbt=cbt, stats=stats,
+                ))
+            manifest = BackupManifest(
+                backup_id=backup_id,
+                repository_id=repo.config.repository_id,
+                vm=VMRecord(
+                    id=vm.id, name=vm.name, provider=config.provider,
+                    config=base64.b64encode(vm.config).decode() if vm.config else None,
+                    config_format=vm.config_format or None, summary=vm.summary,
+                ),
+                kind="incremental" if any(r.cbt.mode != "full" for r in records) else "full",
+                parent_id=parent.backup_id if parent else None,
+                started_at=started,
+                finished_at=datetime.now(timezone.utc),
+                disks=tuple(records),
+                stats=_sum(r.stats for r in records),
+            )
+            repo.put_manifest(manifest)
+        log.info("backup.done", vm=vm.id, backup=backup_id, kind=manifest.kind,
+                 new=manifest.stats.bytes_new, stored=manifest.stats.bytes_stored)
+        return manifest
+    finally:
+        provider.close()
+
+
+def _parent(repo: Repository, vm_id: str) -> BackupManifest | None:
+    latest = None
+    for manifest in repo.manifests(vm_id):
+        latest = manifest
+    return latest
+
+
+def _parent_indexes(repo: Repository, parent_disks: dict[str, DiskRecord]) -> dict[str, ChunkIndex]:
+    indexes = {}
+    for name, disk in parent_disks.items():
+        try:
+            index = repo.get_index(disk.index)
+        except CorruptionError as exc:
+            log.warning("backup.parent_index_unreadable", disk=name, error=str(exc))
+            continue
+        if index.checksum() == disk.checksum and index.chunk_size == repo.chunk_size:
+            indexes[name] = index
+        else:
+            log.warning("backup.parent_index_mismatch", disk=name)
+    return indexes
+
+
+def _plan(
+    disk: DiskInfo,
+    source: DiskSource,
+    parent_disks: dict[str, DiskRecord],
+    parent_indexes: dict[str, ChunkIndex],
+    config: BackupConfig,
+) -> DiskPlan:
+    if disk.name not in parent_disks:
+        return DiskPlan(CBTRecord(mode="full", reason="no parent backup of this disk"))
+    parent = parent_indexes.get(disk.name)
+    if parent is None:
+        return DiskPlan(CBTRecord(mode="full", reason="the parent's index is missing or damaged"))
+    if not config.enable_cbt:
+        return DiskPlan(CBTRecord(mode="hash-compare", reason="CBT disabled by enableCBT"), parent)
+    changed = source.changed_extents(parent_disks[disk.name].cbt.token)
+    if changed.extents is None:
+        log.info("backup.cbt_fallback", disk=disk.name, reason=changed.reason)
+        return DiskPlan(CBTRecord(mode="hash-compare", reason=changed.reason), parent)
+    return DiskPlan(CBTRecord(mode="cbt", source=changed.source), parent, changed.extents)
+
+
+def _sum(stats: object) -> BackupStats:
+    total = dict.fromkeys(BackupStats.model_fields, 0)
+    for s in stats:  # type: ignore[attr-defined]
+        for k, v in s.model_dump().items():
+            total[k] += v
+    return BackupStats(**total)

@@ -1,0 +1,47 @@
+"""structlog set-up, done once by the CLI (never at import).
+
+Events are key/value pairs on stderr, as console lines or JSON. Any value
+whose key names a secret is replaced before it is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+__all__ = ["configure_logging", "redact_secrets"]
+
+_SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token_key|api_key|credential|^key$", re.I)
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if _SECRET_KEY.search(key):
+            event[key] = "***"
+    return event
+
+
+def configure_logging(level: str = "warning", fmt: Literal["console", "json"] = "console") -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level.lower(), logging.WARNING)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

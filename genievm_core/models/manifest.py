@@ -1,0 +1,144 @@
+"""Repository metadata: the repository's config object and backup manifests.
+
+Both are JSON documents validated by pydantic; docs/repository-format.md
+describes every field. Names that end up in object keys or file names (VM ids,
+disk names, backup ids) are checked here, so a hostile manifest cannot steer a
+restore outside its target.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BackupManifest",
+    "BackupStats",
+    "CBTRecord",
+    "DiskRecord",
+    "EncryptionRecord",
+    "KDFRecord",
+    "RepositoryConfig",
+    "VMRecord",
+]
+
+FORMAT_VERSION = 1
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+_BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+MAX_DISK_SIZE = 1 << 50  # 1 PiB: anything larger in a manifest is hostile or corrupt
+
+
+def _safe(value: str) -> str:
+    if not _SAFE_NAME.match(value) or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a safe name (letters, digits, . _ @ + -)")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KDFRecord(_Strict):
+    name: Literal["scrypt"] = "scrypt"
+    salt: str  # base64
+    n: int = Field(ge=1024, le=1 << 22)
+    r: int = Field(ge=1, le=32)
+    p: int = Field(ge=1, le=16)
+
+
+class EncryptionRecord(_Strict):
+    algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
+    kdf: KDFRecord
+    wrapped_key: str  # base64(nonce 12 | AES-GCM(master key 32 bytes) | tag 16)
+
+
+class RepositoryConfig(_Strict):
+    """The object ``config`` at the root of a repository. Never encrypted."""
+
+    format_version: int = FORMAT_VERSION
+    repository_id: str
+    created_at: datetime
+    chunk_size: int
+    compression: Literal["zstd"] = "zstd"
+    chunk_id: Literal["blake3", "blake3-keyed"]
+    encryption: EncryptionRecord | None = None
+    features: tuple[str, ...] = ()
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 4096 or value > (1 << 26) or value & (value - 1):
+            raise ValueError("chunk_size must be a power of two from 4 KiB to 64 MiB")
+        return value
+
+
+class CBTRecord(_Strict):
+    """How a disk's changed data was found, and the token for next time."""
+
+    mode: Literal["full", "cbt", "hash-compare"]
+    source: str | None = None  # which CBT source was used, when mode is "cbt"
+    reason: str | None = None  # why the backup fell back, when it did
+    token: str | None = None  # the CBT token to pass to the next backup
+
+
+class BackupStats(_Strict):
+    bytes_scanned: int = 0  # disk bytes covered by the chunks examined
+    bytes_read: int = 0  # bytes read from the source (holes are not read)
+    bytes_new: int = 0  # plaintext bytes of chunks stored by this backup
+    bytes_stored: int = 0  # bytes written to storage for those chunks
+    bytes_deduplicated: int = 0  # plaintext bytes of chunks that were already stored
+    bytes_zero: int = 0  # bytes of all-zero chunks (not stored)
+    chunks_new: int = 0
+    chunks_deduplicated: int = 0
+    chunks_zero: int = 0
+    chunks_unchanged: int = 0  # taken from the parent without reading
+
+
+class DiskRecord(_Strict):
+    name: str
+    size: int = Field(ge=0, le=MAX_DISK_SIZE)
+    chunk_size: int
+    chunk_count: int = Field(ge=0)
+    index: str  # object key of the binary chunk index
+    checksum: str  # hex BLAKE3 of the index entries (see docs/repository-format.md)
+    format: str = "raw"  # the disk's format on the hypervisor (raw, qcow2, vmdk)
+    cbt: CBTRecord
+    stats: BackupStats = BackupStats()
+
+    _name = field_validator("name")(_safe)
+
+
+class VMRecord(_Strict):
+    id: str
+    name: str
+    provider: str
+    config: str | None = None  # base64 of the provider's opaque configuration blob
+    config_format: str | None = None  # "libvirt-xml", "vmx-json", "image-json", ...
+    summary: dict[str, str | int | float | bool | None] = {}
+
+    _id = field_validator("id")(_safe)
+
+
+class BackupManifest(_Strict):
+    format_version: int = FORMAT_VERSION
+    backup_id: str
+    repository_id: str
+    vm: VMRecord
+    kind: Literal["full", "incremental"]
+    parent_id: str | None = None
+    started_at: datetime
+    finished_at: datetime
+    disks: tuple[DiskRecord, ...]
+    stats: BackupStats = BackupStats()
+    tags: dict[str, str] = {}
+
+    @field_validator("backup_id", "parent_id")
+    @classmethod
+    def _backup_id(cls, value: str | None) -> str | None:
+        if value is not None and not _BACKUP_ID.match(value):
+            raise ValueError(f"{value!r} is not a backup id")
+        return value

@@ -1,0 +1,47 @@
+"""Writing a GenieVM plugin, in five lines.
+
+A plugin is a module (or object) with functions marked ``@hookimpl`` whose
+names are hooks from ``genievm_core.plugin.spec``; each receives a registry
+and registers what the plugin provides::
+
+    # my_plugin/plugin.py
+    from genievm_core.plugin import hookimpl
+
+    @hookimpl
+    def genievm_register_providers(registry):
+        registry.add("proxmox", ProxmoxProvider)
+
+and is found through an entry point in the group ``genievm``, whose name is
+the plugin's name::
+
+    [project.entry-points.genievm]
+    proxmox = "my_plugin.plugin"
+
+``genievm plugins`` then lists it. See docs/plugin-guide.md for each contract.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from genievm_core.plugin.host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
+from genievm_core.plugin.registry import (
+    CBTSourceRegistry,
+    ProviderRegistry,
+    StorageRegistry,
+    VerifierRegistry,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "CBTSourceRegistry",
+    "PluginHost",
+    "PluginInfo",
+    "ProviderRegistry",
+    "StorageRegistry",
+    "VerifierRegistry",
+    "hookimpl",
+]
+
+hookimpl = pluggy.HookimplMarker("genievm")
+"""Marks a function as the implementation of a GenieVM hook."""

@@ -1,0 +1,143 @@
+"""PluginHost: finds plugins through entry points and gives typed access to what they register.
+
+Loading order (pytest's): add the hookspecs, register the built-in plugins,
+load the ``genievm`` entry points through stevedore, ``check_pending()``, then
+call each registration hook once per plugin so every registered object is
+attributed to the plugin that registered it. One host per run; there is no
+module-level plugin manager.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal
+
+import pluggy
+from stevedore import ExtensionManager
+
+from genievm_core.errors import PluginError
+from genievm_core.plugin import spec
+from genievm_core.plugin.registry import (
+    CBTSourceRegistry,
+    ProviderRegistry,
+    Registry,
+    StorageRegistry,
+    VerifierRegistry,
+)
+
+__all__ = ["ENTRY_POINT_GROUP", "PluginHost", "PluginInfo"]
+
+ENTRY_POINT_GROUP = "genievm"
+DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``genievm plugins`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    origin: Literal["builtin", "entry-point", "manual"]
+    registers: dict[str, list[str]] = field(default_factory=dict)
+
+
+class PluginHost:
+    """The plugin manager of one run, with a typed facade over its hooks."""
+
+    def __init__(
+        self,
+        *,
+        autoload: bool | None = None,
+        disabled: Iterable[str] = (),
+        extra_plugins: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self.pm = pluggy.PluginManager("genievm")
+        self.pm.add_hookspecs(spec)
+        self._info: dict[str, PluginInfo] = {}
+        self._disabled = set(disabled)
+        for name, module in _builtin_plugins():
+            self._register(name, module, PluginInfo(name, "genievm-core", _version("genievm-core"), "builtin"))
+        if autoload is None:
+            autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+        if autoload:
+            self._load_entry_points()
+        for name, plugin in extra_plugins:
+            self._register(name, plugin, PluginInfo(name, "-", "-", "manual"))
+        self.pm.check_pending()
+        self.storage = StorageRegistry()
+        self.providers = ProviderRegistry()
+        self.cbt_sources = CBTSourceRegistry()
+        self.verifiers = VerifierRegistry()
+        self._collect("genievm_register_storage", self.storage)
+        self._collect("genievm_register_providers", self.providers)
+        self._collect("genievm_register_cbt_sources", self.cbt_sources)
+        self._collect("genievm_register_verifiers", self.verifiers)
+
+    def plugins(self) -> list[PluginInfo]:
+        return list(self._info.values())
+
+    def _register(self, name: str, plugin: Any, info: PluginInfo) -> None:
+        if name in self._disabled:
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"plugin {name}: {exc}") from exc
+        self._info[name] = info
+
+    def _load_entry_points(self) -> None:
+        dists = _entry_point_distributions()
+
+        def failed(_manager: Any, entry_point: Any, exc: BaseException) -> None:
+            if entry_point.name in self._disabled:
+                return
+            raise PluginError(
+                f"plugin {entry_point.name} ({entry_point.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+        manager: ExtensionManager[Any] = ExtensionManager(
+            namespace=ENTRY_POINT_GROUP, invoke_on_load=False, on_load_failure_callback=failed
+        )
+        for ext in manager:
+            dist, version = dists.get((ext.name, ext.entry_point.value), ("?", "?"))
+            self._register(ext.name, ext.plugin, PluginInfo(ext.name, dist, version, "entry-point"))
+
+    def _collect(self, hook_name: str, registry: Registry[Any]) -> None:
+        for plugin_name, plugin in self.pm.list_name_plugin():
+            if plugin is None or plugin_name is None:
+                continue
+            others = [p for n, p in self.pm.list_name_plugin() if n != plugin_name and p is not None]
+            registry.current_plugin = plugin_name
+            before = set(registry.names())
+            self.pm.subset_hook_caller(hook_name, others)(registry=registry)
+            added = sorted(set(registry.names()) - before)
+            if added and plugin_name in self._info:
+                self._info[plugin_name].registers.setdefault(registry.kind, []).extend(added)
+
+
+def _builtin_plugins() -> list[tuple[str, ModuleType]]:
+    from genievm_core.builtin import image, verifiers
+
+    return [("image", image), ("verifiers", verifiers)]
+
+
+def _entry_point_distributions() -> dict[tuple[str, str], tuple[str, str]]:
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        if dist is not None:
+            found[(ep.name, ep.value)] = (dist.metadata["Name"], dist.version)
+    return found
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"

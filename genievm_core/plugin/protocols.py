@@ -1,0 +1,235 @@
+"""The contracts plugins implement: small protocols made of primitives.
+
+The engine owns concurrency, chunking, hashing, compression, encryption and
+manifests; a plugin only moves bytes and describes what it has. Every method
+may raise a subclass of ``genievm_core.errors.GenieVMError``; wrap SDK errors
+with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from genievm_core.models.config import DiskConfig
+from genievm_core.models.extents import Extent
+from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
+
+if TYPE_CHECKING:
+    from genievm_core.models.manifest import BackupManifest
+    from genievm_core.repository import Repository
+
+__all__ = [
+    "BackupRequest",
+    "BackupSession",
+    "CBTSource",
+    "ChangedExtents",
+    "DiskSink",
+    "DiskSource",
+    "Problem",
+    "Provider",
+    "ProviderFactory",
+    "RestoreRequest",
+    "RestoreSession",
+    "StorageFactory",
+    "StorageTarget",
+    "Verifier",
+    "VerifyReport",
+]
+
+
+@dataclass(frozen=True)
+class ChangedExtents:
+    """What changed on a disk since a token.
+
+    ``extents`` is None when changes are not available (no token, CBT off,
+    token rejected); ``reason`` then says why, and the engine falls back to
+    reading allocated data and comparing chunk ids with the parent's index.
+    """
+
+    extents: list[Extent] | None
+    source: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def unavailable(cls, reason: str) -> ChangedExtents:
+        return cls(None, None, reason)
+
+
+@runtime_checkable
+class DiskSource(Protocol):
+    """One disk at the backup's point in time, read-only.
+
+    ``read`` is called from one thread per disk, sequentially by offset.
+    """
+
+    @property
+    def info(self) -> DiskInfo: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` (never past ``info.size``)."""
+
+    def allocated_extents(self) -> Iterable[Extent] | None:
+        """Extents that may hold data; holes outside them read as zeros and are never read.
+
+        None when the source cannot tell: then the whole disk is read.
+        """
+
+    def changed_extents(self, token: str | None) -> ChangedExtents:
+        """Extents written since the backup that returned ``token`` from ``next_token``."""
+
+    def next_token(self) -> str | None:
+        """The token to store in the manifest and pass to the next backup, or None."""
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """What the core asks of a provider for one backup."""
+
+    disks: tuple[str, ...]  # names of the disks to back up (exclusions already applied)
+    tokens: Mapping[str, str | None] = field(default_factory=dict)  # parent's CBT tokens
+    enable_cbt: bool = True
+    quiesce: bool = False
+    workdir: Path | None = None  # where sockets and temporary files may go
+    chain_id: str = ""  # identifies the repository, so CBT names of two repositories never collide
+
+
+class BackupSession(Protocol):
+    """A consistent point in time of a VM, open for reading."""
+
+    def sources(self) -> Mapping[str, DiskSource]:
+        """One disk source per requested disk name."""
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """Where and how a provider restores a VM."""
+
+    restore_path: Path
+    new_name: str | None = None
+    force: bool = False
+    disk_configs: Mapping[str, DiskConfig] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DiskSink(Protocol):
+    """A disk being restored."""
+
+    @property
+    def zeroed(self) -> bool:
+        """True when unwritten ranges read as zeros (a new sparse file): zero chunks are skipped."""
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read back what was written, for verify-after-restore."""
+
+    def close(self) -> None: ...
+
+
+class RestoreSession(Protocol):
+    """A VM being created. Leaving the context with an error removes what was created."""
+
+    def open_sink(self, disk: DiskInfo, config: DiskConfig) -> DiskSink: ...
+
+    def commit(self) -> str:
+        """Make the restored VM real (define it); return its id. Called once all disks are written."""
+
+
+class Provider(Protocol):
+    """A connection to one hypervisor (or, for ``image``, to a set of disk images)."""
+
+    name: str
+
+    def list_vms(self) -> list[VMRef]: ...
+
+    def describe_vm(self, vm_id: str) -> VMDescription:
+        """Raise VMNotFoundError when there is no such VM."""
+
+    def open_backup(
+        self, vm: VMDescription, request: BackupRequest
+    ) -> AbstractContextManager[BackupSession]:
+        """Create the point in time (snapshot, backup job, ...) and always remove it on exit."""
+
+    def open_restore(
+        self, vm: VMDescription, request: RestoreRequest
+    ) -> AbstractContextManager[RestoreSession]:
+        """Prepare a new VM from a stored description; never overwrite without ``request.force``."""
+
+    def power_on(self, vm_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ProviderFactory(Protocol):
+    def __call__(self, options: Mapping[str, Any]) -> Provider: ...
+
+
+class CBTSource(Protocol):
+    """A way of finding a disk's changed extents (qcow2 bitmaps, thin_delta, vSphere CBT)."""
+
+    name: str
+    priority: int  # higher is tried first
+
+    def supports(self, disk: DiskInfo) -> bool: ...
+
+    def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents: ...
+
+
+class StorageTarget(Protocol):
+    """Where repository objects live. Keys are ``/``-separated ASCII paths.
+
+    Locks, garbage collection and everything else are the core's.
+    """
+
+    url: str
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` atomically: readers see the whole object or none."""
+
+    def get(self, key: str) -> bytes:
+        """Raise ObjectNotFoundError when absent."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key that starts with ``prefix``, in any order."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+
+    def close(self) -> None: ...
+
+
+class StorageFactory(Protocol):
+    def __call__(self, url: str, options: Mapping[str, Any]) -> StorageTarget: ...
+
+
+@dataclass(frozen=True)
+class Problem:
+    disk: str | None
+    detail: str
+    chunk_index: int | None = None
+
+
+@dataclass
+class VerifyReport:
+    verifier: str
+    backup_id: str
+    checked: int = 0  # objects or chunks checked
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Verifier(Protocol):
+    name: str
+
+    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport: ...
+
+

@@ -1,0 +1,86 @@
+"""The hooks a GenieVM plugin may implement: the plugin author's reference.
+
+Every hook receives a registry object and registers into it; none returns a
+value. Hooks fire once per run, when the ``PluginHost`` is created, in this
+order: storage, providers, CBT sources, verifiers.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from genievm_core.plugin.registry import (
+    CBTSourceRegistry,
+    ProviderRegistry,
+    StorageRegistry,
+    VerifierRegistry,
+)
+
+__all__ = [
+    "genievm_register_cbt_sources",
+    "genievm_register_providers",
+    "genievm_register_storage",
+    "genievm_register_verifiers",
+    "hookspec",
+]
+
+hookspec = pluggy.HookspecMarker("genievm")
+
+
+@hookspec
+def genievm_register_storage(registry: StorageRegistry) -> None:
+    """Register storage targets by URL scheme.
+
+    :param registry: call ``registry.add(scheme, factory)`` where
+        ``factory(url, options)`` returns a ``StorageTarget`` for a repository
+        URL such as ``file:///srv/backups`` or ``s3://bucket/prefix``.
+        ``options`` is the ``storage`` section of the GenieVM config.
+
+    A target implements ``put`` (atomic), ``get``, ``exists``, ``list`` and
+    ``delete``; raise ``StorageFullError``, ``StoragePermissionError`` or
+    ``ObjectNotFoundError`` where they apply, ``StorageError`` otherwise.
+
+    Since 0.1.
+    """
+
+
+@hookspec
+def genievm_register_providers(registry: ProviderRegistry) -> None:
+    """Register hypervisor providers by name.
+
+    :param registry: call ``registry.add(name, factory)`` where
+        ``factory(options)`` connects and returns a ``Provider``; ``options``
+        holds ``providerOptions`` from the job config (URI, host, user, ...).
+
+    A provider lists and describes VMs, opens a point in time for backup as a
+    context manager that always removes its snapshot or backup job on exit,
+    yields one ``DiskSource`` per disk, and creates VMs for restore.
+
+    Since 0.1.
+    """
+
+
+@hookspec
+def genievm_register_cbt_sources(registry: CBTSourceRegistry) -> None:
+    """Register changed-block tracking sources.
+
+    :param registry: call ``registry.add(source)``; ``source.name`` keys it and
+        ``source.priority`` orders the sources a provider's CBT factory tries
+        (higher first) among those whose ``supports(disk)`` is true.
+
+    Since 0.1.
+    """
+
+
+@hookspec
+def genievm_register_verifiers(registry: VerifierRegistry) -> None:
+    """Register backup verifiers.
+
+    :param registry: call ``registry.add(verifier)``; ``verifier.verify(repo,
+        manifest)`` returns a ``VerifyReport`` naming every problem found.
+        The core registers ``manifest`` (indexes load and match their
+        checksums), ``chunks`` (every referenced chunk exists) and ``data``
+        (every chunk is read, decrypted and its id checked).
+
+    Since 0.1.
+    """

@@ -1,0 +1,93 @@
+"""Repository locks kept as objects under ``locks/``, on any storage target.
+
+Backups hold shared locks (several may run at once: chunks are
+content-addressed and puts are atomic); pruning and garbage collection hold
+an exclusive one. A lock left by a process that died on this host is detected
+by its pid and broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from genievm_core.errors import ObjectNotFoundError, RepositoryLockedError
+from genievm_core.plugin.protocols import StorageTarget
+
+__all__ = ["repository_lock"]
+
+PREFIX = "locks/"
+
+
+@contextmanager
+def repository_lock(
+    storage: StorageTarget,
+    kind: Literal["shared", "exclusive"],
+    operation: str,
+    *,
+    timeout: float = 10.0,
+) -> Iterator[None]:
+    """Hold a ``kind`` lock on the repository for the duration of the block."""
+    key = f"{PREFIX}{uuid.uuid4().hex}"
+    me = {
+        "kind": kind,
+        "operation": operation,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    deadline = time.monotonic() + timeout
+    while True:
+        blocker = _conflict(storage, kind, exclude=None)
+        if blocker is None:
+            storage.put(key, json.dumps(me).encode())
+            blocker = _conflict(storage, kind, exclude=key)
+            if blocker is None:
+                break
+            storage.delete(key)
+        if time.monotonic() >= deadline:
+            raise RepositoryLockedError(
+                f"repository {storage.url} is locked by {blocker['operation']} "
+                f"(pid {blocker['pid']} on {blocker['host']} since {blocker['created_at']})"
+            )
+        time.sleep(random.uniform(0.05, 0.3))
+    try:
+        yield
+    finally:
+        storage.delete(key)
+
+
+def _conflict(storage: StorageTarget, kind: str, exclude: str | None) -> dict[str, Any] | None:
+    for key in list(storage.list(PREFIX)):
+        if key == exclude:
+            continue
+        try:
+            holder = json.loads(storage.get(key))
+        except (ObjectNotFoundError, ValueError):
+            continue
+        if _stale(holder):
+            storage.delete(key)
+            continue
+        if kind == "exclusive" or holder.get("kind") == "exclusive":
+            return dict(holder)
+    return None
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False

@@ -1,0 +1,110 @@
+"""The envelope of every repository object but ``config``: header, zstd, AES-256-GCM.
+
+Layout::
+
+    magic "GVMO" | version u8 = 1 | compression u8 | encryption u8 | reserved u8 = 0
+    then, not encrypted:  payload
+          encrypted:      nonce (12) | AES-256-GCM(payload) | tag (16)
+
+compression 0 = none, 1 = zstd (one frame with its content size); a chunk
+that zstd does not shrink is stored uncompressed. encryption 0 = none,
+1 = AES-256-GCM with the header and the object's name as associated data, so
+an object moved under another name fails to authenticate.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from genievm_core.repository.keys import Keys
+
+__all__ = ["ObjectCodec", "ObjectDamaged", "ZERO_ID"]
+
+MAGIC = b"GVMO"
+VERSION = 1
+HEADER_LEN = 8
+ZERO_ID = bytes(32)  # the index entry of an all-zero chunk
+_NONE, _ZSTD = 0, 1
+_AES_GCM = 1
+
+
+class ObjectDamaged(Exception):
+    """An object failed a check; the message says which."""
+
+
+@dataclass
+class ObjectCodec:
+    """Encodes and decodes objects and computes chunk ids for one repository."""
+
+    keys: Keys | None
+    compression_level: int = 3
+    max_object_size: int = 1 << 27
+
+    def __post_init__(self) -> None:
+        self._local = threading.local()
+        self._aead = AESGCM(self.keys.enc_key) if self.keys else None
+
+    def chunk_id(self, data: bytes) -> bytes:
+        if self.keys is None:
+            return blake3.blake3(data).digest()
+        return blake3.blake3(data, key=self.keys.id_key).digest()
+
+    def encode(self, name: str, data: bytes) -> bytes:
+        payload, compression = data, _NONE
+        if data:
+            packed = self._compressor().compress(data)
+            if len(packed) < len(data):
+                payload, compression = packed, _ZSTD
+        header = MAGIC + bytes((VERSION, compression, _AES_GCM if self._aead else _NONE, 0))
+        if self._aead is None:
+            return header + payload
+        nonce = os.urandom(12)
+        return header + nonce + self._aead.encrypt(nonce, payload, header + name.encode())
+
+    def decode(self, name: str, blob: bytes) -> bytes:
+        if len(blob) < HEADER_LEN or blob[:4] != MAGIC:
+            raise ObjectDamaged("not a GenieVM object (bad magic or truncated)")
+        header, body = blob[:HEADER_LEN], blob[HEADER_LEN:]
+        version, compression, encryption = header[4], header[5], header[6]
+        if version != VERSION or compression not in (_NONE, _ZSTD) or encryption not in (_NONE, _AES_GCM):
+            raise ObjectDamaged(f"unknown object version {version} or method {compression}/{encryption}")
+        if (encryption == _AES_GCM) != (self._aead is not None):
+            raise ObjectDamaged("encryption does not match the repository's")
+        if self._aead is not None:
+            if len(body) < 28:
+                raise ObjectDamaged("truncated")
+            try:
+                body = self._aead.decrypt(body[:12], body[12:], header + name.encode())
+            except InvalidTag:
+                raise ObjectDamaged("authentication failed (modified, truncated or misplaced)") from None
+        if compression == _ZSTD:
+            try:
+                body = self._decompressor().decompress(body, max_output_size=self.max_object_size)
+            except zstandard.ZstdError as exc:
+                raise ObjectDamaged(f"zstd: {exc}") from None
+        return body
+
+    def decode_chunk(self, chunk_id: bytes, blob: bytes) -> bytes:
+        data = self.decode(chunk_id.hex(), blob)
+        if self.chunk_id(data) != chunk_id:
+            raise ObjectDamaged("content does not match its chunk id")
+        return data
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        comp: zstandard.ZstdCompressor | None = getattr(self._local, "comp", None)
+        if comp is None:
+            comp = self._local.comp = zstandard.ZstdCompressor(level=self.compression_level)
+        return comp
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        dec: zstandard.ZstdDecompressor | None = getattr(self._local, "dec", None)
+        if dec is None:
+            dec = self._local.dec = zstandard.ZstdDecompressor()
+        return dec

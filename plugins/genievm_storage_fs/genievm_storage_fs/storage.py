@@ -1,0 +1,139 @@
+"""A storage target on a local or mounted filesystem.
+
+Keys map to paths under the repository folder (the core's key layout already
+fans chunks out by the first two hex digits of their id). A put writes a
+temporary file beside the object, fsyncs it, renames it into place and fsyncs
+the folder, so a reader or a crash sees the whole object or none of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from genievm_core.errors import (
+    ObjectNotFoundError,
+    StorageError,
+    StorageFullError,
+    StoragePermissionError,
+)
+
+__all__ = ["FilesystemStorage", "open_filesystem_storage"]
+
+TMP_SUFFIX = ".tmp"
+
+
+def open_filesystem_storage(url: str, options: Mapping[str, Any]) -> FilesystemStorage:
+    """``file:///abs/path`` or a plain path."""
+    parsed = urlparse(url)
+    path = unquote(parsed.path) if parsed.scheme == "file" else url
+    return FilesystemStorage(Path(path), fsync=bool(options.get("fsync", True)))
+
+
+class FilesystemStorage:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.absolute()
+        self.url = f"file://{self.root}"
+        self.fsync = fsync
+        self._made: set[Path] = set()
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts) or key.endswith(TMP_SUFFIX):
+            raise StorageError(f"storage {self.url}: invalid object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+        try:
+            self._mkdir(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            if self.fsync:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            raise self._error(exc, key) from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            return self._path(key).is_file()
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+
+    def list(self, prefix: str) -> Iterator[str]:
+        folder, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        if not start.is_dir():
+            return
+        try:
+            for dirpath, _dirs, files in os.walk(start):
+                rel = os.path.relpath(dirpath, self.root)
+                for name in files:
+                    if name.endswith(TMP_SUFFIX):
+                        continue
+                    key = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+                    if key.startswith(prefix):
+                        yield key
+        except OSError as exc:
+            raise self._error(exc, prefix) from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+
+    def close(self) -> None:
+        pass
+
+    def _mkdir(self, folder: Path) -> None:
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
+
+    def _error(self, exc: OSError, key: str) -> StorageError:
+        if exc.errno == errno.ENOENT:
+            return ObjectNotFoundError(f"storage {self.url}: object {key} not found")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFullError(f"storage {self.url}: no space left on device while writing {key}")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return StoragePermissionError(
+                f"storage {self.url}: permission denied on {exc.filename or self.root}"
+            )
+        return StorageError(f"storage {self.url}: {exc.strerror or exc} ({key})")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
