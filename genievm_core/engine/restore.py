@@ -2,8 +2,8 @@
 
 The same bounded pipeline in reverse: workers fetch, authenticate, decrypt,
 decompress and check each chunk's id; the disk's thread writes the results in
-order. Zero chunks are not written to a sink that starts zeroed, so holes
-stay holes.
+order. On a sink that starts zeroed, zero chunks are not written and zero
+runs of ``SPARSE_BLOCK`` bytes inside a chunk are skipped, so holes stay holes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,27 @@ from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallba
 from genievm_core.plugin.protocols import DiskSink, Problem
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
 
-__all__ = ["RestoreEngine"]
+__all__ = ["RestoreEngine", "nonzero_runs"]
+
+SPARSE_BLOCK = 64 << 10
+_ZERO_BLOCK = bytes(SPARSE_BLOCK)
+
+
+def nonzero_runs(data: bytes, block: int = SPARSE_BLOCK) -> list[tuple[int, int]]:
+    """``(start, end)`` of the parts of ``data`` that are not whole zero blocks, merged."""
+    zero = _ZERO_BLOCK if block == SPARSE_BLOCK else bytes(block)
+    if data.find(zero) < 0:
+        return [(0, len(data))] if data else []
+    runs: list[tuple[int, int]] = []
+    for start in range(0, len(data), block):
+        end = min(start + block, len(data))
+        if data[start:end] == zero[: end - start]:
+            continue
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
 
 
 class RestoreEngine:
@@ -38,12 +58,19 @@ class RestoreEngine:
         progress = DiskProgress(name, index.disk_size)
         self.progress(progress)
         zero = bytes(index.chunk_size)
-        inflight: deque[tuple[int, Future[bytes]]] = deque()
+        inflight: deque[tuple[int, Future[tuple[bytes, list[tuple[int, int]]]]]] = deque()
+        sparse = sink.zeroed
 
-        def write(item: tuple[int, Future[bytes]]) -> None:
+        def fetch(cid: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+            data = self.repo.get_chunk(cid)
+            return data, nonzero_runs(data) if sparse else [(0, len(data))]
+
+        def write(item: tuple[int, Future[tuple[bytes, list[tuple[int, int]]]]]) -> None:
             i, fut = item
-            data = fut.result()
-            sink.write(i * index.chunk_size, data)
+            data, runs = fut.result()
+            base = i * index.chunk_size
+            for start, end in runs:
+                sink.write(base + start, data if (start, end) == (0, len(data)) else data[start:end])
             progress.scanned += len(data)
             progress.read += len(data)
             self.progress(progress)
@@ -58,7 +85,7 @@ class RestoreEngine:
                     progress.scanned += length
                     progress.zero += length
                     continue
-                inflight.append((i, self.pool.submit(self.repo.get_chunk, cid)))
+                inflight.append((i, self.pool.submit(fetch, cid)))
                 if len(inflight) >= self.window:
                     write(inflight.popleft())
             while inflight:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine: Debian packages, uv, and the project's virtual environment (.venv)
+# holding genievm-core and every plugin of the workspace. Safe to run again; fast when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(qemu-utils)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${GENIEVM_PYTHON:-$(command -v python3.11 || command -v python3)}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "setup: GenieVM needs Python 3.11; $PYTHON is $("$PYTHON" --version)" >&2
+  exit 1
+fi
+if ! command -v uv >/dev/null 2>&1; then
+  echo "setup: installing uv" >&2
+  "$PYTHON" -m pip install -q uv
+fi
+export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
+uv sync --locked --python "$PYTHON" -q
