@@ -20,6 +20,8 @@ from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
 
 __all__ = ["ChunksVerifier", "DataVerifier", "ManifestVerifier"]
 
+BATCH = 16
+
 
 @hookimpl
 def genievm_register_verifiers(registry: VerifierRegistry) -> None:
@@ -89,9 +91,11 @@ class DataVerifier:
 
         with ThreadPoolExecutor(self.workers) as pool:
             for disk, index in _indexes(repository, manifest, report):
-                ids = [(i, cid) for i, cid in enumerate(index) if cid != ZERO_ID]
-                for (i, cid), problem in zip(ids, pool.map(check, (c for _, c in ids))):
-                    report.checked += 1
-                    if problem:
-                        report.problems.append(Problem(disk.name, problem, i))
+                stored = [(i, cid) for i, cid in enumerate(index) if cid != ZERO_ID]
+                for start in range(0, len(stored), BATCH):  # a bounded number of chunks in flight
+                    batch = stored[start : start + BATCH]
+                    for (i, _), problem in zip(batch, pool.map(check, [c for _, c in batch]), strict=True):
+                        report.checked += 1
+                        if problem:
+                            report.problems.append(Problem(disk.name, problem, i))
         return report

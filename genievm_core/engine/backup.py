@@ -102,10 +102,9 @@ class BackupEngine:
             for i, pieces in self._with_allocation(todo, allocated, index):
                 self.control.checkpoint()
                 length = index.chunk_length(i)
-                if not pieces:
-                    outcome, cid, read, stored = "zero", ZERO_ID, 0, 0
-                    tally.add(outcome, length, 0, 0)
-                    self._advance(progress, outcome, length, 0)
+                if not pieces:  # a hole: its index entry is already ZERO_ID
+                    tally.add("zero", length, 0, 0)
+                    self._advance(progress, "zero", length, 0)
                     continue
                 data, read = self._read(source, i * self._chunk, length, pieces)
                 parent_id = plan.parent[i] if plan.parent is not None and i < plan.parent.count else None

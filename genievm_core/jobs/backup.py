@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import os
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 
@@ -47,7 +47,7 @@ def run_backup(
             raise ConfigError(f"invalid BackupConfig: excludedDisks: VM {vm.id} has no disk {sorted(unknown)}")
         disks = [d for d in vm.disks if d.name not in config.excluded_disks]
         backup_id = new_backup_id()
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         with repo.lock("shared", f"backup of {vm.id}"):
             parent = _parent(repo, vm.id) if config.incremental else None
             parent_disks = {d.name: d for d in parent.disks} if parent else {}
@@ -100,7 +100,7 @@ def run_backup(
                 kind="incremental" if any(r.cbt.mode != "full" for r in records) else "full",
                 parent_id=parent.backup_id if parent else None,
                 started_at=started,
-                finished_at=datetime.now(timezone.utc),
+                finished_at=datetime.now(UTC),
                 disks=tuple(records),
                 stats=_sum(r.stats for r in records),
             )

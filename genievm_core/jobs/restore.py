@@ -45,7 +45,9 @@ def run_restore(
     disk_configs = {c.name: c for c in config.disk_configs}
     unknown = set(disk_configs) - {d.name for d in manifest.disks}
     if unknown:
-        raise ConfigError(f"invalid RestoreConfig: diskConfigs: backup {manifest.backup_id} has no disk {sorted(unknown)}")
+        raise ConfigError(
+            f"invalid RestoreConfig: diskConfigs: backup {manifest.backup_id} has no disk {sorted(unknown)}"
+        )
     disks = [d for d in manifest.disks if not disk_configs.get(d.name, DiskConfig(name=d.name)).skip]
     indexes = {d.name: repo.get_index(d.index) for d in disks}  # all damage found before writing
     for d in disks:

@@ -68,6 +68,5 @@ def chunk_indexes(extents: Iterable[Extent], chunk_size: int) -> Iterator[int]:
     last = -1
     for ext in normalize(extents):
         first = max(ext.offset // chunk_size, last + 1)
-        for index in range(first, (ext.end - 1) // chunk_size + 1):
-            yield index
+        yield from range(first, (ext.end - 1) // chunk_size + 1)
         last = max(last, (ext.end - 1) // chunk_size)

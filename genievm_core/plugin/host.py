@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 import pluggy
-from stevedore import ExtensionManager
+from stevedore import NamedExtensionManager
 
 from genievm_core.errors import PluginError
 from genievm_core.plugin import spec
@@ -94,15 +94,18 @@ class PluginHost:
         dists = _entry_point_distributions()
 
         def failed(_manager: Any, entry_point: Any, exc: BaseException) -> None:
-            if entry_point.name in self._disabled:
-                return
             raise PluginError(
                 f"plugin {entry_point.name} ({entry_point.value}) failed to load: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
-        manager: ExtensionManager[Any] = ExtensionManager(
-            namespace=ENTRY_POINT_GROUP, invoke_on_load=False, on_load_failure_callback=failed
+        wanted = sorted({name for name, _value in dists} - self._disabled)
+        manager: NamedExtensionManager[Any] = NamedExtensionManager(
+            namespace=ENTRY_POINT_GROUP,
+            names=wanted,
+            invoke_on_load=False,
+            on_load_failure_callback=failed,
+            name_order=True,
         )
         for ext in manager:
             dist, version = dists.get((ext.name, ext.entry_point.value), ("?", "?"))
@@ -128,11 +131,11 @@ def _builtin_plugins() -> list[tuple[str, ModuleType]]:
 
 
 def _entry_point_distributions() -> dict[tuple[str, str], tuple[str, str]]:
+    """(name, value) of every entry point in the group, to its distribution and version."""
     found: dict[tuple[str, str], tuple[str, str]] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist
-        if dist is not None:
-            found[(ep.name, ep.value)] = (dist.metadata["Name"], dist.version)
+        found[(ep.name, ep.value)] = (dist.metadata["Name"], dist.version) if dist else ("?", "?")
     return found
 
 

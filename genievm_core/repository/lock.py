@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from genievm_core.errors import ObjectNotFoundError, RepositoryLockedError
@@ -42,7 +42,7 @@ def repository_lock(
         "operation": operation,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
     }
     deadline = time.monotonic() + timeout
     while True:

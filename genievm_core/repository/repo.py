@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import ValidationError
@@ -49,7 +49,7 @@ PassphraseSource = Callable[[], str]
 
 
 def new_backup_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
@@ -84,7 +84,7 @@ class Repository:
         try:
             config = RepositoryConfig(
                 repository_id=uuid.uuid4().hex,
-                created_at=datetime.now(timezone.utc),
+                created_at=datetime.now(UTC),
                 chunk_size=chunk_size,
                 chunk_id="blake3-keyed" if keys else "blake3",
                 encryption=encryption,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from genievm_core.plugin import StorageRegistry, hookimpl
-
 from genievm_storage_fs.storage import open_filesystem_storage
 
 
