@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Run the whole test suite on a fresh machine: set-up first, then pytest over core and plugins.
+# Run the whole test suite on a fresh machine: set-up first, then the linters (ruff, mypy
+# strict on the core) and pytest over the core and every plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check genievm_core plugins
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

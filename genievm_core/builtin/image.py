@@ -177,9 +177,7 @@ class ImageDiskSource:
     def check_unchanged(self) -> None:
         st = os.fstat(self._fd)
         if (st.st_size, st.st_mtime_ns) != self._stamp and self._info.storage_kind != "block":
-            raise ProviderError(
-                f"provider image: {self.path} changed during the backup; it is not consistent"
-            )
+            raise ProviderError(f"provider image: {self.path} changed during the backup; it is not consistent")
 
     def close(self) -> None:
         os.close(self._fd)

@@ -65,8 +65,7 @@ def main() -> None:
     except Exception as exc:
         structlog.get_logger("genievm").debug("internal_error", exc_info=True)
         err_console.print(
-            f"genievm: internal error: {type(exc).__name__}: {exc} "
-            "(run with --log-level debug for the traceback)",
+            f"genievm: internal error: {type(exc).__name__}: {exc} (run with --log-level debug for the traceback)",
             markup=False,
             highlight=False,
             soft_wrap=True,

@@ -28,18 +28,33 @@ def list_backups(
     repository = state(ctx).open_repository(repo, passphrase_file)
     manifests = list(repository.manifests(vm))
     if json_output:
-        emit_json([
-            {"backup_id": m.backup_id, "vm": m.vm.id, "kind": m.kind, "parent_id": m.parent_id,
-             "finished_at": m.finished_at.isoformat(), "disks": [d.name for d in m.disks],
-             "size": sum(d.size for d in m.disks), "bytes_new": m.stats.bytes_new}
-            for m in manifests
-        ])
+        emit_json(
+            [
+                {
+                    "backup_id": m.backup_id,
+                    "vm": m.vm.id,
+                    "kind": m.kind,
+                    "parent_id": m.parent_id,
+                    "finished_at": m.finished_at.isoformat(),
+                    "disks": [d.name for d in m.disks],
+                    "size": sum(d.size for d in m.disks),
+                    "bytes_new": m.stats.bytes_new,
+                }
+                for m in manifests
+            ]
+        )
         return
     table = Table("backup", "vm", "kind", "finished", "disks", "size", "new")
     for m in manifests:
-        table.add_row(m.backup_id, m.vm.id, m.kind, m.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      ",".join(d.name for d in m.disks), _size(sum(d.size for d in m.disks)),
-                      _size(m.stats.bytes_new))
+        table.add_row(
+            m.backup_id,
+            m.vm.id,
+            m.kind,
+            m.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
+            ",".join(d.name for d in m.disks),
+            _size(sum(d.size for d in m.disks)),
+            _size(m.stats.bytes_new),
+        )
     out_console.print(table)
 
 
@@ -59,14 +74,21 @@ def show(
     if json_output:
         emit_json(data)
         return
-    out_console.print(f"backup {manifest.backup_id} of {manifest.vm.id} ({manifest.vm.provider}), {manifest.kind}"
-                      f", parent {manifest.parent_id or '-'}", highlight=False)
-    out_console.print(f"  {manifest.started_at:%Y-%m-%d %H:%M:%S} to {manifest.finished_at:%H:%M:%S} UTC",
-                      highlight=False)
+    out_console.print(
+        f"backup {manifest.backup_id} of {manifest.vm.id} ({manifest.vm.provider}), {manifest.kind}"
+        f", parent {manifest.parent_id or '-'}",
+        highlight=False,
+    )
+    out_console.print(
+        f"  {manifest.started_at:%Y-%m-%d %H:%M:%S} to {manifest.finished_at:%H:%M:%S} UTC", highlight=False
+    )
     for d in manifest.disks:
         reason = f" ({d.cbt.reason})" if d.cbt.reason else ""
-        out_console.print(f"  disk {d.name}: {_size(d.size)}, {d.chunk_count} chunks, {d.cbt.mode}{reason}, "
-                          f"new {_size(d.stats.bytes_new)}, checksum {d.checksum[:16]}", highlight=False)
+        out_console.print(
+            f"  disk {d.name}: {_size(d.size)}, {d.chunk_count} chunks, {d.cbt.mode}{reason}, "
+            f"new {_size(d.stats.bytes_new)}, checksum {d.checksum[:16]}",
+            highlight=False,
+        )
 
 
 def _size(n: int) -> str:

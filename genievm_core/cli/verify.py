@@ -31,11 +31,17 @@ def verify(
     reports = run_verify(st.host, repository, manifests, read_data=read_data)
     problems = [(r, p) for r in reports for p in r.problems]
     if json_output:
-        emit_json([
-            {"backup_id": r.backup_id, "verifier": r.verifier, "checked": r.checked,
-             "problems": [p.__dict__ for p in r.problems]}
-            for r in reports
-        ])
+        emit_json(
+            [
+                {
+                    "backup_id": r.backup_id,
+                    "verifier": r.verifier,
+                    "checked": r.checked,
+                    "problems": [p.__dict__ for p in r.problems],
+                }
+                for r in reports
+            ]
+        )
     else:
         for r in reports:
             status = "ok" if r.ok else f"{len(r.problems)} problems"

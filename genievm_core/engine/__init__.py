@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from genievm_core.engine.backup import BackupEngine, DiskPlan
-from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
+from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback, results_or_cancel
 from genievm_core.engine.restore import RestoreEngine
 
-__all__ = ["BackupEngine", "DiskPlan", "DiskProgress", "JobControl", "ProgressCallback", "RestoreEngine"]
+__all__ = [
+    "BackupEngine",
+    "DiskPlan",
+    "DiskProgress",
+    "JobControl",
+    "ProgressCallback",
+    "RestoreEngine",
+    "results_or_cancel",
+]

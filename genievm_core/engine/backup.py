@@ -129,8 +129,11 @@ class BackupEngine:
             return list(range(index.count))
         todo = set(chunk_indexes(clip(plan.changed, index.disk_size), self._chunk))
         # chunks the parent lacks, or whose length changed with the disk's size, are read too
-        todo.update(i for i in range(index.count) if i >= plan.parent.count
-                    or index.chunk_length(i) != plan.parent.chunk_length(i))
+        todo.update(
+            i
+            for i in range(index.count)
+            if i >= plan.parent.count or index.chunk_length(i) != plan.parent.chunk_length(i)
+        )
         return sorted(todo)
 
     def _with_allocation(

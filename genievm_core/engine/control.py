@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 from genievm_core.errors import JobCancelledError
 
-__all__ = ["DiskProgress", "JobControl", "ProgressCallback"]
+__all__ = ["DiskProgress", "JobControl", "ProgressCallback", "results_or_cancel"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,3 +60,16 @@ class JobControl:
         self._running.wait()
         if self._cancelled.is_set():
             raise JobCancelledError(f"job {self.job_id} was cancelled")
+
+
+def results_or_cancel(futures: Mapping[str, Future[T]], control: JobControl) -> Iterator[tuple[str, T]]:
+    """Each disk's result in turn; on the first error or interrupt, cancel the others' job.
+
+    The other disks then stop at their next chunk instead of running to the end.
+    """
+    try:
+        for name, fut in futures.items():
+            yield name, fut.result()
+    except BaseException:
+        control.cancel()
+        raise

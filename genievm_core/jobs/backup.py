@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from genievm_core.engine import BackupEngine, DiskPlan, JobControl, ProgressCallback
+from genievm_core.engine import BackupEngine, DiskPlan, JobControl, ProgressCallback, results_or_cancel
 from genievm_core.errors import ConfigError, CorruptionError
 from genievm_core.models.config import BackupConfig
 from genievm_core.models.manifest import BackupManifest, BackupStats, CBTRecord, DiskRecord, VMRecord
@@ -39,6 +39,7 @@ def run_backup(
     control: JobControl | None = None,
     workers: int | None = None,
 ) -> BackupManifest:
+    control = control or JobControl()
     provider = host.providers.get(config.provider)(config.provider_options)
     try:
         vm = provider.describe_vm(config.vm_id)
@@ -70,32 +71,39 @@ def run_backup(
                 )
                 with provider.open_backup(vm, request) as session:
                     sources = session.sources()
-                    plans = {
-                        d.name: _plan(d, sources[d.name], parent_disks, parent_indexes, config)
-                        for d in disks
-                    }
+                    plans = {d.name: _plan(d, sources[d.name], parent_disks, parent_indexes, config) for d in disks}
                     with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
-                        futures = {
-                            d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in disks
-                        }
-                        results = {name: fut.result() for name, fut in futures.items()}
+                        futures = {d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in disks}
+                        results = dict(results_or_cancel(futures, control))
                     tokens = {d.name: sources[d.name].next_token() for d in disks}
             records = []
             for d in disks:
                 index, stats = results[d.name]
                 key = repo.put_index(backup_id, d.name, index)
                 cbt = plans[d.name].cbt.model_copy(update={"token": tokens[d.name]})
-                records.append(DiskRecord(
-                    name=d.name, size=d.size, chunk_size=repo.chunk_size, chunk_count=index.count,
-                    index=key, checksum=index.checksum(), format=d.format, cbt=cbt, stats=stats,
-                ))
+                records.append(
+                    DiskRecord(
+                        name=d.name,
+                        size=d.size,
+                        chunk_size=repo.chunk_size,
+                        chunk_count=index.count,
+                        index=key,
+                        checksum=index.checksum(),
+                        format=d.format,
+                        cbt=cbt,
+                        stats=stats,
+                    )
+                )
             manifest = BackupManifest(
                 backup_id=backup_id,
                 repository_id=repo.config.repository_id,
                 vm=VMRecord(
-                    id=vm.id, name=vm.name, provider=config.provider,
+                    id=vm.id,
+                    name=vm.name,
+                    provider=config.provider,
                     config=base64.b64encode(vm.config).decode() if vm.config else None,
-                    config_format=vm.config_format or None, summary=vm.summary,
+                    config_format=vm.config_format or None,
+                    summary=vm.summary,
                 ),
                 kind="incremental" if any(r.cbt.mode != "full" for r in records) else "full",
                 parent_id=parent.backup_id if parent else None,
@@ -105,8 +113,14 @@ def run_backup(
                 stats=_sum(r.stats for r in records),
             )
             repo.put_manifest(manifest)
-        log.info("backup.done", vm=vm.id, backup=backup_id, kind=manifest.kind,
-                 new=manifest.stats.bytes_new, stored=manifest.stats.bytes_stored)
+        log.info(
+            "backup.done",
+            vm=vm.id,
+            backup=backup_id,
+            kind=manifest.kind,
+            new=manifest.stats.bytes_new,
+            stored=manifest.stats.bytes_stored,
+        )
         return manifest
     finally:
         provider.close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine
+from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, results_or_cancel
 from genievm_core.errors import ConfigError, CorruptionError, VerifyError
 from genievm_core.models.config import DiskConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest
@@ -64,17 +64,26 @@ def run_restore(
     provider = host.providers.get(config.provider)(config.provider_options)
     n_workers = workers or os.cpu_count() or 2
     problems: list[Problem] = []
+    control = control or JobControl()
     try:
         log.info("restore.start", vm=manifest.vm.id, backup=manifest.backup_id)
-        with ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool, \
-                provider.open_restore(vm, request) as session:
+        with (
+            ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool,
+            provider.open_restore(vm, request) as session,
+        ):
             engine = RestoreEngine(repo, pool, window=2 * n_workers, progress=progress, control=control)
-            sinks = {d.name: session.open_sink(_info(d.name, d.size, d.format),
-                                               disk_configs.get(d.name, DiskConfig(name=d.name)))
-                     for d in disks}
+            sinks = {
+                d.name: session.open_sink(
+                    _info(d.name, d.size, d.format), disk_configs.get(d.name, DiskConfig(name=d.name))
+                )
+                for d in disks
+            }
             with ThreadPoolExecutor(_disk_threads(len(disks)), thread_name_prefix="genievm-disk") as dp:
-                for fut in [dp.submit(engine.restore_disk, d.name, indexes[d.name], sinks[d.name]) for d in disks]:
-                    fut.result()
+                futures = {
+                    d.name: dp.submit(engine.restore_disk, d.name, indexes[d.name], sinks[d.name]) for d in disks
+                }
+                for _ in results_or_cancel(futures, control):
+                    pass
             if config.verify_after_restore:
                 for d in disks:
                     problems += engine.compare(d.name, indexes[d.name], sinks[d.name])

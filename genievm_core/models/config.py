@@ -26,9 +26,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 class BackupConfig(_Model):
@@ -36,9 +34,7 @@ class BackupConfig(_Model):
 
     vm_id: str = Field(min_length=1, description="VM id or name, as the provider knows it")
     backup_path: str = Field(min_length=1, description="repository: a path or a URL (file://, s3://)")
-    backup_dir: Path | None = Field(
-        default=None, description="local working folder for sockets and temporary files"
-    )
+    backup_dir: Path | None = Field(default=None, description="local working folder for sockets and temporary files")
     provider: str = Field(default="image", description="provider plugin name")
     incremental: bool = Field(default=True, description="make an incremental when a parent exists")
     compression_level: int = Field(default=3, ge=1, le=22, description="zstd level")

@@ -95,8 +95,7 @@ class PluginHost:
 
         def failed(_manager: Any, entry_point: Any, exc: BaseException) -> None:
             raise PluginError(
-                f"plugin {entry_point.name} ({entry_point.value}) failed to load: "
-                f"{type(exc).__name__}: {exc}"
+                f"plugin {entry_point.name} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc
 
         wanted = sorted({name for name, _value in dists} - self._disabled)

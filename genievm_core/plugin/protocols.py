@@ -149,14 +149,10 @@ class Provider(Protocol):
     def describe_vm(self, vm_id: str) -> VMDescription:
         """Raise VMNotFoundError when there is no such VM."""
 
-    def open_backup(
-        self, vm: VMDescription, request: BackupRequest
-    ) -> AbstractContextManager[BackupSession]:
+    def open_backup(self, vm: VMDescription, request: BackupRequest) -> AbstractContextManager[BackupSession]:
         """Create the point in time (snapshot, backup job, ...) and always remove it on exit."""
 
-    def open_restore(
-        self, vm: VMDescription, request: RestoreRequest
-    ) -> AbstractContextManager[RestoreSession]:
+    def open_restore(self, vm: VMDescription, request: RestoreRequest) -> AbstractContextManager[RestoreSession]:
         """Prepare a new VM from a stored description; never overwrite without ``request.force``."""
 
     def power_on(self, vm_id: str) -> None: ...
@@ -231,5 +227,3 @@ class Verifier(Protocol):
     name: str
 
     def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport: ...
-
-

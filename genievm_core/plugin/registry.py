@@ -44,9 +44,7 @@ class Registry(Generic[T]):
     def _add(self, name: str, value: T) -> None:
         if name in self._items:
             other = self._items[name].plugin
-            raise PluginError(
-                f"plugin {self.current_plugin}: {self.kind} {name!r} is already registered by {other}"
-            )
+            raise PluginError(f"plugin {self.current_plugin}: {self.kind} {name!r} is already registered by {other}")
         self._items[name] = Registered(name, value, self.current_plugin)
 
     def get(self, name: str) -> T:
@@ -54,9 +52,7 @@ class Registry(Generic[T]):
             return self._items[name].value
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none"
-            raise PluginError(
-                f"no {self.kind} named {name!r} is installed (installed: {known})"
-            ) from None
+            raise PluginError(f"no {self.kind} named {name!r} is installed (installed: {known})") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -118,9 +118,7 @@ class FilesystemStorage:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return StorageFullError(f"storage {self.url}: no space left on device while writing {key}")
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return StoragePermissionError(
-                f"storage {self.url}: permission denied on {exc.filename or self.root}"
-            )
+            return StoragePermissionError(f"storage {self.url}: permission denied on {exc.filename or self.root}")
         return StorageError(f"storage {self.url}: {exc.strerror or exc} ({key})")
 
 
