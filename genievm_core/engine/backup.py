@@ -102,7 +102,8 @@ class BackupEngine:
             for i, pieces in self._with_allocation(todo, allocated, index):
                 self.control.checkpoint()
                 length = index.chunk_length(i)
-                if not pieces:  # a hole: its index entry is already ZERO_ID
+                if not pieces:  # a hole (it may have held data in the parent)
+                    index[i] = ZERO_ID
                     tally.add("zero", length, 0, 0)
                     self._advance(progress, "zero", length, 0)
                     continue
