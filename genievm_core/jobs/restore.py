@@ -41,6 +41,19 @@ def run_restore(
     control: JobControl | None = None,
     workers: int | None = None,
 ) -> RestoreResult:
+    """Restore one backup under a shared lock, so nothing it reads is deleted meanwhile."""
+    with repo.lock("shared", f"restore of {config.vm_id}"):
+        return _restore(host, config, repo, progress, control, workers)
+
+
+def _restore(
+    host: PluginHost,
+    config: RestoreConfig,
+    repo: Repository,
+    progress: ProgressCallback | None,
+    control: JobControl | None,
+    workers: int | None,
+) -> RestoreResult:
     manifest = repo.find_backup(config.vm_id, config.backup_id)
     disk_configs = {c.name: c for c in config.disk_configs}
     unknown = set(disk_configs) - {d.name for d in manifest.disks}

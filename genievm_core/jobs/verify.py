@@ -15,8 +15,6 @@ def run_verify(
 ) -> list[VerifyReport]:
     """Run ``manifest`` and ``chunks`` (or ``data`` with ``read_data``) on each backup."""
     names = ["manifest", "data" if read_data else "chunks"]
-    reports = []
-    for manifest in manifests:
-        for name in names:
-            reports.append(host.verifiers.get(name).verify(repo, manifest))
-    return reports
+    verifiers = [host.verifiers.get(name) for name in names]
+    with repo.lock("shared", "verify"):
+        return [v.verify(repo, manifest) for manifest in manifests for v in verifiers]
