@@ -41,7 +41,9 @@ class BackupConfig(_Model):
     max_concurrent_disks: int = Field(default=2, ge=1, le=64)
     retention_days: int | None = Field(default=None, ge=1)
     max_backups: int | None = Field(default=None, ge=1)
-    enable_cbt: bool = Field(default=True, description="use changed-block tracking where it exists")
+    enable_cbt: bool = Field(
+        default=True, alias="enableCBT", description="use changed-block tracking where it exists"
+    )
     excluded_disks: tuple[str, ...] = Field(default=(), description="disk names not backed up")
     provider_options: dict[str, Any] = Field(
         default_factory=dict, description="settings passed to the provider as they are"
