@@ -34,8 +34,9 @@ def test_restore_by_hand_matches_the_source(tmp_path: Path, passphrase: str | No
         f.write(os.urandom(50000) + b"text " * 4000)
     host = PluginHost()
     repo = Repository.init(open_storage(host, str(tmp_path / "repo")), passphrase=passphrase, chunk_size=65536)
-    config = BackupConfig(vm_id="vm1", backup_path=str(tmp_path / "repo"),
-                          provider_options={"vms": {"vm1": {"vda": str(image)}}})
+    config = BackupConfig(
+        vm_id="vm1", backup_path=str(tmp_path / "repo"), provider_options={"vms": {"vm1": {"vda": str(image)}}}
+    )
     manifest = run_backup(host, config, repo)
     script = tmp_path / "restore_by_hand.py"
     script.write_text(_program())

@@ -232,7 +232,12 @@ class _ImageRestore:
     def open_sink(self, disk: DiskInfo, config: DiskConfig) -> ImageDiskSink:
         if config.format != "raw":
             raise ConfigError(f"invalid diskConfigs.{disk.name}: the image provider restores raw disks only")
-        target = Path(config.target) if config.target else self.request.restore_path / f"{disk.name}.img"
+        if config.target:
+            target = Path(config.target)
+        elif self.request.restore_path is not None:
+            target = self.request.restore_path / f"{disk.name}.img"
+        else:
+            raise ConfigError(f"invalid RestoreConfig: restorePath: give --target, or a target for disk {disk.name}")
         if target.exists() and not self.request.force:
             raise RestoreTargetExistsError(f"{target} exists; pass --force to overwrite it")
         sink = ImageDiskSink(target, disk.size, force=self.request.force)

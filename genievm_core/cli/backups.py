@@ -9,6 +9,9 @@ import typer
 from rich.table import Table
 
 from genievm_core.cli.common import emit_json, out_console, state
+from genievm_core.errors import CorruptionError
+from genievm_core.models.manifest import BackupManifest
+from genievm_core.repository import Damaged
 
 app = typer.Typer(help="List and show backups.", no_args_is_help=True)
 Repo = Annotated[str | None, typer.Option("--repo", help="repository path or URL")]
@@ -26,7 +29,15 @@ def list_backups(
 ) -> None:
     """Every backup, oldest first."""
     repository = state(ctx).open_repository(repo, passphrase_file)
-    manifests = list(repository.manifests(vm))
+    damaged: list[Damaged] = []
+    manifests = repository.manifests(vm, damaged=damaged)
+    _print_list(manifests, json_output)
+    if damaged:
+        errors = "; ".join(str(exc) for _, exc in damaged)
+        raise CorruptionError(f"{len(damaged)} manifests cannot be read: {errors}")
+
+
+def _print_list(manifests: list[BackupManifest], json_output: bool) -> None:
     if json_output:
         emit_json(
             [

@@ -139,6 +139,6 @@ def restore(
         verified = ", verified" if result.verified else ""
         out_console.print(
             f"restored backup {result.backup_id} as {result.vm_id}: disks {', '.join(result.disks)} "
-            f"into {config.restore_path}{verified}, in {elapsed:.1f} s",
+            f"into {config.restore_path or 'their targets'}{verified}, in {elapsed:.1f} s",
             highlight=False,
         )

@@ -10,6 +10,8 @@ import typer
 from genievm_core.cli.common import emit_json, out_console, state
 from genievm_core.errors import VerifyError
 from genievm_core.jobs import run_verify
+from genievm_core.plugin.protocols import Problem, VerifyReport
+from genievm_core.repository import Damaged
 
 
 def verify(
@@ -24,11 +26,15 @@ def verify(
     """Check backups: indexes and chunk presence, or every chunk's data with --read-data."""
     st = state(ctx)
     repository = st.open_repository(repo, passphrase_file)
+    damaged: list[Damaged] = []
     if backup_id:
         manifests = [repository.find_backup(vm, backup_id)]
     else:
-        manifests = list(repository.manifests(vm))
-    reports = run_verify(st.host, repository, manifests, read_data=read_data)
+        manifests = repository.manifests(vm, damaged=damaged)
+    reports = [
+        VerifyReport("manifest", bid, 1, [Problem(None, f"manifest cannot be read: {exc}")]) for bid, exc in damaged
+    ]
+    reports += run_verify(st.host, repository, manifests, read_data=read_data)
     problems = [(r, p) for r in reports for p in r.problems]
     if json_output:
         emit_json(
@@ -47,8 +53,9 @@ def verify(
             status = "ok" if r.ok else f"{len(r.problems)} problems"
             out_console.print(f"{r.backup_id} {r.verifier}: {r.checked} checked, {status}", highlight=False)
             for p in r.problems:
-                where = f" chunk {p.chunk_index}" if p.chunk_index is not None else ""
-                out_console.print(f"  disk {p.disk}{where}: {p.detail}", highlight=False)
+                disk = f"disk {p.disk}" if p.disk else "backup"
+                chunk = f" chunk {p.chunk_index}" if p.chunk_index is not None else ""
+                out_console.print(f"  {disk}{chunk}: {p.detail}", highlight=False)
     if problems:
-        damaged = sorted({f"{r.backup_id}:{p.disk}" for r, p in problems})
-        raise VerifyError(f"verification found {len(problems)} problems in {', '.join(damaged)}")
+        named = sorted({f"{r.backup_id}:{p.disk}" if p.disk else r.backup_id for r, p in problems})
+        raise VerifyError(f"verification found {len(problems)} problems in {', '.join(named)}")

@@ -171,14 +171,18 @@ class BackupEngine:
         cid = self.repo.codec.chunk_id(data)
         if cid == parent_id:
             return "unchanged", cid, 0
-        if cid in self._known or self.repo.has_chunk(cid):
-            with self._known_lock:
-                self._known.add(cid)
-            return "deduplicated", cid, 0
-        stored = self.repo.put_chunk(cid, data)
-        with self._known_lock:
+        with self._known_lock:  # claim the id, so a twin chunk in flight is not stored twice
+            if cid in self._known:
+                return "deduplicated", cid, 0
             self._known.add(cid)
-        return "new", cid, stored
+        try:
+            if self.repo.has_chunk(cid):
+                return "deduplicated", cid, 0
+            return "new", cid, self.repo.put_chunk(cid, data)
+        except BaseException:
+            with self._known_lock:
+                self._known.discard(cid)
+            raise
 
     def _finish(
         self,

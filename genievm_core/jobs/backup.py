@@ -23,7 +23,7 @@ from genievm_core.models.manifest import BackupManifest, BackupStats, CBTRecord,
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import BackupRequest, DiskSource
-from genievm_core.repository import ChunkIndex, Repository, new_backup_id
+from genievm_core.repository import ChunkIndex, Damaged, Repository, new_backup_id
 
 __all__ = ["run_backup"]
 
@@ -127,10 +127,11 @@ def run_backup(
 
 
 def _parent(repo: Repository, vm_id: str) -> BackupManifest | None:
-    latest = None
-    for manifest in repo.manifests(vm_id):
-        latest = manifest
-    return latest
+    damaged: list[Damaged] = []
+    parent = repo.latest(vm_id, damaged=damaged)
+    for backup_id, exc in damaged:
+        log.warning("backup.damaged_manifest_skipped", backup=backup_id, error=str(exc))
+    return parent
 
 
 def _parent_indexes(repo: Repository, parent_disks: dict[str, DiskRecord]) -> dict[str, ChunkIndex]:

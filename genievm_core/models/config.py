@@ -22,7 +22,7 @@ from genievm_core.errors import ConfigError
 
 __all__ = ["BackupConfig", "DiskConfig", "RestoreConfig", "load_config"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}\Z")
 
 
 class _Model(BaseModel):
@@ -41,9 +41,7 @@ class BackupConfig(_Model):
     max_concurrent_disks: int = Field(default=2, ge=1, le=64)
     retention_days: int | None = Field(default=None, ge=1)
     max_backups: int | None = Field(default=None, ge=1)
-    enable_cbt: bool = Field(
-        default=True, alias="enableCBT", description="use changed-block tracking where it exists"
-    )
+    enable_cbt: bool = Field(default=True, alias="enableCBT", description="use changed-block tracking where it exists")
     excluded_disks: tuple[str, ...] = Field(default=(), description="disk names not backed up")
     provider_options: dict[str, Any] = Field(
         default_factory=dict, description="settings passed to the provider as they are"
@@ -72,7 +70,9 @@ class RestoreConfig(_Model):
     vm_id: str = Field(min_length=1, description="VM whose backup is restored")
     backup_id: str = Field(default="latest", min_length=1, description="backup id, or 'latest'")
     backup_path: str = Field(min_length=1, description="repository: a path or a URL")
-    restore_path: Path = Field(description="folder the restored disks are written into")
+    restore_path: Path | None = Field(
+        default=None, description="folder the restored disks are written into (unless each has a target)"
+    )
     provider: str = Field(default="image")
     new_vm_name: str | None = None
     verify_after_restore: bool = True
@@ -127,13 +127,17 @@ def _python_name(model: type[_Model], key: str) -> str:
 
 
 def _parse_env(value: str, annotation: Any) -> Any:
+    """A list or mapping field takes JSON, or, for a list, comma-separated words."""
     text = str(annotation)
-    if "tuple" in text or "dict" in text:
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-    return value
+    if "tuple" not in text and "dict" not in text:
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, (list, dict)):
+        return parsed
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def _one_line(model: type[_Model], exc: ValidationError) -> str:

@@ -27,9 +27,14 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
-_BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}\Z")
+_BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{8}\Z")
 MAX_DISK_SIZE = 1 << 50  # 1 PiB: anything larger in a manifest is hostile or corrupt
+
+
+def is_backup_id(value: str) -> bool:
+    """True for ``YYYYMMDDTHHMMSS.ffffffZ-xxxxxxxx``: UTC start time, microseconds, 8 random hex digits."""
+    return bool(_BACKUP_ID.match(value))
 
 
 def _safe(value: str) -> str:
@@ -139,6 +144,6 @@ class BackupManifest(_Strict):
     @field_validator("backup_id", "parent_id")
     @classmethod
     def _backup_id(cls, value: str | None) -> str | None:
-        if value is not None and not _BACKUP_ID.match(value):
+        if value is not None and not is_backup_id(value):
             raise ValueError(f"{value!r} is not a backup id")
         return value

@@ -68,7 +68,10 @@ class PluginHost:
             self._load_entry_points()
         for name, plugin in extra_plugins:
             self._register(name, plugin, PluginInfo(name, "-", "-", "manual"))
-        self.pm.check_pending()
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {self._name_of(exc.plugin)}: {exc}") from exc
         self.storage = StorageRegistry()
         self.providers = ProviderRegistry()
         self.cbt_sources = CBTSourceRegistry()
@@ -78,6 +81,9 @@ class PluginHost:
         self._collect("genievm_register_cbt_sources", self.cbt_sources)
         self._collect("genievm_register_verifiers", self.verifiers)
 
+    def _name_of(self, plugin: object) -> str:
+        return self.pm.get_name(plugin) or repr(plugin)
+
     def plugins(self) -> list[PluginInfo]:
         return list(self._info.values())
 
@@ -86,29 +92,27 @@ class PluginHost:
             return
         try:
             self.pm.register(plugin, name=name)
-        except ValueError as exc:
+        except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(f"plugin {name}: {exc}") from exc
         self._info[name] = info
 
     def _load_entry_points(self) -> None:
-        dists = _entry_point_distributions()
-
         def failed(_manager: Any, entry_point: Any, exc: BaseException) -> None:
             raise PluginError(
                 f"plugin {entry_point.name} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc
 
-        wanted = sorted({name for name, _value in dists} - self._disabled)
-        manager: NamedExtensionManager[Any] = NamedExtensionManager(
+        manager = _EntryPointManager(
             namespace=ENTRY_POINT_GROUP,
-            names=wanted,
+            names=sorted({ep.name for ep in _entry_points()} - self._disabled),
             invoke_on_load=False,
             on_load_failure_callback=failed,
             name_order=True,
         )
         for ext in manager:
-            dist, version = dists.get((ext.name, ext.entry_point.value), ("?", "?"))
-            self._register(ext.name, ext.plugin, PluginInfo(ext.name, dist, version, "entry-point"))
+            dist = ext.entry_point.dist
+            name, version = (dist.metadata["Name"], dist.version) if dist else ("?", "?")
+            self._register(ext.name, ext.plugin, PluginInfo(ext.name, name, version, "entry-point"))
 
     def _collect(self, hook_name: str, registry: Registry[Any]) -> None:
         for plugin_name, plugin in self.pm.list_name_plugin():
@@ -129,13 +133,20 @@ def _builtin_plugins() -> list[tuple[str, ModuleType]]:
     return [("image", image), ("verifiers", verifiers)]
 
 
-def _entry_point_distributions() -> dict[tuple[str, str], tuple[str, str]]:
-    """(name, value) of every entry point in the group, to its distribution and version."""
-    found: dict[tuple[str, str], tuple[str, str]] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist
-        found[(ep.name, ep.value)] = (dist.metadata["Name"], dist.version) if dist else ("?", "?")
-    return found
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+class _EntryPointManager(NamedExtensionManager[Any]):
+    """stevedore's manager, listing entry points afresh from importlib.metadata.
+
+    stevedore's own on-disk cache keys on file times rounded to about two
+    minutes, so a plugin reinstalled within that time could load stale entry
+    points; importlib.metadata also gives each entry point its distribution.
+    """
+
+    def list_entry_points(self) -> list[importlib.metadata.EntryPoint]:
+        return _entry_points()
 
 
 def _version(dist: str) -> str:

@@ -108,7 +108,7 @@ class BackupSession(Protocol):
 class RestoreRequest:
     """Where and how a provider restores a VM."""
 
-    restore_path: Path
+    restore_path: Path | None
     new_name: str | None = None
     force: bool = False
     disk_configs: Mapping[str, DiskConfig] = field(default_factory=dict)

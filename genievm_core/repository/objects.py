@@ -45,7 +45,7 @@ class ObjectCodec:
 
     keys: Keys | None
     compression_level: int = 3
-    max_object_size: int = 1 << 27
+    max_object_size: int = 1 << 30  # an index of a 128 TiB disk in 4 MiB chunks
 
     def __post_init__(self) -> None:
         self._local = threading.local()
@@ -85,11 +85,23 @@ class ObjectCodec:
             except InvalidTag:
                 raise ObjectDamaged("authentication failed (modified, truncated or misplaced)") from None
         if compression == _ZSTD:
-            try:
-                body = self._decompressor().decompress(body, max_output_size=self.max_object_size)
-            except zstandard.ZstdError as exc:
-                raise ObjectDamaged(f"zstd: {exc}") from None
+            body = self._decompress(body)
         return body
+
+    def _decompress(self, body: bytes) -> bytes:
+        try:
+            size = zstandard.frame_content_size(body)
+        except zstandard.ZstdError as exc:
+            raise ObjectDamaged(f"zstd: {exc}") from None
+        if size < 0 or size > self.max_object_size:  # unknown (-1) or absurd: never allocate it
+            raise ObjectDamaged(f"zstd frame claims {size} bytes")
+        try:
+            data = self._decompressor().decompress(body, max_output_size=size)
+        except zstandard.ZstdError as exc:
+            raise ObjectDamaged(f"zstd: {exc}") from None
+        if len(data) != size:
+            raise ObjectDamaged(f"zstd frame holds {len(data)} bytes, not {size}")
+        return data
 
     def decode_chunk(self, chunk_id: bytes, blob: bytes) -> bytes:
         data = self.decode(chunk_id.hex(), blob)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Literal
@@ -28,12 +28,13 @@ from genievm_core.errors import (
     CorruptionError,
     ObjectNotFoundError,
     PassphraseRequiredError,
+    RepositoryError,
     RepositoryExistsError,
     RepositoryNotFoundError,
     UnsupportedFormatError,
     WrongPassphraseError,
 )
-from genievm_core.models.manifest import FORMAT_VERSION, BackupManifest, RepositoryConfig
+from genievm_core.models.manifest import FORMAT_VERSION, BackupManifest, RepositoryConfig, is_backup_id
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository.index import ChunkIndex
 from genievm_core.repository.keys import WrongPassphrase, create_keys, unwrap_keys
@@ -46,11 +47,12 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 KNOWN_FEATURES: frozenset[str] = frozenset()
 MAX_MANIFEST = 16 << 20
 PassphraseSource = Callable[[], str]
+Damaged = tuple[str, RepositoryError]
 
 
 def new_backup_id(now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    return now.strftime("%Y%m%dT%H%M%S.%fZ-") + uuid.uuid4().hex[:8]
 
 
 class Repository:
@@ -173,6 +175,8 @@ class Repository:
         self.storage.put(key, self.codec.encode(key, manifest.model_dump_json(indent=1).encode()))
 
     def get_manifest(self, backup_id: str) -> BackupManifest:
+        if not is_backup_id(backup_id):
+            raise BackupNotFoundError(f"no backup {backup_id!r} in repository {self.url} (not a backup id)")
         key = f"manifests/{backup_id}"
         try:
             blob = self.storage.get(key)
@@ -200,12 +204,29 @@ class Repository:
     def backup_ids(self) -> list[str]:
         return sorted(key.removeprefix("manifests/") for key in self.storage.list("manifests/"))
 
-    def manifests(self, vm_id: str | None = None) -> Iterator[BackupManifest]:
-        """Every backup, oldest first (of one VM when ``vm_id`` is given)."""
+    def manifests(self, vm_id: str | None = None, *, damaged: list[Damaged] | None = None) -> list[BackupManifest]:
+        """Every backup (of one VM when ``vm_id`` is given), oldest first by finish time.
+
+        A manifest that cannot be read raises, or, when a ``damaged`` list is
+        given, is appended to it as ``(backup id, error)`` and skipped.
+        """
+        found = []
         for backup_id in self.backup_ids():
-            manifest = self.get_manifest(backup_id)
+            try:
+                manifest = self.get_manifest(backup_id)
+            except (CorruptionError, UnsupportedFormatError) as exc:
+                if damaged is None:
+                    raise
+                damaged.append((backup_id, exc))
+                continue
             if vm_id is None or manifest.vm.id == vm_id:
-                yield manifest
+                found.append(manifest)
+        return sorted(found, key=lambda m: (m.finished_at, m.backup_id))
+
+    def latest(self, vm_id: str | None, *, damaged: list[Damaged] | None = None) -> BackupManifest | None:
+        """The backup of ``vm_id`` that finished last, or None."""
+        backups = self.manifests(vm_id, damaged=damaged)
+        return backups[-1] if backups else None
 
     def find_backup(self, vm_id: str | None, backup_id: str) -> BackupManifest:
         """A backup by id, or the newest of ``vm_id`` when ``backup_id`` is ``latest``."""
@@ -214,9 +235,7 @@ class Repository:
             if vm_id is not None and manifest.vm.id != vm_id:
                 raise BackupNotFoundError(f"backup {backup_id} is of VM {manifest.vm.id}, not {vm_id}")
             return manifest
-        latest = None
-        for manifest in self.manifests(vm_id):
-            latest = manifest
+        latest = self.latest(vm_id)
         if latest is None:
             raise BackupNotFoundError(f"no backup of VM {vm_id} in repository {self.url}")
         return latest

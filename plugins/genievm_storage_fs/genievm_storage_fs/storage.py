@@ -52,8 +52,7 @@ class FilesystemStorage:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
         try:
-            self._mkdir(path.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = self._create(tmp)
             try:
                 view = memoryview(data)
                 while view:
@@ -86,8 +85,12 @@ class FilesystemStorage:
         start = self.root.joinpath(*folder.split("/")) if folder else self.root
         if not start.is_dir():
             return
+
+        def fail(exc: OSError) -> None:
+            raise exc
+
         try:
-            for dirpath, _dirs, files in os.walk(start):
+            for dirpath, _dirs, files in os.walk(start, onerror=fail):
                 rel = os.path.relpath(dirpath, self.root)
                 for name in files:
                     if name.endswith(TMP_SUFFIX):
@@ -107,10 +110,17 @@ class FilesystemStorage:
     def close(self) -> None:
         pass
 
-    def _mkdir(self, folder: Path) -> None:
-        if folder not in self._made:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._made.add(folder)
+    def _create(self, tmp: Path) -> int:
+        """Open a new temporary file, making its folder when it is not there (any more)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        if tmp.parent in self._made:
+            try:
+                return os.open(tmp, flags, 0o600)
+            except FileNotFoundError:
+                self._made.discard(tmp.parent)  # removed since, by garbage collection or by hand
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._made.add(tmp.parent)
+        return os.open(tmp, flags, 0o600)
 
     def _error(self, exc: OSError, key: str) -> StorageError:
         if exc.errno == errno.ENOENT:

@@ -1,0 +1,283 @@
+"""The filesystem storage target: put/get/exists/list/delete, atomicity, and its errors.
+
+Permission and full-disk errors use real filesystems: a read-only tmpfs gives
+EROFS, a 1 MiB tmpfs gives ENOSPC. Mounting needs root (these tests run as
+root here); without it those tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from genievm_storage_fs import FilesystemStorage, open_filesystem_storage
+
+from genievm_core.errors import ObjectNotFoundError, StorageError, StorageFullError, StoragePermissionError
+from genievm_core.plugin import PluginHost
+from genievm_core.repository.storage import open_storage
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FilesystemStorage:
+    return FilesystemStorage(tmp_path / "repo")
+
+
+def files_below(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------- semantics
+
+
+def test_put_get_exists_delete(store: FilesystemStorage) -> None:
+    assert not store.exists("config")
+    store.put("config", b"{}")
+    store.put("chunks/ab/abcdef", b"\x00\x01" * 1000)
+    assert store.get("config") == b"{}"
+    assert store.get("chunks/ab/abcdef") == b"\x00\x01" * 1000
+    assert store.exists("config") and store.exists("chunks/ab/abcdef")
+    assert (store.root / "chunks" / "ab" / "abcdef").read_bytes() == b"\x00\x01" * 1000
+    store.delete("config")
+    assert not store.exists("config")
+    with pytest.raises(ObjectNotFoundError, match="object config not found"):
+        store.get("config")
+    store.delete("config")  # absent: not an error
+    store.delete("never/was/here")
+
+
+def test_put_replaces_and_handles_empty_objects(store: FilesystemStorage) -> None:
+    store.put("k", b"first version, longer")
+    store.put("k", b"second")
+    assert store.get("k") == b"second"
+    store.put("empty", b"")
+    assert store.exists("empty") and store.get("empty") == b""
+
+
+def test_exists_is_false_for_folders(store: FilesystemStorage) -> None:
+    store.put("chunks/ab/abcd", b"x")
+    assert not store.exists("chunks/ab")
+    assert not store.exists("chunks")
+
+
+def test_list_by_prefix(store: FilesystemStorage) -> None:
+    keys = [
+        "config",
+        "chunks/ab/ab01",
+        "chunks/ab/ab02",
+        "chunks/cd/cd01",
+        "manifests/m1",
+        "manifests/m2",
+        "indexes/m1/vda",
+        "indexes/m1/vdb",
+        "indexes/m10/vda",
+    ]
+    for key in keys:
+        store.put(key, key.encode())
+    assert sorted(store.list("")) == sorted(keys)
+    assert sorted(store.list("chunks/")) == ["chunks/ab/ab01", "chunks/ab/ab02", "chunks/cd/cd01"]
+    assert sorted(store.list("chunks/ab/")) == ["chunks/ab/ab01", "chunks/ab/ab02"]
+    assert sorted(store.list("chunks/ab/ab0")) == ["chunks/ab/ab01", "chunks/ab/ab02"]
+    assert sorted(store.list("manifests/m")) == ["manifests/m1", "manifests/m2"]
+    assert sorted(store.list("indexes/m1/")) == ["indexes/m1/vda", "indexes/m1/vdb"]
+    assert sorted(store.list("indexes/m1")) == ["indexes/m1/vda", "indexes/m1/vdb", "indexes/m10/vda"]
+    assert sorted(store.list("conf")) == ["config"]
+    assert list(store.list("locks/")) == []
+    assert list(store.list("nothing/here/")) == []
+
+
+def test_list_of_a_missing_repository_is_empty(tmp_path: Path) -> None:
+    assert list(FilesystemStorage(tmp_path / "absent").list("")) == []
+
+
+@pytest.mark.parametrize(
+    "key", ["", "/abs", "a//b", "../x", "a/../../x", "a/./b", "a/", "x.tmp", "chunks/ab/.c.1234.tmp"]
+)
+def test_invalid_keys_are_refused(store: FilesystemStorage, key: str) -> None:
+    for call in (
+        lambda: store.put(key, b"x"),
+        lambda: store.get(key),
+        lambda: store.exists(key),
+        lambda: store.delete(key),
+    ):
+        with pytest.raises(StorageError, match="invalid object key"):
+            call()
+    assert not (store.root.parent / "x").exists()
+
+
+# ---------------------------------------------------------------- atomicity
+
+
+def test_puts_leave_no_temporary_files(store: FilesystemStorage) -> None:
+    for i in range(50):
+        store.put(f"chunks/{i % 4:02x}/obj{i}", os.urandom(1000))
+        store.put("config", str(i).encode())
+    assert temp_files(store.root) == []
+    assert len(list(store.list(""))) == 51
+
+
+def test_temporary_files_of_a_crashed_put_are_not_objects(store: FilesystemStorage) -> None:
+    store.put("manifests/m1", b"whole")
+    crashed = store.root / "manifests" / ".m2.0123456789ab.tmp"
+    crashed.write_bytes(b"half")
+    assert sorted(store.list("manifests/")) == ["manifests/m1"]
+    assert not store.exists("manifests/m2")
+
+
+def test_readers_see_whole_objects_during_overwrites(store: FilesystemStorage) -> None:
+    versions = [bytes([v]) * (256 * 1024) for v in range(1, 6)]
+    store.put("big", versions[0])
+    stop = threading.Event()
+    seen: set[bytes] = set()
+    torn: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            data = store.get("big")
+            if data not in versions:
+                torn.append(len(data))
+            seen.add(data[:1])
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(8):
+            for version in versions:
+                store.put("big", version)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert torn == [], "a reader saw a partly written object"
+    assert len(seen) > 1, "the readers should have seen several versions"
+    assert temp_files(store.root) == []
+
+
+def test_concurrent_puts_of_one_key(store: FilesystemStorage) -> None:
+    payloads = [os.urandom(64 * 1024) for _ in range(6)]
+    threads = [threading.Thread(target=store.put, args=("chunks/aa/same", p)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get("chunks/aa/same") in payloads
+    assert temp_files(store.root) == []
+
+
+def test_put_after_its_folder_was_removed(store: FilesystemStorage) -> None:
+    """Another process (garbage collection, an operator) may remove an emptied fan-out folder between puts."""
+    store.put("chunks/ab/ab01", b"one")
+    store.delete("chunks/ab/ab01")
+    shutil.rmtree(store.root / "chunks" / "ab")
+    store.put("chunks/ab/ab02", b"two")
+    assert store.get("chunks/ab/ab02") == b"two"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_a_path_under_a_file_is_a_storage_error(store: FilesystemStorage) -> None:
+    store.put("afile", b"x")
+    with pytest.raises(StorageError) as info:
+        store.put("afile/child", b"y")
+    assert not isinstance(info.value, (ObjectNotFoundError, StorageFullError, StoragePermissionError))
+    assert "afile/child" in str(info.value)
+    with pytest.raises(StorageError):
+        store.get("afile/child")
+    assert not store.exists("afile/child")
+    assert temp_files(store.root) == []
+
+
+def test_get_of_a_folder_is_a_storage_error(store: FilesystemStorage) -> None:
+    store.put("manifests/m1", b"x")
+    with pytest.raises(StorageError) as info:
+        store.get("manifests")
+    assert not isinstance(info.value, ObjectNotFoundError)
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root ignores file modes, so EACCES cannot happen (EROFS is tested below)"
+)
+def test_permission_denied(tmp_path: Path) -> None:
+    store = FilesystemStorage(tmp_path / "repo")
+    store.put("config", b"{}")
+    os.chmod(store.root, 0o500)
+    try:
+        with pytest.raises(StoragePermissionError, match="permission denied"):
+            store.put("chunks/ab/ab01", b"x")
+    finally:
+        os.chmod(store.root, 0o700)
+
+
+def _mount(target: Path, options: str) -> Iterator[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    yield from _mount(tmp_path / "small", "size=1m")
+
+
+@pytest.fixture
+def readonly_fs(tmp_path: Path) -> Iterator[Path]:
+    yield from _mount(tmp_path / "ro", "ro,size=1m")
+
+
+def test_full_disk_is_storage_full(small_fs: Path) -> None:
+    store = FilesystemStorage(small_fs / "repo")
+    store.put("config", b"old config")
+    with pytest.raises(StorageFullError, match="no space left"):
+        store.put("config", os.urandom(2 << 20))
+    assert store.get("config") == b"old config", "a failed put must not damage the existing object"
+    assert temp_files(small_fs) == [], "a failed put must not leave its temporary file"
+    store.put("chunks/ab/ab01", b"small objects still fit")
+    assert store.get("chunks/ab/ab01") == b"small objects still fit"
+
+
+def test_read_only_filesystem_is_permission_error(readonly_fs: Path) -> None:
+    store = FilesystemStorage(readonly_fs)
+    with pytest.raises(StoragePermissionError, match="permission denied"):
+        store.put("config", b"{}")
+    with pytest.raises(ObjectNotFoundError):
+        store.get("config")
+    assert list(store.list("")) == []
+
+
+# ---------------------------------------------------------------- URLs and registration
+
+
+def test_urls_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert open_filesystem_storage(f"file://{tmp_path}/r", {}).root == tmp_path / "r"
+    assert open_filesystem_storage(str(tmp_path / "r"), {}).root == tmp_path / "r"
+    assert open_filesystem_storage(f"file://{tmp_path}/with%20space", {}).root == tmp_path / "with space"
+    monkeypatch.chdir(tmp_path)
+    relative = open_filesystem_storage("rel/repo", {})
+    assert relative.root == tmp_path / "rel" / "repo" and relative.root.is_absolute()
+    assert relative.url == f"file://{tmp_path}/rel/repo"
+    assert open_filesystem_storage("x", {"fsync": False}).fsync is False
+
+
+def test_registered_as_the_file_scheme_through_its_entry_point(tmp_path: Path) -> None:
+    host = PluginHost()
+    info = {p.name: p for p in host.plugins()}["file"]
+    assert (info.distribution, info.origin) == ("genievm-storage-fs", "entry-point")
+    assert info.registers == {"storage target": ["file"]}
+    for url in (str(tmp_path / "r"), f"file://{tmp_path}/r"):
+        store = open_storage(host, url)
+        assert isinstance(store, FilesystemStorage) and store.root == tmp_path / "r"

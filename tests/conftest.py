@@ -1,0 +1,106 @@
+"""Fixtures of the core tests: real sparse images, real repositories, the real CLI.
+
+- ``make_image(path, size, layout)``: a sparse raw image (see ``support.write_image``).
+- ``new_repo(encrypted=False, chunk_size=65536)``: ``(Repository, path)`` in a fresh folder.
+- ``host``: a ``PluginHost`` with the installed plugins.
+- ``cli(*args, env=...)``: runs ``genievm_core.cli.main`` (the function the
+  console script calls) in this process; exit code, stdout and stderr.
+- ``genievm_exe(*args, env=...)``: runs the installed console script in a
+  subprocess, for what needs a real process (entry points, tracebacks).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import structlog
+from hypothesis import settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import CHUNK, PASSPHRASE, CLIResult, genievm_path, write_image  # noqa: E402
+
+from genievm_core.plugin import PluginHost  # noqa: E402
+from genievm_core.repository import Repository  # noqa: E402
+from genievm_core.repository.storage import open_storage  # noqa: E402
+
+# the machine may be busy: examples are judged on their results, never on their speed
+settings.register_profile("genievm", deadline=None)
+settings.load_profile("genievm")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No GENIEVM_* variable of the caller leaks into a test; structlog is reset after each."""
+    for name in list(os.environ):
+        if name.startswith("GENIEVM_"):
+            monkeypatch.delenv(name)
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def host() -> PluginHost:
+    return PluginHost()
+
+
+@pytest.fixture
+def make_image() -> Callable[..., Path]:
+    return write_image
+
+
+@pytest.fixture
+def new_repo(host: PluginHost, tmp_path: Path) -> Callable[..., tuple[Repository, Path]]:
+    counter = iter(range(1000))
+
+    def make(encrypted: bool = False, chunk_size: int = CHUNK) -> tuple[Repository, Path]:
+        path = tmp_path / f"repo{next(counter)}"
+        repo = Repository.init(
+            open_storage(host, str(path)), passphrase=PASSPHRASE if encrypted else None, chunk_size=chunk_size
+        )
+        return repo, path
+
+    return make
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., CLIResult]:
+    from genievm_core.cli import main
+
+    def run(*args: str, env: Mapping[str, str] | None = None) -> CLIResult:
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            m.setattr(sys, "argv", ["genievm", *args])
+            with pytest.raises(SystemExit) as exit_info:
+                main()
+        out, err = capsys.readouterr()
+        structlog.reset_defaults()  # the CLI bound structlog to the captured stderr
+        code = exit_info.value.code
+        return CLIResult(0 if code is None else int(code), out, err)
+
+    return run
+
+
+@pytest.fixture
+def genievm_exe() -> Callable[..., CLIResult]:
+    def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> CLIResult:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GENIEVM_")}
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [genievm_path(), *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run

@@ -1,0 +1,1 @@
+"""A GenieVM test plugin: the ``demo`` provider serves VMs whose disks are generated, not stored."""

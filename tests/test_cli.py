@@ -1,0 +1,298 @@
+"""The ``genievm`` command: JSON output of each command, exit codes, one-line errors.
+
+Most tests call ``genievm_core.cli.main`` in this process (``cli``); the first
+tests run the installed console script in a subprocess (``genievm_exe``) for a
+whole session as a user types it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import CHUNK, PASSPHRASE, CLIResult, open_repo, random_bytes, text_bytes, write_image
+
+from genievm_core.plugin import PluginHost
+
+Run = Callable[..., CLIResult]
+
+
+def ok_json(result: CLIResult) -> object:
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def one_error_line(result: CLIResult, code: int) -> str:
+    assert result.code == code, f"exit {result.code}: {result.stderr!r}"
+    assert len(result.err_lines) == 1, f"expected one line on stderr: {result.stderr!r}"
+    assert result.err_lines[0].startswith("genievm: error: ")
+    assert "Traceback" not in result.stderr
+    return result.err_lines[0]
+
+
+# ---------------------------------------------------------------- the console script, end to end
+
+
+def test_console_script_session(genievm_exe: Run, tmp_path: Path) -> None:
+    """init (encrypted, passphrase file), backup, restore; a wrong passphrase; a truncated manifest.
+
+    Each step is its own process, as a user types it: the console script, and once ``python -m genievm_core``.
+    """
+    repo = tmp_path / "repo"
+    secret = tmp_path / "secret"
+    secret.write_text(PASSPHRASE + "\n")
+    image = write_image(tmp_path / "vda.img", 5 * CHUNK + 3, [(CHUNK, random_bytes(CHUNK, 1)), (0, text_bytes(500))])
+
+    init = ok_json(
+        genievm_exe("repo", "init", str(repo), "--chunk-size", str(CHUNK), "--passphrase-file", str(secret), "--json")
+    )
+    assert isinstance(init, dict) and init["chunk_size"] == CHUNK and init["chunk_id"] == "blake3-keyed"
+    assert PASSPHRASE not in (repo / "config").read_text()
+
+    env = {"GENIEVM_PASSPHRASE": PASSPHRASE}
+    backup = ok_json(
+        genievm_exe("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={image}", "--json", env=env)
+    )
+    assert isinstance(backup, dict) and backup["vm"]["id"] == "web01" and "config" not in backup["vm"]
+    assert backup["disks"][0]["size"] == 5 * CHUNK + 3 and backup["stats"]["chunks_new"] == 2
+
+    restore = genievm_exe(
+        "restore",
+        "--vm",
+        "web01",
+        "--repo",
+        str(repo),
+        "--target",
+        str(tmp_path / "out"),
+        "--passphrase-file",
+        str(secret),
+    )
+    assert restore.code == 0, restore.stderr
+    assert "verified" in restore.stdout and backup["backup_id"] in restore.stdout
+    assert (tmp_path / "out" / "vda.img").read_bytes() == image.read_bytes()
+
+    # `python -m genievm_core` is the same command
+    proc = subprocess.run(
+        [sys.executable, "-m", "genievm_core", "backups", "list", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"GENIEVM_PASSPHRASE": "guess"},
+    )
+    wrong = CLIResult(proc.returncode, proc.stdout, proc.stderr)
+    assert one_error_line(wrong, 17) == f"genievm: error: wrong passphrase for repository file://{repo}"
+    assert "guess" not in wrong.stderr
+
+    manifest = repo / "manifests" / backup["backup_id"]
+    manifest.write_bytes(manifest.read_bytes()[:40])
+    broken = genievm_exe("backups", "show", backup["backup_id"], "--repo", str(repo), env=env)
+    assert f"manifest {backup['backup_id']} is corrupt" in one_error_line(broken, 21)
+
+
+# ---------------------------------------------------------------- commands and their JSON
+
+
+@pytest.fixture
+def populated(cli: Run, tmp_path: Path) -> tuple[Path, dict[str, Path], list[str]]:
+    """An unencrypted repository holding two backups of web01 and one of db01."""
+    repo = tmp_path / "repo"
+    assert cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)).code == 0
+    images = {
+        "web01": write_image(tmp_path / "web01.img", 4 * CHUNK, [(0, random_bytes(2 * CHUNK, 1))]),
+        "db01": write_image(tmp_path / "db01.img", 2 * CHUNK + 10, [(CHUNK, text_bytes(CHUNK + 10))]),
+    }
+    ids = []
+    for vm in ("web01", "db01", "web01"):
+        manifest = ok_json(cli("backup", "--vm", vm, "--repo", str(repo), "--disk", f"vda={images[vm]}", "--json"))
+        assert isinstance(manifest, dict)
+        ids.append(manifest["backup_id"])
+    return repo, images, ids
+
+
+def test_repo_info(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) -> None:
+    repo, _, _ = populated
+    info = ok_json(cli("repo", "info", str(repo), "--json"))
+    assert isinstance(info, dict)
+    assert (info["encryption"], info["backups"], info["chunk_size"], info["format_version"]) == ("none", 3, CHUNK, 1)
+    assert info["url"] == f"file://{repo}"
+    human = cli("repo", "info", env={"GENIEVM_BACKUP_PATH": str(repo)})
+    assert human.code == 0 and "backups: 3" in human.stdout
+
+
+def test_backups_list(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) -> None:
+    repo, _, ids = populated
+    listed = ok_json(cli("backups", "list", "--repo", str(repo), "--json"))
+    assert isinstance(listed, list)
+    assert sorted(b["backup_id"] for b in listed) == sorted(ids)
+    by_id = {b["backup_id"]: b for b in listed}
+    assert by_id[ids[0]]["vm"] == "web01" and by_id[ids[0]]["kind"] == "full" and by_id[ids[0]]["parent_id"] is None
+    assert by_id[ids[2]]["kind"] == "incremental" and by_id[ids[2]]["parent_id"] == ids[0]
+    assert by_id[ids[2]]["bytes_new"] == 0 and by_id[ids[0]]["bytes_new"] == 2 * CHUNK
+    assert by_id[ids[1]]["disks"] == ["vda"] and by_id[ids[1]]["size"] == 2 * CHUNK + 10
+
+    only_db = ok_json(cli("backups", "list", "--repo", str(repo), "--vm", "db01", "--json"))
+    assert isinstance(only_db, list) and [b["backup_id"] for b in only_db] == [ids[1]]
+    table = cli("backups", "list", "--repo", str(repo), env={"COLUMNS": "200"})
+    assert table.code == 0 and "web01" in table.stdout and "db01" in table.stdout and "incremental" in table.stdout
+
+
+def test_backups_show(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) -> None:
+    repo, _, ids = populated
+    shown = ok_json(cli("backups", "show", ids[1], "--repo", str(repo), "--json"))
+    assert isinstance(shown, dict)
+    assert shown["backup_id"] == ids[1] and shown["vm"]["id"] == "db01" and "config" not in shown["vm"]
+    (disk,) = shown["disks"]
+    assert (disk["name"], disk["size"], disk["chunk_count"], disk["cbt"]["mode"]) == ("vda", 2 * CHUNK + 10, 3, "full")
+    assert len(disk["checksum"]) == 64 and disk["stats"]["chunks_zero"] == 1
+
+    latest = ok_json(cli("backups", "show", "latest", "--vm", "db01", "--repo", str(repo), "--json"))
+    assert isinstance(latest, dict) and latest["backup_id"] == ids[1]
+    human = cli("backups", "show", ids[2], "--repo", str(repo))
+    assert human.code == 0 and f"parent {ids[0]}" in human.stdout and "hash-compare" in human.stdout
+
+    wrong_vm = cli("backups", "show", ids[1], "--vm", "web01", "--repo", str(repo))
+    assert "is of VM db01" in one_error_line(wrong_vm, 20)
+
+
+def test_verify(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) -> None:
+    repo, _, ids = populated
+    reports = ok_json(cli("verify", "--repo", str(repo), "--json"))
+    assert isinstance(reports, list)
+    assert [(r["backup_id"], r["verifier"]) for r in reports] == [
+        (b, v) for b in sorted(ids) for v in ("manifest", "chunks")
+    ]
+    assert all(r["problems"] == [] for r in reports)
+    checked = {(r["backup_id"], r["verifier"]): r["checked"] for r in reports}
+    assert checked[(ids[0], "chunks")] == 2 and checked[(ids[1], "chunks")] == 2 and checked[(ids[0], "manifest")] == 1
+
+    data = ok_json(cli("verify", "--repo", str(repo), "--read-data", "--vm", "web01", "--json"))
+    assert isinstance(data, list) and {r["verifier"] for r in data} == {"manifest", "data"}
+    assert {r["backup_id"] for r in data} == {ids[0], ids[2]}
+
+    one = ok_json(cli("verify", "--repo", str(repo), "--backup", ids[1], "--json"))
+    assert isinstance(one, list) and {r["backup_id"] for r in one} == {ids[1]}
+    human = cli("verify", "--repo", str(repo))
+    assert human.code == 0 and human.stdout.count(", ok") == 6
+
+
+def test_restore_json(cli: Run, populated: tuple[Path, dict[str, Path], list[str]], tmp_path: Path) -> None:
+    repo, images, ids = populated
+    result = ok_json(
+        cli(
+            "restore",
+            "--vm",
+            "db01",
+            "--repo",
+            str(repo),
+            "--target",
+            str(tmp_path / "out"),
+            "--json",
+            "--new-name",
+            "db01-copy",
+        )
+    )
+    assert isinstance(result, dict)
+    assert (result["backup_id"], result["vm_id"], result["disks"], result["verified"]) == (
+        ids[1],
+        "db01-copy",
+        ["vda"],
+        True,
+    )
+    assert (tmp_path / "out" / "vda.img").read_bytes() == images["db01"].read_bytes()
+
+    again = cli("restore", "--vm", "db01", "--repo", str(repo), "--target", str(tmp_path / "out"))
+    assert "--force" in one_error_line(again, 23)
+    forced = cli(
+        "restore",
+        "--vm",
+        "web01",
+        "--backup",
+        ids[0],
+        "--repo",
+        str(repo),
+        "--target",
+        str(tmp_path),
+        "--disk-target",
+        f"vda={tmp_path / 'out' / 'vda.img'}",
+        "--force",
+        "--no-verify",
+        "--json",
+    )
+    forced_result = ok_json(forced)
+    assert isinstance(forced_result, dict) and forced_result["verified"] is False
+    assert (tmp_path / "out" / "vda.img").read_bytes() == images["web01"].read_bytes()
+
+
+def test_plugins_json(cli: Run) -> None:
+    plugins = ok_json(cli("plugins", "--json"))
+    assert isinstance(plugins, list)
+    by_name = {p["name"]: p for p in plugins}
+    assert by_name["image"] == {
+        "name": "image",
+        "distribution": "genievm-core",
+        "version": by_name["image"]["version"],
+        "origin": "builtin",
+        "registers": {"provider": ["image"]},
+    }
+    assert by_name["file"]["registers"] == {"storage target": ["file"]}
+    assert by_name["file"]["origin"] == "entry-point"
+    table = cli("plugins")
+    assert table.code == 0 and "genievm-storage-fs" in table.stdout
+    disabled = ok_json(cli("--disable-plugin", "file", "plugins", "--json"))
+    assert isinstance(disabled, list) and "file" not in {p["name"] for p in disabled}
+
+
+# ---------------------------------------------------------------- errors: exit code and one line
+
+
+def test_error_exit_codes(cli: Run, tmp_path: Path, host: PluginHost) -> None:
+    repo = tmp_path / "repo"
+    image = write_image(tmp_path / "vda.img", CHUNK, [(0, b"data")])
+
+    assert "backupPath" in one_error_line(cli("backups", "list"), 3)
+    assert "encryption" in one_error_line(cli("repo", "init", str(repo), "--encryption", "rot13"), 3)
+    assert "chunk_size" in one_error_line(
+        cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", "1000"), 3
+    )
+    assert not (repo / "config").exists()
+    assert "no GenieVM repository" in one_error_line(cli("backups", "list", "--repo", str(repo)), 14)
+
+    assert cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)).code == 0
+    assert "already exists" in one_error_line(cli("repo", "init", str(repo), "--encryption", "none"), 15)
+    assert "is encrypted" not in (repo / "config").read_text()
+
+    line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--provider", "kvm"), 4)
+    assert "no provider named 'kvm' is installed (installed: image)" in line
+    assert "no VM web01" in one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo)), 7)
+    missing = tmp_path / "absent.img"
+    line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={missing}"), 5)
+    assert str(missing) in line and "No such file or directory" in line
+    line = one_error_line(
+        cli("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={image}", "--exclude-disk", "vdq"), 3
+    )
+    assert "excludedDisks" in line and "vdq" in line
+    assert open_repo(host, repo).backup_ids() == [], "no failed backup left a manifest"
+    assert list(open_repo(host, repo).storage.list("locks/")) == [], "every failed backup released its lock"
+
+    assert "no backup of VM web01" in one_error_line(
+        cli("restore", "--vm", "web01", "--repo", str(repo), "--target", str(tmp_path / "out")), 20
+    )
+    assert "--disk-target" in one_error_line(
+        cli("restore", "--vm", "web01", "--repo", str(repo), "--target", str(tmp_path / "o"), "--disk-target", "=x"), 3
+    )
+
+
+def test_usage_errors_exit_2(cli: Run) -> None:
+    assert cli("backup", "--no-such-option").code == 2
+    assert cli("no-such-command").code == 2
+
+
+def test_a_repository_path_that_is_a_file(cli: Run, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    line = one_error_line(cli("backups", "list", "--repo", str(not_a_dir)), 9)
+    assert f"storage file://{not_a_dir}" in line
