@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from genievm_core.engine.writeback import Writeback
 from genievm_core.errors import (
     ConfigError,
     ProviderError,
@@ -199,6 +200,7 @@ class ImageDiskSink:
                 os.ftruncate(self._fd, size)
         except OSError as exc:
             raise ProviderError(f"provider image: cannot write {path}: {exc.strerror}") from exc
+        self._writeback = Writeback(self._fd)
 
     @property
     def zeroed(self) -> bool:
@@ -212,6 +214,7 @@ class ImageDiskSink:
                 view, offset = view[n:], offset + n
         except OSError as exc:
             raise ProviderError(f"provider image: writing {self.final}: {exc.strerror}") from exc
+        self._writeback.wrote(len(data))
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)

@@ -15,6 +15,7 @@ import typer
 
 from genievm_core.cli import backups, plugins, repo, transfer, verify
 from genievm_core.cli.common import State, err_console
+from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError
 from genievm_core.logging import configure_logging
 
@@ -54,6 +55,7 @@ def _root(
 
 
 def main() -> None:
+    tune_allocator()
     try:
         app(standalone_mode=True)
     except GenieVMError as exc:
