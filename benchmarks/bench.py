@@ -2,23 +2,28 @@
 
 It builds one synthetic raw image (default 4 GiB) of 4 MiB blocks in a seeded
 random order: 40 % holes, 30 % compressible bytes (files under /usr/share and
-/usr/lib) and 30 % ``os.urandom``. Then, in one run, each step a subprocess:
+/usr/lib) and 30 % ``os.urandom``. Then, in one round, each step a subprocess:
 
-    baseline      qemu-img convert -O qcow2 IMG OUT.qcow2
-    full          genievm backup into a fresh encrypted repository, zstd level 1
-    incremental   1 % of the blocks rewritten with random data, then
-                  genievm backup --no-cbt (chunk ids compared with the parent's)
-    restore       genievm restore --no-verify
-    restore+verify  genievm restore with verify-after-restore (reads it all back)
+    baseline        qemu-img convert -O qcow2 IMG OUT.qcow2 (qemu-img's default
+                    cache=unsafe for convert: nothing is flushed)
+    baseline-flush  the same with -t writeback: flushed once at the end (for reference)
+    full            genievm backup into a fresh encrypted repository, zstd level 1
+    incremental     1 % of the blocks rewritten with random data, then
+                    genievm backup --no-cbt (chunk ids compared with the parent's)
+    restore         genievm restore --no-verify
+    restore+verify  genievm restore, verify-after-restore on (reads it all back)
 
-Per step: wall seconds, CPU seconds and peak RSS (from ``os.wait4``), the ratio
-to the baseline and the targets (full <= 2.0x, incremental <= 1.5x, restore
-<= 1.5x, peak RSS <= 256 MiB). Every restored image is compared byte for byte
-with the modified source; a difference fails the run (exit 1). The image is in
-the page cache for every step, baseline included, and dirty pages are synced
-before each step, so each starts the same way.
+Per step: wall seconds, CPU seconds and peak RSS (from ``os.wait4``: the
+child's own), the ratio to the baseline and to baseline-flush, and the targets
+(full <= 2.0x, incremental <= 1.5x, restore <= 1.5x the baseline; peak RSS <=
+256 MiB). With ``--repeat N`` the rounds start afresh (new image, repository)
+and each step's figures are the median round's (peak RSS: the highest). Each
+restored image is compared byte for byte with the modified source; a
+difference fails the run. The image is in the page cache for every step,
+baseline included; dirty pages are synced before each step and nothing is
+deleted until the round ends, so each step starts the same way.
 
-    .venv/bin/python benchmarks/bench.py [--size 4G] [--workdir ./bench-work] [--workers N] [--json]
+    .venv/bin/python benchmarks/bench.py [--size 4G] [--repeat 3] [--workers N] [--json] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -34,16 +39,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 BLOCK = 4 << 20
 MIB = 1 << 20
 PASSPHRASE = "genievm-bench-passphrase"
-POOL_SIZE = 64 * MIB  # compressible bytes sampled from
-PER_FILE = 1 * MIB
-SKIP_SUFFIXES = (".gz", ".xz", ".bz2", ".zst", ".zip", ".png", ".jpg", ".jpeg", ".gif", ".ttf", ".otf")
+POOL_SIZE, PER_FILE = 64 * MIB, MIB  # compressible bytes are sampled from this much of /usr
+SKIP_SUFFIXES = (".gz", ".xz", ".bz2", ".zst", ".zip", ".png", ".jpg", ".gif", ".ttf", ".otf", ".woff")
 TIME_TARGETS = {"full": 2.0, "incremental": 1.5, "restore": 1.5}
 RSS_TARGET_MIB = 256.0
 
@@ -54,10 +58,12 @@ class Step:
     seconds: float
     cpu_seconds: float
     rss_mib: float
-    ratio: float = 1.0
+    ratio: float = 1.0  # to baseline
+    ratio_flush: float = 1.0  # to baseline-flush
     target: float | None = None
-    internal_seconds: float | None = None  # genievm's own elapsed_seconds (no interpreter start-up)
+    internal_seconds: float | None = None  # genievm's own elapsed_seconds: no interpreter start-up
     stats: dict[str, Any] = field(default_factory=dict)
+    rounds: list[float] = field(default_factory=list)  # seconds in each round
 
     @property
     def time_ok(self) -> bool | None:
@@ -65,20 +71,18 @@ class Step:
 
     @property
     def rss_ok(self) -> bool | None:
-        return None if self.name == "baseline" else self.rss_mib <= RSS_TARGET_MIB
+        return None if self.name.startswith("baseline") else self.rss_mib <= RSS_TARGET_MIB
 
 
 def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    size = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    if size < BLOCK:
-        raise argparse.ArgumentTypeError(f"size {text} is below one 4 MiB block")
-    return size - size % BLOCK
+    """``4G``, ``256M``, ``1.5G`` or bytes; rounded down to whole 4 MiB blocks."""
+    shift = {"K": 10, "M": 20, "G": 30}.get(text[-1:].upper(), 0)
+    size = int(float(text[:-1] if shift else text) * (1 << shift))
+    return max(BLOCK, size - size % BLOCK)
 
 
 def compressible_pool() -> bytes:
-    """Up to POOL_SIZE bytes of files under /usr/share and /usr/lib, already-compressed files skipped."""
+    """Up to POOL_SIZE bytes of files under /usr/share and /usr/lib; already-compressed files skipped."""
     buf = bytearray()
     for root in ("/usr/share", "/usr/lib"):
         for dirpath, dirs, files in os.walk(root):
@@ -95,30 +99,26 @@ def compressible_pool() -> bytes:
                 if len(buf) >= POOL_SIZE:
                     return bytes(buf)
     if len(buf) < 2 * BLOCK:
-        raise SystemExit("bench: found too few files under /usr/share and /usr/lib for compressible data")
+        raise SystemExit("bench: too few files under /usr/share and /usr/lib for compressible data")
     return bytes(buf)
 
 
 def build_image(path: Path, size: int, seed: int) -> dict[str, int]:
-    """A sparse raw image: only the data blocks are written, holes are left by ftruncate."""
+    """A sparse raw image: ftruncate leaves the holes, only data blocks are written."""
     rng = random.Random(seed)
     n = size // BLOCK
     holes, compressible = round(n * 0.4), round(n * 0.3)
     kinds = ["hole"] * holes + ["compressible"] * compressible + ["random"] * (n - holes - compressible)
     rng.shuffle(kinds)
     pool = memoryview(compressible_pool())
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.ftruncate(fd, size)
+    with open(path, "wb", buffering=0) as f:
+        f.truncate(size)
         for i, kind in enumerate(kinds):
             if kind == "compressible":
                 start = rng.randrange(len(pool) - BLOCK)
-                os.pwrite(fd, pool[start : start + BLOCK], i * BLOCK)
+                os.pwrite(f.fileno(), pool[start : start + BLOCK], i * BLOCK)
             elif kind == "random":
-                os.pwrite(fd, os.urandom(BLOCK), i * BLOCK)
-    finally:
-        os.close(fd)
+                os.pwrite(f.fileno(), os.urandom(BLOCK), i * BLOCK)
     return {k: kinds.count(k) for k in ("hole", "compressible", "random")}
 
 
@@ -126,19 +126,16 @@ def modify_image(path: Path, size: int, seed: int, fraction: float = 0.01) -> li
     """Rewrite ``fraction`` of the blocks, chosen at random, with new random data."""
     n = size // BLOCK
     blocks = sorted(random.Random(seed + 1).sample(range(n), max(1, round(n * fraction))))
-    fd = os.open(path, os.O_WRONLY)
-    try:
+    with open(path, "r+b", buffering=0) as f:
         for i in blocks:
-            os.pwrite(fd, os.urandom(BLOCK), i * BLOCK)
-    finally:
-        os.close(fd)
+            os.pwrite(f.fileno(), os.urandom(BLOCK), i * BLOCK)
     return blocks
 
 
 def same_content(a: Path, b: Path) -> None:
     """Exit loudly unless the two files hold the same bytes."""
-    if a.stat().st_size != b.stat().st_size:
-        raise SystemExit(f"bench: FAIL: {b} is {b.stat().st_size} bytes, {a} is {a.stat().st_size}")
+    if (size := b.stat().st_size) != a.stat().st_size:
+        raise SystemExit(f"bench: FAIL: restored image {b} is {size} bytes, {a} is {a.stat().st_size}")
     buf_a, buf_b = bytearray(BLOCK), bytearray(BLOCK)
     with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
         offset = 0
@@ -149,19 +146,14 @@ def same_content(a: Path, b: Path) -> None:
 
 
 def forked(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a forked child, so its memory never raises this process's peak RSS.
-
-    A child started by subprocess (vfork + exec) inherits its parent's peak RSS
-    as a floor of its own ru_maxrss; keeping this process small keeps that floor low.
-    """
+    """``fn(*args)`` in a forked child: a child started by subprocess (vfork + exec) keeps
+    this process's peak RSS as the floor of its own ru_maxrss, so this process stays small."""
     rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+    if (pid := os.fork()) == 0:
         os.close(rfd)
-        code = 0
         try:
-            result: Any = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the parent
+            result, code = fn(*args), 0
+        except BaseException as exc:  # handed to the parent, raised there
             result, code = exc, 1
         with os.fdopen(wfd, "wb") as f:
             pickle.dump(result, f)
@@ -169,15 +161,14 @@ def forked(fn: Callable[..., Any], *args: Any) -> Any:
     os.close(wfd)
     with os.fdopen(rfd, "rb") as f:
         result = pickle.load(f)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
         raise result
     return result
 
 
 def run(name: str, cmd: list[str], logs: Path, env: dict[str, str]) -> tuple[Step, str]:
-    """Run one step as a child process; its rusage comes from wait4, so it is this child's alone."""
-    os.sync()  # the previous step's dirty pages are not flushed on this step's time
+    """Run one step as a child; wait4 gives this child's own rusage (time, peak RSS)."""
+    os.sync()  # the previous step's dirty pages are not written back on this step's time
     with open(logs / f"{name}.out", "w+b") as out, open(logs / f"{name}.err", "w+b") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -192,96 +183,111 @@ def run(name: str, cmd: list[str], logs: Path, env: dict[str, str]) -> tuple[Ste
     return Step(name, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024), text
 
 
-def genievm_step(name: str, cmd: list[str], logs: Path, env: dict[str, str], baseline: float) -> Step:
-    step, text = run(name, cmd, logs, env)
-    result = json.loads(text)
-    step.ratio = step.seconds / baseline
-    step.target = TIME_TARGETS.get(name)
-    step.internal_seconds = result.get("elapsed_seconds")
-    step.stats = result.get("stats") or {}
-    return step
-
-
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
     qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_mib": mem, "kernel": platform.release(),
-            "python": platform.python_version(), "qemu_img": qemu, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-
-
-def mark(ok: bool | None) -> str:
-    return "-" if ok is None else ("pass" if ok else "MISS")
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MIB
+    info = {"cpu": cpu, "cpus": os.cpu_count(), "memory_mib": memory, "kernel": platform.release(), "qemu_img": qemu}
+    return info | {"python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def print_table(steps: list[Step]) -> None:
-    print(f"{'step':<15} {'seconds':>8} {'cpu s':>7} {'x base':>7} {'target':>7} {'time':>5} "
-          f"{'RSS MiB':>8} {'RSS':>5}")
+    row = "{:<15} {:>8} {:>6} {:>7} {:>7} {:>7} {:>5} {:>8} {:>5}".format
+    mark = {None: "-", True: "pass", False: "MISS"}
+    print(row("step", "seconds", "cpu s", "x base", "x flush", "target", "time", "RSS MiB", "RSS"))
     for s in steps:
         target = f"<={s.target:.1f}x" if s.target is not None else "-"
-        print(f"{s.name:<15} {s.seconds:>8.2f} {s.cpu_seconds:>7.2f} {s.ratio:>6.2f}x {target:>7} "
-              f"{mark(s.time_ok):>5} {s.rss_mib:>8.1f} {mark(s.rss_ok):>5}")
+        cells = [s.name, f"{s.seconds:.2f}", f"{s.cpu_seconds:.1f}", f"{s.ratio:.2f}x", f"{s.ratio_flush:.2f}x"]
+        print(row(*cells, target, mark[s.time_ok], f"{s.rss_mib:.1f}", mark[s.rss_ok]))
+
+
+def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Step], dict[str, int], int]:
+    """One round of every step, on a new image and repository under WORKDIR/data."""
+    work, data = args.workdir.resolve(), args.workdir.resolve() / "data"
+    img, repo, logs = data / "disk.img", data / "repo", work / "logs"
+    outputs = [data / "base.qcow2", data / "flush.qcow2", data / "restore", data / "restore-verify"]
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(logs, ignore_errors=True)
+    data.mkdir(parents=True)
+    logs.mkdir()
+    # .pyc files cached as an installed package has them (this sandbox sets PYTHONDONTWRITEBYTECODE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env |= {"GENIEVM_PASSPHRASE": PASSPHRASE, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+    gv, workers = [str(args.genievm)], ["--workers", str(args.workers)] if args.workers else []
+
+    started = time.perf_counter()
+    layout = forked(build_image, img, args.size, args.seed)
+    say(f"image of {args.size / (1 << 30):.2f} GiB, 4 MiB blocks {layout}: {time.perf_counter() - started:.1f} s")
+    run("repo-init", gv + ["repo", "init", str(repo), "--json"], logs, env)  # also warms the .pyc cache
+    convert = ["qemu-img", "convert", "-O", "qcow2", str(img)]
+    flushed = convert[:2] + ["-t", "writeback"] + convert[2:]
+    steps = [run("baseline", convert + [str(outputs[0])], logs, env)[0]]
+    steps.append(run("baseline-flush", flushed + [str(outputs[1])], logs, env)[0])
+
+    def genievm(name: str, cmd: list[str]) -> None:
+        step, text = run(name, gv + cmd + ["--json", *workers], logs, env)
+        result = json.loads(text)
+        step.internal_seconds, step.stats = result.get("elapsed_seconds"), result.get("stats") or {}
+        steps.append(step)
+
+    backup = ["backup", "--vm", "bench", "--repo", str(repo), "--disk", f"vda={img}", "--compression-level", "1"]
+    genievm("full", backup)
+    changed = forked(modify_image, img, args.size, args.seed)
+    genievm("incremental", backup + ["--no-cbt"])
+    if steps[-1].stats.get("chunks_new") != len(changed):
+        say(f"warning: the incremental stored {steps[-1].stats.get('chunks_new')} chunks; {len(changed)} changed")
+    restore = ["restore", "--vm", "bench", "--repo", str(repo), "--target"]
+    genievm("restore", restore + [str(outputs[2]), "--no-verify"])
+    genievm("restore+verify", restore + [str(outputs[3])])
+    for out in outputs[2:]:
+        forked(same_content, img, out / "vda.img")
+    say("  ".join(f"{s.name} {s.seconds:.2f} s" for s in steps) + "; restored images identical to the source")
+    if not args.keep:
+        shutil.rmtree(data)
+    return steps, layout, len(changed)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("bench-work"), help="default ./bench-work")
-    parser.add_argument("--size", type=parse_size, default=4 << 30, help="image size, e.g. 4G (default), 256M")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("bench-work"), help="default ./bench-work (~15 GB)")
+    parser.add_argument("--size", type=parse_size, default=4 << 30, help="image size: 4G (default), 256M, ...")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; the median round's figures are shown")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, help="genievm --workers (default: genievm's, the CPU count)")
     parser.add_argument("--genievm", type=Path, default=Path(sys.executable).with_name("genievm"))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the image, repository and restores")
+    parser.add_argument("--keep", action="store_true", help="keep WORKDIR/data: image, outputs, repository")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if shutil.which("qemu-img") is None:
         raise SystemExit("bench: qemu-img is missing: apt-get install -y --no-install-recommends qemu-utils")
     if not args.genievm.exists():
         raise SystemExit(f"bench: no genievm at {args.genievm} (run `uv sync`, or give --genievm)")
-    say = (lambda _msg: None) if args.json else (lambda msg: print(msg, flush=True))
-    work = args.workdir.resolve()
-    img, qcow, repo, logs = work / "disk.img", work / "disk.qcow2", work / "repo", work / "logs"
-    for path in (repo, logs, work / "restore", work / "restore-verify"):
-        shutil.rmtree(path, ignore_errors=True)
-    logs.mkdir(parents=True)
-    env = os.environ | {"GENIEVM_PASSPHRASE": PASSPHRASE}
-    gv = [str(args.genievm)]
-    workers = ["--workers", str(args.workers)] if args.workers else []
 
-    started = time.perf_counter()
-    layout = forked(build_image, img, args.size, args.seed)
-    say(f"image {img}: {args.size / (1 << 30):.2f} GiB, {layout} blocks of 4 MiB, "
-        f"built in {time.perf_counter() - started:.1f} s")
-    run("repo-init", gv + ["repo", "init", str(repo), "--json"], logs, env)
+    def say(msg: str) -> None:
+        if not args.json:
+            print(msg, flush=True)
 
-    base, _ = run("baseline", ["qemu-img", "convert", "-O", "qcow2", str(img), str(qcow)], logs, env)
-    say(f"baseline   {base.seconds:.2f} s")
-    qcow.unlink()
-    backup = gv + ["backup", "--vm", "bench", "--repo", str(repo), "--disk", f"vda={img}",
-                   "--compression-level", "1", "--json", *workers]
-    steps = [base, genievm_step("full", backup, logs, env, base.seconds)]
-    say(f"full       {steps[-1].seconds:.2f} s")
-    changed = forked(modify_image, img, args.size, args.seed)
-    steps.append(genievm_step("incremental", backup + ["--no-cbt"], logs, env, base.seconds))
-    say(f"incremental {steps[-1].seconds:.2f} s ({len(changed)} blocks rewritten)")
-    if steps[-1].stats.get("chunks_new") != len(changed):
-        say(f"warning: the incremental stored {steps[-1].stats.get('chunks_new')} chunks, {len(changed)} changed")
-    for name, target, extra in (("restore", work / "restore", ["--no-verify"]),
-                                ("restore+verify", work / "restore-verify", [])):
-        cmd = gv + ["restore", "--vm", "bench", "--repo", str(repo), "--target", str(target),
-                    "--json", *workers, *extra]
-        steps.append(genievm_step(name, cmd, logs, env, base.seconds))
-        forked(same_content, img, target / "vda.img")
-        say(f"{name:<10} {steps[-1].seconds:.2f} s, restored image identical to the source")
-        shutil.rmtree(target)
-    if not args.keep:
-        shutil.rmtree(repo)
-        img.unlink()
+    rounds = []
+    for i in range(args.repeat):
+        say(f"round {i + 1} of {args.repeat}")
+        steps, layout, changed = bench_round(args, say)
+        rounds.append(steps)
+    steps = []
+    for group in zip(*rounds, strict=True):
+        by_time = sorted(group, key=lambda s: s.seconds)
+        median = by_time[(len(by_time) - 1) // 2]  # the lower median: a real round's figures
+        steps.append(replace(median, rss_mib=max(s.rss_mib for s in group), rounds=[s.seconds for s in group]))
+    base, flush = steps[0].seconds, steps[1].seconds
+    for s in steps:
+        s.ratio, s.ratio_flush, s.target = s.seconds / base, s.seconds / flush, TIME_TARGETS.get(s.name)
 
     if args.json:
-        figures = {"machine": machine(), "image_bytes": args.size, "blocks": layout,
-                   "changed_blocks": len(changed), "workers": args.workers, "restore_identical": True,
-                   "steps": [asdict(s) | {"time_ok": s.time_ok, "rss_ok": s.rss_ok} for s in steps]}
+        figures = {"machine": machine(), "image_bytes": args.size, "blocks": layout, "changed_blocks": changed}
+        figures |= {"workers": args.workers, "rounds": args.repeat, "restores_identical": True}
+        figures["steps"] = [asdict(s) | {"time_ok": s.time_ok, "rss_ok": s.rss_ok} for s in steps]
         print(json.dumps(figures, indent=2))
     else:
         print()
