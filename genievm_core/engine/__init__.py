@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from genievm_core.engine.backup import BackupEngine, DiskPlan
-from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback, results_or_cancel
+from genievm_core.engine.control import (
+    DiskProgress,
+    JobControl,
+    ProgressCallback,
+    default_workers,
+    results_or_cancel,
+)
 from genievm_core.engine.restore import RestoreEngine
 
 __all__ = [
@@ -13,5 +19,6 @@ __all__ = [
     "JobControl",
     "ProgressCallback",
     "RestoreEngine",
+    "default_workers",
     "results_or_cancel",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -10,7 +11,7 @@ from typing import TypeVar
 
 from genievm_core.errors import JobCancelledError
 
-__all__ = ["DiskProgress", "JobControl", "ProgressCallback", "results_or_cancel"]
+__all__ = ["DiskProgress", "JobControl", "ProgressCallback", "default_workers", "results_or_cancel"]
 
 T = TypeVar("T")
 
@@ -73,3 +74,8 @@ def results_or_cancel(futures: Mapping[str, Future[T]], control: JobControl) -> 
     except BaseException:
         control.cancel()
         raise
+
+
+def default_workers() -> int:
+    """Chunk workers: two per CPU, since a worker spends much of its time waiting on storage."""
+    return 2 * (os.cpu_count() or 1)

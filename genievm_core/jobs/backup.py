@@ -10,13 +10,19 @@ visible; a failure leaves at most unreferenced chunks for garbage collection.
 from __future__ import annotations
 
 import base64
-import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import structlog
 
-from genievm_core.engine import BackupEngine, DiskPlan, JobControl, ProgressCallback, results_or_cancel
+from genievm_core.engine import (
+    BackupEngine,
+    DiskPlan,
+    JobControl,
+    ProgressCallback,
+    default_workers,
+    results_or_cancel,
+)
 from genievm_core.errors import ConfigError, CorruptionError
 from genievm_core.models.config import BackupConfig
 from genievm_core.models.manifest import BackupManifest, BackupStats, CBTRecord, DiskRecord, VMRecord
@@ -60,14 +66,14 @@ def run_backup(
                 chain_id=repo.config.repository_id,
             )
             log.info("backup.start", vm=vm.id, backup=backup_id, parent=parent.backup_id if parent else None)
-            n_workers = workers or os.cpu_count() or 2
+            n_workers = workers or default_workers()
             with ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool:
                 parent_indexes = _parent_indexes(repo, parent_disks)
                 known: set[bytes] = set()
                 for index in parent_indexes.values():
                     known |= index.stored_ids()
                 engine = BackupEngine(
-                    repo, pool, known_ids=known, window=2 * n_workers, progress=progress, control=control
+                    repo, pool, known_ids=known, window=n_workers + 2, progress=progress, control=control
                 )
                 with provider.open_backup(vm, request) as session:
                     sources = session.sources()

@@ -183,7 +183,7 @@ class StorageTarget(Protocol):
 
     url: str
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         """Store ``data`` atomically: readers see the whole object or none."""
 
     def get(self, key: str) -> bytes:

@@ -56,7 +56,7 @@ class ObjectCodec:
             return blake3.blake3(data).digest()
         return blake3.blake3(data, key=self.keys.id_key).digest()
 
-    def encode(self, name: str, data: bytes) -> bytes:
+    def encode(self, name: str, data: bytes) -> bytes | bytearray:
         payload, compression = data, _NONE
         if data:
             packed = self._compressor().compress(data)
@@ -66,12 +66,17 @@ class ObjectCodec:
         if self._aead is None:
             return header + payload
         nonce = os.urandom(12)
-        return header + nonce + self._aead.encrypt(nonce, payload, header + name.encode())
+        out = bytearray(HEADER_LEN + 12 + len(payload) + 16)  # encrypted in place: no copy of the chunk
+        out[:HEADER_LEN] = header
+        out[HEADER_LEN : HEADER_LEN + 12] = nonce
+        self._aead.encrypt_into(nonce, payload, header + name.encode(), memoryview(out)[HEADER_LEN + 12 :])
+        return out
 
     def decode(self, name: str, blob: bytes) -> bytes:
         if len(blob) < HEADER_LEN or blob[:4] != MAGIC:
             raise ObjectDamaged("not a GenieVM object (bad magic or truncated)")
-        header, body = blob[:HEADER_LEN], blob[HEADER_LEN:]
+        header = blob[:HEADER_LEN]
+        body: bytes | memoryview = memoryview(blob)[HEADER_LEN:]
         version, compression, encryption = header[4], header[5], header[6]
         if version != VERSION or compression not in (_NONE, _ZSTD) or encryption not in (_NONE, _AES_GCM):
             raise ObjectDamaged(f"unknown object version {version} or method {compression}/{encryption}")
@@ -85,10 +90,10 @@ class ObjectCodec:
             except InvalidTag:
                 raise ObjectDamaged("authentication failed (modified, truncated or misplaced)") from None
         if compression == _ZSTD:
-            body = self._decompress(body)
-        return body
+            return self._decompress(body)
+        return bytes(body)
 
-    def _decompress(self, body: bytes) -> bytes:
+    def _decompress(self, body: bytes | memoryview) -> bytes:
         try:
             size = zstandard.frame_content_size(body)
         except zstandard.ZstdError as exc:

@@ -48,7 +48,7 @@ class FilesystemStorage:
             raise StorageError(f"storage {self.url}: invalid object key {key!r}")
         return self.root.joinpath(*parts)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
         try:
