@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from genievm_core.jobs import run_verify
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
+from genievm_core.testing import mounted_tmpfs
 
 Cli = Callable[..., CLIResult]
 
@@ -318,17 +318,8 @@ def test_unknown_backup(damaged_setup: tuple[Repository, Path, BackupManifest, d
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    with mounted_tmpfs(tmp_path / "tiny", "size=1m") as folder:
+        yield folder
 
 
 def test_full_storage_fails_the_backup_and_commits_nothing(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from genievm_storage_fs import FilesystemStorage, open_filesystem_storage
 from genievm_core.errors import ObjectNotFoundError, StorageError, StorageFullError, StoragePermissionError
 from genievm_core.plugin import PluginHost
 from genievm_core.repository.storage import open_storage
+from genievm_core.testing import mounted_tmpfs
 
 
 @pytest.fixture
@@ -218,25 +218,16 @@ def test_permission_denied(tmp_path: Path) -> None:
         os.chmod(store.root, 0o700)
 
 
-def _mount(target: Path, options: str) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    yield from _mount(tmp_path / "small", "size=1m")
+    with mounted_tmpfs(tmp_path / "small", "size=1m") as folder:
+        yield folder
 
 
 @pytest.fixture
 def readonly_fs(tmp_path: Path) -> Iterator[Path]:
-    yield from _mount(tmp_path / "ro", "ro,size=1m")
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as folder:
+        yield folder
 
 
 def test_full_disk_is_storage_full(small_fs: Path) -> None:
