@@ -24,7 +24,8 @@ Hierarchy (exit code in brackets)::
     │   └── CorruptionError [21] ... an object fails its checks (bad tag, bad id, truncated)
     ├── VerifyError [22] ........... verification found damage (the report names it)
     ├── RestoreTargetExistsError [23]  restore would overwrite something without --force
-    └── JobCancelledError [24] ..... the job was cancelled
+    ├── JobCancelledError [24] ..... the job was cancelled
+    └── JobInterruptedError [130] .. Ctrl-C or SIGTERM stopped the command
 
 Plugins wrap SDK exceptions in one of these with ``raise ... from exc``. Only the
 CLI turns an error into one line on stderr and its exit code (docs/errors.md).
@@ -40,6 +41,7 @@ __all__ = [
     "CorruptionError",
     "GenieVMError",
     "JobCancelledError",
+    "JobInterruptedError",
     "ObjectNotFoundError",
     "PassphraseRequiredError",
     "PluginError",
@@ -195,3 +197,9 @@ class JobCancelledError(GenieVMError):
     """job {job_id} was cancelled"""
 
     exit_code = 24
+
+
+class JobInterruptedError(GenieVMError):
+    """interrupted by {signal}"""
+
+    exit_code = 130

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated
 
@@ -16,7 +17,7 @@ import typer
 from genievm_core.cli import backups, plugins, repo, transfer, verify
 from genievm_core.cli.common import State, err_console
 from genievm_core.engine.memory import tune_allocator
-from genievm_core.errors import GenieVMError
+from genievm_core.errors import GenieVMError, JobInterruptedError
 from genievm_core.logging import configure_logging
 
 __all__ = ["app", "main"]
@@ -54,8 +55,15 @@ def _root(
     ctx.obj = State(disabled_plugins=list(disable_plugin or []))
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise JobInterruptedError(f"interrupted by {signal.Signals(signum).name}")
+
+
 def main() -> None:
     tune_allocator()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # stop between chunks and clean up, with one line
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
     try:
         app(standalone_mode=True)
     except GenieVMError as exc:
