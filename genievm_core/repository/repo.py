@@ -82,6 +82,8 @@ class Repository:
         """Create a repository; encrypted when ``passphrase`` is given."""
         if storage.exists("config"):
             raise RepositoryExistsError(f"a repository already exists at {storage.url}")
+        if next(iter(storage.list("")), None) is not None:
+            raise RepositoryExistsError(f"{storage.url} is not empty; a repository needs a folder of its own")
         keys, encryption = create_keys(passphrase) if passphrase is not None else (None, None)
         try:
             config = RepositoryConfig(
