@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from genievm_core.cli.common import emit_json, out_console, state
 from genievm_core.errors import CorruptionError
@@ -55,7 +55,9 @@ def _print_list(manifests: list[BackupManifest], json_output: bool) -> None:
             ]
         )
         return
-    table = Table("backup", "vm", "kind", "finished", "disks", "size", "new")
+    table = Table(
+        Column("backup", no_wrap=True), Column("vm", no_wrap=True), "kind", "finished", "disks", "size", "new"
+    )
     for m in manifests:
         table.add_row(
             m.backup_id,

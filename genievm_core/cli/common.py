@@ -35,7 +35,8 @@ __all__ = ["State", "disk_progress", "emit_json", "passphrase_source", "state"]
 PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
 REPO_ENV = "GENIEVM_BACKUP_PATH"
 err_console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
+# piped output is not cut to 80 columns: backup ids must survive `genievm backups list | grep`
+out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 @dataclass
