@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import structlog
+from pydantic import ValidationError
 
 from genievm_core.engine import (
     BackupEngine,
@@ -23,10 +24,17 @@ from genievm_core.engine import (
     default_workers,
     results_or_cancel,
 )
-from genievm_core.errors import ConfigError, CorruptionError
+from genievm_core.errors import ConfigError, CorruptionError, ProviderError
 from genievm_core.models.config import BackupConfig
-from genievm_core.models.manifest import BackupManifest, BackupStats, CBTRecord, DiskRecord, VMRecord
-from genievm_core.models.vm import DiskInfo
+from genievm_core.models.manifest import (
+    BackupManifest,
+    BackupStats,
+    CBTRecord,
+    DiskRecord,
+    VMRecord,
+    is_safe_name,
+)
+from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import BackupRequest, DiskSource
 from genievm_core.repository import ChunkIndex, Damaged, Repository, new_backup_id
@@ -49,6 +57,7 @@ def run_backup(
     provider = host.providers.get(config.provider)(config.provider_options)
     try:
         vm = provider.describe_vm(config.vm_id)
+        vm_record = _vm_record(vm, config.provider)  # names are checked before any data moves
         unknown = set(config.excluded_disks) - {d.name for d in vm.disks}
         if unknown:
             raise ConfigError(f"invalid BackupConfig: excludedDisks: VM {vm.id} has no disk {sorted(unknown)}")
@@ -90,7 +99,7 @@ def run_backup(
                 records.append(
                     DiskRecord(
                         name=d.name,
-                        size=d.size,
+                        size=index.disk_size,
                         chunk_size=repo.chunk_size,
                         chunk_count=index.count,
                         index=key,
@@ -103,14 +112,7 @@ def run_backup(
             manifest = BackupManifest(
                 backup_id=backup_id,
                 repository_id=repo.config.repository_id,
-                vm=VMRecord(
-                    id=vm.id,
-                    name=vm.name,
-                    provider=config.provider,
-                    config=base64.b64encode(vm.config).decode() if vm.config else None,
-                    config_format=vm.config_format or None,
-                    summary=vm.summary,
-                ),
+                vm=vm_record,
                 kind="incremental" if any(r.cbt.mode != "full" for r in records) else "full",
                 parent_id=parent.backup_id if parent else None,
                 started_at=started,
@@ -130,6 +132,24 @@ def run_backup(
         return manifest
     finally:
         provider.close()
+
+
+def _vm_record(vm: VMDescription, provider: str) -> VMRecord:
+    allowed = "letters, digits and . _ @ + - only"
+    for disk in vm.disks:
+        if not is_safe_name(disk.name):
+            raise ProviderError(f"provider {provider}: VM {vm.id} has a disk named {disk.name!r} ({allowed})")
+    try:
+        return VMRecord(
+            id=vm.id,
+            name=vm.name,
+            provider=provider,
+            config=base64.b64encode(vm.config).decode() if vm.config else None,
+            config_format=vm.config_format or None,
+            summary=vm.summary,
+        )
+    except ValidationError as exc:
+        raise ProviderError(f"provider {provider}: VM id {vm.id!r} is not a safe name ({allowed})") from exc
 
 
 def _parent(repo: Repository, vm_id: str) -> BackupManifest | None:

@@ -37,8 +37,13 @@ def is_backup_id(value: str) -> bool:
     return bool(_BACKUP_ID.match(value))
 
 
+def is_safe_name(value: str) -> bool:
+    """True for a name that is safe as a file name and object key: letters, digits, ``. _ @ + -``."""
+    return bool(_SAFE_NAME.match(value)) and value not in (".", "..")
+
+
 def _safe(value: str) -> str:
-    if not _SAFE_NAME.match(value) or value in (".", ".."):
+    if not is_safe_name(value):
         raise ValueError(f"{value!r} is not a safe name (letters, digits, . _ @ + -)")
     return value
 
