@@ -340,3 +340,16 @@ def test_full_storage_fails_the_backup_and_commits_nothing(
     assert list(tiny_fs.rglob("*.tmp")) == []
     restore_vm(host, repo, "vm1", tmp_path / "out")
     assert (tmp_path / "out" / "vda.img").read_bytes() == small.read_bytes()
+
+
+def test_a_full_restore_target_fails_with_one_line_and_leaves_nothing(
+    host: PluginHost, new_repo: RepoFactory, cli: Cli, tiny_fs: Path, tmp_path: Path
+) -> None:
+    repo, repo_path = new_repo()
+    big = write_image(tmp_path / "big.img", 32 * CHUNK, [(0, random_bytes(32 * CHUNK, 3))])  # 2 MiB > 1 MiB
+    backup_vm(host, repo, "vm1", {"vda": big})
+
+    result = cli("restore", "--vm", "vm1", "--repo", str(repo_path), "--target", str(tiny_fs / "out"))
+    assert_one_error_line(result, 5, "vda.img: No space left on device")
+    assert [p for p in tiny_fs.rglob("*") if p.is_file()] == [], "no partial disk is left behind"
+    assert list(repo.storage.list("locks/")) == []
