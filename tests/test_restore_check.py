@@ -21,7 +21,7 @@ CHUNK = 65536
 
 class CorruptingSinkDouble(ImageDiskSink):
     def __init__(self, path: Path, size: int, bad_chunk: int) -> None:
-        super().__init__(path, size, force=False)
+        super().__init__(path, size)
         self.bad_chunk = bad_chunk
 
     def write(self, offset: int, data: bytes) -> None:
@@ -41,7 +41,7 @@ def test_compare_names_the_damaged_chunk_only(tmp_path: Path, host: PluginHost, 
     index = repo.get_index(manifest.disks[0].index)
     with ThreadPoolExecutor(2) as pool:
         engine = RestoreEngine(repo, pool)
-        good = ImageDiskSink(tmp_path / "good.img", size, force=False)
+        good = ImageDiskSink(tmp_path / "good.img", size)
         engine.restore_disk("vda", index, good)
         assert engine.compare("vda", index, good) == []
         bad = CorruptingSinkDouble(tmp_path / "bad.img", size, bad_chunk=4)

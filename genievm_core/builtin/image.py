@@ -187,7 +187,7 @@ class ImageDiskSource:
 class ImageDiskSink:
     """A raw image being restored; new files start sparse and zeroed."""
 
-    def __init__(self, path: Path, size: int, *, force: bool) -> None:
+    def __init__(self, path: Path, size: int) -> None:
         self.final = path
         self.is_block = path.exists() and stat.S_ISBLK(path.stat().st_mode)
         self.path = path if self.is_block else path.with_name(path.name + PARTIAL)
@@ -243,7 +243,7 @@ class _ImageRestore:
             raise ConfigError(f"invalid RestoreConfig: restorePath: give --target, or a target for disk {disk.name}")
         if target.exists() and not self.request.force:
             raise RestoreTargetExistsError(f"{target} exists; pass --force to overwrite it")
-        sink = ImageDiskSink(target, disk.size, force=self.request.force)
+        sink = ImageDiskSink(target, disk.size)
         self.sinks.append(sink)
         return sink
 
