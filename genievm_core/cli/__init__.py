@@ -14,7 +14,7 @@ from typing import Annotated
 import structlog
 import typer
 
-from genievm_core.cli import backups, plugins, repo, transfer, verify
+from genievm_core.cli import backups, plugins, repo, transfer, verify, vms
 from genievm_core.cli.common import State, err_console
 from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
@@ -36,6 +36,7 @@ app.command("backup")(transfer.backup)
 app.command("restore")(transfer.restore)
 app.command("verify")(verify.verify)
 app.command("plugins")(plugins.plugins)
+app.command("vms")(vms.vms)
 
 
 @app.callback()

@@ -1,0 +1,42 @@
+"""``genievm vms``: the VMs a provider can back up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from genievm_core.cli.common import emit_json, out_console, state
+from genievm_core.errors import ConfigError
+
+
+def vms(
+    ctx: typer.Context,
+    provider: Annotated[str, typer.Option(help="provider plugin")] = "image",
+    config_file: Annotated[
+        Path | None, typer.Option("--config", "-c", help="JSON job config: its providerOptions are used")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the VMs of a provider: id, name and state."""
+    options: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            options = dict(json.loads(config_file.read_text()).get("providerOptions", {}))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"invalid configuration: cannot read providerOptions from {config_file}: {exc}") from exc
+    connection = state(ctx).host.providers.get(provider)(options)
+    try:
+        found = connection.list_vms()
+    finally:
+        connection.close()
+    if json_output:
+        emit_json([vm.__dict__ for vm in found])
+        return
+    table = Table("id", "name", "state")
+    for vm in found:
+        table.add_row(vm.id, vm.name, vm.state)
+    out_console.print(table)

@@ -1,0 +1,25 @@
+"""``genievm vms`` lists what a provider can back up, from a job config's providerOptions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from support import CLIResult
+
+
+def test_vms_lists_the_image_providers_vms(cli: Callable[..., CLIResult], tmp_path: Path) -> None:
+    config = tmp_path / "job.json"
+    vms = {"web01": {"vda": "/srv/web01.img"}, "db01": ["/srv/db01-a.img", "/srv/db01-b.img"]}
+    config.write_text(json.dumps({"vmId": "web01", "backupPath": "/r", "providerOptions": {"vms": vms}}))
+    result = cli("vms", "--config", str(config), "--json")
+    assert result.code == 0, result.stderr
+    assert [(vm["id"], vm["name"]) for vm in json.loads(result.stdout)] == [("db01", "db01"), ("web01", "web01")]
+
+
+def test_vms_of_an_uninstalled_provider(cli: Callable[..., CLIResult]) -> None:
+    result = cli("vms", "--provider", "hyperv")
+    assert result.code == 4 and result.err_lines == [
+        "genievm: error: no provider named 'hyperv' is installed (installed: image)"
+    ]
