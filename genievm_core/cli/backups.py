@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Column, Table
 
-from genievm_core.cli.common import emit_json, out_console, state
+from genievm_core.cli.common import (
+    JsonOption,
+    PassphraseFileOption,
+    RepoOption,
+    emit_json,
+    human_size,
+    out_console,
+    state,
+)
 from genievm_core.errors import CorruptionError
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.repository import Damaged
 
 app = typer.Typer(help="List and show backups.", no_args_is_help=True)
-Repo = Annotated[str | None, typer.Option("--repo", help="repository path or URL")]
-PassFile = Annotated[Path | None, typer.Option()]
-Json = Annotated[bool, typer.Option("--json")]
 
 
 @app.command("list")
 def list_backups(
     ctx: typer.Context,
-    repo: Repo = None,
+    repo: RepoOption = None,
     vm: Annotated[str | None, typer.Option("--vm")] = None,
-    passphrase_file: PassFile = None,
-    json_output: Json = False,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Every backup, oldest first."""
     repository = state(ctx).open_repository(repo, passphrase_file)
@@ -65,8 +69,8 @@ def _print_list(manifests: list[BackupManifest], json_output: bool) -> None:
             m.kind,
             m.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
             ",".join(d.name for d in m.disks),
-            _size(sum(d.size for d in m.disks)),
-            _size(m.stats.bytes_new),
+            human_size(sum(d.size for d in m.disks)),
+            human_size(m.stats.bytes_new),
         )
     out_console.print(table)
 
@@ -75,10 +79,10 @@ def _print_list(manifests: list[BackupManifest], json_output: bool) -> None:
 def show(
     ctx: typer.Context,
     backup_id: Annotated[str, typer.Argument(help="backup id, or 'latest' with --vm")],
-    repo: Repo = None,
+    repo: RepoOption = None,
     vm: Annotated[str | None, typer.Option("--vm")] = None,
-    passphrase_file: PassFile = None,
-    json_output: Json = False,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """One backup's manifest: VM, disks, CBT mode and statistics."""
     repository = state(ctx).open_repository(repo, passphrase_file)
@@ -98,15 +102,7 @@ def show(
     for d in manifest.disks:
         reason = f" ({d.cbt.reason})" if d.cbt.reason else ""
         out_console.print(
-            f"  disk {d.name}: {_size(d.size)}, {d.chunk_count} chunks, {d.cbt.mode}{reason}, "
-            f"new {_size(d.stats.bytes_new)}, checksum {d.checksum[:16]}",
+            f"  disk {d.name}: {human_size(d.size)}, {d.chunk_count} chunks, {d.cbt.mode}{reason}, "
+            f"new {human_size(d.stats.bytes_new)}, checksum {d.checksum[:16]}",
             highlight=False,
         )
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,10 +30,26 @@ from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
 from genievm_core.repository.storage import open_storage
 
-__all__ = ["State", "disk_progress", "emit_json", "passphrase_source", "state"]
+__all__ = [
+    "ConfigFileOption",
+    "JsonOption",
+    "PassphraseFileOption",
+    "RepoOption",
+    "State",
+    "disk_progress",
+    "emit_json",
+    "human_size",
+    "passphrase_source",
+    "state",
+]
 
 PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
 REPO_ENV = "GENIEVM_BACKUP_PATH"
+RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path or URL (backupPath; or {REPO_ENV})")]
+PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
+
 err_console = Console(stderr=True, soft_wrap=True)
 # piped output is not cut to 80 columns: backup ids must survive `genievm backups list | grep`
 out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -125,3 +141,12 @@ def disk_progress(enabled: bool) -> Iterator[Any]:
 
     with bars:
         yield update
+
+
+def human_size(n: float) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

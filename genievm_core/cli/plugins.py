@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 from rich.table import Table
 
-from genievm_core.cli.common import emit_json, out_console, state
+from genievm_core.cli.common import JsonOption, emit_json, out_console, state
 
 
-def plugins(ctx: typer.Context, json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+def plugins(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """List the plugins: name, distribution, version and what each registers."""
     infos = state(ctx).host.plugins()
     if json_output:

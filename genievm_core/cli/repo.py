@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from genievm_core.cli.common import emit_json, out_console, passphrase_source, state
+from genievm_core.cli.common import JsonOption, PassphraseFileOption, emit_json, out_console, passphrase_source, state
 from genievm_core.errors import ConfigError
 from genievm_core.repository import DEFAULT_CHUNK_SIZE, Repository
 from genievm_core.repository.storage import open_storage
@@ -21,8 +20,8 @@ def init(
     url: Annotated[str, typer.Argument(help="path, file:// or s3:// URL")],
     encryption: Annotated[str, typer.Option(help="aes-256-gcm or none")] = "aes-256-gcm",
     chunk_size: Annotated[int, typer.Option(help="bytes, a power of two")] = DEFAULT_CHUNK_SIZE,
-    passphrase_file: Annotated[Path | None, typer.Option(help="file holding the passphrase")] = None,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Create a new, empty repository."""
     if encryption not in ("aes-256-gcm", "none"):
@@ -44,8 +43,8 @@ def init(
 def info(
     ctx: typer.Context,
     url: Annotated[str | None, typer.Argument(envvar="GENIEVM_BACKUP_PATH")] = None,
-    passphrase_file: Annotated[Path | None, typer.Option()] = None,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Show a repository's format, chunk size and encryption."""
     repo = state(ctx).open_repository(url, passphrase_file)

@@ -8,16 +8,21 @@ from typing import Annotated, Any
 
 import typer
 
-from genievm_core.cli.common import disk_progress, emit_json, out_console, state
+from genievm_core.cli.common import (
+    ConfigFileOption,
+    JsonOption,
+    PassphraseFileOption,
+    RepoOption,
+    disk_progress,
+    emit_json,
+    human_size,
+    out_console,
+    state,
+)
 from genievm_core.errors import ConfigError
 from genievm_core.jobs import run_backup, run_restore
 from genievm_core.models.config import BackupConfig, RestoreConfig, load_config
 from genievm_core.models.manifest import BackupManifest
-
-ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
-Repo = Annotated[str | None, typer.Option("--repo", help="repository path or URL (backupPath)")]
-PassFile = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
-Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -34,9 +39,9 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
 
 def backup(
     ctx: typer.Context,
-    config_file: ConfigFile = None,
+    config_file: ConfigFileOption = None,
     vm: Annotated[str | None, typer.Option("--vm", help="VM id or name (vmId)")] = None,
-    repo: Repo = None,
+    repo: RepoOption = None,
     provider: Annotated[str | None, typer.Option(help="provider plugin (default image)")] = None,
     disk: Annotated[list[str] | None, typer.Option("--disk", help="image provider: NAME=PATH (repeatable)")] = None,
     full: Annotated[bool, typer.Option("--full", help="read everything; no incremental")] = False,
@@ -45,8 +50,8 @@ def backup(
     exclude_disk: Annotated[list[str] | None, typer.Option("--exclude-disk")] = None,
     no_cbt: Annotated[bool, typer.Option("--no-cbt", help="compare chunk ids instead of using CBT")] = False,
     workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)")] = None,
-    passphrase_file: PassFile = None,
-    json_output: Json = False,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Back up a VM into a repository (incremental when it has a parent)."""
     overrides: dict[str, Any] = {
@@ -80,8 +85,9 @@ def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
     s = manifest.stats
     out_console.print(
         f"backup {manifest.backup_id} of {manifest.vm.id}: {manifest.kind}, {len(manifest.disks)} disks, "
-        f"{_mib(s.bytes_scanned)} examined, {_mib(s.bytes_new)} new ({_mib(s.bytes_stored)} stored), "
-        f"{_mib(s.bytes_deduplicated)} unchanged or deduplicated, {_mib(s.bytes_zero)} zero, in {elapsed:.1f} s",
+        f"{human_size(s.bytes_scanned)} examined, {human_size(s.bytes_new)} new ({human_size(s.bytes_stored)} stored), "
+        f"{human_size(s.bytes_deduplicated)} unchanged or deduplicated, {human_size(s.bytes_zero)} zero, "
+        f"in {elapsed:.1f} s",
         highlight=False,
     )
     for d in manifest.disks:
@@ -89,16 +95,12 @@ def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
         out_console.print(f"  {d.name}: {d.size} bytes, {d.cbt.mode}{why}", highlight=False)
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def restore(
     ctx: typer.Context,
-    config_file: ConfigFile = None,
+    config_file: ConfigFileOption = None,
     vm: Annotated[str | None, typer.Option("--vm", help="VM whose backup is restored")] = None,
     backup_id: Annotated[str | None, typer.Option("--backup", help="backup id or 'latest'")] = None,
-    repo: Repo = None,
+    repo: RepoOption = None,
     target: Annotated[Path | None, typer.Option("--target", help="folder to restore into (restorePath)")] = None,
     provider: Annotated[str | None, typer.Option()] = None,
     new_name: Annotated[str | None, typer.Option()] = None,
@@ -109,8 +111,8 @@ def restore(
     power_on: Annotated[bool, typer.Option("--power-on")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
     workers: Annotated[int | None, typer.Option()] = None,
-    passphrase_file: PassFile = None,
-    json_output: Json = False,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: its disks, and the VM where the provider can define one."""
     overrides: dict[str, Any] = {

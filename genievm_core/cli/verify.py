@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from genievm_core.cli.common import emit_json, out_console, state
+from genievm_core.cli.common import JsonOption, PassphraseFileOption, RepoOption, emit_json, out_console, state
 from genievm_core.errors import VerifyError
 from genievm_core.jobs import run_verify
 from genievm_core.plugin.protocols import Problem, VerifyReport
@@ -16,12 +15,12 @@ from genievm_core.repository import Damaged
 
 def verify(
     ctx: typer.Context,
-    repo: Annotated[str | None, typer.Option("--repo", help="repository path or URL")] = None,
+    repo: RepoOption = None,
     vm: Annotated[str | None, typer.Option("--vm", help="only this VM's backups")] = None,
     backup_id: Annotated[str | None, typer.Option("--backup", help="one backup id, or 'latest'")] = None,
     read_data: Annotated[bool, typer.Option("--read-data", help="read and authenticate every chunk")] = False,
-    passphrase_file: Annotated[Path | None, typer.Option()] = None,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Check backups: indexes and chunk presence, or every chunk's data with --read-data."""
     st = state(ctx)

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from genievm_core.cli.common import emit_json, out_console, state
+from genievm_core.cli.common import ConfigFileOption, JsonOption, emit_json, out_console, state
 from genievm_core.errors import ConfigError
 
 
 def vms(
     ctx: typer.Context,
     provider: Annotated[str, typer.Option(help="provider plugin")] = "image",
-    config_file: Annotated[
-        Path | None, typer.Option("--config", "-c", help="JSON job config: its providerOptions are used")
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    config_file: ConfigFileOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """List the VMs of a provider: id, name and state."""
     options: dict[str, Any] = {}
