@@ -22,9 +22,14 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   echo "setup: GenieVM needs Python 3.11; $PYTHON is $("$PYTHON" --version)" >&2
   exit 1
 fi
-if ! command -v uv >/dev/null 2>&1; then
-  echo "setup: installing uv" >&2
-  "$PYTHON" -m pip install -q uv
+if command -v uv >/dev/null 2>&1; then
+  UV=(uv)
+else
+  if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
+    echo "setup: installing uv" >&2
+    "$PYTHON" -m pip install -q uv
+  fi
+  UV=("$PYTHON" -m uv)  # a fresh pip install may not be on PATH yet (pyenv shims)
 fi
 export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
-uv sync --locked --python "$PYTHON" -q
+"${UV[@]}" sync --locked --python "$PYTHON" -q
