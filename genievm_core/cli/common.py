@@ -6,7 +6,7 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +90,7 @@ def _require_repo(url: str | None) -> str:
     return url
 
 
-def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) -> Any:
+def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
     """A callable that returns the passphrase: from a file, the environment, or a prompt."""
 
     def get() -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
-from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize
+from genievm_core.models.extents import Extent, chunk_indexes, clip, normalize
 from genievm_core.models.manifest import BackupStats, CBTRecord
 from genievm_core.plugin.protocols import DiskSource
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
@@ -104,8 +104,7 @@ class BackupEngine:
                 length = index.chunk_length(i)
                 if not pieces:  # a hole (it may have held data in the parent)
                     index[i] = ZERO_ID
-                    tally.add("zero", length, 0, 0)
-                    self._advance(progress, "zero", length, 0)
+                    self._count(tally, progress, "zero", length, 0, 0)
                     continue
                 data, read = self._read(source, i * self._chunk, length, pieces)
                 parent_id = plan.parent[i] if plan.parent is not None and i < plan.parent.count else None
@@ -151,7 +150,8 @@ class BackupEngine:
             pieces = []
             k = j
             while k < len(alloc) and alloc[k].offset < end:
-                pieces.extend(intersect([alloc[k]], [Extent(start, end - start)]))
+                lo, hi = max(alloc[k].offset, start), min(alloc[k].end, end)
+                pieces.append(Extent(lo, hi - lo))
                 k += 1
             yield i, pieces
 
@@ -194,11 +194,13 @@ class BackupEngine:
         i, read, fut = item
         outcome, cid, stored = fut.result()
         index[i] = cid
-        length = index.chunk_length(i)
-        tally.add(outcome, length, read, stored)
-        self._advance(progress, outcome, length, read)
+        self._count(tally, progress, outcome, index.chunk_length(i), read, stored)
 
-    def _advance(self, progress: DiskProgress, outcome: Outcome, length: int, read: int) -> None:
+    def _count(
+        self, tally: _Tally, progress: DiskProgress, outcome: Outcome, length: int, read: int, stored: int
+    ) -> None:
+        """Account one chunk in the disk's statistics and its progress, and report progress."""
+        tally.add(outcome, length, read, stored)
         progress.scanned += length
         progress.read += read
         if outcome == "new":

@@ -164,14 +164,9 @@ def _parent_indexes(repo: Repository, parent_disks: dict[str, DiskRecord]) -> di
     indexes = {}
     for name, disk in parent_disks.items():
         try:
-            index = repo.get_index(disk.index)
+            indexes[name] = repo.disk_index(disk)
         except CorruptionError as exc:
-            log.warning("backup.parent_index_unreadable", disk=name, error=str(exc))
-            continue
-        if index.checksum() == disk.checksum and index.chunk_size == repo.chunk_size:
-            indexes[name] = index
-        else:
-            log.warning("backup.parent_index_mismatch", disk=name)
+            log.warning("backup.parent_index_unusable", disk=name, error=str(exc))
     return indexes
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, results_or_cancel
-from genievm_core.errors import ConfigError, CorruptionError, VerifyError
+from genievm_core.errors import ConfigError, VerifyError
 from genievm_core.models.config import DiskConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.models.vm import DiskInfo, VMDescription
@@ -29,7 +29,6 @@ class RestoreResult:
     vm_id: str
     disks: list[str]
     verified: bool
-    problems: list[Problem] = field(default_factory=list)
 
 
 def run_restore(
@@ -55,17 +54,14 @@ def _restore(
     workers: int | None,
 ) -> RestoreResult:
     manifest = repo.find_backup(config.vm_id, config.backup_id)
-    disk_configs = {c.name: c for c in config.disk_configs}
+    disk_configs = {d.name: DiskConfig(name=d.name) for d in manifest.disks} | {c.name: c for c in config.disk_configs}
     unknown = set(disk_configs) - {d.name for d in manifest.disks}
     if unknown:
         raise ConfigError(
             f"invalid RestoreConfig: diskConfigs: backup {manifest.backup_id} has no disk {sorted(unknown)}"
         )
-    disks = [d for d in manifest.disks if not disk_configs.get(d.name, DiskConfig(name=d.name)).skip]
-    indexes = {d.name: repo.get_index(d.index) for d in disks}  # all damage found before writing
-    for d in disks:
-        if indexes[d.name].checksum() != d.checksum or indexes[d.name].disk_size != d.size:
-            raise CorruptionError(f"index {d.index} is corrupt: it does not match the manifest's checksum")
+    disks = [d for d in manifest.disks if not disk_configs[d.name].skip]
+    indexes = {d.name: repo.disk_index(d) for d in disks}  # damaged indexes are found before anything is written
     vm = _description(manifest)
     request = RestoreRequest(
         restore_path=config.restore_path,
@@ -85,12 +81,7 @@ def _restore(
             provider.open_restore(vm, request) as session,
         ):
             engine = RestoreEngine(repo, pool, window=2 * n_workers, progress=progress, control=control)
-            sinks = {
-                d.name: session.open_sink(
-                    _info(d.name, d.size, d.format), disk_configs.get(d.name, DiskConfig(name=d.name))
-                )
-                for d in disks
-            }
+            sinks = {d.name: session.open_sink(_info(d.name, d.size, d.format), disk_configs[d.name]) for d in disks}
             with ThreadPoolExecutor(_disk_threads(len(disks)), thread_name_prefix="genievm-disk") as dp:
                 futures = {
                     d.name: dp.submit(engine.restore_disk, d.name, indexes[d.name], sinks[d.name]) for d in disks

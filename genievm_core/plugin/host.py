@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pluggy
 from stevedore import NamedExtensionManager
 
+from genievm_core import __version__
 from genievm_core.errors import PluginError
 from genievm_core.plugin import spec
 from genievm_core.plugin.registry import (
@@ -61,7 +62,7 @@ class PluginHost:
         self._info: dict[str, PluginInfo] = {}
         self._disabled = set(disabled)
         for name, module in _builtin_plugins():
-            self._register(name, module, PluginInfo(name, "genievm-core", _version("genievm-core"), "builtin"))
+            self._register(name, module, PluginInfo(name, "genievm-core", __version__, "builtin"))
         if autoload is None:
             autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
         if autoload:
@@ -147,10 +148,3 @@ class _EntryPointManager(NamedExtensionManager[Any]):
 
     def list_entry_points(self) -> list[importlib.metadata.EntryPoint]:
         return _entry_points()
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"

@@ -34,7 +34,13 @@ from genievm_core.errors import (
     UnsupportedFormatError,
     WrongPassphraseError,
 )
-from genievm_core.models.manifest import FORMAT_VERSION, BackupManifest, RepositoryConfig, is_backup_id
+from genievm_core.models.manifest import (
+    FORMAT_VERSION,
+    BackupManifest,
+    DiskRecord,
+    RepositoryConfig,
+    is_backup_id,
+)
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository.index import ChunkIndex
 from genievm_core.repository.keys import WrongPassphrase, create_keys, unwrap_keys
@@ -169,6 +175,16 @@ class Repository:
             raise CorruptionError(f"index {key} is missing") from None
         except ObjectDamaged as exc:
             raise CorruptionError(f"index {key} is corrupt: {exc}") from None
+
+    def disk_index(self, disk: DiskRecord) -> ChunkIndex:
+        """The index of a disk in a manifest, checked against the manifest's size, chunk size and checksum."""
+        index = self.get_index(disk.index)
+        expected = (disk.size, self.chunk_size, disk.chunk_count)
+        if (index.disk_size, index.chunk_size, index.count) != expected or disk.chunk_size != self.chunk_size:
+            raise CorruptionError(f"index {disk.index} is corrupt: it does not fit the disk's size or chunk size")
+        if index.checksum() != disk.checksum:
+            raise CorruptionError(f"index {disk.index} is corrupt: it does not match the manifest's checksum")
+        return index
 
     # manifests
 
