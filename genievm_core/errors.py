@@ -12,7 +12,8 @@ Hierarchy (exit code in brackets)::
     ├── StorageError [9] ........... the storage target failed (I/O, network)
     │   ├── StorageFullError [10] .. no space left on the storage target
     │   ├── StoragePermissionError [11]
-    │   └── ObjectNotFoundError [12] an object the repository needs is not there
+    │   ├── ObjectNotFoundError [12] an object the repository needs is not there
+    │   └── ObjectLockedError [25] . the store's retention (S3 Object Lock) forbids deleting it yet
     ├── RepositoryError [13] ....... the repository cannot be used as asked
     │   ├── RepositoryNotFoundError [14]
     │   ├── RepositoryExistsError [15]
@@ -42,6 +43,7 @@ __all__ = [
     "GenieVMError",
     "JobCancelledError",
     "JobInterruptedError",
+    "ObjectLockedError",
     "ObjectNotFoundError",
     "PassphraseRequiredError",
     "PluginError",
@@ -125,6 +127,12 @@ class ObjectNotFoundError(StorageError):
     """storage {url}: object {key} not found"""
 
     exit_code = 12
+
+
+class ObjectLockedError(StorageError):
+    """storage {url}: object {key} is under retention until {until}"""
+
+    exit_code = 25
 
 
 class RepositoryError(GenieVMError):

@@ -195,7 +195,11 @@ class StorageTarget(Protocol):
         """Every key that starts with ``prefix``, in any order."""
 
     def delete(self, key: str) -> None:
-        """Remove ``key``; absent keys are not an error."""
+        """Remove ``key``; absent keys are not an error.
+
+        Raise ObjectLockedError when the store's retention (e.g. S3 Object Lock)
+        forbids removing it yet; garbage collection reports such keys and goes on.
+        """
 
     def close(self) -> None: ...
 
