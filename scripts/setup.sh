@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-utils)
+# qemu and libvirt for the KVM plugin (libvirt-dev and pkg-config build libvirt-python; libvirt-daemon-system
+# is left out because it drags in systemd); libnbd's Python binding and nbdcopy; thin_delta for LVM thin CBT.
+APT_PACKAGES=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+  pkg-config gcc libnbd-bin python3-libnbd nbdkit thin-provisioning-tools)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -33,3 +36,12 @@ else
 fi
 export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
 "${UV[@]}" sync --locked --python "$PYTHON" -q
+
+# libnbd's Python binding exists only as Debian's python3-libnbd (CPython 3.11 ABI): link it into the venv.
+nbd_dir=.venv/debian-libnbd
+mkdir -p "$nbd_dir"
+for f in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod.cpython-311-*.so; do
+  ln -sf "$f" "$nbd_dir/"
+done
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+realpath "$nbd_dir" >"$site/genievm-debian-libnbd.pth"

@@ -233,7 +233,7 @@ class _ImageRestore:
         self.sinks: list[ImageDiskSink] = []
 
     def open_sink(self, disk: DiskInfo, config: DiskConfig) -> ImageDiskSink:
-        if config.format != "raw":
+        if config.format not in (None, "raw"):
             raise ConfigError(f"invalid diskConfigs.{disk.name}: the image provider restores raw disks only")
         if config.target:
             target = Path(config.target)

@@ -49,6 +49,22 @@ RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path
 PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
+ProviderOptionOption = Annotated[
+    list[str] | None,
+    typer.Option("--provider-option", "-o", help="KEY=VALUE for providerOptions, e.g. uri=qemu:///system (repeatable)"),
+]
+
+
+def provider_options(base: dict[str, Any], values: list[str] | None) -> dict[str, Any]:
+    """``base`` (the config's providerOptions) with ``--provider-option KEY=VALUE`` pairs on top."""
+    out = dict(base)
+    for value in values or []:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"invalid configuration: --provider-option: {value!r} is not KEY=VALUE")
+        out[key] = val
+    return out
+
 
 err_console = Console(stderr=True, soft_wrap=True)
 # piped output is not cut to 80 columns: backup ids must survive `genievm backups list | grep`

@@ -12,11 +12,13 @@ from genievm_core.cli.common import (
     ConfigFileOption,
     JsonOption,
     PassphraseFileOption,
+    ProviderOptionOption,
     RepoOption,
     disk_progress,
     emit_json,
     human_size,
     out_console,
+    provider_options,
     state,
 )
 from genievm_core.errors import ConfigError
@@ -37,6 +39,16 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
+def _disk_configs(targets: dict[str, str], formats: dict[str, str]) -> tuple[dict[str, str], ...]:
+    names = sorted(set(targets) | set(formats))
+    return tuple(
+        {"name": n}
+        | ({"target": targets[n]} if n in targets else {})
+        | ({"format": formats[n]} if n in formats else {})
+        for n in names
+    )
+
+
 def backup(
     ctx: typer.Context,
     config_file: ConfigFileOption = None,
@@ -49,6 +61,8 @@ def backup(
     max_concurrent_disks: Annotated[int | None, typer.Option()] = None,
     exclude_disk: Annotated[list[str] | None, typer.Option("--exclude-disk")] = None,
     no_cbt: Annotated[bool, typer.Option("--no-cbt", help="compare chunk ids instead of using CBT")] = False,
+    quiesce: Annotated[bool, typer.Option("--quiesce", help="freeze guest filesystems (QEMU guest agent)")] = False,
+    provider_option: ProviderOptionOption = None,
     workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)")] = None,
     passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
@@ -63,8 +77,13 @@ def backup(
         "excluded_disks": tuple(exclude_disk) if exclude_disk else None,
         "incremental": False if full else None,
         "enable_cbt": False if no_cbt else None,
+        "quiesce": True if quiesce else None,
     }
     config = load_config(BackupConfig, path=config_file, overrides=overrides)
+    if provider_option:
+        config = config.model_copy(
+            update={"provider_options": provider_options(config.provider_options, provider_option)}
+        )
     if disk:
         options = dict(config.provider_options)
         options["vms"] = {**options.get("vms", {}), config.vm_id: _pairs(disk, "--disk")}
@@ -108,7 +127,11 @@ def restore(
         list[str] | None, typer.Option("--disk-target", help="NAME=PATH for one disk (repeatable)")
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip reading the restored disks back")] = False,
+    disk_format: Annotated[
+        list[str] | None, typer.Option("--disk-format", help="NAME=raw|qcow2 for one disk (default: as backed up)")
+    ] = None,
     power_on: Annotated[bool, typer.Option("--power-on")] = False,
+    provider_option: ProviderOptionOption = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
     workers: Annotated[int | None, typer.Option()] = None,
     passphrase_file: PassphraseFileOption = None,
@@ -125,10 +148,14 @@ def restore(
         "verify_after_restore": False if no_verify else None,
         "power_on_after_restore": True if power_on else None,
         "force": True if force else None,
-        "disk_configs": tuple({"name": n, "target": p} for n, p in _pairs(disk_target, "--disk-target").items())
+        "disk_configs": _disk_configs(_pairs(disk_target, "--disk-target"), _pairs(disk_format, "--disk-format"))
         or None,
     }
     config = load_config(RestoreConfig, path=config_file, overrides=overrides)
+    if provider_option:
+        config = config.model_copy(
+            update={"provider_options": provider_options(config.provider_options, provider_option)}
+        )
     st = state(ctx)
     repository = st.open_repository(config.backup_path, passphrase_file)
     started = time.monotonic()

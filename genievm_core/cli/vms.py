@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from genievm_core.cli.common import ConfigFileOption, JsonOption, emit_json, out_console, state
+from genievm_core.cli.common import (
+    ConfigFileOption,
+    JsonOption,
+    ProviderOptionOption,
+    emit_json,
+    out_console,
+    provider_options,
+    state,
+)
 from genievm_core.errors import ConfigError
 
 
@@ -16,6 +24,7 @@ def vms(
     ctx: typer.Context,
     provider: Annotated[str, typer.Option(help="provider plugin")] = "image",
     config_file: ConfigFileOption = None,
+    provider_option: ProviderOptionOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """List the VMs of a provider: id, name and state."""
@@ -25,6 +34,7 @@ def vms(
             options = dict(json.loads(config_file.read_text()).get("providerOptions", {}))
         except (OSError, ValueError, AttributeError) as exc:
             raise ConfigError(f"invalid configuration: cannot read providerOptions from {config_file}: {exc}") from exc
+    options = provider_options(options, provider_option)
     connection = state(ctx).host.providers.get(provider)(options)
     try:
         found = connection.list_vms()

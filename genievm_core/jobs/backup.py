@@ -71,6 +71,7 @@ def run_backup(
                 disks=tuple(d.name for d in disks),
                 tokens={n: d.cbt.token for n, d in parent_disks.items()},
                 enable_cbt=config.enable_cbt,
+                quiesce=config.quiesce,
                 workdir=config.backup_dir,
                 chain_id=repo.config.repository_id,
             )

@@ -43,6 +43,7 @@ class BackupConfig(_Model):
     max_backups: int | None = Field(default=None, ge=1)
     enable_cbt: bool = Field(default=True, alias="enableCBT", description="use changed-block tracking where it exists")
     excluded_disks: tuple[str, ...] = Field(default=(), description="disk names not backed up")
+    quiesce: bool = Field(default=False, description="freeze guest filesystems (guest agent) around the point in time")
     provider_options: dict[str, Any] = Field(
         default_factory=dict, description="settings passed to the provider as they are"
     )
@@ -53,7 +54,9 @@ class DiskConfig(_Model):
 
     name: str = Field(min_length=1, description="disk name in the backup (vda, disk0, ...)")
     target: str | None = Field(default=None, description="target path or volume; default under restorePath")
-    format: str = Field(default="raw", pattern=r"^(raw|qcow2)$")
+    format: str | None = Field(
+        default=None, pattern=r"^(raw|qcow2)$", description="raw or qcow2; default: as backed up"
+    )
     skip: bool = False
 
     @field_validator("name")

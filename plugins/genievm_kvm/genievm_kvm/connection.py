@@ -1,0 +1,59 @@
+"""Connecting to libvirt, and turning libvirt's errors into GenieVM's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import libvirt
+
+from genievm_core.errors import AuthenticationError, ProviderError, VMNotFoundError
+
+__all__ = ["connect", "find_domain", "libvirt_errors", "raise_for"]
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no copies of every error on stderr
+
+_PERMISSION = {libvirt.VIR_ERR_OPERATION_DENIED, libvirt.VIR_ERR_ACCESS_DENIED}
+
+
+def raise_for(exc: libvirt.libvirtError, what: str) -> NoReturn:
+    """Re-raise a libvirt error as the GenieVM error that says what went wrong."""
+    code, message = exc.get_error_code(), exc.get_error_message() or str(exc)
+    if code == libvirt.VIR_ERR_AUTH_FAILED:
+        raise AuthenticationError(f"provider kvm: {what}: authentication failed: {message}") from exc
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        raise VMNotFoundError(f"provider kvm: {what}: no such VM") from exc
+    if code in _PERMISSION or "Permission denied" in message:
+        raise ProviderError(f"provider kvm: {what}: permission denied: {message}") from exc
+    raise ProviderError(f"provider kvm: {what}: {message}") from exc
+
+
+@contextmanager
+def libvirt_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise_for(exc, what)
+
+
+def connect(uri: str) -> libvirt.virConnect:
+    """Open ``uri`` (``qemu:///system``, ``qemu+ssh://user@host/system`` with SSH keys)."""
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise_for(exc, f"cannot connect to {uri}")
+    if conn is None:  # pragma: no cover - old bindings returned None instead of raising
+        raise ProviderError(f"provider kvm: cannot connect to {uri}")
+    return conn
+
+
+def find_domain(conn: libvirt.virConnect, vm_id: str) -> libvirt.virDomain:
+    """A domain by UUID or by name."""
+    for lookup in (conn.lookupByUUIDString, conn.lookupByName):
+        try:
+            return lookup(vm_id)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
+                raise_for(exc, f"looking up VM {vm_id}")
+    raise VMNotFoundError(f"no VM {vm_id} on provider kvm ({conn.getURI()})")

@@ -1,0 +1,136 @@
+"""What a libvirt domain's XML says about its disks, and the VM description the core stores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from genievm_core.errors import ProviderError
+from genievm_core.models.vm import DiskInfo, StorageKind, VMDescription, VMRef
+from genievm_kvm.connection import libvirt_errors
+
+__all__ = ["DiskSpec", "describe", "disk_specs", "vm_ref"]
+
+STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One ``<disk device='disk'>`` of a domain."""
+
+    target: str  # vda, sdb, ...
+    disk_type: str  # file, block, volume, network
+    format: str  # qcow2, raw, ...
+    source: str  # path, pool/volume or protocol://name; "" when the drive is empty
+
+
+def vm_ref(dom: libvirt.virDomain) -> VMRef:
+    return VMRef(dom.UUIDString(), dom.name(), state(dom))
+
+
+def state(dom: libvirt.virDomain) -> str:
+    return STATES.get(dom.state()[0], "unknown")
+
+
+def disk_specs(xml: str) -> list[DiskSpec]:
+    specs = []
+    for disk in ET.fromstring(xml).iterfind("devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue  # cdrom, floppy, lun: not the VM's data
+        target = disk.find("target")
+        if target is None or not target.get("dev"):
+            raise ProviderError("provider kvm: a disk in the domain XML has no target")
+        driver = disk.find("driver")
+        fmt = driver.get("type", "raw") if driver is not None else "raw"
+        specs.append(DiskSpec(target.get("dev", ""), disk.get("type", "file"), fmt, _source(disk)))
+    return specs
+
+
+def _source(disk: ET.Element) -> str:
+    src = disk.find("source")
+    if src is None:
+        return ""
+    kind = disk.get("type", "file")
+    if kind == "file":
+        return src.get("file", "")
+    if kind == "block":
+        return src.get("dev", "")
+    if kind == "volume":
+        return f"{src.get('pool', '')}/{src.get('volume', '')}"
+    if kind == "network":
+        return f"{src.get('protocol', '')}://{src.get('name', '')}"
+    return ""
+
+
+def describe(conn: libvirt.virConnect, dom: libvirt.virDomain) -> VMDescription:
+    """The VM's disks and its persistent XML (never with secrets: no VIR_DOMAIN_XML_SECURE)."""
+    with libvirt_errors(f"describing VM {dom.name()}"):
+        live_xml = dom.XMLDesc(0)
+        stored_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else live_xml
+        disks = tuple(_disk_info(conn, dom, spec) for spec in disk_specs(live_xml) if spec.source)
+    summary: dict[str, str | int | float | bool | None] = {
+        "state": state(dom),
+        "vcpus": dom.info()[3],
+        "memory_kib": dom.info()[2],
+        "uri": conn.getURI(),
+    }
+    return VMDescription(dom.UUIDString(), dom.name(), disks, stored_xml.encode(), "libvirt-domain-xml", summary)
+
+
+def _disk_info(conn: libvirt.virConnect, dom: libvirt.virDomain, spec: DiskSpec) -> DiskInfo:
+    path = spec.source
+    if spec.disk_type == "volume":
+        pool, _, volume = spec.source.partition("/")
+        with libvirt_errors(f"disk {spec.target}: volume {spec.source}"):
+            path = conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+    with libvirt_errors(f"disk {spec.target}: reading its size"):
+        capacity = dom.blockInfo(spec.target)[0]
+    kind = _storage_kind(spec, path)
+    details = {"target": spec.target, "disk_type": spec.disk_type, "source": spec.source}
+    if kind == "lvm-thin":
+        details.update(_thin_lv(path) or {})
+    return DiskInfo(spec.target, capacity, kind, spec.format, path, details)
+
+
+def _storage_kind(spec: DiskSpec, path: str) -> StorageKind:
+    if spec.disk_type == "network":
+        return "network"
+    if spec.disk_type == "block" or path.startswith("/dev/"):
+        return "lvm-thin" if _thin_lv(path) else "block"
+    if spec.format == "qcow2":
+        return "qcow2-file"
+    if spec.format == "raw":
+        return "raw-file"
+    return "other"
+
+
+def _thin_lv(path: str) -> dict[str, str] | None:
+    """The LV's volume group and thin pool when ``path`` is a thin LV, per ``lvs``; else None."""
+    if not shutil.which("lvs"):
+        return None
+    proc = subprocess.run(
+        ["lvs", "--reportformat", "json", "-o", "vg_name,lv_name,pool_lv,segtype", path],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        return None
+    try:
+        rows = json.loads(proc.stdout)["report"][0]["lv"]
+    except (ValueError, KeyError, IndexError):
+        return None
+    if not rows or rows[0].get("segtype") != "thin":
+        return None
+    return {"vg": rows[0]["vg_name"], "lv": rows[0]["lv_name"], "pool": rows[0]["pool_lv"]}

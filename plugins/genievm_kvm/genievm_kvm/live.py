@@ -1,0 +1,215 @@
+"""Backups of running (or paused) VMs through libvirt's backup API in pull mode.
+
+``backupBegin`` fixes the point in time for every disk at once and serves each disk as an
+NBD export on a unix socket; reads go through libnbd. A full backup reads the extents of
+``base:allocation``; an incremental reads the dirty bitmap of the checkpoint named in the
+parent's token. The job is always aborted and its socket and scratch files removed, on
+success, error and cancel alike. A new checkpoint is kept only when the backup succeeded;
+then the older checkpoints of the same repository are deleted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import libvirt
+import structlog
+
+from genievm_core.errors import ProviderError
+from genievm_core.models.vm import VMDescription
+from genievm_core.plugin.protocols import BackupRequest
+from genievm_kvm.cbt import LibvirtCheckpointCBT, chain_prefix, new_checkpoint_name
+from genievm_kvm.connection import libvirt_errors, raise_for
+from genievm_kvm.domain import disk_specs
+from genievm_kvm.nbd_export import ALLOCATION, NBDClient
+from genievm_kvm.quiesce import frozen
+from genievm_kvm.source import Changes, NBDDiskSource, Session
+
+__all__ = ["abort_stale_job", "live_backup"]
+
+log = structlog.get_logger("genievm.kvm.live")
+SOURCE = LibvirtCheckpointCBT.name
+
+
+@contextmanager
+def live_backup(dom: libvirt.virDomain, vm: VMDescription, request: BackupRequest, run_dir: Path) -> Iterator[Session]:
+    disks = [d for d in vm.disks if d.name in request.disks]
+    prefix = chain_prefix(request.chain_id)
+    with libvirt_errors(f"VM {vm.name}: listing checkpoints"):
+        existing = {cp.getName(): cp for cp in dom.listAllCheckpoints()}
+    capable = {d.name for d in disks if d.format == "qcow2"} if request.enable_cbt else set()
+    new_cp = new_checkpoint_name(request.chain_id) if capable else None
+    changes = {d.name: _changes(d.name, d.format, request, prefix, existing, new_cp) for d in disks}
+    tag = secrets.token_hex(4)
+    socket = run_dir / f"{tag}.sock"
+    scratch = {d.name: run_dir / f"{tag}.{d.name}.scratch" for d in disks}
+    abort_stale_job(dom, run_dir)
+    kept = False
+    with ExitStack() as cleanup:
+        cleanup.callback(_remove_files, [socket, *scratch.values()])
+        try:
+            changes = _begin(dom, vm, request, socket, scratch, changes, new_cp, capable)
+            cleanup.callback(_abort, dom)
+            exports = _exports(dom)
+            changes = {n: _with_context(n, c, exports[n][1]) for n, c in changes.items()}
+            session = Session(
+                {
+                    d.name: NBDDiskSource(d, _client(socket, exports[d.name][0], changes[d.name]), changes[d.name])
+                    for d in disks
+                }
+            )
+            cleanup.callback(session.close)
+            yield session
+            kept = True
+        finally:
+            if new_cp and not kept:
+                _delete_checkpoints(dom, [new_cp])
+    if new_cp:
+        _delete_checkpoints(dom, [n for n in existing if n.startswith(prefix) and n != new_cp])
+
+
+def _changes(
+    disk: str,
+    fmt: str,
+    request: BackupRequest,
+    prefix: str,
+    existing: dict[str, libvirt.virDomainCheckpoint],
+    new_cp: str | None,
+) -> Changes:
+    token = request.tokens.get(disk)
+    next_token = new_cp if fmt == "qcow2" else None
+    if not request.enable_cbt:
+        return Changes(reason="CBT disabled by enableCBT", next_token=None)
+    if fmt != "qcow2":
+        return Changes(reason=f"a {fmt} disk has no dirty bitmaps", next_token=None)
+    if not token:
+        return Changes(reason="the parent backup has no checkpoint for this disk", next_token=next_token)
+    if not token.startswith(prefix):
+        return Changes(reason=f"checkpoint {token} belongs to another repository", next_token=next_token)
+    if token not in existing:
+        reason = f"checkpoint {token} is not on the VM (deleted, VM recreated or last backed up while stopped)"
+        return Changes(reason=reason, next_token=next_token)
+    in_checkpoint = {
+        d.get("name"): d.get("checkpoint") for d in ET.fromstring(existing[token].getXMLDesc()).iterfind("disks/disk")
+    }
+    if in_checkpoint.get(disk) != "bitmap":
+        return Changes(reason=f"checkpoint {token} does not cover disk {disk}", next_token=next_token)
+    return Changes(source=SOURCE, base=token, next_token=next_token)
+
+
+def _begin(
+    dom: libvirt.virDomain,
+    vm: VMDescription,
+    request: BackupRequest,
+    socket: Path,
+    scratch: dict[str, Path],
+    changes: dict[str, Changes],
+    new_cp: str | None,
+    capable: set[str],
+) -> dict[str, Changes]:
+    """Start the backup job; when libvirt refuses an incremental (a lost bitmap), start a full one."""
+    all_disks = [s.target for s in disk_specs(dom.XMLDesc(0))]
+    checkpoint_xml = _checkpoint_xml(new_cp, all_disks, capable) if new_cp else None
+    with frozen(dom, vm.name, request.quiesce):
+        try:
+            dom.backupBegin(_backup_xml(socket, all_disks, scratch, changes), checkpoint_xml)
+            return changes
+        except libvirt.libvirtError as exc:
+            if not any(c.base for c in changes.values()):
+                raise_for(exc, f"VM {vm.name}: starting the backup job")
+            reason = f"libvirt refused the incremental backup ({exc.get_error_message()}); checkpoint broken"
+            log.warning("kvm.incremental_refused", vm=vm.name, error=exc.get_error_message())
+            changes = {n: Changes(reason=reason, next_token=c.next_token) for n, c in changes.items()}
+            with libvirt_errors(f"VM {vm.name}: starting the backup job"):
+                dom.backupBegin(_backup_xml(socket, all_disks, scratch, changes), checkpoint_xml)
+            return changes
+
+
+def _backup_xml(socket: Path, all_disks: list[str], scratch: dict[str, Path], changes: dict[str, Changes]) -> str:
+    root = ET.Element("domainbackup", mode="pull")
+    ET.SubElement(root, "server", transport="unix", socket=str(socket))
+    disks = ET.SubElement(root, "disks")
+    for name in all_disks:
+        if name not in changes:
+            ET.SubElement(disks, "disk", name=name, backup="no")
+            continue
+        base = changes[name].base
+        attrs = {"name": name, "backup": "yes", "type": "file"}
+        attrs.update({"backupmode": "incremental", "incremental": base} if base else {"backupmode": "full"})
+        ET.SubElement(ET.SubElement(disks, "disk", attrs), "scratch", file=str(scratch[name]))
+    return ET.tostring(root, encoding="unicode")
+
+
+def _checkpoint_xml(name: str, all_disks: list[str], capable: set[str]) -> str:
+    root = ET.Element("domaincheckpoint")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "description").text = "GenieVM backup checkpoint"
+    disks = ET.SubElement(root, "disks")
+    for disk in all_disks:
+        ET.SubElement(disks, "disk", name=disk, checkpoint="bitmap" if disk in capable else "no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def _exports(dom: libvirt.virDomain) -> dict[str, tuple[str, str | None]]:
+    """Each disk's NBD export name and dirty-bitmap name, as libvirt reports them."""
+    with libvirt_errors("reading the backup job"):
+        root = ET.fromstring(dom.backupGetXMLDesc())
+    return {
+        d.get("name", ""): (d.get("exportname") or d.get("name", ""), d.get("exportbitmap"))
+        for d in root.iterfind("disks/disk")
+        if d.get("backup") == "yes"
+    }
+
+
+def _with_context(disk: str, changes: Changes, bitmap: str | None) -> Changes:
+    if not changes.base:
+        return changes
+    if not bitmap:
+        raise ProviderError(f"provider kvm: the backup job exports no dirty bitmap for incremental disk {disk}")
+    return replace(changes, context=f"qemu:dirty-bitmap:{bitmap}")
+
+
+def _client(socket: Path, export: str, changes: Changes) -> NBDClient:
+    return NBDClient(socket, export, (ALLOCATION, changes.context) if changes.context else (ALLOCATION,))
+
+
+def abort_stale_job(dom: libvirt.virDomain, run_dir: Path) -> None:
+    """Abort a backup job a killed GenieVM left behind (its socket is in our run folder)."""
+    try:
+        xml = dom.backupGetXMLDesc()
+    except libvirt.libvirtError:
+        return  # no backup job
+    server = ET.fromstring(xml).find("server")
+    socket = server.get("socket", "") if server is not None else ""
+    if Path(socket).parent != run_dir:
+        raise ProviderError(f"provider kvm: VM {dom.name()} has a backup job that is not GenieVM's (socket {socket})")
+    log.warning("kvm.stale_backup_job_aborted", vm=dom.name(), socket=socket)
+    _abort(dom)
+    Path(socket).unlink(missing_ok=True)
+
+
+def _abort(dom: libvirt.virDomain) -> None:
+    try:
+        dom.abortJob()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job: already gone
+            log.warning("kvm.abort_failed", vm=dom.name(), error=exc.get_error_message())
+
+
+def _delete_checkpoints(dom: libvirt.virDomain, names: list[str]) -> None:
+    for name in names:
+        try:
+            dom.checkpointLookupByName(name).delete()
+            log.info("kvm.checkpoint_deleted", vm=dom.name(), checkpoint=name)
+        except libvirt.libvirtError as exc:
+            log.warning("kvm.checkpoint_delete_failed", vm=dom.name(), checkpoint=name, error=exc.get_error_message())
+
+
+def _remove_files(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

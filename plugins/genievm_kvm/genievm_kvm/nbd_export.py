@@ -1,0 +1,185 @@
+"""Reading and writing disks over NBD (libnbd), and ``qemu-nbd`` servers for images not in use.
+
+libnbd's Python binding comes from Debian's python3-libnbd (scripts/setup.sh links it into the
+virtual environment); it is imported lazily so that listing VMs works without it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from genievm_core.errors import ProviderError
+from genievm_core.models.extents import Extent, clip
+
+__all__ = ["ALLOCATION", "NBDClient", "qemu_nbd"]
+
+ALLOCATION = "base:allocation"
+_STATE_ZERO = 2  # base:allocation: the range reads as zeros
+_DIRTY = 1  # qemu:dirty-bitmap:*: the range was written
+_MAX_REQUEST = 32 << 20  # qemu's NBD server refuses larger requests
+_MAX_STATUS = 1 << 30
+
+
+def _nbd() -> Any:
+    try:
+        import nbd
+    except ImportError as exc:
+        raise ProviderError(
+            "provider kvm: libnbd's Python binding is missing (install python3-libnbd; scripts/setup.sh links it)"
+        ) from exc
+    return nbd
+
+
+class NBDClient:
+    """One connection to one NBD export over a unix socket."""
+
+    def __init__(self, socket: Path, export: str, contexts: tuple[str, ...] = (ALLOCATION,)) -> None:
+        nbd = _nbd()
+        self._h = nbd.NBD()
+        self.contexts = contexts
+        try:
+            for ctx in contexts:
+                self._h.add_meta_context(ctx)
+            self._h.set_export_name(export)
+            self._h.connect_unix(str(socket))
+            self.size: int = self._h.get_size()
+        except nbd.Error as exc:
+            raise ProviderError(f"provider kvm: NBD export {export} at {socket}: {exc.string}") from exc
+        self.export = export
+        self._error = nbd.Error
+
+    def has_context(self, ctx: str) -> bool:
+        return bool(self._h.can_meta_context(ctx))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        out = bytearray()
+        try:
+            while len(out) < length:
+                n = min(_MAX_REQUEST, length - len(out))
+                out += self._h.pread(n, offset + len(out))
+        except self._error as exc:
+            raise ProviderError(f"provider kvm: reading {self.export} at {offset}: {exc.string}") from exc
+        return bytes(out)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            for pos in range(0, len(view), _MAX_REQUEST):
+                self._h.pwrite(view[pos : pos + _MAX_REQUEST], offset + pos)
+        except self._error as exc:
+            raise ProviderError(f"provider kvm: writing {self.export} at {offset}: {exc.string}") from exc
+
+    def flush(self) -> None:
+        try:
+            self._h.flush()
+        except self._error as exc:
+            raise ProviderError(f"provider kvm: flushing {self.export}: {exc.string}") from exc
+
+    def extents(self, ctx: str, *, flag: int, present: bool) -> list[Extent]:
+        """The ranges whose status in ``ctx`` has ``flag`` set (``present``) or clear."""
+        found: list[Extent] = []
+        reached = [0]  # how far the server's replies for ``ctx`` have covered the disk
+
+        def collect(meta: str, start: int, entries: list[int], err: Any) -> int:
+            if meta == ctx:
+                pos = start
+                for length, flags in zip(entries[0::2], entries[1::2], strict=True):
+                    if bool(flags & flag) == present:
+                        found.append(Extent(pos, length))
+                    pos += length
+                reached[0] = max(reached[0], pos)
+            return 0
+
+        while reached[0] < self.size:
+            offset = reached[0]
+            try:
+                self._h.block_status(min(self.size - offset, _MAX_STATUS), offset, collect)
+            except self._error as exc:
+                raise ProviderError(f"provider kvm: block status of {self.export}: {exc.string}") from exc
+            if reached[0] <= offset:
+                raise ProviderError(f"provider kvm: NBD server sent no {ctx} status for {self.export} at {offset}")
+        return clip(found, self.size)
+
+    def allocated(self) -> list[Extent]:
+        """Ranges that may hold data (everything that does not read as zeros)."""
+        return self.extents(ALLOCATION, flag=_STATE_ZERO, present=False)
+
+    def dirty(self, ctx: str) -> list[Extent]:
+        return self.extents(ctx, flag=_DIRTY, present=True)
+
+    def close(self) -> None:
+        try:
+            self._h.shutdown()
+        except self._error:
+            pass  # the server may be gone already (backup job aborted)
+        self._h = None  # libnbd 1.14 has no close(): the handle closes when collected
+
+
+@contextmanager
+def qemu_nbd(
+    image: Path,
+    fmt: str,
+    socket: Path,
+    *,
+    export: str,
+    read_only: bool = True,
+    bitmap: str | None = None,
+    snapshot: str | None = None,
+    force_share: bool = False,
+) -> Iterator[Path]:
+    """Serve ``image`` on ``socket`` with ``qemu-nbd`` for the block; always stopped and the socket removed.
+
+    ``qemu-nbd`` takes the image's lock, so a VM cannot start on it meanwhile (and it refuses
+    to open an image a running VM holds, unless ``force_share`` for a read-only snapshot).
+    """
+    cmd = ["qemu-nbd", "--persistent", "--shared=8", "-k", str(socket), "-x", export]
+    cmd += ["--cache=none", "--aio=native"] if read_only else ["--cache=writeback", "--discard=unmap"]
+    if read_only:
+        cmd.append("--read-only")
+    if bitmap:
+        cmd += ["-B", bitmap]
+    if snapshot:
+        cmd += ["-l", f"snapshot.name={snapshot}"]
+    if force_share:  # only through --image-opts; commas in the path are doubled as QEMU's syntax wants
+        path = str(image).replace(",", ",,")
+        cmd += ["--image-opts", f"driver={fmt},file.driver=file,file.filename={path},force-share=on,read-only=on"]
+    else:
+        cmd += ["-f", fmt, str(image)]
+    socket.unlink(missing_ok=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if proc.poll() is not None:
+                err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
+                raise ProviderError(
+                    f"provider kvm: qemu-nbd cannot serve {image}: {err[-1] if err else proc.returncode}"
+                )
+            if time.monotonic() > deadline:
+                raise ProviderError(f"provider kvm: qemu-nbd did not start serving {image} within 30 s")
+            time.sleep(0.01)
+        yield socket
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        socket.unlink(missing_ok=True)
+
+
+def socket_dir(workdir: Path | None) -> Path:
+    base = workdir or Path(os.environ.get("XDG_RUNTIME_DIR", "/run"))
+    folder = base / "genievm"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder

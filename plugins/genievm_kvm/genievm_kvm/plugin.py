@@ -1,0 +1,17 @@
+"""Entry point ``kvm`` in the group ``genievm``: the ``kvm`` provider and its CBT sources."""
+
+from __future__ import annotations
+
+from genievm_core.plugin import CBTSourceRegistry, ProviderRegistry, hookimpl
+from genievm_kvm.provider import CBT_SOURCES, KVMProvider
+
+
+@hookimpl
+def genievm_register_providers(registry: ProviderRegistry) -> None:
+    registry.add("kvm", KVMProvider)
+
+
+@hookimpl
+def genievm_register_cbt_sources(registry: CBTSourceRegistry) -> None:
+    for source in CBT_SOURCES:
+        registry.add(source)

@@ -1,0 +1,142 @@
+"""The ``kvm`` provider: VMs of one libvirt connection.
+
+Options (``providerOptions``)::
+
+    {"uri": "qemu:///system",          # or qemu+ssh://user@host/system (SSH keys)
+     "mode": "auto"}                   # auto | backup-api | internal-snapshot
+
+A running or paused VM is backed up through libvirt's backup API (``mode`` auto or
+backup-api), or through an internal qcow2 snapshot where the backup API is missing
+(auto) or when asked (internal-snapshot). A stopped VM's disks are read with qemu-nbd.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import structlog
+
+from genievm_core.errors import ConfigError, ProviderError
+from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
+from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
+from genievm_kvm.cbt import RUNNING, LibvirtCheckpointCBT, Qcow2BitmapCBT, choose
+from genievm_kvm.connection import connect, find_domain, libvirt_errors
+from genievm_kvm.domain import describe, state, vm_ref
+from genievm_kvm.live import live_backup
+from genievm_kvm.lvm_thin import LVMThinCBT
+from genievm_kvm.offline import offline_backup
+from genievm_kvm.restore import KVMRestore
+from genievm_kvm.snapshot import snapshot_backup
+from genievm_kvm.source import Session
+
+__all__ = ["KVMProvider"]
+
+log = structlog.get_logger("genievm.kvm")
+MODES = ("auto", "backup-api", "internal-snapshot")
+CBT_SOURCES = (LibvirtCheckpointCBT(), Qcow2BitmapCBT(), LVMThinCBT())
+
+
+class KVMProvider:
+    name = "kvm"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.uri = str(options.get("uri", "qemu:///system"))
+        self.mode = str(options.get("mode", "auto"))
+        if self.mode not in MODES:
+            raise ConfigError(f"invalid providerOptions: mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        self.run_dir = _run_dir(options.get("runDir"))
+        self.conn = connect(self.uri)
+
+    def list_vms(self) -> list[VMRef]:
+        with libvirt_errors(f"listing VMs of {self.uri}"):
+            return sorted((vm_ref(d) for d in self.conn.listAllDomains()), key=lambda r: r.name)
+
+    def describe_vm(self, vm_id: str) -> VMDescription:
+        """The VM, with the CBT source the factory picks for each disk (in ``details`` and the summary)."""
+        vm = describe(self.conn, find_domain(self.conn, vm_id))
+        vm_state = str(vm.summary["state"])
+        disks = tuple(_with_cbt_source(replace(d, details={**d.details, "vm_state": vm_state})) for d in vm.disks)
+        summary = vm.summary | {f"cbt_source.{d.name}": d.details["cbt_source"] for d in disks}
+        return replace(vm, disks=disks, summary=summary)
+
+    def open_backup(self, vm: VMDescription, request: BackupRequest) -> AbstractContextManager[Session]:
+        return self._backup(vm, request)
+
+    @contextmanager
+    def _backup(self, vm: VMDescription, request: BackupRequest) -> Iterator[Session]:
+        dom = find_domain(self.conn, vm.id)
+        vm_state = state(dom)
+        if vm_state in RUNNING:
+            use_api = self.mode == "backup-api" or (self.mode == "auto" and _has_backup_api(self.conn))
+            if self.mode == "backup-api" and not _has_backup_api(self.conn):
+                raise ProviderError(f"provider kvm: libvirt at {self.uri} has no backup API (mode backup-api)")
+            how = (
+                live_backup(dom, vm, request, self.run_dir)
+                if use_api
+                else snapshot_backup(dom, vm, request, self.run_dir)
+            )
+            log.info("kvm.backup_path", vm=vm.name, state=vm_state, path="backup-api" if use_api else "snapshot")
+        elif vm_state == "stopped":
+            if request.quiesce:
+                raise ProviderError(f"provider kvm: VM {vm.name} is stopped; --quiesce needs a running guest agent")
+            with libvirt_errors(f"VM {vm.name}: listing checkpoints"):
+                checkpoints = {c.getName() for c in dom.listAllCheckpoints()}
+            how = offline_backup(dom, vm, request, self.run_dir, checkpoints)
+            log.info("kvm.backup_path", vm=vm.name, state=vm_state, path="qemu-nbd")
+        else:
+            raise ProviderError(
+                f"provider kvm: VM {vm.name} is {vm_state}; it can be backed up running, paused or stopped"
+            )
+        with how as session:
+            yield session
+
+    def open_restore(self, vm: VMDescription, request: RestoreRequest) -> AbstractContextManager[KVMRestore]:
+        return self._restore(vm, request)
+
+    @contextmanager
+    def _restore(self, vm: VMDescription, request: RestoreRequest) -> Iterator[KVMRestore]:
+        session = KVMRestore(self.conn, vm, request, self.run_dir)
+        try:
+            yield session
+        except BaseException:
+            session.discard()
+            raise
+
+    def power_on(self, vm_id: str) -> None:
+        dom = find_domain(self.conn, vm_id)
+        with libvirt_errors(f"starting VM {dom.name()}"):
+            dom.create()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+def _with_cbt_source(disk: DiskInfo) -> DiskInfo:
+    """The disk, noting which CBT source the factory picks for it (also logged)."""
+    source = choose(disk, list(CBT_SOURCES))
+    return replace(disk, details={**disk.details, "cbt_source": source.name if source else "hash-compare"})
+
+
+def _has_backup_api(conn: libvirt.virConnect) -> bool:
+    return hasattr(libvirt.virDomain, "backupBegin") and conn.getLibVersion() >= 6_000_000
+
+
+def _run_dir(configured: object) -> Path:
+    """Where NBD sockets and scratch files go: short paths, since a unix socket path has 107 bytes at most."""
+    if configured:
+        folder = Path(str(configured))
+    elif os.geteuid() == 0:
+        folder = Path("/run/genievm")
+    else:
+        folder = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/genievm-{os.geteuid()}")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder

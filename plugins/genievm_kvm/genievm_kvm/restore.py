@@ -1,0 +1,158 @@
+"""Restore: a new VM defined from the stored domain XML, or the disks of an existing stopped VM.
+
+A new VM gets the new name, a new UUID and new MAC addresses (libvirt generates both when
+they are absent), and its disks under ``restorePath`` as qcow2 or raw files. Disks not in
+the backup are left out of the new VM rather than pointed at the source VM's files. Every
+disk is written under a partial name and renamed into place only when all are written; the
+VM is defined last. Nothing that exists is overwritten without ``--force``.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import structlog
+
+from genievm_core.builtin.image import ImageDiskSink
+from genievm_core.errors import ConfigError, ProviderError, RestoreTargetExistsError
+from genievm_core.models.config import DiskConfig
+from genievm_core.models.vm import DiskInfo, VMDescription
+from genievm_core.plugin.protocols import DiskSink, RestoreRequest
+from genievm_kvm.connection import libvirt_errors
+from genievm_kvm.domain import DiskSpec, disk_specs, state
+from genievm_kvm.sink import Qcow2DiskSink
+
+__all__ = ["KVMRestore"]
+
+log = structlog.get_logger("genievm.kvm.restore")
+Sink = ImageDiskSink | Qcow2DiskSink
+
+
+class KVMRestore:
+    def __init__(self, conn: libvirt.virConnect, vm: VMDescription, request: RestoreRequest, run_dir: Path) -> None:
+        if vm.config_format != "libvirt-domain-xml" or not vm.config:
+            raise ProviderError(f"provider kvm: backup of {vm.name} holds no libvirt domain XML to restore from")
+        self.conn = conn
+        self.request = request
+        self.run_dir = run_dir
+        self.name = request.new_name or vm.name
+        self.xml = ET.fromstring(vm.config.decode())
+        self.sinks: list[Sink] = []
+        self.targets: dict[str, DiskSpec] = {}
+        self.existing = _lookup(conn, self.name)
+        if self.existing is not None:
+            if not request.force:
+                raise RestoreTargetExistsError(f"VM {self.name} exists; pass --force to restore its disks into it")
+            if self.existing.isActive():
+                raise ProviderError(
+                    f"provider kvm: VM {self.name} is {state(self.existing)}; stop it to restore into it"
+                )
+            self.targets = {s.target: s for s in disk_specs(self.existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
+        self.written: dict[str, tuple[Path, str]] = {}  # disk -> (path, format) of the new VM
+
+    def open_sink(self, disk: DiskInfo, config: DiskConfig) -> DiskSink:
+        path, fmt = self._target(disk, config)
+        if self.existing is None and path.exists() and not self.request.force:
+            raise RestoreTargetExistsError(f"{path} exists; pass --force to overwrite it")
+        sink: Sink = Qcow2DiskSink(path, disk.size, self.run_dir) if fmt == "qcow2" else ImageDiskSink(path, disk.size)
+        self.sinks.append(sink)
+        self.written[disk.name] = (path, fmt)
+        return sink
+
+    def _target(self, disk: DiskInfo, config: DiskConfig) -> tuple[Path, str]:
+        if self.existing is not None:
+            spec = self.targets.get(disk.name)
+            if spec is None:
+                raise ConfigError(f"invalid RestoreConfig: VM {self.name} has no disk {disk.name} to restore into")
+            if spec.disk_type not in ("file", "block") or spec.format not in ("raw", "qcow2"):
+                raise ProviderError(
+                    f"provider kvm: cannot restore into {spec.disk_type} {spec.format} disk {disk.name}"
+                )
+            return Path(spec.source), spec.format
+        fmt = config.format or (disk.format if disk.format in ("raw", "qcow2") else "raw")
+        if config.target:
+            return Path(config.target), fmt
+        if self.request.restore_path is None:
+            raise ConfigError(f"invalid RestoreConfig: restorePath: give where the disks of {self.name} go")
+        return self.request.restore_path / f"{self.name}-{disk.name}.{fmt}", fmt
+
+    def commit(self) -> str:
+        for sink in self.sinks:
+            sink.close()
+        for sink in self.sinks:
+            if sink.path != sink.final:
+                os.replace(sink.path, sink.final)
+        if self.existing is not None:
+            log.info("kvm.restored_into", vm=self.name, disks=sorted(self.written))
+            return str(self.existing.UUIDString())
+        try:
+            with libvirt_errors(f"defining restored VM {self.name}"):
+                dom = self.conn.defineXML(self.new_xml())
+        except BaseException:
+            for sink in self.sinks:
+                sink.final.unlink(missing_ok=True)
+            raise
+        log.info("kvm.vm_defined", vm=self.name, uuid=dom.UUIDString())
+        return str(dom.UUIDString())
+
+    def discard(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            finally:
+                if sink.path != sink.final:
+                    sink.path.unlink(missing_ok=True)
+
+    def new_xml(self) -> str:
+        root = self.xml
+        _set_text(root, "name", self.name)
+        for tag in ("uuid", "title"):
+            for el in root.findall(tag):
+                root.remove(el)
+        for mac in root.iterfind("devices/interface/mac"):
+            mac.attrib.pop("address", None)
+        devices = root.find("devices")
+        for disk in list(devices.iterfind("disk")) if devices is not None else []:
+            target = disk.find("target")
+            name = target.get("dev", "") if target is not None else ""
+            if disk.get("device", "disk") != "disk":
+                continue
+            if name not in self.written:
+                log.warning("kvm.disk_left_out", vm=self.name, disk=name, reason="not in the backup")
+                devices.remove(disk)  # type: ignore[union-attr]
+                continue
+            path, fmt = self.written[name]
+            _point_disk(disk, path, fmt)
+        return ET.tostring(root, encoding="unicode")
+
+
+def _point_disk(disk: ET.Element, path: Path, fmt: str) -> None:
+    disk.set("type", "file")
+    for tag in ("source", "backingStore"):
+        for el in disk.findall(tag):
+            disk.remove(el)
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.SubElement(disk, "driver", name="qemu")
+    driver.set("type", fmt)
+    source = ET.Element("source", file=str(path))
+    disk.insert(list(disk).index(driver) + 1, source)
+
+
+def _set_text(root: ET.Element, tag: str, text: str) -> None:
+    el = root.find(tag)
+    if el is None:
+        el = ET.SubElement(root, tag)
+    el.text = text
+
+
+def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise

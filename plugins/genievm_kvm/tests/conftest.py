@@ -1,0 +1,79 @@
+"""Fixtures for the KVM plugin's tests: real libvirtd, real QEMU/KVM, real qcow2 images.
+
+- ``libvirt_conn``: a connection to ``qemu:///system``; libvirtd is started with
+  ``scripts/services/libvirtd.sh`` when it is not running (root only).
+- ``make_vm(disks=..., running=True)``: a VM (see ``kvm_support.domain_xml``) started paused
+  (backups work on a paused VM); destroyed and undefined after the test.
+- ``cli(*args)``: the installed ``genievm`` console script in a subprocess.
+- ``repo``: a new encrypted repository with 1 MiB chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from kvm_support import PASSPHRASE, URI, CLIResult, TestVM, create_images, domain_xml, undefine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def libvirt_conn() -> Iterator[libvirt.virConnect]:
+    if shutil.which("libvirtd") is None:
+        pytest.skip("libvirtd is not installed (scripts/setup.sh installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("the KVM tests start VMs through qemu:///system, which needs root here")
+    subprocess.run(["bash", str(ROOT / "scripts/services/libvirtd.sh")], check=True)
+    conn = libvirt.open(URI)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def make_vm(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[Callable[..., TestVM]]:
+    made: list[libvirt.virDomain] = []
+
+    def make(disks: dict[str, tuple[int, str]] | None = None, running: bool = True) -> TestVM:
+        name = f"genievm-test-{secrets.token_hex(3)}"
+        images = create_images(tmp_path, name, disks or {"vda": (64 << 20, "qcow2"), "vdb": (32 << 20, "qcow2")})
+        dom = libvirt_conn.defineXML(domain_xml(name, images))
+        made.append(dom)
+        if running:
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        return TestVM(dom, name, {t: p for t, (p, _) in images.items()}, {t: f for t, (_, f) in images.items()})
+
+    yield make
+    for dom in made:
+        undefine(dom)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., CLIResult]:
+    exe = Path(sys.executable).with_name("genievm")
+    env = {**os.environ, "GENIEVM_PASSPHRASE": PASSPHRASE}
+
+    def run(*args: str, check: bool = True) -> CLIResult:
+        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"genievm {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+        return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
+def repo(cli: Callable[..., CLIResult], tmp_path: Path) -> str:
+    path = tmp_path / "repo"
+    cli("repo", "init", str(path), "--chunk-size", str(1 << 20))
+    return str(path)
