@@ -37,10 +37,13 @@ def libvirt_errors(what: str) -> Iterator[None]:
         raise_for(exc, what)
 
 
-def connect(uri: str) -> libvirt.virConnect:
-    """Open ``uri`` (``qemu:///system``, ``qemu+ssh://user@host/system`` with SSH keys)."""
+def connect(uri: str, *, read_only: bool = False) -> libvirt.virConnect:
+    """Open ``uri`` (``qemu:///system``, ``qemu+ssh://user@host/system`` with SSH keys).
+
+    A read-only connection lists and describes VMs; libvirt refuses it anything else.
+    """
     try:
-        conn = libvirt.open(uri)
+        conn = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
         raise_for(exc, f"cannot connect to {uri}")
     if conn is None:  # pragma: no cover - old bindings returned None instead of raising

@@ -50,25 +50,24 @@ def live_backup(dom: libvirt.virDomain, vm: VMDescription, request: BackupReques
     scratch = {d.name: run_dir / f"{tag}.{d.name}.scratch" for d in disks}
     abort_stale_job(dom, run_dir)
     kept = False
-    with ExitStack() as cleanup:
+
+    def drop_new_checkpoint() -> None:
+        if new_cp and not kept:  # the backup failed: its checkpoint would name data no backup holds
+            _delete_checkpoints(dom, [new_cp])
+
+    with ExitStack() as cleanup:  # on exit, in reverse: close NBD, abort the job, drop checkpoint, remove files
         cleanup.callback(_remove_files, [socket, *scratch.values()])
-        try:
-            changes = _begin(dom, vm, request, socket, scratch, changes, new_cp, capable)
-            cleanup.callback(_abort, dom)
-            exports = _exports(dom)
-            changes = {n: _with_context(n, c, exports[n][1]) for n, c in changes.items()}
-            session = Session(
-                {
-                    d.name: NBDDiskSource(d, _client(socket, exports[d.name][0], changes[d.name]), changes[d.name])
-                    for d in disks
-                }
-            )
-            cleanup.callback(session.close)
-            yield session
-            kept = True
-        finally:
-            if new_cp and not kept:
-                _delete_checkpoints(dom, [new_cp])
+        changes = _begin(dom, vm, request, socket, scratch, changes, new_cp, capable)
+        cleanup.callback(drop_new_checkpoint)
+        cleanup.callback(_abort, dom)
+        exports = _exports(dom)
+        changes = {n: _with_context(n, c, exports[n][1]) for n, c in changes.items()}
+        session = Session({})
+        cleanup.callback(session.close)
+        for d in disks:
+            session.add(d.name, NBDDiskSource(d, _client(socket, exports[d.name][0], changes[d.name]), changes[d.name]))
+        yield session
+        kept = True
     if new_cp:
         _delete_checkpoints(dom, [n for n in existing if n.startswith(prefix) and n != new_cp])
 

@@ -42,10 +42,12 @@ def bitmaps(image: Path) -> dict[str, list[str]]:
     return {b["name"]: list(b.get("flags", [])) for b in data.get("bitmaps", [])}
 
 
-def _qemu_img_bitmap(image: Path, *args: str) -> None:
-    proc = subprocess.run(["qemu-img", "bitmap", *args, str(image)], capture_output=True, text=True)
+def _qemu_img_bitmap(image: Path, bitmap: str, *operations: str) -> None:
+    proc = subprocess.run(["qemu-img", "bitmap", *operations, str(image), bitmap], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ProviderError(f"provider kvm: qemu-img bitmap {' '.join(args)} {image}: {proc.stderr.strip()}")
+        raise ProviderError(
+            f"provider kvm: qemu-img bitmap {' '.join(operations)} {image} {bitmap}: {proc.stderr.strip()}"
+        )
 
 
 @contextmanager
@@ -70,7 +72,7 @@ def offline_backup(
             for disk in disks:
                 changes = _changes(disk, request, prefix, new_bitmap)
                 if changes.next_token:
-                    _qemu_img_bitmap(Path(disk.location), "--add", "--enable", new_bitmap)
+                    _qemu_img_bitmap(Path(disk.location), new_bitmap, "--add", "--enable")
                     added.append(disk)
                 sock = run_dir / f"{secrets.token_hex(4)}.sock"
                 stack.enter_context(
@@ -88,12 +90,12 @@ def offline_backup(
         finally:
             stack.close()  # qemu-nbd stops and releases the images before bitmaps change
             for disk in added if not ok else []:
-                _qemu_img_bitmap(Path(disk.location), "--remove", new_bitmap)
+                _qemu_img_bitmap(Path(disk.location), new_bitmap, "--remove")
     for disk in added:  # the new bitmap is the one the repository needs now
         stale = [b for b in bitmaps(Path(disk.location)) if b.startswith(prefix) and b != new_bitmap]
         for name in stale:
             if name not in checkpoints:
-                _qemu_img_bitmap(Path(disk.location), "--remove", name)
+                _qemu_img_bitmap(Path(disk.location), name, "--remove")
                 log.info("kvm.bitmap_removed", disk=disk.name, bitmap=name)
 
 

@@ -3,7 +3,9 @@
 Options (``providerOptions``)::
 
     {"uri": "qemu:///system",          # or qemu+ssh://user@host/system (SSH keys)
-     "mode": "auto"}                   # auto | backup-api | internal-snapshot
+     "mode": "auto",                   # auto | backup-api | internal-snapshot
+     "readOnly": false,                # a read-only connection: list and describe VMs only
+     "runDir": "/run/genievm"}         # NBD sockets and scratch files (short path: sockets)
 
 A running or paused VM is backed up through libvirt's backup API (``mode`` auto or
 backup-api), or through an internal qcow2 snapshot where the backup API is missing
@@ -51,7 +53,7 @@ class KVMProvider:
         if self.mode not in MODES:
             raise ConfigError(f"invalid providerOptions: mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         self.run_dir = _run_dir(options.get("runDir"))
-        self.conn = connect(self.uri)
+        self.conn = connect(self.uri, read_only=str(options.get("readOnly", "false")).lower() in ("true", "1", "yes"))
 
     def list_vms(self) -> list[VMRef]:
         with libvirt_errors(f"listing VMs of {self.uri}"):

@@ -71,6 +71,9 @@ class Session:
     def __init__(self, sources: Mapping[str, NBDDiskSource]) -> None:
         self._sources = dict(sources)
 
+    def add(self, name: str, source: NBDDiskSource) -> None:
+        self._sources[name] = source
+
     def sources(self) -> Mapping[str, DiskSource]:
         return self._sources
 

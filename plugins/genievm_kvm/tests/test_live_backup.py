@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 from kvm_support import URI, MiB, guest_write, raw_copy, same_content, undefine
 
 OPT = ["--provider", "kvm", "-o", f"uri={URI}"]
@@ -47,11 +49,17 @@ def test_full_incremental_restore(make_vm, cli, repo, tmp_path, libvirt_conn):
             str(tmp_path / name),
             "--new-name",
             new_name,
+            *(["--power-on"] if name == "r-inc" else []),
             "--json",
         ).json()
         dom = libvirt_conn.lookupByName(new_name)
         try:
             assert out["vm_id"] == dom.UUIDString() != vm.uuid
+            assert dom.isActive() == (name == "r-inc")  # --power-on started it
+            macs = {m.get("address") for m in ET.fromstring(dom.XMLDesc()).iterfind("devices/interface/mac")}
+            assert macs and not macs & {
+                m.get("address") for m in ET.fromstring(vm.dom.XMLDesc()).iterfind("devices/interface/mac")
+            }
             for target in vm.disks:
                 restored = tmp_path / name / f"{new_name}-{target}.qcow2"
                 assert same_content(restored, expected[target]), f"{name} {target} differs"
