@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -13,6 +11,7 @@ import libvirt
 from genievm_core.errors import ProviderError
 from genievm_core.models.vm import DiskInfo, StorageKind, VMDescription, VMRef
 from genievm_kvm.connection import libvirt_errors
+from genievm_kvm.lvm_thin import DETAIL_LV, DETAIL_VG, lookup_thin_lv, split_lv_path
 
 __all__ = ["DiskSpec", "describe", "disk_specs", "vm_ref"]
 
@@ -117,20 +116,14 @@ def _storage_kind(spec: DiskSpec, path: str) -> StorageKind:
 
 
 def _thin_lv(path: str) -> dict[str, str] | None:
-    """The LV's volume group and thin pool when ``path`` is a thin LV, per ``lvs``; else None."""
-    if not shutil.which("lvs"):
-        return None
-    proc = subprocess.run(
-        ["lvs", "--reportformat", "json", "-o", "vg_name,lv_name,pool_lv,segtype", path],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
+    """The LV's volume group, name and pool when ``path`` is a thin LV (per ``lvs``); else None."""
+    if not path.startswith("/dev/") or not shutil.which("lvs"):
         return None
     try:
-        rows = json.loads(proc.stdout)["report"][0]["lv"]
-    except (ValueError, KeyError, IndexError):
+        vg, lv = split_lv_path(path)
+        found = lookup_thin_lv(vg, lv)
+    except (ValueError, ProviderError):
         return None
-    if not rows or rows[0].get("segtype") != "thin":
+    if found is None or found.thin_id is None:
         return None
-    return {"vg": rows[0]["vg_name"], "lv": rows[0]["lv_name"], "pool": rows[0]["pool_lv"]}
+    return {DETAIL_VG: vg, DETAIL_LV: lv, "lvm_pool": found.pool}

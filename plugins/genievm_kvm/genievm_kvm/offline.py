@@ -14,6 +14,7 @@ import secrets
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import libvirt
@@ -24,6 +25,14 @@ from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import BackupRequest, ChangedExtents
 from genievm_kvm.cbt import Qcow2BitmapCBT, chain_prefix, new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors
+from genievm_kvm.lvm_thin import (
+    DETAIL_LV,
+    DETAIL_SNAPSHOT,
+    DETAIL_VG,
+    LVMThinCBT,
+    create_thin_snapshot,
+    remove_thin_snapshot,
+)
 from genievm_kvm.nbd_export import ALLOCATION, NBDClient, qemu_nbd, socket_dir
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
@@ -62,53 +71,90 @@ def offline_backup(
                 f"provider kvm: disk {disk.name} is a network disk; it can be backed up only while "
                 "the VM runs (backup API)"
             )
-    prefix = chain_prefix(request.chain_id)
-    new_bitmap = new_checkpoint_name(request.chain_id)
-    added: list[DiskInfo] = []
-    ok = False
+    backup = _OfflineBackup(request, run_dir)
     with ExitStack() as stack:
         try:
-            sources = {}
-            for disk in disks:
-                changes = _changes(disk, request, prefix, new_bitmap)
-                if changes.next_token:
-                    _qemu_img_bitmap(Path(disk.location), new_bitmap, "--add", "--enable")
-                    added.append(disk)
-                sock = run_dir / f"{secrets.token_hex(4)}.sock"
-                stack.enter_context(
-                    qemu_nbd(Path(disk.location), disk.format, sock, export=disk.name, bitmap=changes.base)
-                )
-                contexts = (ALLOCATION, changes.context) if changes.context else (ALLOCATION,)
-                source = NBDDiskSource(disk, NBDClient(sock, disk.name, contexts), changes)
-                stack.callback(source.close)
-                sources[disk.name] = source
+            session = Session({d.name: backup.open(d, stack) for d in disks})
             with libvirt_errors(f"VM {vm.name}: checking its state"):
                 if dom.isActive():  # it started before qemu-nbd took the locks: no point in time
                     raise ProviderError(f"provider kvm: VM {vm.name} started during the backup; run it again")
-            yield Session(sources)
-            ok = True
-        finally:
+            yield session
+        except BaseException:
             stack.close()  # qemu-nbd stops and releases the images before bitmaps change
-            for disk in added if not ok else []:
-                _qemu_img_bitmap(Path(disk.location), new_bitmap, "--remove")
-    for disk in added:  # the new bitmap is the one the repository needs now
-        stale = [b for b in bitmaps(Path(disk.location)) if b.startswith(prefix) and b != new_bitmap]
-        for name in stale:
-            if name not in checkpoints:
-                _qemu_img_bitmap(Path(disk.location), name, "--remove")
-                log.info("kvm.bitmap_removed", disk=disk.name, bitmap=name)
+            backup.undo()
+            raise
+    backup.retire_parents(checkpoints)
 
 
-def _changes(disk: DiskInfo, request: BackupRequest, prefix: str, new_bitmap: str) -> Changes:
-    if not request.enable_cbt:
-        return Changes(reason="CBT disabled by enableCBT")
-    if disk.storage_kind != "qcow2-file":
-        return Changes(reason=f"a {disk.storage_kind} disk of a stopped VM has no dirty bitmaps")
-    token = request.tokens.get(disk.name)
-    reason = _bitmap_problem(disk, token, prefix)
-    if reason:
-        return Changes(reason=reason, next_token=new_bitmap)
-    return Changes(SOURCE, token, f"qemu:dirty-bitmap:{token}", next_token=new_bitmap)
+class _OfflineBackup:
+    """The new bitmaps and thin snapshots of one backup: undone when it fails, the parents' retired when not."""
+
+    def __init__(self, request: BackupRequest, run_dir: Path) -> None:
+        self.request = request
+        self.run_dir = run_dir
+        self.prefix = chain_prefix(request.chain_id)
+        self.new_name = new_checkpoint_name(request.chain_id)
+        self.bitmapped: list[DiskInfo] = []  # qcow2 disks given the new bitmap
+        self.thin: list[tuple[DiskInfo, str]] = []  # thin LVs and their new snapshot
+
+    def open(self, disk: DiskInfo, stack: ExitStack) -> NBDDiskSource:
+        image = Path(disk.location)
+        if disk.storage_kind == "lvm-thin" and self.request.enable_cbt:
+            vg, lv = disk.details[DETAIL_VG], disk.details[DETAIL_LV]
+            snapshot = f"{lv}.{self.new_name}"
+            create_thin_snapshot(vg, lv, snapshot)
+            self.thin.append((disk, snapshot))
+            changes, image = self._thin_changes(disk, snapshot), Path(f"/dev/{vg}/{snapshot}")
+        else:
+            changes = self._changes(disk)
+            if changes.next_token:
+                _qemu_img_bitmap(image, self.new_name, "--add", "--enable")
+                self.bitmapped.append(disk)
+        sock = self.run_dir / f"{secrets.token_hex(4)}.sock"
+        stack.enter_context(qemu_nbd(image, disk.format, sock, export=disk.name, bitmap=changes.base))
+        contexts = (ALLOCATION, changes.context) if changes.context else (ALLOCATION,)
+        source = NBDDiskSource(disk, NBDClient(sock, disk.name, contexts), changes)
+        stack.callback(source.close)
+        return source
+
+    def _changes(self, disk: DiskInfo) -> Changes:
+        if not self.request.enable_cbt:
+            return Changes(reason="CBT disabled by enableCBT")
+        if disk.storage_kind != "qcow2-file":
+            return Changes(reason=f"a {disk.storage_kind} disk of a stopped VM has no dirty bitmaps")
+        token = self.request.tokens.get(disk.name)
+        reason = _bitmap_problem(disk, token, self.prefix)
+        if reason:
+            return Changes(reason=reason, next_token=self.new_name)
+        return Changes(SOURCE, token, f"qemu:dirty-bitmap:{token}", next_token=self.new_name)
+
+    def _thin_changes(self, disk: DiskInfo, snapshot: str) -> Changes:
+        """Changes between the parent's thin snapshot and the new one (device-mapper only: an LVM host)."""
+        token = self.request.tokens.get(disk.name)
+        if token and self.prefix not in token:
+            return Changes(reason=f"thin snapshot {token} belongs to another repository", next_token=snapshot)
+        known = LVMThinCBT().changed_extents(replace(disk, details={**disk.details, DETAIL_SNAPSHOT: snapshot}), token)
+        if known.extents is None:
+            return Changes(reason=known.reason or "no thin snapshot to compare with", next_token=snapshot)
+        return Changes(source=known.source, next_token=snapshot, known=known)
+
+    def undo(self) -> None:
+        for disk in self.bitmapped:
+            _qemu_img_bitmap(Path(disk.location), self.new_name, "--remove")
+        for disk, snapshot in self.thin:
+            remove_thin_snapshot(disk.details[DETAIL_VG], snapshot)
+
+    def retire_parents(self, checkpoints: set[str]) -> None:
+        """Remove this repository's older bitmaps (not libvirt's checkpoints) and thin snapshots."""
+        for disk in self.bitmapped:
+            for name in bitmaps(Path(disk.location)):
+                if name.startswith(self.prefix) and name != self.new_name and name not in checkpoints:
+                    _qemu_img_bitmap(Path(disk.location), name, "--remove")
+                    log.info("kvm.bitmap_removed", disk=disk.name, bitmap=name)
+        for disk, _ in self.thin:
+            old = self.request.tokens.get(disk.name)
+            if old and self.prefix in old:
+                remove_thin_snapshot(disk.details[DETAIL_VG], old)
 
 
 def _bitmap_problem(disk: DiskInfo, token: str | None, prefix: str) -> str | None:

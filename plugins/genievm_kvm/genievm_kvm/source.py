@@ -18,7 +18,8 @@ class Changes:
     """How a disk's changes since its parent backup can be known.
 
     ``base`` is the checkpoint or bitmap the export's dirty bitmap counts from and
-    ``context`` the NBD meta context that carries it; without them, ``reason`` says why.
+    ``context`` the NBD meta context that carries it; or ``known`` holds the changes
+    found another way (LVM thin). Without them, ``reason`` says why.
     """
 
     source: str | None = None
@@ -26,6 +27,7 @@ class Changes:
     context: str | None = None
     reason: str = ""
     next_token: str | None = None
+    known: ChangedExtents | None = None
 
 
 class NBDDiskSource:
@@ -50,6 +52,8 @@ class NBDDiskSource:
 
     def changed_extents(self, token: str | None) -> ChangedExtents:
         c = self._changes
+        if c.known is not None:
+            return c.known
         if c.base is None or c.context is None or c.source is None:
             return ChangedExtents.unavailable(c.reason or "no changed-block tracking for this disk")
         if token != c.base:
