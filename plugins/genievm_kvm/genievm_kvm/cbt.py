@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 
 import structlog
 
-from genievm_core.errors import CBTError
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin.protocols import CBTSource, ChangedExtents
 
@@ -41,7 +40,11 @@ def new_checkpoint_name(chain_id: str) -> str:
 
 
 class LibvirtCheckpointCBT:
-    """Checkpoints of libvirt's backup API; read during a backup job (see ``live.py``)."""
+    """Checkpoints of libvirt's backup API.
+
+    A backup reads the dirty bitmap of its own job's export (``live.py``); on its own, this
+    source starts a short job for one disk to export the bitmap of checkpoint ``token``.
+    """
 
     name = "libvirt-checkpoint"
     priority = 30
@@ -50,10 +53,20 @@ class LibvirtCheckpointCBT:
         return disk.storage_kind == "qcow2-file" and disk.details.get("vm_state") in RUNNING
 
     def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
-        raise CBTError(
-            f"changed-block tracking failed for disk {disk.name}: libvirt checkpoints are read "
-            "through the export of a kvm backup session, not on their own"
-        )
+        from genievm_kvm.connection import connect, find_domain
+        from genievm_kvm.live import checkpoint_changes
+        from genievm_kvm.provider import run_dir
+
+        if not token:
+            return ChangedExtents.unavailable("no checkpoint to compare with")
+        conn = connect(disk.details["uri"])
+        try:
+            dom = find_domain(conn, disk.details["vm_uuid"])
+            if token not in {c.getName() for c in dom.listAllCheckpoints()}:
+                return ChangedExtents.unavailable(f"checkpoint {token} is not on the VM")
+            return ChangedExtents(checkpoint_changes(dom, disk.name, token, run_dir(None)), self.name)
+        finally:
+            conn.close()
 
 
 class Qcow2BitmapCBT:

@@ -21,6 +21,7 @@ import libvirt
 import structlog
 
 from genievm_core.errors import ProviderError
+from genievm_core.models.extents import Extent
 from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.protocols import BackupRequest
 from genievm_kvm.cbt import LibvirtCheckpointCBT, chain_prefix, new_checkpoint_name
@@ -30,7 +31,7 @@ from genievm_kvm.nbd_export import ALLOCATION, NBDClient
 from genievm_kvm.quiesce import frozen
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
-__all__ = ["abort_stale_job", "live_backup"]
+__all__ = ["abort_stale_job", "checkpoint_changes", "live_backup"]
 
 log = structlog.get_logger("genievm.kvm.live")
 SOURCE = LibvirtCheckpointCBT.name
@@ -70,6 +71,26 @@ def live_backup(dom: libvirt.virDomain, vm: VMDescription, request: BackupReques
         kept = True
     if new_cp:
         _delete_checkpoints(dom, [n for n in existing if n.startswith(prefix) and n != new_cp])
+
+
+def checkpoint_changes(dom: libvirt.virDomain, disk: str, token: str, run_dir: Path) -> list[Extent]:
+    """The extents of ``disk`` written since checkpoint ``token``, from a short backup job of that disk alone.
+
+    The job creates no checkpoint and reads no data: it exists only to export the dirty bitmap.
+    """
+    tag = secrets.token_hex(4)
+    socket, scratch = run_dir / f"{tag}.sock", {disk: run_dir / f"{tag}.{disk}.scratch"}
+    all_disks = [s.target for s in disk_specs(dom.XMLDesc(0))]
+    abort_stale_job(dom, run_dir)
+    with ExitStack() as cleanup:
+        cleanup.callback(_remove_files, [socket, *scratch.values()])
+        with libvirt_errors(f"VM {dom.name()}: reading checkpoint {token}"):
+            dom.backupBegin(_backup_xml(socket, all_disks, scratch, {disk: Changes(base=token)}), None)
+        cleanup.callback(_abort, dom)
+        changes = _with_context(disk, Changes(base=token), _exports(dom)[disk][1])
+        client = _client(socket, _exports(dom)[disk][0], changes)
+        cleanup.callback(client.close)
+        return client.dirty(changes.context or "")
 
 
 def _changes(

@@ -52,7 +52,7 @@ class KVMProvider:
         self.mode = str(options.get("mode", "auto"))
         if self.mode not in MODES:
             raise ConfigError(f"invalid providerOptions: mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        self.run_dir = _run_dir(options.get("runDir"))
+        self.run_dir = run_dir(options.get("runDir"))
         self.conn = connect(self.uri, read_only=str(options.get("readOnly", "false")).lower() in ("true", "1", "yes"))
 
     def list_vms(self) -> list[VMRef]:
@@ -63,7 +63,8 @@ class KVMProvider:
         """The VM, with the CBT source the factory picks for each disk (in ``details`` and the summary)."""
         vm = describe(self.conn, find_domain(self.conn, vm_id))
         vm_state = str(vm.summary["state"])
-        disks = tuple(_with_cbt_source(replace(d, details={**d.details, "vm_state": vm_state})) for d in vm.disks)
+        where = {"vm_state": vm_state, "uri": self.uri, "vm_uuid": vm.id}
+        disks = tuple(_with_cbt_source(replace(d, details={**d.details, **where})) for d in vm.disks)
         summary = vm.summary | {f"cbt_source.{d.name}": d.details["cbt_source"] for d in disks}
         return replace(vm, disks=disks, summary=summary)
 
@@ -132,7 +133,7 @@ def _has_backup_api(conn: libvirt.virConnect) -> bool:
     return hasattr(libvirt.virDomain, "backupBegin") and conn.getLibVersion() >= 6_000_000
 
 
-def _run_dir(configured: object) -> Path:
+def run_dir(configured: object) -> Path:
     """Where NBD sockets and scratch files go: short paths, since a unix socket path has 107 bytes at most."""
     if configured:
         folder = Path(str(configured))
