@@ -22,6 +22,7 @@ from support import (
     write_image,
 )
 
+from genievm_core.errors import BackupNotFoundError
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
 
@@ -244,3 +245,18 @@ def test_latest_is_the_newest_backup_even_within_one_second(
             assert made[-1].parent_id == made[-2].backup_id, "an incremental's parent must be the previous backup"
     listed = [m.backup_id for m in repo.manifests("vm")]
     assert listed == [m.backup_id for m in made], "backups are listed oldest first"
+
+
+def test_latest_backup_by_vm_name_when_no_id_matches(host: PluginHost, new_repo: RepoFactory, tmp_path: Path) -> None:
+    """Operators name VMs; providers key them by id (a UUID): a name finds the VM's latest backup."""
+    repo, _ = new_repo()
+    image = write_image(tmp_path / "vda.img", 2 * CHUNK, [(0, b"data")])
+    first, second = (backup_vm(host, repo, "vm", {"vda": image}) for _ in range(2))
+    for i, made in enumerate((first, second)):
+        vm = made.vm.model_copy(update={"id": f"uuid-{i}", "name": "web01"})
+        repo.put_manifest(made.model_copy(update={"vm": vm}))
+        if i == 0:  # only one VM of that name so far
+            assert repo.find_backup("web01", "latest").backup_id == first.backup_id
+    assert repo.find_backup("uuid-1", "latest").backup_id == second.backup_id
+    with pytest.raises(BackupNotFoundError, match="VM name web01 is ambiguous"):
+        repo.find_backup("web01", "latest")

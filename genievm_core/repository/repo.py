@@ -246,17 +246,27 @@ class Repository:
         backups = self.manifests(vm_id, damaged=damaged)
         return backups[-1] if backups else None
 
-    def find_backup(self, vm_id: str | None, backup_id: str) -> BackupManifest:
-        """A backup by id, or the newest of ``vm_id`` when ``backup_id`` is ``latest``."""
+    def find_backup(self, vm: str | None, backup_id: str) -> BackupManifest:
+        """A backup by id, or the newest of ``vm`` when ``backup_id`` is ``latest``.
+
+        ``vm`` is a VM id or, when no backup has that id, a VM name (which must name one VM).
+        """
         if backup_id != "latest":
             manifest = self.get_manifest(backup_id)
-            if vm_id is not None and manifest.vm.id != vm_id:
-                raise BackupNotFoundError(f"backup {backup_id} is of VM {manifest.vm.id}, not {vm_id}")
+            if vm is not None and vm not in (manifest.vm.id, manifest.vm.name):
+                raise BackupNotFoundError(f"backup {backup_id} is of VM {manifest.vm.id}, not {vm}")
             return manifest
-        latest = self.latest(vm_id)
+        latest = self.latest(vm) or self._latest_by_name(vm)
         if latest is None:
-            raise BackupNotFoundError(f"no backup of VM {vm_id} in repository {self.url}")
+            raise BackupNotFoundError(f"no backup of VM {vm} in repository {self.url}")
         return latest
+
+    def _latest_by_name(self, name: str | None) -> BackupManifest | None:
+        named = [m for m in self.manifests() if m.vm.name == name]
+        ids = sorted({m.vm.id for m in named})
+        if len(ids) > 1:
+            raise BackupNotFoundError(f"VM name {name} is ambiguous in {self.url}: give one of {', '.join(ids)}")
+        return named[-1] if named else None
 
 
 def _parse_config(url: str, raw: bytes) -> RepositoryConfig:

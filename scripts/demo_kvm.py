@@ -1,0 +1,110 @@
+"""The main job with a real KVM VM (run by scripts/demo.sh as root, with libvirtd started).
+
+A VM with no OS and two qcow2 disks runs paused (backups work the same on a paused VM); the
+"guest" writes through QEMU's qemu-io monitor command. Every step is the genievm CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+
+URI = "qemu:///system"
+NAME, RESTORED = "genievm-demo", "genievm-demo-restored"
+MiB = 1 << 20
+GENIEVM = str(Path(sys.executable).with_name("genievm"))
+KVM = ["--provider", "kvm", "--provider-option", f"uri={URI}"]
+
+
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def genievm(*args: str) -> None:
+    print("$ genievm " + " ".join(args), flush=True)
+    subprocess.run([GENIEVM, *args], check=True)
+
+
+def remove_vm(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return
+    if dom.isActive():
+        dom.destroy()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+
+
+def guest_write(dom: libvirt.virDomain, disk: int, pattern: int, offset_mib: int, length_mib: int) -> None:
+    device = f"/machine/peripheral/virtio-disk{disk}/virtio-backend"
+    for command in (f"write -P {pattern:#x} {offset_mib}M {length_mib}M", "flush"):
+        hmp = f'qemu-io -d {device} "{command}"'
+        libvirt_qemu.qemuMonitorCommand(dom, hmp, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+
+def domain_xml(disks: dict[str, Path]) -> str:
+    kind = "kvm" if os.access("/dev/kvm", os.W_OK) else "qemu"
+    disk_xml = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{path}'/>"
+        f"<target dev='{target}' bus='virtio'/></disk>"
+        for target, path in disks.items()
+    )
+    return (
+        f"<domain type='{kind}'><name>{NAME}</name><memory unit='MiB'>64</memory>"
+        "<os><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features>"
+        f"<devices>{disk_xml}<interface type='user'><model type='virtio'/></interface></devices></domain>"
+    )
+
+
+def main(demo: Path) -> None:
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = libvirt.open(URI)
+    repo, restored = str(demo / "repo"), demo / "restored"
+    try:
+        for name in (NAME, RESTORED):
+            remove_vm(conn, name)
+        step(f"making VM {NAME}: two qcow2 disks (256 MiB and 64 MiB), started paused")
+        disks = {"vda": demo / "vda.qcow2", "vdb": demo / "vdb.qcow2"}
+        for target, size in (("vda", 256), ("vdb", 64)):
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disks[target]), f"{size}M"], check=True)
+        dom = conn.defineXML(domain_xml(disks))
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        for i in range(0, 256, 32):
+            guest_write(dom, 0, 0x40 + i // 32, i, 8)
+        guest_write(dom, 1, 0x7E, 10, 20)
+        genievm("vms", *KVM)
+
+        step("creating an encrypted repository")
+        genievm("repo", "init", repo)
+        step("full backup of the running VM (libvirt backup API, NBD; a checkpoint is created)")
+        genievm("backup", "--vm", NAME, "--repo", repo, *KVM)
+        step("the guest writes 3 MiB")
+        guest_write(dom, 0, 0xC1, 100, 2)
+        guest_write(dom, 1, 0xC2, 40, 1)
+        step("incremental backup: only the checkpoint's dirty extents are read")
+        genievm("backup", "--vm", NAME, "--repo", repo, *KVM)
+        genievm("backups", "list", "--repo", repo)
+        step("verifying every chunk of every backup")
+        genievm("verify", "--repo", repo, "--read-data")
+        step(f"restoring the latest backup as a new VM {RESTORED} (new UUID and MAC addresses)")
+        genievm("restore", "--vm", NAME, "--repo", repo, *KVM, "--target", str(restored), "--new-name", RESTORED)
+
+        step("result: the restored disks against the source's")
+        for target, image in disks.items():
+            copy = restored / f"{RESTORED}-{target}.qcow2"
+            subprocess.run(["qemu-img", "compare", "-U", str(image), str(copy)], check=True)
+        print(f"{RESTORED}: {conn.lookupByName(RESTORED).UUIDString()} (source {dom.UUIDString()})")
+        subprocess.run(["du", "-sh", repo], check=True)
+    finally:
+        for name in (NAME, RESTORED):
+            remove_vm(conn, name)
+        conn.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
