@@ -69,7 +69,12 @@ def _source(disk: ET.Element) -> str:
     if kind == "volume":
         return f"{src.get('pool', '')}/{src.get('volume', '')}"
     if kind == "network":
-        return f"{src.get('protocol', '')}://{src.get('name', '')}"
+        host = src.find("host")
+        where = ""
+        if host is not None:
+            where = f"{host.get('name', '')}:{host.get('port')}" if host.get("port") else host.get("name", "")
+            where += f"?socket={host.get('socket')}" if host.get("socket") else ""
+        return f"{src.get('protocol', '')}://{where}/{src.get('name', '')}"
     return ""
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import xml.etree.ElementTree as ET
 
-from kvm_support import URI, MiB, guest_write, raw_copy, same_content
+import libvirt
+from kvm_support import URI, MiB, TestVM, domain_xml, guest_write, raw_copy, same_content, undefine
 
 OPT = ["--provider", "kvm", "-o", f"uri={URI}"]
 
@@ -119,3 +121,50 @@ def test_internal_snapshot_fallback(make_vm, cli, repo, tmp_path):
     )
     assert same_content(tmp_path / "r" / f"{vm.name}-r-vda.qcow2", expected)
     vm.dom.connect().lookupByName(f"{vm.name}-r").undefine()
+
+
+def test_network_disk_of_a_running_vm(make_vm, cli, repo, tmp_path, libvirt_conn):
+    """A disk served over NBD by nbdkit: the backup API reads it; a restore makes it a local file."""
+    socket = tmp_path / "nbdkit.sock"
+    server = subprocess.Popen(["nbdkit", "--foreground", "--unix", str(socket), "memory", "16M"])
+    try:
+        while not socket.exists():
+            assert server.poll() is None
+        xml = domain_xml(f"genievm-test-net-{tmp_path.name[-6:]}", {}).replace(
+            "<devices>",
+            "<devices><disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source protocol='nbd'><host transport='unix' socket='{socket}'/></source>"
+            "<target dev='vda' bus='virtio'/></disk>",
+        )
+        dom = libvirt_conn.defineXML(xml)
+        try:
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            guest_write(TestVM(dom, dom.name(), {}), 0, 0x99, 3 * MiB, MiB)
+            manifest = cli("backup", "--vm", dom.name(), "--repo", repo, *OPT, "--json").json()
+            vda = disks(manifest)["vda"]
+            assert manifest["vm"]["summary"]["cbt_source.vda"] == "hash-compare" and vda["stats"]["bytes_read"] > 0
+            source = tmp_path / "source.raw"
+            subprocess.run(
+                ["qemu-img", "convert", "-O", "raw", f"nbd+unix:///?socket={socket}", str(source)], check=True
+            )
+            cli(
+                "restore",
+                "--vm",
+                dom.name(),
+                "--repo",
+                repo,
+                *OPT,
+                "--target",
+                str(tmp_path / "r"),
+                "--new-name",
+                f"{dom.name()}-r",
+            )
+            restored = libvirt_conn.lookupByName(f"{dom.name()}-r")
+            assert same_content(tmp_path / "r" / f"{dom.name()}-r-vda.raw", source)
+            assert ET.fromstring(restored.XMLDesc()).find("devices/disk").get("type") == "file"
+            undefine(restored)
+        finally:
+            undefine(dom)
+    finally:
+        server.terminate()
+        server.wait()
