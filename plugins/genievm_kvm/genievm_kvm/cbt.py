@@ -55,7 +55,7 @@ class LibvirtCheckpointCBT:
     def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
         from genievm_kvm.connection import connect, find_domain
         from genievm_kvm.live import checkpoint_changes
-        from genievm_kvm.provider import run_dir
+        from genievm_kvm.provider import job_place
 
         if not token:
             return ChangedExtents.unavailable("no checkpoint to compare with")
@@ -64,7 +64,9 @@ class LibvirtCheckpointCBT:
             dom = find_domain(conn, disk.details["vm_uuid"])
             if token not in {c.getName() for c in dom.listAllCheckpoints()}:
                 return ChangedExtents.unavailable(f"checkpoint {token} is not on the VM")
-            return ChangedExtents(checkpoint_changes(dom, disk.name, token, run_dir(None)), self.name)
+            return ChangedExtents(
+                checkpoint_changes(dom, disk.name, token, job_place(disk.details["uri"], {})), self.name
+            )
         finally:
             conn.close()
 

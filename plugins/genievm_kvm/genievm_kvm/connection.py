@@ -19,14 +19,22 @@ _PERMISSION = {libvirt.VIR_ERR_OPERATION_DENIED, libvirt.VIR_ERR_ACCESS_DENIED}
 
 def raise_for(exc: libvirt.libvirtError, what: str) -> NoReturn:
     """Re-raise a libvirt error as the GenieVM error that says what went wrong."""
-    code, message = exc.get_error_code(), exc.get_error_message() or str(exc)
-    if code == libvirt.VIR_ERR_AUTH_FAILED:
+    code, message = exc.get_error_code(), _one_line(exc.get_error_message() or str(exc))
+    if code == libvirt.VIR_ERR_AUTH_FAILED or "Permission denied (publickey" in message:
         raise AuthenticationError(f"provider kvm: {what}: authentication failed: {message}") from exc
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         raise VMNotFoundError(f"provider kvm: {what}: no such VM") from exc
     if code in _PERMISSION or "Permission denied" in message:
         raise ProviderError(f"provider kvm: {what}: permission denied: {message}") from exc
     raise ProviderError(f"provider kvm: {what}: {message}") from exc
+
+
+def _one_line(message: str) -> str:
+    """libvirt passes on ssh's stderr: keep its lines that say something, on one line."""
+    lines = [
+        ln.strip() for ln in message.splitlines() if ln.strip() and not ln.startswith("Warning: Permanently added")
+    ]
+    return "; ".join(lines)
 
 
 @contextmanager

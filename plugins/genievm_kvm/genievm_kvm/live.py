@@ -14,7 +14,7 @@ import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import libvirt
@@ -27,18 +27,59 @@ from genievm_core.plugin.protocols import BackupRequest
 from genievm_kvm.cbt import LibvirtCheckpointCBT, chain_prefix, new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import disk_specs
-from genievm_kvm.nbd_export import ALLOCATION, NBDClient
+from genievm_kvm.nbd_export import ALLOCATION, Address, NBDClient
 from genievm_kvm.quiesce import frozen
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
-__all__ = ["abort_stale_job", "checkpoint_changes", "live_backup"]
+__all__ = ["JobPlace", "abort_stale_job", "checkpoint_changes", "live_backup"]
 
 log = structlog.get_logger("genievm.kvm.live")
 SOURCE = LibvirtCheckpointCBT.name
 
 
+@dataclass(frozen=True)
+class JobPlace:
+    """Where a backup job serves its exports and keeps its scratch files.
+
+    On this host: a unix socket and scratch files in ``run_dir``. On a remote host (a
+    ``qemu+ssh://`` URI): TCP on ``remote_host:nbd_port``, scratch files in ``remote_scratch``
+    there (libvirt creates them and removes them when the job ends).
+    """
+
+    run_dir: Path
+    remote_host: str | None = None
+    nbd_port: int = 10809
+    remote_scratch: Path = Path("/var/tmp")
+
+    def server(self, tag: str) -> tuple[dict[str, str], Address, list[Path]]:
+        """The ``<server>`` attributes, the address to connect to, and files to remove after."""
+        if self.remote_host:
+            attrs = {"transport": "tcp", "name": self.remote_host, "port": str(self.nbd_port)}
+            return attrs, (self.remote_host, self.nbd_port), []
+        socket = self.run_dir / f"{tag}.sock"
+        return {"transport": "unix", "socket": str(socket)}, socket, [socket]
+
+    def scratch(self, tag: str, disks: list[str]) -> dict[str, Path]:
+        if self.remote_host:
+            return {d: self.remote_scratch / f"genievm-{tag}.{d}.scratch" for d in disks}
+        return {d: self.run_dir / f"{tag}.{d}.scratch" for d in disks}
+
+    def local_files(self, scratch: dict[str, Path]) -> list[Path]:
+        return [] if self.remote_host else list(scratch.values())
+
+    def owns(self, server: ET.Element | None) -> bool:
+        """Whether a backup job's ``<server>`` is where GenieVM puts its own."""
+        if server is None:
+            return False
+        if self.remote_host:
+            return server.get("transport") == "tcp" and server.get("port") == str(self.nbd_port)
+        return Path(server.get("socket", "")).parent == self.run_dir
+
+
 @contextmanager
-def live_backup(dom: libvirt.virDomain, vm: VMDescription, request: BackupRequest, run_dir: Path) -> Iterator[Session]:
+def live_backup(
+    dom: libvirt.virDomain, vm: VMDescription, request: BackupRequest, place: JobPlace
+) -> Iterator[Session]:
     disks = [d for d in vm.disks if d.name in request.disks]
     prefix = chain_prefix(request.chain_id)
     with libvirt_errors(f"VM {vm.name}: listing checkpoints"):
@@ -47,9 +88,9 @@ def live_backup(dom: libvirt.virDomain, vm: VMDescription, request: BackupReques
     new_cp = new_checkpoint_name(request.chain_id) if capable else None
     changes = {d.name: _changes(d.name, d.format, request, prefix, existing, new_cp) for d in disks}
     tag = secrets.token_hex(4)
-    socket = run_dir / f"{tag}.sock"
-    scratch = {d.name: run_dir / f"{tag}.{d.name}.scratch" for d in disks}
-    abort_stale_job(dom, run_dir)
+    server, address, files = place.server(tag)
+    scratch = place.scratch(tag, [d.name for d in disks])
+    abort_stale_job(dom, place)
     kept = False
 
     def drop_new_checkpoint() -> None:
@@ -57,8 +98,8 @@ def live_backup(dom: libvirt.virDomain, vm: VMDescription, request: BackupReques
             _delete_checkpoints(dom, [new_cp])
 
     with ExitStack() as cleanup:  # on exit, in reverse: close NBD, abort the job, drop checkpoint, remove files
-        cleanup.callback(_remove_files, [socket, *scratch.values()])
-        changes = _begin(dom, vm, request, socket, scratch, changes, new_cp, capable)
+        cleanup.callback(_remove_files, [*files, *place.local_files(scratch)])
+        changes = _begin(dom, vm, request, server, scratch, changes, new_cp, capable)
         cleanup.callback(drop_new_checkpoint)
         cleanup.callback(_abort, dom)
         exports = _exports(dom)
@@ -66,29 +107,32 @@ def live_backup(dom: libvirt.virDomain, vm: VMDescription, request: BackupReques
         session = Session({})
         cleanup.callback(session.close)
         for d in disks:
-            session.add(d.name, NBDDiskSource(d, _client(socket, exports[d.name][0], changes[d.name]), changes[d.name]))
+            session.add(
+                d.name, NBDDiskSource(d, _client(address, exports[d.name][0], changes[d.name]), changes[d.name])
+            )
         yield session
         kept = True
     if new_cp:
         _delete_checkpoints(dom, [n for n in existing if n.startswith(prefix) and n != new_cp])
 
 
-def checkpoint_changes(dom: libvirt.virDomain, disk: str, token: str, run_dir: Path) -> list[Extent]:
+def checkpoint_changes(dom: libvirt.virDomain, disk: str, token: str, place: JobPlace) -> list[Extent]:
     """The extents of ``disk`` written since checkpoint ``token``, from a short backup job of that disk alone.
 
     The job creates no checkpoint and reads no data: it exists only to export the dirty bitmap.
     """
     tag = secrets.token_hex(4)
-    socket, scratch = run_dir / f"{tag}.sock", {disk: run_dir / f"{tag}.{disk}.scratch"}
+    server, address, files = place.server(tag)
+    scratch = place.scratch(tag, [disk])
     all_disks = [s.target for s in disk_specs(dom.XMLDesc(0))]
-    abort_stale_job(dom, run_dir)
+    abort_stale_job(dom, place)
     with ExitStack() as cleanup:
-        cleanup.callback(_remove_files, [socket, *scratch.values()])
+        cleanup.callback(_remove_files, [*files, *place.local_files(scratch)])
         with libvirt_errors(f"VM {dom.name()}: reading checkpoint {token}"):
-            dom.backupBegin(_backup_xml(socket, all_disks, scratch, {disk: Changes(base=token)}), None)
+            dom.backupBegin(_backup_xml(server, all_disks, scratch, {disk: Changes(base=token)}), None)
         cleanup.callback(_abort, dom)
         changes = _with_context(disk, Changes(base=token), _exports(dom)[disk][1])
-        client = _client(socket, _exports(dom)[disk][0], changes)
+        client = _client(address, _exports(dom)[disk][0], changes)
         cleanup.callback(client.close)
         return client.dirty(changes.context or "")
 
@@ -126,7 +170,7 @@ def _begin(
     dom: libvirt.virDomain,
     vm: VMDescription,
     request: BackupRequest,
-    socket: Path,
+    server: dict[str, str],
     scratch: dict[str, Path],
     changes: dict[str, Changes],
     new_cp: str | None,
@@ -137,7 +181,7 @@ def _begin(
     checkpoint_xml = _checkpoint_xml(new_cp, all_disks, capable) if new_cp else None
     with frozen(dom, vm.name, request.quiesce):
         try:
-            dom.backupBegin(_backup_xml(socket, all_disks, scratch, changes), checkpoint_xml)
+            dom.backupBegin(_backup_xml(server, all_disks, scratch, changes), checkpoint_xml)
             return changes
         except libvirt.libvirtError as exc:
             if not any(c.base for c in changes.values()):
@@ -146,13 +190,15 @@ def _begin(
             log.warning("kvm.incremental_refused", vm=vm.name, error=exc.get_error_message())
             changes = {n: Changes(reason=reason, next_token=c.next_token) for n, c in changes.items()}
             with libvirt_errors(f"VM {vm.name}: starting the backup job"):
-                dom.backupBegin(_backup_xml(socket, all_disks, scratch, changes), checkpoint_xml)
+                dom.backupBegin(_backup_xml(server, all_disks, scratch, changes), checkpoint_xml)
             return changes
 
 
-def _backup_xml(socket: Path, all_disks: list[str], scratch: dict[str, Path], changes: dict[str, Changes]) -> str:
+def _backup_xml(
+    server: dict[str, str], all_disks: list[str], scratch: dict[str, Path], changes: dict[str, Changes]
+) -> str:
     root = ET.Element("domainbackup", mode="pull")
-    ET.SubElement(root, "server", transport="unix", socket=str(socket))
+    ET.SubElement(root, "server", server)
     disks = ET.SubElement(root, "disks")
     for name in all_disks:
         if name not in changes:
@@ -194,23 +240,24 @@ def _with_context(disk: str, changes: Changes, bitmap: str | None) -> Changes:
     return replace(changes, context=f"qemu:dirty-bitmap:{bitmap}")
 
 
-def _client(socket: Path, export: str, changes: Changes) -> NBDClient:
-    return NBDClient(socket, export, (ALLOCATION, changes.context) if changes.context else (ALLOCATION,))
+def _client(address: Address, export: str, changes: Changes) -> NBDClient:
+    return NBDClient(address, export, (ALLOCATION, changes.context) if changes.context else (ALLOCATION,))
 
 
-def abort_stale_job(dom: libvirt.virDomain, run_dir: Path) -> None:
-    """Abort a backup job a killed GenieVM left behind (its socket is in our run folder)."""
+def abort_stale_job(dom: libvirt.virDomain, place: JobPlace) -> None:
+    """Abort a backup job a killed GenieVM left behind (served where GenieVM serves its own)."""
     try:
         xml = dom.backupGetXMLDesc()
     except libvirt.libvirtError:
         return  # no backup job
     server = ET.fromstring(xml).find("server")
-    socket = server.get("socket", "") if server is not None else ""
-    if Path(socket).parent != run_dir:
-        raise ProviderError(f"provider kvm: VM {dom.name()} has a backup job that is not GenieVM's (socket {socket})")
-    log.warning("kvm.stale_backup_job_aborted", vm=dom.name(), socket=socket)
+    if not place.owns(server):
+        where = ET.tostring(server, encoding="unicode") if server is not None else "push mode"
+        raise ProviderError(f"provider kvm: VM {dom.name()} has a backup job that is not GenieVM's ({where})")
+    log.warning("kvm.stale_backup_job_aborted", vm=dom.name())
     _abort(dom)
-    Path(socket).unlink(missing_ok=True)
+    if server is not None and server.get("socket"):
+        Path(server.get("socket", "")).unlink(missing_ok=True)
 
 
 def _abort(dom: libvirt.virDomain) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from genievm_core.errors import ProviderError
 from genievm_core.models.extents import Extent, clip
 
-__all__ = ["ALLOCATION", "NBDClient", "qemu_nbd"]
+__all__ = ["ALLOCATION", "Address", "NBDClient", "qemu_nbd"]
 
 ALLOCATION = "base:allocation"
 _STATE_ZERO = 2  # base:allocation: the range reads as zeros
@@ -36,10 +36,13 @@ def _nbd() -> Any:
     return nbd
 
 
-class NBDClient:
-    """One connection to one NBD export over a unix socket."""
+Address = Path | tuple[str, int]  # a unix socket here, or (host, port) of a TCP server
 
-    def __init__(self, socket: Path, export: str, contexts: tuple[str, ...] = (ALLOCATION,)) -> None:
+
+class NBDClient:
+    """One connection to one NBD export, over a unix socket or TCP."""
+
+    def __init__(self, address: Address, export: str, contexts: tuple[str, ...] = (ALLOCATION,)) -> None:
         nbd = _nbd()
         self._h = nbd.NBD()
         self.contexts = contexts
@@ -47,10 +50,13 @@ class NBDClient:
             for ctx in contexts:
                 self._h.add_meta_context(ctx)
             self._h.set_export_name(export)
-            self._h.connect_unix(str(socket))
+            if isinstance(address, tuple):
+                self._h.connect_tcp(address[0], str(address[1]))
+            else:
+                self._h.connect_unix(str(address))
             self.size: int = self._h.get_size()
         except nbd.Error as exc:
-            raise ProviderError(f"provider kvm: NBD export {export} at {socket}: {exc.string}") from exc
+            raise ProviderError(f"provider kvm: NBD export {export} at {address}: {exc.string}") from exc
         self.export = export
         self._error = nbd.Error
 

@@ -5,11 +5,17 @@ Options (``providerOptions``)::
     {"uri": "qemu:///system",          # or qemu+ssh://user@host/system (SSH keys)
      "mode": "auto",                   # auto | backup-api | internal-snapshot
      "readOnly": false,                # a read-only connection: list and describe VMs only
-     "runDir": "/run/genievm"}         # NBD sockets and scratch files (short path: sockets)
+     "runDir": "/run/genievm",         # NBD sockets and scratch files (short path: sockets)
+     "nbdHost": "<the URI's host>",    # remote URIs: where the backup job serves NBD over TCP
+     "nbdPort": 10809,
+     "remoteScratchDir": "/var/tmp"}   # remote URIs: where the job's scratch files go on that host
 
 A running or paused VM is backed up through libvirt's backup API (``mode`` auto or
 backup-api), or through an internal qcow2 snapshot where the backup API is missing
 (auto) or when asked (internal-snapshot). A stopped VM's disks are read with qemu-nbd.
+
+Over a remote URI (``qemu+ssh://``) the backup job serves NBD over TCP on the remote
+host; only running VMs can be backed up that way, and restores run on the host itself.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import libvirt
 import structlog
@@ -30,7 +37,7 @@ from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
 from genievm_kvm.cbt import RUNNING, LibvirtCheckpointCBT, Qcow2BitmapCBT, choose
 from genievm_kvm.connection import connect, find_domain, libvirt_errors
 from genievm_kvm.domain import describe, state, vm_ref
-from genievm_kvm.live import live_backup
+from genievm_kvm.live import JobPlace, live_backup
 from genievm_kvm.lvm_thin import LVMThinCBT
 from genievm_kvm.offline import offline_backup
 from genievm_kvm.restore import KVMRestore
@@ -52,7 +59,7 @@ class KVMProvider:
         self.mode = str(options.get("mode", "auto"))
         if self.mode not in MODES:
             raise ConfigError(f"invalid providerOptions: mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        self.run_dir = run_dir(options.get("runDir"))
+        self.place = job_place(self.uri, options)
         self.conn = connect(self.uri, read_only=str(options.get("readOnly", "false")).lower() in ("true", "1", "yes"))
 
     def list_vms(self) -> list[VMRef]:
@@ -79,10 +86,12 @@ class KVMProvider:
             use_api = self.mode == "backup-api" or (self.mode == "auto" and _has_backup_api(self.conn))
             if self.mode == "backup-api" and not _has_backup_api(self.conn):
                 raise ProviderError(f"provider kvm: libvirt at {self.uri} has no backup API (mode backup-api)")
+            if not use_api:
+                self._local_only(f"backing up running VM {vm.name} without libvirt's backup API")
             how = (
-                live_backup(dom, vm, request, self.run_dir)
+                live_backup(dom, vm, request, self.place)
                 if use_api
-                else snapshot_backup(dom, vm, request, self.run_dir)
+                else snapshot_backup(dom, vm, request, self.place.run_dir)
             )
             log.info("kvm.backup_path", vm=vm.name, state=vm_state, path="backup-api" if use_api else "snapshot")
         elif vm_state == "stopped":
@@ -90,7 +99,8 @@ class KVMProvider:
                 raise ProviderError(f"provider kvm: VM {vm.name} is stopped; --quiesce needs a running guest agent")
             with libvirt_errors(f"VM {vm.name}: listing checkpoints"):
                 checkpoints = {c.getName() for c in dom.listAllCheckpoints()}
-            how = offline_backup(dom, vm, request, self.run_dir, checkpoints)
+            self._local_only(f"backing up stopped VM {vm.name}")
+            how = offline_backup(dom, vm, request, self.place.run_dir, checkpoints)
             log.info("kvm.backup_path", vm=vm.name, state=vm_state, path="qemu-nbd")
         else:
             raise ProviderError(
@@ -104,12 +114,20 @@ class KVMProvider:
 
     @contextmanager
     def _restore(self, vm: VMDescription, request: RestoreRequest) -> Iterator[KVMRestore]:
-        session = KVMRestore(self.conn, vm, request, self.run_dir)
+        self._local_only(f"restoring {vm.name}")
+        session = KVMRestore(self.conn, vm, request, self.place.run_dir)
         try:
             yield session
         except BaseException:
             session.discard()
             raise
+
+    def _local_only(self, what: str) -> None:
+        if self.place.remote_host:
+            raise ProviderError(
+                f"provider kvm: {what} reads or writes disk files directly, which a remote connection "
+                f"({self.uri}) cannot: run GenieVM on that host"
+            )
 
     def power_on(self, vm_id: str) -> None:
         dom = find_domain(self.conn, vm_id)
@@ -131,6 +149,18 @@ def _with_cbt_source(disk: DiskInfo) -> DiskInfo:
 
 def _has_backup_api(conn: libvirt.virConnect) -> bool:
     return hasattr(libvirt.virDomain, "backupBegin") and conn.getLibVersion() >= 6_000_000
+
+
+def job_place(uri: str, options: Mapping[str, Any]) -> JobPlace:
+    """Where backup jobs of ``uri`` serve NBD: a local socket, or TCP on the remote host."""
+    host = urlparse(uri).hostname
+    remote = str(options.get("nbdHost") or host) if host else None
+    try:
+        port = int(options.get("nbdPort", 10809))
+    except ValueError:
+        raise ConfigError(f"invalid providerOptions: nbdPort {options.get('nbdPort')!r} is not a port number") from None
+    scratch = Path(str(options.get("remoteScratchDir") or "/var/tmp"))
+    return JobPlace(run_dir(options.get("runDir")), remote, port, scratch)
 
 
 def run_dir(configured: object) -> Path:

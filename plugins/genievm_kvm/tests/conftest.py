@@ -6,6 +6,7 @@
   (backups work on a paused VM); destroyed and undefined after the test.
 - ``cli(*args)``: the installed ``genievm`` console script in a subprocess.
 - ``repo``: a new encrypted repository with 1 MiB chunks.
+- ``ssh_uri``: a ``qemu+ssh://`` URI to this host's libvirtd through a private sshd.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -77,3 +80,49 @@ def repo(cli: Callable[..., CLIResult], tmp_path: Path) -> str:
     path = tmp_path / "repo"
     cli("repo", "init", str(path), "--chunk-size", str(1 << 20))
     return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
+    """``qemu+ssh://root@127.0.0.1:PORT/system`` through a private sshd with a key made for the test."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd).exists():
+        pytest.skip("sshd is not installed (scripts/setup.sh installs openssh-server)")
+    folder = tmp_path / "ssh"
+    folder.mkdir()
+    for key in ("client", "host"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
+    (folder / "authorized_keys").write_text((folder / "client.pub").read_text())
+    port = _free_port()
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host'}\n"
+        f"AuthorizedKeysFile {folder}/authorized_keys\n"
+        f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n"
+        f"PidFile {folder / 'sshd.pid'}\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "sshd did not start"
+                time.sleep(0.05)
+        yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}&no_verify=1"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@pytest.fixture
+def free_port() -> int:
+    return _free_port()
