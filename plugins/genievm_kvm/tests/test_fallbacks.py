@@ -20,6 +20,12 @@ def disks(manifest):
     return {d["name"]: d for d in manifest["disks"]}
 
 
+def restore_as(cli, vm_id, repo, folder, new_name, *extra):
+    """Restore the latest backup of ``vm_id`` as a new VM ``new_name`` with its disks in ``folder``."""
+    target = ["--target", str(folder), "--new-name", new_name]
+    return cli("restore", "--vm", vm_id, "--repo", repo, *OPT, *target, *extra, "--json")
+
+
 def bitmaps(image):
     out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(image)], capture_output=True, check=True)
     return [b["name"] for b in json.loads(out.stdout)["format-specific"]["data"].get("bitmaps", [])]
@@ -27,36 +33,23 @@ def bitmaps(image):
 
 def test_stopped_vm_incremental_from_bitmap(make_vm, cli, repo, tmp_path):
     vm = make_vm(running=False)
+    run = tmp_path / "run"
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 2M 1M", str(vm.disks["vda"])], check=True)
-    full = backup(cli, vm, repo)
+    full = backup(cli, vm, repo, "-o", f"runDir={run}")
     token = disks(full)["vda"]["cbt"]["token"]
     assert full["kind"] == "full" and bitmaps(vm.disks["vda"]) == [token]
     assert full["vm"]["summary"]["cbt_source.vda"] == "qcow2-bitmap"
 
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x6b 20M 4k", str(vm.disks["vda"])], check=True)
-    inc = backup(cli, vm, repo)
+    inc = backup(cli, vm, repo, "-o", f"runDir={run}")
     vda = disks(inc)["vda"]
     assert vda["cbt"]["mode"] == "cbt" and vda["cbt"]["source"] == "qcow2-bitmap"
     assert vda["stats"]["bytes_scanned"] == 1 * MiB  # the one chunk the write touched
     assert bitmaps(vm.disks["vda"]) == [vda["cbt"]["token"]]  # the parent's bitmap is removed
-    assert not list((tmp_path.parent).glob("*.sock"))
+    assert list(run.iterdir()) == []  # no socket left
 
     expected = raw_copy(vm.disks["vda"], tmp_path / "vda.raw")
-    cli(
-        "restore",
-        "--vm",
-        vm.uuid,
-        "--repo",
-        repo,
-        *OPT,
-        "--target",
-        str(tmp_path / "r"),
-        "--new-name",
-        f"{vm.name}-r",
-        "--disk-format",
-        "vda=raw",
-        "--json",
-    )
+    restore_as(cli, vm.uuid, repo, tmp_path / "r", f"{vm.name}-r", "--disk-format", "vda=raw")
     assert same_content(tmp_path / "r" / f"{vm.name}-r-vda.raw", expected)
     vm.dom.connect().lookupByName(f"{vm.name}-r").undefine()
 
@@ -106,19 +99,7 @@ def test_internal_snapshot_fallback(make_vm, cli, repo, tmp_path):
     manifest = backup(cli, vm, repo, "-o", "mode=internal-snapshot")
     assert manifest["stats"]["bytes_read"] == MiB
     assert vm.dom.listAllSnapshots() == [] and vm.dom.listAllCheckpoints() == []
-    cli(
-        "restore",
-        "--vm",
-        vm.uuid,
-        "--repo",
-        repo,
-        *OPT,
-        "--target",
-        str(tmp_path / "r"),
-        "--new-name",
-        f"{vm.name}-r",
-        "--json",
-    )
+    restore_as(cli, vm.uuid, repo, tmp_path / "r", f"{vm.name}-r")
     assert same_content(tmp_path / "r" / f"{vm.name}-r-vda.qcow2", expected)
     vm.dom.connect().lookupByName(f"{vm.name}-r").undefine()
 
@@ -147,18 +128,7 @@ def test_network_disk_of_a_running_vm(make_vm, cli, repo, tmp_path, libvirt_conn
             subprocess.run(
                 ["qemu-img", "convert", "-O", "raw", f"nbd+unix:///?socket={socket}", str(source)], check=True
             )
-            cli(
-                "restore",
-                "--vm",
-                dom.name(),
-                "--repo",
-                repo,
-                *OPT,
-                "--target",
-                str(tmp_path / "r"),
-                "--new-name",
-                f"{dom.name()}-r",
-            )
+            restore_as(cli, dom.name(), repo, tmp_path / "r", f"{dom.name()}-r")
             restored = libvirt_conn.lookupByName(f"{dom.name()}-r")
             assert same_content(tmp_path / "r" / f"{dom.name()}-r-vda.raw", source)
             assert ET.fromstring(restored.XMLDesc()).find("devices/disk").get("type") == "file"
