@@ -269,9 +269,15 @@ def _abort(dom: libvirt.virDomain) -> None:
 
 
 def _delete_checkpoints(dom: libvirt.virDomain, names: list[str]) -> None:
+    """Delete GenieVM's checkpoints; one whose bitmap is gone (broken) loses its metadata only."""
     for name in names:
         try:
-            dom.checkpointLookupByName(name).delete()
+            checkpoint = dom.checkpointLookupByName(name)
+            try:
+                checkpoint.delete()
+            except libvirt.libvirtError as exc:
+                log.warning("kvm.checkpoint_broken", vm=dom.name(), checkpoint=name, error=exc.get_error_message())
+                checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
             log.info("kvm.checkpoint_deleted", vm=dom.name(), checkpoint=name)
         except libvirt.libvirtError as exc:
             log.warning("kvm.checkpoint_delete_failed", vm=dom.name(), checkpoint=name, error=exc.get_error_message())

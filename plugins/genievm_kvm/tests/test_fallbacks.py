@@ -138,3 +138,18 @@ def test_network_disk_of_a_running_vm(make_vm, cli, repo, tmp_path, libvirt_conn
     finally:
         server.terminate()
         server.wait()
+
+
+def test_lost_bitmap_falls_back_to_hash_compare(make_vm, cli, repo):
+    """The checkpoint is in libvirt's metadata but its bitmap is gone from the image (as after a crash)."""
+    vm = make_vm({"vda": (16 * MiB, "qcow2")})
+    guest_write(vm, 0, 0x23, 0, MiB)
+    token = disks(backup(cli, vm, repo))["vda"]["cbt"]["token"]
+    vm.dom.destroy()
+    subprocess.run(["qemu-img", "bitmap", "--remove", str(vm.disks["vda"]), token], check=True)
+    vm.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    guest_write(vm, 0, 0x24, 5 * MiB, 4096)
+    vda = disks(backup(cli, vm, repo))["vda"]
+    assert vda["cbt"]["mode"] == "hash-compare" and "checkpoint broken" in vda["cbt"]["reason"], vda["cbt"]
+    assert vda["stats"]["chunks_new"] == 1
+    assert [c.getName() for c in vm.dom.listAllCheckpoints()] == [vda["cbt"]["token"]]
