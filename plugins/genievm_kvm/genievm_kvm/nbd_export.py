@@ -64,14 +64,15 @@ class NBDClient:
         return bool(self._h.can_meta_context(ctx))
 
     def pread(self, offset: int, length: int) -> bytes:
-        out = bytearray()
         try:
-            while len(out) < length:
-                n = min(_MAX_REQUEST, length - len(out))
-                out += self._h.pread(n, offset + len(out))
+            if length <= _MAX_REQUEST:  # a chunk: one request, one buffer
+                return bytes(self._h.pread(length, offset))
+            pieces = [
+                self._h.pread(min(_MAX_REQUEST, length - pos), offset + pos) for pos in range(0, length, _MAX_REQUEST)
+            ]
         except self._error as exc:
             raise ProviderError(f"provider kvm: reading {self.export} at {offset}: {exc.string}") from exc
-        return bytes(out)
+        return b"".join(pieces)
 
     def pwrite(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
