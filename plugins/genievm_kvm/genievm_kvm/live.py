@@ -226,7 +226,7 @@ def _exports(dom: libvirt.virDomain) -> dict[str, tuple[str, str | None]]:
     with libvirt_errors("reading the backup job"):
         root = ET.fromstring(dom.backupGetXMLDesc())
     return {
-        d.get("name", ""): (d.get("exportname") or d.get("name", ""), d.get("exportbitmap"))
+        str(d.get("name")): (str(d.get("exportname") or d.get("name")), d.get("exportbitmap") or None)
         for d in root.iterfind("disks/disk")
         if d.get("backup") == "yes"
     }
