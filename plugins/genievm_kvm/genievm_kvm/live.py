@@ -10,6 +10,7 @@ then the older checkpoints of the same repository are deleted.
 
 from __future__ import annotations
 
+import os
 import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -67,6 +68,32 @@ class JobPlace:
     def local_files(self, scratch: dict[str, Path]) -> list[Path]:
         return [] if self.remote_host else list(scratch.values())
 
+    @contextmanager
+    def owning(self, dom: libvirt.virDomain) -> Iterator[None]:
+        """Claim the VM's one backup job for this process, for the block.
+
+        A job left by a GenieVM process that is gone is aborted; one whose process still runs
+        (another backup of the same VM, into another repository perhaps) is left alone.
+        """
+        owner = self.run_dir / f"{dom.UUIDString()}.owner"
+        try:
+            fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pid = _pid_in(owner)
+            if pid and _alive(pid):
+                raise ProviderError(
+                    f"provider kvm: VM {dom.name()} is being backed up by another GenieVM process (pid {pid})"
+                ) from None
+            owner.unlink(missing_ok=True)  # its process is gone
+            fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            abort_stale_job(dom, self)
+            yield
+        finally:
+            owner.unlink(missing_ok=True)
+
     def owns(self, server: ET.Element | None) -> bool:
         """Whether a backup job's ``<server>`` is where GenieVM puts its own."""
         if server is None:
@@ -90,7 +117,6 @@ def live_backup(
     tag = secrets.token_hex(4)
     server, address, files = place.server(tag)
     scratch = place.scratch(tag, [d.name for d in disks])
-    abort_stale_job(dom, place)
     kept = False
 
     def drop_new_checkpoint() -> None:
@@ -98,6 +124,7 @@ def live_backup(
             _delete_checkpoints(dom, [new_cp])
 
     with ExitStack() as cleanup:  # on exit, in reverse: close NBD, abort the job, drop checkpoint, remove files
+        cleanup.enter_context(place.owning(dom))
         cleanup.callback(_remove_files, [*files, *place.local_files(scratch)])
         changes = _begin(dom, vm, request, server, scratch, changes, new_cp, capable)
         cleanup.callback(drop_new_checkpoint)
@@ -125,8 +152,8 @@ def checkpoint_changes(dom: libvirt.virDomain, disk: str, token: str, place: Job
     server, address, files = place.server(tag)
     scratch = place.scratch(tag, [disk])
     all_disks = [s.target for s in disk_specs(dom.XMLDesc(0))]
-    abort_stale_job(dom, place)
     with ExitStack() as cleanup:
+        cleanup.enter_context(place.owning(dom))
         cleanup.callback(_remove_files, [*files, *place.local_files(scratch)])
         with libvirt_errors(f"VM {dom.name()}: reading checkpoint {token}"):
             dom.backupBegin(_backup_xml(server, all_disks, scratch, {disk: Changes(base=token)}), None)
@@ -244,8 +271,28 @@ def _client(address: Address, export: str, changes: Changes) -> NBDClient:
     return NBDClient(address, export, (ALLOCATION, changes.context) if changes.context else (ALLOCATION,))
 
 
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def abort_stale_job(dom: libvirt.virDomain, place: JobPlace) -> None:
-    """Abort a backup job a killed GenieVM left behind (served where GenieVM serves its own)."""
+    """Abort a backup job a killed GenieVM left behind (served where GenieVM serves its own).
+
+    Called only by the process that owns the VM's job (``JobPlace.owning``).
+    """
     try:
         xml = dom.backupGetXMLDesc()
     except libvirt.libvirtError:

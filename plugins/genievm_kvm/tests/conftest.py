@@ -47,9 +47,10 @@ def libvirt_conn() -> Iterator[libvirt.virConnect]:
 def make_vm(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[Callable[..., TestVM]]:
     made: list[libvirt.virDomain] = []
 
-    def make(disks: dict[str, tuple[int, str]] | None = None, running: bool = True) -> TestVM:
+    def make(disks: dict[str, tuple[int, str]] | None = None, running: bool = True, random_mib: int = 0) -> TestVM:
         name = f"genievm-test-{secrets.token_hex(3)}"
-        images = create_images(tmp_path, name, disks or {"vda": (64 << 20, "qcow2"), "vdb": (32 << 20, "qcow2")})
+        default = {"vda": (64 << 20, "qcow2"), "vdb": (32 << 20, "qcow2")}
+        images = create_images(tmp_path, name, disks or default, random_mib)
         dom = libvirt_conn.defineXML(domain_xml(name, images))
         made.append(dom)
         if running:

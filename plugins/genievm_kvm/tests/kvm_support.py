@@ -53,11 +53,19 @@ def domain_xml(name: str, disks: dict[str, tuple[Path, str]]) -> str:
     )
 
 
-def create_images(folder: Path, name: str, disks: dict[str, tuple[int, str]]) -> dict[str, tuple[Path, str]]:
+def create_images(
+    folder: Path, name: str, disks: dict[str, tuple[int, str]], random_mib: int = 0
+) -> dict[str, tuple[Path, str]]:
+    """New images; the first begins with ``random_mib`` MiB of random data (slow to compress)."""
     images = {}
     for target, (size, fmt) in disks.items():
         path = folder / f"{name}-{target}.{fmt}"
         subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)], check=True)
+        if random_mib and not images:
+            raw = folder / f"{name}-{target}.random"
+            raw.write_bytes(os.urandom(random_mib * MiB))
+            subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", fmt, str(raw), str(path)], check=True)
+            raw.unlink()
         images[target] = (path, fmt)
     return images
 

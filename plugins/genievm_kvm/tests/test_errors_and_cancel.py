@@ -81,9 +81,7 @@ def _run_dir_of(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_backup_leaves_nothing_behind(make_vm, repo, tmp_path, sig):
-    vm = make_vm({"vda": (512 * MiB, "qcow2")})
-    for i in range(8):
-        guest_write(vm, 0, 0x70 + i, i * 64 * MiB, 64 * MiB)
+    vm = make_vm({"vda": (256 * MiB, "qcow2")}, random_mib=256)  # random data: slow at zstd -19
     run = _run_dir_of(tmp_path)
     args = ["backup", "--vm", vm.name, "--repo", repo, *OPT, "-o", f"runDir={run}", "--compression-level", "19"]
     exe = str(Path(sys.executable).with_name("genievm"))
@@ -112,3 +110,31 @@ def test_interrupted_backup_leaves_nothing_behind(make_vm, repo, tmp_path, sig):
         vm.dom.backupGetXMLDesc()
     assert list(run.iterdir()) == []
     assert len(vm.dom.listAllCheckpoints()) == 1
+
+
+def test_second_backup_of_a_vm_being_backed_up_is_refused(make_vm, cli, repo, tmp_path):
+    """libvirt runs one backup job per VM: a second GenieVM backup says so and leaves the first alone."""
+    vm = make_vm({"vda": (256 * MiB, "qcow2")}, random_mib=256)  # random data: slow at zstd -19
+    other = str(tmp_path / "other")
+    cli("repo", "init", other)
+    run = _run_dir_of(tmp_path)
+    args = ["backup", "--vm", vm.name, *OPT, "-o", f"runDir={run}"]
+    exe = str(Path(sys.executable).with_name("genievm"))
+    env = {**os.environ, "GENIEVM_PASSPHRASE": PASSPHRASE}
+    first = subprocess.Popen(
+        [exe, *args, "--repo", repo, "--compression-level", "19"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(run.glob("*.sock")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.01)
+    second = cli(*args, "--repo", other, check=False)
+    assert second.code == 5, second.err
+    assert f"VM {vm.name} is being backed up by another GenieVM process (pid {first.pid})" in second.err
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert list(run.iterdir()) == []
