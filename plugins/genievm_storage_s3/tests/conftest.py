@@ -1,0 +1,160 @@
+"""A real S3 server for the S3 plugin's tests: moto's server mode over HTTP on 127.0.0.1.
+
+``scripts/test.sh`` starts one (``scripts/services/s3.sh``) and exports its
+URL as ``GENIEVM_TEST_S3_ENDPOINT``; without it (plain ``pytest``) the session
+starts its own ``moto_server`` and stops it at the end. Each test gets fresh
+buckets; the credentials are static test keys (moto accepts any unless IAM
+authentication is switched on, as the credential tests do).
+
+- ``s3_endpoint``: the server's URL.
+- ``s3_admin``: a boto3 client for setting up and inspecting buckets.
+- ``s3_bucket`` / ``locked_bucket`` / ``versioned_bucket``: a new bucket (with
+  Object Lock, with versioning); emptied and removed after the test.
+- ``s3_options``: storage options that reach the server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import structlog
+from botocore.config import Config
+
+sys.path.insert(0, str(Path(__file__).parent))  # faulty_network (import mode importlib)
+
+ENDPOINT_ENV = "GENIEVM_TEST_S3_ENDPOINT"
+REGION = "us-east-1"
+KEYS = {"access_key_id": "genievm-test-key", "secret_access_key": "genievm-test-secret"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no S3 server answered at {url} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get(ENDPOINT_ENV)
+    if given:
+        wait_until_up(given)
+        yield given
+        return
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def admin_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=KEYS["access_key_id"],
+        aws_secret_access_key=KEYS["secret_access_key"],
+        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_admin(s3_endpoint: str) -> Any:
+    return admin_client(s3_endpoint)
+
+
+def empty_and_remove(client: Any, bucket: str) -> None:
+    """Every version of every object (bypassing governance retention), then the bucket."""
+    try:
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            objects = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]
+            ]
+            for start in range(0, len(objects), 1000):
+                client.delete_objects(
+                    Bucket=bucket,
+                    Delete={"Objects": objects[start : start + 1000], "Quiet": True},
+                    BypassGovernanceRetention=True,
+                )
+        client.delete_bucket(Bucket=bucket)
+    except client.exceptions.ClientError:
+        pass  # compliance retention keeps some objects: moto forgets them when it stops
+
+
+@pytest.fixture
+def make_bucket(s3_admin: Any) -> Iterator[Callable[..., str]]:
+    made: list[str] = []
+
+    def make(*, object_lock: bool = False, versioned: bool = False) -> str:
+        name = f"genievm-test-{uuid.uuid4().hex[:12]}"
+        s3_admin.create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
+        if versioned:
+            s3_admin.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        empty_and_remove(s3_admin, name)
+
+
+@pytest.fixture
+def s3_bucket(make_bucket: Callable[..., str]) -> str:
+    return make_bucket()
+
+
+@pytest.fixture
+def s3_options(s3_endpoint: str) -> dict[str, Any]:
+    return {"endpoint_url": s3_endpoint, "region": REGION, "addressing_style": "path", **KEYS}
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No GENIEVM_* or AWS_* setting of the caller reaches a test (nor ~/.aws); structlog reset after each."""
+    for name in list(os.environ):
+        if (name.startswith("GENIEVM_") and name != ENDPOINT_ENV) or name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    yield
+    structlog.reset_defaults()
