@@ -107,9 +107,8 @@ def parse_storage_options(values: list[str] | None) -> dict[str, str]:
     options = {}
     for value in values or []:
         key, sep, text = value.partition("=")
-        if not sep or not key.strip():
-            # the value may be a secret: the message names the key only
-            raise ConfigError(f"invalid configuration: --storage-option: {key.strip() or value[:0]!r} is not KEY=VALUE")
+        if not sep or not key.strip():  # not echoed: it may be a secret given without its key
+            raise ConfigError("invalid configuration: --storage-option: give KEY=VALUE")
         options[key.strip()] = text
     return options
 
