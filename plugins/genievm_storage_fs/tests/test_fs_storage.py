@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 from genievm_storage_fs import FilesystemStorage, open_filesystem_storage
 
-from genievm_core.errors import ObjectNotFoundError, StorageError, StorageFullError, StoragePermissionError
+from genievm_core.errors import (
+    ConfigError,
+    ObjectNotFoundError,
+    StorageError,
+    StorageFullError,
+    StoragePermissionError,
+)
 from genievm_core.plugin import PluginHost
 from genievm_core.repository.storage import open_storage
 from genievm_core.testing import StorageContract, mounted_tmpfs
@@ -181,6 +187,10 @@ def test_urls_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert relative.root == tmp_path / "rel" / "repo" and relative.root.is_absolute()
     assert relative.url == f"file://{tmp_path}/rel/repo"
     assert open_filesystem_storage("x", {"fsync": False}).fsync is False
+    assert open_filesystem_storage("x", {"fsync": "false"}).fsync is False, "as --storage-option fsync=false gives it"
+    assert open_filesystem_storage("x", {"fsync": "yes"}).fsync is True
+    with pytest.raises(ConfigError, match="storage option fsync: 'maybe' is not true or false"):
+        open_filesystem_storage("x", {"fsync": "maybe"})
 
 
 def test_registered_as_the_file_scheme_through_its_entry_point(tmp_path: Path) -> None:

@@ -10,12 +10,15 @@ a credential.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import boto3
 import botocore.exceptions as bce
 import botocore.session
+import structlog
 from botocore.config import Config
+from urllib3.exceptions import InsecureRequestWarning
 
 from genievm_core.errors import (
     ConfigError,
@@ -27,6 +30,8 @@ from genievm_core.errors import (
 from genievm_storage_s3.options import S3Options
 
 __all__ = ["error_code", "make_client", "storage_error"]
+
+log = structlog.get_logger("genievm.storage.s3")
 
 NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"})
@@ -74,6 +79,9 @@ def make_client(options: S3Options) -> Any:
             s3={"addressing_style": options.addressing_style},
         )
         verify: bool | str = options.ca_bundle if options.ca_bundle and options.verify_tls else options.verify_tls
+        if not options.verify_tls:  # asked for: one log event, not a urllib3 warning on every request
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+            log.warning("s3.tls_not_verified", endpoint=options.endpoint_url)
         return session.client("s3", endpoint_url=options.endpoint_url, config=config, verify=verify)
     except bce.ProfileNotFound:
         raise ConfigError(
