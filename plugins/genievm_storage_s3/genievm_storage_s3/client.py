@@ -77,6 +77,8 @@ def make_client(options: S3Options) -> Any:
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
             s3={"addressing_style": options.addressing_style},
+            request_checksum_calculation=options.request_checksums,
+            response_checksum_validation=options.request_checksums,
         )
         verify: bool | str = options.ca_bundle if options.ca_bundle and options.verify_tls else options.verify_tls
         if not options.verify_tls:  # asked for: one log event, not a urllib3 warning on every request

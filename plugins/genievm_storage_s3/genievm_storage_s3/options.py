@@ -77,6 +77,9 @@ class S3Options(BaseModel):
     max_attempts: int = Field(default=8, ge=1, le=50, description="tries per request, the first included")
     retry_mode: Literal["standard", "adaptive"] = "standard"
     max_pool_connections: int = Field(default_factory=lambda: default_workers() + 4, ge=1, le=1024)
+    request_checksums: Literal["when_supported", "when_required"] = Field(
+        default="when_supported", description="when_required for S3-compatible stores that refuse CRC checksums"
+    )
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
     list_page_size: int = Field(default=1000, ge=1, le=1000, description="keys per listing request (MaxKeys)")

@@ -119,6 +119,20 @@ def test_prefixes_keep_repositories_apart(s3_bucket: str, s3_options: dict[str, 
     assert keys == ["site/a2/config"]
 
 
+def test_checksums_only_when_required(s3_bucket: str, s3_options: dict[str, Any], s3_admin: Any) -> None:
+    """For stores that refuse botocore's default CRC checksums; S3 still gets whole objects."""
+    store = open_s3_storage(f"s3://{s3_bucket}/repo", s3_options | {"request_checksums": "when_required"})
+    data = os.urandom(MIB)
+    store.put("chunks/ab/ab01", data)
+    assert store.get("chunks/ab/ab01") == data
+    head = s3_admin.head_object(Bucket=s3_bucket, Key="repo/chunks/ab/ab01", ChecksumMode="ENABLED")
+    assert not any(k.startswith("Checksum") for k in head), "no checksum was sent"
+    default = open_s3_storage(f"s3://{s3_bucket}/repo", s3_options)
+    default.put("chunks/ab/ab03", data)  # the default sends one
+    head = s3_admin.head_object(Bucket=s3_bucket, Key="repo/chunks/ab/ab03", ChecksumMode="ENABLED")
+    assert any(k.startswith("Checksum") for k in head)
+
+
 def test_folder_markers_are_not_objects(store: S3Storage, s3_admin: Any) -> None:
     s3_admin.put_object(Bucket=store.bucket, Key="repo/chunks/", Body=b"")
     store.put("chunks/ab/ab01", b"x")
