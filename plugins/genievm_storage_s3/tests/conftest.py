@@ -11,18 +11,23 @@ authentication is switched on, as the credential tests do).
 - ``make_bucket(object_lock=False, versioned=False)``, ``s3_bucket``: new
   buckets, emptied and removed after the test.
 - ``s3_options``: storage options that reach the server.
+- ``iam_user(deny=[...])``: access keys of a new IAM user, with moto's IAM
+  authentication (real signature and policy checks) on for the rest of the test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import structlog
 
@@ -85,6 +90,42 @@ def s3_bucket(make_bucket: Callable[..., str]) -> str:
 @pytest.fixture
 def s3_options(s3_endpoint: str) -> dict[str, Any]:
     return {"endpoint_url": s3_endpoint, "region": REGION, "addressing_style": "path", **KEYS}
+
+
+@pytest.fixture
+def iam_user(s3_endpoint: str) -> Iterator[Callable[..., dict[str, str]]]:
+    """``iam_user(deny=[actions])``: a new IAM user allowed all of S3 but ``deny``, and its storage options
+    (access keys); moto's IAM authentication is switched on for the rest of the test."""
+    iam = boto3.client(
+        "iam",
+        endpoint_url=s3_endpoint,
+        region_name=REGION,
+        aws_access_key_id=KEYS["access_key_id"],
+        aws_secret_access_key=KEYS["secret_access_key"],
+    )
+
+    def authentication(count: str) -> None:
+        request = urllib.request.Request(
+            f"{s3_endpoint}/moto-api/reset-auth", data=count.encode(), headers={"Content-Type": "text/plain"}
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def make(deny: list[str] | None = None) -> dict[str, str]:
+        name = f"genievm-{os.urandom(4).hex()}"
+        iam.create_user(UserName=name)
+        statements: list[dict[str, Any]] = [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]
+        if deny:
+            statements.append({"Effect": "Deny", "Action": deny, "Resource": "*"})
+        policy = {"Version": "2012-10-17", "Statement": statements}
+        iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        authentication("0")
+        return {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+
+    try:
+        yield make
+    finally:
+        authentication("inf")
 
 
 @pytest.fixture(autouse=True)

@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import structlog
 from faulty_network import FaultyNetwork
@@ -154,46 +152,18 @@ def test_connections_cut_mid_upload_are_retried_and_the_backup_verifies(
     assert (tmp_path / "out" / "vda.img").read_bytes() == image.read_bytes()
 
 
-@pytest.fixture
-def iam_user(s3_endpoint: str) -> Iterator[dict[str, str]]:
-    """An IAM user allowed everything on S3, then moto's IAM authentication switched on for the test."""
-    iam = boto3.client(
-        "iam",
-        endpoint_url=s3_endpoint,
-        region_name=REGION,
-        aws_access_key_id=KEYS["access_key_id"],
-        aws_secret_access_key=KEYS["secret_access_key"],
-    )
-    name = f"genievm-{os.urandom(4).hex()}"
-    iam.create_user(UserName=name)
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-    iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-
-    def authentication(count: str) -> None:
-        request = urllib.request.Request(
-            f"{s3_endpoint}/moto-api/reset-auth", data=count.encode(), headers={"Content-Type": "text/plain"}
-        )
-        urllib.request.urlopen(request, timeout=10).close()
-
-    authentication("0")
-    try:
-        yield {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
-    finally:
-        authentication("inf")
-
-
 def test_wrong_credentials_are_one_line_without_secrets(
-    cli: Run, aws_env: dict[str, str], s3_bucket: str, iam_user: dict[str, str], tmp_path: Path
+    cli: Run, aws_env: dict[str, str], s3_bucket: str, iam_user: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
     url = f"s3://{s3_bucket}/repo"
+    user = iam_user()
     env = {k: v for k, v in aws_env.items() if not k.startswith("AWS_")}
-    right = ["--storage-option", f"access_key_id={iam_user['access_key_id']}"]
-    right += ["--storage-option", f"secret_access_key={iam_user['secret_access_key']}"]
+    right = ["--storage-option", f"access_key_id={user['access_key_id']}"]
+    right += ["--storage-option", f"secret_access_key={user['secret_access_key']}"]
     assert cli(*right, "repo", "init", url, "--encryption", "none", env=env).code == 0, "the right keys work"
 
     wrong_secret = "wrong-secret-0123456789abcdefghijklmnopq"
-    wrong = ["--storage-option", f"access_key_id={iam_user['access_key_id']}"]
+    wrong = ["--storage-option", f"access_key_id={user['access_key_id']}"]
     wrong += ["--storage-option", f"secret_access_key={wrong_secret}"]
     result = cli(*wrong, "repo", "info", url, env=env)
     line = result.one_error_line(11)
@@ -201,7 +171,7 @@ def test_wrong_credentials_are_one_line_without_secrets(
         f"genievm: error: storage {url}: permission denied: the S3 credentials were refused (SignatureDoesNotMatch)"
     )
     assert wrong_secret not in result.stderr + result.stdout
-    assert iam_user["secret_access_key"] not in result.stderr
+    assert user["secret_access_key"] not in result.stderr
 
     unknown = {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWNUNKNOWN00", "AWS_SECRET_ACCESS_KEY": wrong_secret}
     image = write_image(tmp_path / "vda.img", [(0, b"x" * CHUNK)])

@@ -16,7 +16,13 @@ from genievm_storage_s3 import S3Storage, open_s3_storage, parse_options, parse_
 from s3_testbed import KEYS, REGION
 
 from genievm_core.engine import default_workers
-from genievm_core.errors import ConfigError, ObjectLockedError, ObjectNotFoundError, StorageError
+from genievm_core.errors import (
+    ConfigError,
+    ObjectLockedError,
+    ObjectNotFoundError,
+    StorageError,
+    StoragePermissionError,
+)
 from genievm_core.plugin import PluginHost
 from genievm_core.repository.storage import open_storage
 from genievm_core.testing import StorageContract
@@ -277,6 +283,34 @@ def test_server_side_encryption_is_asked_for(s3_bucket: str, s3_options: dict[st
 
 
 # ---------------------------------------------------------------- errors, retries
+
+
+def test_access_denied_is_a_permission_error(
+    s3_bucket: str, s3_options: dict[str, Any], iam_user: Callable[..., dict[str, str]]
+) -> None:
+    store = open_s3_storage(f"s3://{s3_bucket}/repo", s3_options)
+    store.put("config", b"{}")
+    denied = open_s3_storage(f"s3://{s3_bucket}/repo", s3_options | iam_user(deny=["s3:PutObject"]))
+    assert denied.get("config") == b"{}"
+    with pytest.raises(StoragePermissionError) as info:
+        denied.put("manifests/m1", b"m")
+    assert str(info.value) == f"storage s3://{s3_bucket}/repo: permission denied on manifests/m1 (AccessDenied)"
+    assert info.value.exit_code == 11
+
+
+def test_retention_is_kept_where_versioning_cannot_be_read(
+    make_bucket: Callable[..., str], s3_options: dict[str, Any], iam_user: Callable[..., dict[str, str]]
+) -> None:
+    """Without s3:GetBucketVersioning, Object Lock in the options says the bucket keeps versions."""
+    bucket = make_bucket(object_lock=True)
+    options = s3_options | {"object_lock_mode": "governance", "object_lock_days": 1}
+    store = open_s3_storage(f"s3://{bucket}/repo", options | iam_user(deny=["s3:GetBucketVersioning"]))
+    store.put("chunks/ab/ab01", b"kept")
+    store.put("locks/l1", b"{}")
+    with pytest.raises(ObjectLockedError):
+        store.delete("chunks/ab/ab01")
+    store.delete("locks/l1")
+    assert list(store.list("")) == ["chunks/ab/ab01"]
 
 
 def test_missing_bucket(s3_options: dict[str, Any]) -> None:
