@@ -87,14 +87,16 @@ class S3Storage:
         s3key = self._key(key)
         for attempt in range(1, self.options.max_attempts + 1):
             response = self._call(key, self._client.get_object, Bucket=self.bucket, Key=s3key)
+            body = response["Body"]  # its own read (not its context manager's raw stream) checks the length
             try:
-                with response["Body"] as body:
-                    return bytes(body.read())
+                return bytes(body.read())
             except STREAM_ERRORS as exc:  # the connection broke while the body came in: ask again
                 if attempt == self.options.max_attempts:
                     raise storage_error(exc, self.url, self.bucket, key, attempts=attempt) from exc
                 log.debug("s3.get_retry", key=key, attempt=attempt, error=type(exc).__name__)
                 time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+            finally:
+                body.close()
         raise AssertionError("unreachable")
 
     def exists(self, key: str) -> bool:

@@ -7,6 +7,10 @@ reacting to real broken sockets:
 - ``cut_uploads(n, after)``: the next ``n`` connections that carry more than
   ``after`` bytes towards the server are reset (TCP RST both ways) right
   there, in the middle of the request body;
+- ``cut_downloads(n, after)``: the next ``n`` connections that carry more than
+  ``after`` bytes back from the server are reset in the middle of the response
+  body (after the status and headers have arrived: botocore does not retry
+  that itself);
 - ``slow_down(n)``: the next ``n`` requests get ``503 SlowDown`` from the
   proxy itself, as S3 answers when throttling, and never reach the server.
 
@@ -34,9 +38,14 @@ def unused_port() -> int:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST instead of FIN: the peer sees 'connection reset'."""
+    """Break the connection now: the peer sees it reset (or closed) mid-message.
+
+    ``shutdown`` first, so that another thread blocked in ``recv`` on this socket
+    wakes up and the kernel lets the socket go at once.
+    """
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     sock.close()
@@ -52,6 +61,8 @@ class FaultyNetwork:
         self._cuts_left = 0
         self._cut_after = 0
         self._slow_downs_left = 0
+        self._download_cuts_left = 0
+        self._download_cut_after = 0
         self.cuts = 0
         self.throttled = 0
         self._stopped = False
@@ -61,6 +72,10 @@ class FaultyNetwork:
     def cut_uploads(self, n: int, after: int) -> None:
         with self._lock:
             self._cuts_left, self._cut_after = n, after
+
+    def cut_downloads(self, n: int, after: int) -> None:
+        with self._lock:
+            self._download_cuts_left, self._download_cut_after = n, after
 
     def slow_down(self, n: int) -> None:
         with self._lock:
@@ -131,10 +146,23 @@ class FaultyNetwork:
                 return True
         return False
 
-    @staticmethod
-    def _pump_back(server: socket.socket, client: socket.socket, done: threading.Event) -> None:
+    def _should_cut_download(self, received: int) -> bool:
+        with self._lock:
+            if self._download_cuts_left > 0 and received > self._download_cut_after:
+                self._download_cuts_left -= 1
+                self.cuts += 1
+                return True
+        return False
+
+    def _pump_back(self, server: socket.socket, client: socket.socket, done: threading.Event) -> None:
+        received = 0
         try:
             while data := server.recv(65536):
+                received += len(data)
+                if self._should_cut_download(received):
+                    client.sendall(data[: len(data) // 2])  # part of this piece, then a reset
+                    _reset(client)
+                    break
                 client.sendall(data)
         except OSError:
             pass

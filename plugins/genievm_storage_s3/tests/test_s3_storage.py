@@ -376,3 +376,20 @@ def test_server_side_encryption_with_a_kms_key(s3_bucket: str, s3_options: dict[
     head = s3_admin.head_object(Bucket=s3_bucket, Key="repo/manifests/m1")
     assert head["ServerSideEncryption"] == "aws:kms" and key_id in head["SSEKMSKeyId"]
     assert store.get("manifests/m1") == b"manifest"
+
+
+def test_connections_cut_mid_download_are_retried(store: S3Storage, s3_options: dict[str, Any]) -> None:
+    data = os.urandom(2 * MIB)
+    store.put("chunks/ab/ab01", data)
+    with_faults = FaultyNetwork(s3_options["endpoint_url"])
+    try:
+        through = open_s3_storage(store.url, s3_options | {"endpoint_url": with_faults.url})
+        with_faults.cut_downloads(2, after=512 << 10)
+        assert through.get("chunks/ab/ab01") == data
+        assert with_faults.cuts == 2
+        with_faults.cut_downloads(100, after=512 << 10)
+        few_tries = open_s3_storage(store.url, s3_options | {"endpoint_url": with_faults.url, "max_attempts": 2})
+        with pytest.raises(StorageError, match="chunks/ab/ab01"):
+            few_tries.get("chunks/ab/ab01")
+    finally:
+        with_faults.close()
