@@ -8,6 +8,10 @@ random order: 40 % holes, 30 % compressible bytes (files under /usr/share and
                     cache=unsafe for convert: nothing is flushed)
     baseline-flush  the same with -t writeback: flushed once at the end (for reference)
     full            genievm backup into a fresh encrypted repository, zstd level 1
+    full-s3         the same backup into a repository in S3: a local moto server
+                    (moto_server from the venv, over HTTP on 127.0.0.1), beside
+                    ``full`` on the filesystem; both times and their ratio are shown
+                    (``--no-s3`` leaves it out)
     incremental     1 % of the blocks rewritten with random data, then
                     genievm backup --no-cbt (chunk ids compared with the parent's)
     restore         genievm restore --no-verify
@@ -23,22 +27,27 @@ difference fails the run. The image is in the page cache for every step,
 baseline included; dirty pages are synced before each step and nothing is
 deleted until the round ends, so each step starts the same way.
 
-    .venv/bin/python benchmarks/bench.py [--size 4G] [--repeat 3] [--workers N] [--json] [--workdir DIR]
+    .venv/bin/python benchmarks/bench.py [--size 4G] [--repeat 3] [--workers N] [--no-s3] [--json] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import platform
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,6 +192,36 @@ def run(name: str, cmd: list[str], logs: Path, env: dict[str, str]) -> tuple[Ste
     return Step(name, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024), text
 
 
+@contextlib.contextmanager
+def s3_server(venv_bin: Path) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for the ``full-s3`` step; stopped when the block ends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(venv_bin / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("bench: moto_server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def machine() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
@@ -233,6 +272,29 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
 
     backup = ["backup", "--vm", "bench", "--repo", str(repo), "--disk", f"vda={img}", "--compression-level", "1"]
     genievm("full", backup)
+    if args.s3_endpoint:  # the same backup of the same image into S3
+        import boto3
+
+        bucket = f"genievm-bench-{uuid.uuid4().hex[:8]}"
+        s3_env = env | {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        s3_env["GENIEVM_STORAGE_OPTIONS"] = json.dumps({"endpoint_url": args.s3_endpoint, "addressing_style": "path"})
+        boto3.client(
+            "s3",
+            endpoint_url=args.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        ).create_bucket(Bucket=bucket)
+        s3_repo = f"s3://{bucket}/repo"
+        run("repo-init-s3", gv + ["repo", "init", s3_repo, "--json"], logs, s3_env)
+        step, text = run("full-s3", gv + backup[:4] + [s3_repo] + backup[5:] + ["--json", *workers], logs, s3_env)
+        result = json.loads(text)
+        step.internal_seconds, step.stats = result.get("elapsed_seconds"), result.get("stats") or {}
+        steps.append(step)
     changed = forked(modify_image, img, args.size, args.seed)
     genievm("incremental", backup + ["--no-cbt"])
     if steps[-1].stats.get("chunks_new") != len(changed):
@@ -258,6 +320,7 @@ def main() -> int:
     parser.add_argument("--genievm", type=Path, default=Path(sys.executable).with_name("genievm"))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep WORKDIR/data: image, outputs, repository")
+    parser.add_argument("--no-s3", action="store_true", help="leave out the backup into S3 (a local moto server)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -271,10 +334,12 @@ def main() -> int:
             print(msg, flush=True)
 
     rounds = []
-    for i in range(args.repeat):
-        say(f"round {i + 1} of {args.repeat}")
-        steps, layout, changed = bench_round(args, say)
-        rounds.append(steps)
+    with contextlib.ExitStack() as stack:
+        args.s3_endpoint = None if args.no_s3 else stack.enter_context(s3_server(args.genievm.parent))
+        for i in range(args.repeat):
+            say(f"round {i + 1} of {args.repeat}")
+            steps, layout, changed = bench_round(args, say)
+            rounds.append(steps)
     steps = []
     for group in zip(*rounds, strict=True):
         by_time = sorted(group, key=lambda s: s.seconds)
@@ -284,14 +349,25 @@ def main() -> int:
     for s in steps:
         s.ratio, s.ratio_flush, s.target = s.seconds / base, s.seconds / flush, TIME_TARGETS.get(s.name)
 
+    by_name = {s.name: s for s in steps}
+    s3_vs_fs = None
+    if "full-s3" in by_name:
+        fs, s3 = by_name["full"].seconds, by_name["full-s3"].seconds
+        s3_vs_fs = {"filesystem_seconds": fs, "s3_seconds": s3, "ratio": s3 / fs}
     if args.json:
         figures = {"machine": machine(), "image_bytes": args.size, "blocks": layout, "changed_blocks": changed}
         figures |= {"workers": args.workers, "rounds": args.repeat, "restores_identical": True}
         figures["steps"] = [asdict(s) | {"time_ok": s.time_ok, "rss_ok": s.rss_ok} for s in steps]
+        figures["s3_vs_filesystem"] = s3_vs_fs
         print(json.dumps(figures, indent=2))
     else:
         print()
         print_table(steps)
+        if s3_vs_fs:
+            print(
+                f"\nfull backup into S3 (local moto server) {s3_vs_fs['s3_seconds']:.2f} s, into the filesystem "
+                f"{s3_vs_fs['filesystem_seconds']:.2f} s: {s3_vs_fs['ratio']:.2f}x"
+            )
     return 0
 
 

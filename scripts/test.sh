@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Run the whole test suite on a fresh machine: set-up and services first, then the linters (ruff, mypy
-# strict on the core) and pytest over the core and every plugin.
+# Run the whole test suite on a fresh machine: set-up first, then the linters (ruff, mypy strict on
+# the core and the KVM plugin), the services the tests talk to (libvirtd, an S3 server), and pytest over
+# the core and every plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services/libvirtd.sh  # real libvirtd + QEMU/KVM for the KVM plugin's tests
 .venv/bin/ruff check genievm_core plugins
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# a real S3 server for the S3 plugin's tests (scripts/services/s3.sh), stopped however pytest ends
+source scripts/services/s3.sh
+s3_start
+trap s3_stop EXIT
+.venv/bin/python -m pytest "$@"

@@ -15,7 +15,7 @@ import structlog
 import typer
 
 from genievm_core.cli import backups, plugins, repo, transfer, verify, vms
-from genievm_core.cli.common import State, err_console
+from genievm_core.cli.common import State, err_console, parse_storage_options
 from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
 from genievm_core.logging import configure_logging
@@ -49,11 +49,19 @@ def _root(
     disable_plugin: Annotated[
         list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)")
     ] = None,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            metavar="KEY=VALUE",
+            help="storage target option, e.g. endpoint_url=https://s3.example (repeatable; or GENIEVM_STORAGE_OPTIONS)",
+        ),
+    ] = None,
 ) -> None:
     global _debug
     _debug = log_level.lower() == "debug"
     configure_logging(log_level, "json" if log_format == "json" else "console")
-    ctx.obj = State(disabled_plugins=list(disable_plugin or []))
+    ctx.obj = State(disabled_plugins=list(disable_plugin or []), storage_options=parse_storage_options(storage_option))
 
 
 def _interrupt(signum: int, _frame: object) -> None:

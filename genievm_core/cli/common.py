@@ -6,7 +6,7 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from rich.progress import (
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError, PassphraseRequiredError
 from genievm_core.plugin import PluginHost
+from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import Repository
 from genievm_core.repository.storage import open_storage
 
@@ -39,12 +40,14 @@ __all__ = [
     "disk_progress",
     "emit_json",
     "human_size",
+    "parse_storage_options",
     "passphrase_source",
     "state",
 ]
 
 PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
 REPO_ENV = "GENIEVM_BACKUP_PATH"
+STORAGE_OPTIONS_ENV = "GENIEVM_STORAGE_OPTIONS"
 RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path or URL (backupPath; or {REPO_ENV})")]
 PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
@@ -76,6 +79,7 @@ class State:
     """Options given before the command, shared by all commands."""
 
     disabled_plugins: list[str] = field(default_factory=list)
+    storage_options: dict[str, str] = field(default_factory=dict)  # --storage-option KEY=VALUE
     _host: PluginHost | None = None
 
     @property
@@ -84,10 +88,25 @@ class State:
             self._host = PluginHost(disabled=self.disabled_plugins)
         return self._host
 
+    def open_storage(self, url: str, config_options: Mapping[str, Any] | None = None) -> StorageTarget:
+        """The storage target for ``url``; its options layered as a job config's fields are.
+
+        Lowest first: ``GENIEVM_STORAGE_OPTIONS`` (a JSON object), a job config's
+        ``storageOptions`` (which already took that variable's place when set),
+        then ``--storage-option KEY=VALUE``.
+        """
+        options = {**_storage_options_env(), **(config_options or {}), **self.storage_options}
+        return open_storage(self.host, url, options)
+
     def open_repository(
-        self, url: str | None, passphrase_file: Path | None, *, compression_level: int = 3
+        self,
+        url: str | None,
+        passphrase_file: Path | None,
+        *,
+        compression_level: int = 3,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> Repository:
-        storage = open_storage(self.host, _require_repo(url))
+        storage = self.open_storage(_require_repo(url), storage_options)
         return Repository.open(
             storage, passphrase=passphrase_source(passphrase_file), compression_level=compression_level
         )
@@ -97,6 +116,30 @@ def state(ctx: typer.Context) -> State:
     obj = ctx.find_root().obj
     assert isinstance(obj, State)
     return obj
+
+
+def parse_storage_options(values: list[str] | None) -> dict[str, str]:
+    """``--storage-option KEY=VALUE`` (repeatable) as a mapping; values stay strings for the plugin to check."""
+    options = {}
+    for value in values or []:
+        key, sep, text = value.partition("=")
+        if not sep or not key.strip():  # not echoed: it may be a secret given without its key
+            raise ConfigError("invalid configuration: --storage-option: give KEY=VALUE")
+        options[key.strip()] = text
+    return options
+
+
+def _storage_options_env() -> dict[str, Any]:
+    text = os.environ.get(STORAGE_OPTIONS_ENV)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"invalid configuration: {STORAGE_OPTIONS_ENV}: not a JSON object")
+    return value
 
 
 def _require_repo(url: str | None) -> str:

@@ -9,7 +9,6 @@ import typer
 from genievm_core.cli.common import JsonOption, PassphraseFileOption, emit_json, out_console, passphrase_source, state
 from genievm_core.errors import ConfigError
 from genievm_core.repository import DEFAULT_CHUNK_SIZE, Repository
-from genievm_core.repository.storage import open_storage
 
 app = typer.Typer(help="Create and describe repositories.", no_args_is_help=True)
 
@@ -26,7 +25,7 @@ def init(
     """Create a new, empty repository."""
     if encryption not in ("aes-256-gcm", "none"):
         raise ConfigError(f"invalid configuration: encryption: {encryption!r} is not aes-256-gcm or none")
-    storage = open_storage(state(ctx).host, url)
+    storage = state(ctx).open_storage(url)
     passphrase = passphrase_source(passphrase_file, confirm=True)() if encryption != "none" else None
     repo = Repository.init(storage, passphrase=passphrase, chunk_size=chunk_size)
     if json_output:

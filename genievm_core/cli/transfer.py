@@ -89,7 +89,12 @@ def backup(
         options["vms"] = {**options.get("vms", {}), config.vm_id: _pairs(disk, "--disk")}
         config = config.model_copy(update={"provider_options": options})
     st = state(ctx)
-    repository = st.open_repository(config.backup_path, passphrase_file, compression_level=config.compression_level)
+    repository = st.open_repository(
+        config.backup_path,
+        passphrase_file,
+        compression_level=config.compression_level,
+        storage_options=config.storage_options,
+    )
     started = time.monotonic()
     with disk_progress(not json_output) as progress:
         manifest = run_backup(st.host, config, repository, progress=progress, workers=workers)
@@ -157,7 +162,7 @@ def restore(
             update={"provider_options": provider_options(config.provider_options, provider_option)}
         )
     st = state(ctx)
-    repository = st.open_repository(config.backup_path, passphrase_file)
+    repository = st.open_repository(config.backup_path, passphrase_file, storage_options=config.storage_options)
     started = time.monotonic()
     with disk_progress(not json_output) as progress:
         result = run_restore(st.host, config, repository, progress=progress, workers=workers)

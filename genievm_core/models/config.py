@@ -47,6 +47,9 @@ class BackupConfig(_Model):
     provider_options: dict[str, Any] = Field(
         default_factory=dict, description="settings passed to the provider as they are"
     )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="settings passed to the storage target as they are (S3 endpoint, ...)"
+    )
 
 
 class DiskConfig(_Model):
@@ -83,6 +86,7 @@ class RestoreConfig(_Model):
     force: bool = Field(default=False, description="overwrite existing targets")
     disk_configs: tuple[DiskConfig, ...] = ()
     provider_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
 _Config = TypeVar("_Config", bound=_Model)

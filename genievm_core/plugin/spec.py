@@ -34,11 +34,15 @@ def genievm_register_storage(registry: StorageRegistry) -> None:
     :param registry: call ``registry.add(scheme, factory)`` where
         ``factory(url, options)`` returns a ``StorageTarget`` for a repository
         URL such as ``file:///srv/backups`` or ``s3://bucket/prefix``.
-        ``options`` is the ``storage`` section of the GenieVM config.
+        ``options`` are the storage options: a job config's ``storageOptions``,
+        ``GENIEVM_STORAGE_OPTIONS`` (JSON) and ``--storage-option KEY=VALUE``
+        (whose values arrive as strings); check them and raise ``ConfigError``.
 
     A target implements ``put`` (atomic), ``get``, ``exists``, ``list`` and
-    ``delete``; raise ``StorageFullError``, ``StoragePermissionError`` or
-    ``ObjectNotFoundError`` where they apply, ``StorageError`` otherwise.
+    ``delete``; raise ``StorageFullError``, ``StoragePermissionError``,
+    ``ObjectNotFoundError`` or ``ObjectLockedError`` where they apply,
+    ``StorageError`` otherwise. ``genievm_core.testing.StorageContract`` holds
+    the tests every target must pass.
 
     Since 0.1.
     """

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from genievm_core.errors import (
+    ConfigError,
     ObjectNotFoundError,
     StorageError,
     StorageFullError,
@@ -32,7 +33,19 @@ def open_filesystem_storage(url: str, options: Mapping[str, Any]) -> FilesystemS
     """``file:///abs/path`` or a plain path."""
     parsed = urlparse(url)
     path = unquote(parsed.path) if parsed.scheme == "file" else url
-    return FilesystemStorage(Path(path), fsync=bool(options.get("fsync", True)))
+    return FilesystemStorage(Path(path), fsync=_flag(options.get("fsync", True), "fsync"))
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean option; ``--storage-option fsync=false`` gives it as a string."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(f"invalid configuration: storage option {name}: {value!r} is not true or false")
 
 
 class FilesystemStorage:

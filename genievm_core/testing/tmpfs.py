@@ -1,8 +1,7 @@
-"""Test helpers for GenieVM and its plugins (the plugin-author kit grows here).
+"""``mounted_tmpfs(folder, options)``: a real tmpfs mounted on ``folder`` for the block.
 
-- ``mounted_tmpfs(folder, options)``: a real tmpfs mounted on ``folder`` for
-  the block, for tests of full (``size=1m``) or read-only (``ro``) storage;
-  the test is skipped, with the reason, where mounting is not allowed.
+For tests of full (``size=1m``) or read-only (``ro``) storage; the test is
+skipped, with the reason, where mounting is not allowed.
 """
 
 from __future__ import annotations
