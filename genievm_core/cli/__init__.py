@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import structlog
 import typer
 
-from genievm_core.cli import backups, plugins, repo, transfer, verify, vms
+from genievm_core.cli import backups, jobs, plugins, prune, repo, transfer, verify, vms
 from genievm_core.cli.common import State, err_console
 from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
@@ -32,9 +33,12 @@ app = typer.Typer(
 )
 app.add_typer(repo.app, name="repo")
 app.add_typer(backups.app, name="backups")
+app.add_typer(jobs.app, name="jobs")
 app.command("backup")(transfer.backup)
 app.command("restore")(transfer.restore)
 app.command("verify")(verify.verify)
+app.command("prune")(prune.prune)
+app.command("gc")(prune.gc)
 app.command("plugins")(plugins.plugins)
 app.command("vms")(vms.vms)
 
@@ -49,11 +53,19 @@ def _root(
     disable_plugin: Annotated[
         list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)")
     ] = None,
+    job_db: Annotated[
+        Path | None,
+        typer.Option(envvar="GENIEVM_JOB_DB", help="job registry, SQLite (default ~/.local/state/genievm/jobs.sqlite)"),
+    ] = None,
+    storage_attempts: Annotated[
+        int,
+        typer.Option(min=1, max=100, envvar="GENIEVM_STORAGE_ATTEMPTS", help="tries of a storage operation that fails"),
+    ] = 5,
 ) -> None:
     global _debug
     _debug = log_level.lower() == "debug"
     configure_logging(log_level, "json" if log_format == "json" else "console")
-    ctx.obj = State(disabled_plugins=list(disable_plugin or []))
+    ctx.obj = State(disabled_plugins=list(disable_plugin or []), job_db=job_db, storage_attempts=storage_attempts)
 
 
 def _interrupt(signum: int, _frame: object) -> None:

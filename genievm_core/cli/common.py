@@ -26,8 +26,10 @@ from rich.progress import (
 
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError, PassphraseRequiredError
+from genievm_core.jobs import Job, JobManager, JobRegistry
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
+from genievm_core.repository.retry import DEFAULT_ATTEMPTS, RetryingStorage
 from genievm_core.repository.storage import open_storage
 
 __all__ = [
@@ -60,7 +62,10 @@ class State:
     """Options given before the command, shared by all commands."""
 
     disabled_plugins: list[str] = field(default_factory=list)
+    job_db: Path | None = None  # None: default_job_db()
+    storage_attempts: int = DEFAULT_ATTEMPTS
     _host: PluginHost | None = None
+    _registry: JobRegistry | None = None
 
     @property
     def host(self) -> PluginHost:
@@ -71,10 +76,25 @@ class State:
     def open_repository(
         self, url: str | None, passphrase_file: Path | None, *, compression_level: int = 3
     ) -> Repository:
-        storage = open_storage(self.host, _require_repo(url))
+        storage = RetryingStorage(open_storage(self.host, _require_repo(url)), attempts=self.storage_attempts)
         return Repository.open(
             storage, passphrase=passphrase_source(passphrase_file), compression_level=compression_level
         )
+
+    @property
+    def registry(self) -> JobRegistry:
+        if self._registry is None:
+            self._registry = JobRegistry(self.job_db)
+        return self._registry
+
+    def run_job(self, job: Job, progress: Callable[[DiskProgress], None] | None = None) -> Job:
+        """Run ``job`` in the foreground, recorded in the job registry; raise its error when it fails.
+
+        Other processes can see, pause, resume and cancel it through the registry meanwhile.
+        """
+        job.extra_progress = progress
+        with JobManager(self.registry) as manager:
+            return manager.run(job)
 
 
 def state(ctx: typer.Context) -> State:
