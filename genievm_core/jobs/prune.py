@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,10 +39,13 @@ def prune_vms(
     grace: timedelta = DEFAULT_GRACE,
     dry_run: bool = False,
     lock_wait: float = 3600.0,
-    checkpoint: Any = lambda: None,
+    checkpoint: Callable[[], None] = lambda: None,
     now: datetime | None = None,
 ) -> PruneReport:
-    """Apply ``policy`` to the backups of each VM in ``vms`` (every VM when None), then collect garbage."""
+    """Apply ``policy`` to the backups of each VM in ``vms`` (every VM when None), then collect garbage.
+
+    ``now``, for tests, stands for the current time in both the rules and the grace period.
+    """
     damaged: list[Damaged] = []
     manifests = repo.manifests(damaged=damaged)  # damaged ones: garbage collection refuses, with their name
     at = now or datetime.now(UTC)
@@ -56,7 +59,15 @@ def prune_vms(
             plan = plan_retention(backups, policy, at)
             log.info("prune.plan", vm=vm, keep=len(plan.keep), remove=len(plan.remove))
             remove += plan.remove
-    return prune_repository(repo, remove, grace=grace, dry_run=dry_run, lock_wait=lock_wait, checkpoint=checkpoint)
+    return prune_repository(
+        repo,
+        remove,
+        grace=grace,
+        dry_run=dry_run,
+        lock_wait=lock_wait,
+        checkpoint=checkpoint,
+        now=(lambda: at) if now is not None else (lambda: datetime.now(UTC)),
+    )
 
 
 class PruneJob(Job):
