@@ -150,7 +150,7 @@ def test_gc_beside_a_running_backup_loses_nothing(host: PluginHost, tmp_path: Pa
     init_repo(path, env, chunk_size=CHUNK)
     repo = open_repo(host, path)
     first, _second, only_first = two_backups(host, repo, tmp_path)
-    big = write_image(tmp_path / "big.img", 16 * MIB, [(0, random_bytes(16 * MIB, 7))])
+    big = write_image(tmp_path / "big.img", 8 * MIB, [(0, random_bytes(8 * MIB, 7))])
     registry = JobRegistry(db)
     backup = start_backup(path, big, env, level=19)
     wait_for_job(registry, lambda r: r.state is JobState.RUNNING and scanned(r) > 0, backup)

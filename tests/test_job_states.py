@@ -144,7 +144,7 @@ class JobStates(RuleBasedStateMachine):
         self.dir.cleanup()
 
 
-JobStates.TestCase.settings = settings(max_examples=20, stateful_step_count=12, deadline=None)
+JobStates.TestCase.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
 test_job_states = JobStates.TestCase
 
 

@@ -60,7 +60,8 @@ def test_pause_resume_cancel_from_another_process_then_run_again(cli: Run, tmp_p
 
     resumed = cli("jobs", "resume", job.id, "--json", "--wait", "60")
     assert json.loads(resumed.stdout)["state"] == "running"
-    cancelled = cli("jobs", "cancel", job.id, "--json", "--wait", "60")
+    assert json.loads(cli("jobs", "pause", job.id[:8], "--json", "--wait", "60").stdout)["state"] == "paused"
+    cancelled = cli("jobs", "cancel", job.id, "--json", "--wait", "60")  # a paused job can be cancelled
     assert json.loads(cancelled.stdout)["state"] == "cancelled"
 
     _out, err = backup.communicate(timeout=120)

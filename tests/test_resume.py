@@ -8,7 +8,6 @@ paused from here (as ``genievm jobs pause`` does), and killed once paused.
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 from jobs_support import (
@@ -22,9 +21,10 @@ from jobs_support import (
     stored_chunks,
     wait_for_job,
 )
-from support import genievm_path, random_bytes, write_image
+from support import open_repo, random_bytes, write_image
 
-from genievm_core.jobs import JobRegistry, JobState
+from genievm_core.jobs import JobRegistry, JobState, run_verify
+from genievm_core.plugin import PluginHost
 
 
 def test_backup_killed_then_run_again_stores_no_chunk_twice_and_verifies(tmp_path: Path) -> None:
@@ -58,7 +58,6 @@ def test_backup_killed_then_run_again_stores_no_chunk_twice_and_verifies(tmp_pat
     killed = registry.get(job.id)  # the second run's stale-job sweep found the first one dead
     assert killed.state is JobState.FAILED and "interrupted" in (killed.error or "")
     assert registry.get(str(second["job_id"])).state is JobState.SUCCEEDED
-    verify = subprocess.run(
-        [genievm_path(), "verify", "--repo", str(repo), "--read-data"], env=env, capture_output=True, text=True
-    )
-    assert verify.returncode == 0, verify.stderr
+    host = PluginHost()
+    reports = run_verify(host, open_repo(host, repo), open_repo(host, repo).manifests(), read_data=True)
+    assert len(reports) == 2 and all(r.ok for r in reports)
