@@ -77,13 +77,20 @@ def backup(
         st.run_job(job, progress)
     elapsed = time.monotonic() - started
     assert job.manifest is not None
-    extra = {"elapsed_seconds": elapsed, "job_id": job.id}
+    extra: dict[str, Any] = {"elapsed_seconds": elapsed, "job_id": job.id}
     if job.result and "prune" in job.result:
         extra["prune"] = job.result["prune"]
     if json_output:
         emit_json(job.manifest.model_dump(mode="json", exclude={"vm": {"config"}}) | extra)
     else:
         _print_backup(job.manifest, elapsed)
+        if "prune" in extra:
+            report = extra["prune"]
+            out_console.print(
+                f"pruned: {len(report['removed_backups'])} backups removed, {report['deleted_objects']} objects "
+                f"deleted, {report['kept_by_grace']} kept for the grace period",
+                highlight=False,
+            )
 
 
 def _print_backup(manifest: BackupManifest, elapsed: float) -> None:

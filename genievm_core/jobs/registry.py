@@ -211,12 +211,17 @@ class JobRegistry:
 
     def take_request(self, job_id: str) -> str | None:
         """The pause/resume/cancel another process asked for, cleared as it is read."""
-        with self._lock, self._db:
-            row = self._db.execute("SELECT requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row[0] is None:
-                return None
-            self._db.execute("UPDATE jobs SET requested = NULL WHERE id = ?", (job_id,))
-            return str(row[0])
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # read and clear at once: a request set in between is not lost
+            try:
+                row = self._db.execute("SELECT requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None and row[0] is not None:
+                    self._db.execute("UPDATE jobs SET requested = NULL WHERE id = ?", (job_id,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return None if row is None or row[0] is None else str(row[0])
 
     # anyone's side
 
@@ -251,11 +256,14 @@ class JobRegistry:
         if record.state not in allowed:
             raise JobStateError(f"job {record.id} is {record.state.value}; it cannot be {verb}")
         with self._lock, self._db:
-            self._db.execute(
+            changed = self._db.execute(
                 "UPDATE jobs SET requested = ? WHERE id = ? AND state IN ({})".format(",".join("?" * len(allowed))),
                 (action, record.id, *[s.value for s in allowed]),
-            )
-        return self.get(record.id)
+            ).rowcount
+        record = self.get(record.id)
+        if not changed:  # its state changed since it was read
+            raise JobStateError(f"job {record.id} is {record.state.value}; it cannot be {verb}")
+        return record
 
     def sweep_stale(self) -> list[str]:
         """Mark failed every unfinished job whose owner is gone; the ids of those jobs."""
@@ -368,8 +376,8 @@ def _alive(pid: int, pid_start: str | None) -> bool:
     except PermissionError:
         pass
     stat = _proc_stat(pid)
-    if stat is None:
-        return Path("/proc/self").exists() is False  # no /proc: trust kill(0)
+    if stat is None:  # gone since kill(0), or no /proc at all (then trust kill(0))
+        return not Path("/proc/self").exists()
     if stat[0] in ("Z", "X"):  # killed, not yet reaped
         return False
     return pid_start is None or stat[19] == pid_start
