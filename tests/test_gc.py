@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from jobs_support import MIB, env_with, init_repo, scanned, start_backup, wait_for_job
+from structlog.testing import capture_logs
 from support import backup_vm, genievm_path, open_repo, random_bytes, write_image
 
 from genievm_core.errors import ObjectLockedError
-from genievm_core.jobs import JobRegistry, JobState, prune_vms, run_verify
+from genievm_core.jobs import JobManager, JobRegistry, JobState, PruneJob, prune_vms, run_verify
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import Repository
@@ -172,3 +173,19 @@ def test_gc_beside_a_running_backup_loses_nothing(host: PluginHost, tmp_path: Pa
         text=True,
     )
     assert verify.returncode == 0, verify.stderr
+
+
+def test_a_prune_waiting_for_running_backups_can_be_cancelled(host: PluginHost, new_repo: Any, tmp_path: Path) -> None:
+    repo, _ = new_repo()
+    first, second, _only_first = two_backups(host, repo, tmp_path)
+    with JobManager(JobRegistry(tmp_path / "jobs.sqlite")) as manager:
+        with repo.lock("shared", "a backup that runs"):  # the sweep cannot start while this is held
+            job = PruneJob(repo, KEEP_ONE, grace=timedelta(0), lock_wait=600)
+            with capture_logs() as logs:
+                manager.submit(job)
+                while not any(e["event"] == "gc.waiting_for_lock" for e in logs):  # marked, now waiting
+                    job.wait(0.01)
+            job.cancel()
+            assert job.wait(60)
+    assert job.state is JobState.CANCELLED
+    assert [m.backup_id for m in repo.manifests()] == [first.backup_id, second.backup_id]  # nothing deleted

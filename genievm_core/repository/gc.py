@@ -20,13 +20,15 @@ running it again re-uses them. An object the store refuses to delete yet
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from genievm_core.errors import CorruptionError, ObjectLockedError, ObjectNotFoundError
+from genievm_core.errors import CorruptionError, ObjectLockedError, ObjectNotFoundError, RepositoryLockedError
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.repository.objects import ObjectDamaged
 from genievm_core.repository.repo import Damaged, Repository
@@ -34,6 +36,7 @@ from genievm_core.repository.repo import Damaged, Repository
 __all__ = ["LEDGER_KEY", "PruneReport", "prune_repository"]
 
 LEDGER_KEY = "gc/pending"
+LOCK_ROUND = 1.0  # seconds of each attempt at the exclusive lock; a cancel is honoured between them
 log = structlog.get_logger("genievm.gc")
 Checkpoint = Callable[[], None]
 
@@ -91,7 +94,7 @@ def prune_repository(
         report.deleted = sorted(k for k in candidates if at - ledger.get(k, at) >= grace)
         report.kept_by_grace = len(candidates) - len(report.deleted)
         return report
-    with repo.lock("exclusive", "prune and garbage collection (sweep)", timeout=lock_wait):
+    with _exclusive_lock(repo, lock_wait, checkpoint):
         for backup_id in sorted(set(repo.backup_ids()) - seen):  # committed since the mark
             manifest = repo.get_manifest(backup_id)
             staying.append(manifest)
@@ -127,6 +130,26 @@ def prune_repository(
         not_deletable=len(report.not_deletable),
     )
     return report
+
+
+@contextmanager
+def _exclusive_lock(repo: Repository, wait: float, checkpoint: Checkpoint) -> Iterator[None]:
+    """The exclusive lock, waited for in short rounds so that a pause or cancel is honoured meanwhile."""
+    deadline = time.monotonic() + wait
+    with ExitStack() as stack:
+        while True:
+            checkpoint()
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                stack.enter_context(
+                    repo.lock("exclusive", "prune and garbage collection", timeout=min(LOCK_ROUND, remaining))
+                )
+                break
+            except RepositoryLockedError as exc:
+                if remaining <= LOCK_ROUND:
+                    raise
+                log.info("gc.waiting_for_lock", holder=str(exc))
+        yield
 
 
 def _all_manifests(repo: Repository) -> list[BackupManifest]:
