@@ -107,3 +107,29 @@ def test_prune_and_gc_commands(cli: Run, tmp_path: Path) -> None:
     ]:
         bad = cli(*args)
         assert bad.code == 3 and len(bad.err_lines) == 1 and message in bad.stderr
+
+
+def test_a_job_registry_that_cannot_be_opened_is_one_line(cli: Run, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = cli("--job-db", str(blocker / "jobs.sqlite"), "jobs", "list")
+    assert result.code == 3 and len(result.err_lines) == 1
+    assert result.err_lines[0].startswith(
+        f"genievm: error: invalid configuration: jobDb: cannot open job registry {blocker}"
+    )
+
+
+def test_a_failed_prune_after_backup_leaves_the_backup_succeeded(
+    host: PluginHost, new_repo: Any, tmp_path: Path
+) -> None:
+    repo, path = new_repo()
+    image = write_image(tmp_path / "vda.img", 4 * 65536, [(0, random_bytes(4 * 65536, 1))])
+    options = {"vms": {"web01": {"vda": str(image)}}}
+    config = BackupConfig(vm_id="web01", backup_path=repo.url, provider_options=options, keep_last=1)
+    with JobManager(JobRegistry(tmp_path / "jobs.sqlite")) as manager:
+        manager.run(BackupJob(host, config, repo))
+        (path / "manifests" / "20260101T000000.000000Z-00000000").write_bytes(b"damaged")
+        job = manager.run(BackupJob(host, config.model_copy(update={"prune_after_backup": True}), repo))
+    assert job.state is JobState.SUCCEEDED and job.result is not None
+    assert "cannot collect garbage: manifest 20260101T000000.000000Z-00000000" in job.result["prune_error"]
+    assert len(repo.backup_ids()) == 3  # nothing was pruned

@@ -78,8 +78,9 @@ def backup(
     elapsed = time.monotonic() - started
     assert job.manifest is not None
     extra: dict[str, Any] = {"elapsed_seconds": elapsed, "job_id": job.id}
-    if job.result and "prune" in job.result:
-        extra["prune"] = job.result["prune"]
+    for key in ("prune", "prune_error"):
+        if job.result and key in job.result:
+            extra[key] = job.result[key]
     if json_output:
         emit_json(job.manifest.model_dump(mode="json", exclude={"vm": {"config"}}) | extra)
     else:
@@ -91,6 +92,8 @@ def backup(
                 f"deleted, {report['kept_by_grace']} kept for the grace period",
                 highlight=False,
             )
+        if "prune_error" in extra:
+            out_console.print(f"prune after the backup failed: {extra['prune_error']}", highlight=False)
 
 
 def _print_backup(manifest: BackupManifest, elapsed: float) -> None:

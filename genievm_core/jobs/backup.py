@@ -25,7 +25,7 @@ from genievm_core.engine import (
     default_workers,
     results_or_cancel,
 )
-from genievm_core.errors import CBTError, ConfigError, CorruptionError, ProviderError
+from genievm_core.errors import CBTError, ConfigError, CorruptionError, GenieVMError, JobInterruptedError, ProviderError
 from genievm_core.jobs.job import Job
 from genievm_core.jobs.prune import prune_vms, retention_policy
 from genievm_core.models.config import BackupConfig
@@ -71,8 +71,15 @@ class BackupJob(Job):
         }
         if self.config.prune_after_backup:
             policy = retention_policy(self.config)
-            report = prune_vms(self.repo, policy, [self.manifest.vm.id], checkpoint=self.control.checkpoint)
-            result["prune"] = report.to_json()
+            try:
+                report = prune_vms(self.repo, policy, [self.manifest.vm.id], checkpoint=self.control.checkpoint)
+            except JobInterruptedError:
+                raise
+            except GenieVMError as exc:  # the backup is committed: it succeeded whatever becomes of the prune
+                log.warning("backup.prune_failed", vm=self.manifest.vm.id, error=str(exc))
+                result["prune_error"] = str(exc)
+            else:
+                result["prune"] = report.to_json()
         return result
 
 
