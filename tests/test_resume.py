@@ -7,7 +7,9 @@ paused from here (as ``genievm jobs pause`` does), and killed once paused.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 from pathlib import Path
 
 from jobs_support import (
@@ -21,7 +23,7 @@ from jobs_support import (
     stored_chunks,
     wait_for_job,
 )
-from support import open_repo, random_bytes, write_image
+from support import genievm_path, open_repo, random_bytes, write_image
 
 from genievm_core.jobs import JobRegistry, JobState, run_verify
 from genievm_core.plugin import PluginHost
@@ -41,8 +43,18 @@ def test_backup_killed_then_run_again_stores_no_chunk_twice_and_verifies(tmp_pat
     job = wait_for_job(registry, lambda r: r.state is JobState.RUNNING and scanned(r) >= 4 * MIB, first)
     registry.request(job.id, "pause")
     wait_for_job(registry, lambda r: r.state is JobState.PAUSED, first)
+    watch = subprocess.Popen(
+        [genievm_path(), "jobs", "watch", job.id, "--json", "--interval", "0.05"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert watch.stdout is not None and json.loads(watch.stdout.readline())["state"] == "paused"
     first.send_signal(signal.SIGKILL)
     first.communicate()
+    out, _ = watch.communicate(timeout=60)  # the watcher notices the process is gone, and stops
+    last = json.loads(out.splitlines()[-1])
+    assert watch.returncode == 0 and last["state"] == "failed" and last["error"].startswith("interrupted")
     before = stored_chunks(repo)
     assert 0 < len(before) < total
     assert not (repo / "manifests").exists() or not any((repo / "manifests").iterdir())

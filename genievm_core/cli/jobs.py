@@ -142,7 +142,7 @@ def _watch_lines(registry: JobRegistry, record: JobRecord, interval: float, json
         if record.finished:
             return
         time.sleep(interval)
-        record = registry.get(record.id)
+        record = _refresh(registry, record.id)
 
 
 def _watch_bars(registry: JobRegistry, record: JobRecord, interval: float) -> None:
@@ -164,7 +164,13 @@ def _watch_bars(registry: JobRegistry, record: JobRecord, interval: float) -> No
             if record.finished:
                 return
             time.sleep(interval)
-            record = registry.get(record.id)
+            record = _refresh(registry, record.id)
+
+
+def _refresh(registry: JobRegistry, job_id: str) -> JobRecord:
+    """The job now; one whose process died meanwhile is marked failed, so watching it ends."""
+    registry.sweep_stale()
+    return registry.get(job_id)
 
 
 def _line(record: JobRecord) -> str:
