@@ -66,6 +66,7 @@ def _root(
     _debug = log_level.lower() == "debug"
     configure_logging(log_level, "json" if log_format == "json" else "console")
     ctx.obj = State(disabled_plugins=list(disable_plugin or []), job_db=job_db, storage_attempts=storage_attempts)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _interrupt(signum: int, _frame: object) -> None:

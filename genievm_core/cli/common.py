@@ -87,6 +87,11 @@ class State:
             self._registry = JobRegistry(self.job_db)
         return self._registry
 
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
     def run_job(self, job: Job, progress: Callable[[DiskProgress], None] | None = None) -> Job:
         """Run ``job`` in the foreground, recorded in the job registry; raise its error when it fails.
 
