@@ -26,6 +26,8 @@ Hierarchy (exit code in brackets)::
     ├── VerifyError [22] ........... verification found damage (the report names it)
     ├── RestoreTargetExistsError [23]  restore would overwrite something without --force
     ├── JobCancelledError [24] ..... the job was cancelled
+    ├── JobNotFoundError [26] ...... no job by that id in the job registry
+    ├── JobStateError [27] ......... the job's state does not allow what was asked (pause a finished job)
     └── JobInterruptedError [130] .. Ctrl-C or SIGTERM stopped the command
 
 Plugins wrap SDK exceptions in one of these with ``raise ... from exc``. Only the
@@ -43,6 +45,8 @@ __all__ = [
     "GenieVMError",
     "JobCancelledError",
     "JobInterruptedError",
+    "JobNotFoundError",
+    "JobStateError",
     "ObjectLockedError",
     "ObjectNotFoundError",
     "PassphraseRequiredError",
@@ -205,6 +209,18 @@ class JobCancelledError(GenieVMError):
     """job {job_id} was cancelled"""
 
     exit_code = 24
+
+
+class JobNotFoundError(GenieVMError):
+    """no job {job_id} in the job registry {path}"""
+
+    exit_code = 26
+
+
+class JobStateError(GenieVMError):
+    """job {job_id} is {state}; it cannot be {action}"""
+
+    exit_code = 27
 
 
 class JobInterruptedError(GenieVMError):

@@ -35,11 +35,13 @@ settings.load_profile("genievm")
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No GENIEVM_* variable of the caller leaks into a test; structlog is reset after each."""
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No GENIEVM_* variable of the caller leaks into a test; each test has its own job registry
+    (``GENIEVM_JOB_DB``, passed on to subprocesses); structlog is reset after each."""
     for name in list(os.environ):
         if name.startswith("GENIEVM_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("GENIEVM_JOB_DB", str(tmp_path / "jobs.sqlite"))
     yield
     structlog.reset_defaults()
 
@@ -91,7 +93,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.fixture
 def genievm_exe() -> Callable[..., CLIResult]:
     def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> CLIResult:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GENIEVM_")}
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GENIEVM_") or k == "GENIEVM_JOB_DB"}
         full_env.update(env or {})
         proc = subprocess.run(
             [genievm_path(), *args],

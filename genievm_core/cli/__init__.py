@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import structlog
 import typer
 
-from genievm_core.cli import backups, plugins, repo, transfer, verify, vms
+from genievm_core.cli import backups, jobs, plugins, prune, repo, transfer, verify, vms
 from genievm_core.cli.common import State, err_console, parse_storage_options
 from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
@@ -32,9 +33,12 @@ app = typer.Typer(
 )
 app.add_typer(repo.app, name="repo")
 app.add_typer(backups.app, name="backups")
+app.add_typer(jobs.app, name="jobs")
 app.command("backup")(transfer.backup)
 app.command("restore")(transfer.restore)
 app.command("verify")(verify.verify)
+app.command("prune")(prune.prune)
+app.command("gc")(prune.gc)
 app.command("plugins")(plugins.plugins)
 app.command("vms")(vms.vms)
 
@@ -57,11 +61,25 @@ def _root(
             help="storage target option, e.g. endpoint_url=https://s3.example (repeatable; or GENIEVM_STORAGE_OPTIONS)",
         ),
     ] = None,
+    job_db: Annotated[
+        Path | None,
+        typer.Option(envvar="GENIEVM_JOB_DB", help="job registry, SQLite (default ~/.local/state/genievm/jobs.sqlite)"),
+    ] = None,
+    storage_attempts: Annotated[
+        int,
+        typer.Option(min=1, max=100, envvar="GENIEVM_STORAGE_ATTEMPTS", help="tries of a storage operation that fails"),
+    ] = 5,
 ) -> None:
     global _debug
     _debug = log_level.lower() == "debug"
     configure_logging(log_level, "json" if log_format == "json" else "console")
-    ctx.obj = State(disabled_plugins=list(disable_plugin or []), storage_options=parse_storage_options(storage_option))
+    ctx.obj = State(
+        disabled_plugins=list(disable_plugin or []),
+        storage_options=parse_storage_options(storage_option),
+        job_db=job_db,
+        storage_attempts=storage_attempts,
+    )
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _interrupt(signum: int, _frame: object) -> None:

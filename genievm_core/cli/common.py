@@ -26,9 +26,11 @@ from rich.progress import (
 
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError, PassphraseRequiredError
+from genievm_core.jobs import Job, JobManager, JobRegistry
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import Repository
+from genievm_core.repository.retry import DEFAULT_ATTEMPTS, RetryingStorage
 from genievm_core.repository.storage import open_storage
 
 __all__ = [
@@ -80,7 +82,10 @@ class State:
 
     disabled_plugins: list[str] = field(default_factory=list)
     storage_options: dict[str, str] = field(default_factory=dict)  # --storage-option KEY=VALUE
+    job_db: Path | None = None  # None: default_job_db()
+    storage_attempts: int = DEFAULT_ATTEMPTS
     _host: PluginHost | None = None
+    _registry: JobRegistry | None = None
 
     @property
     def host(self) -> PluginHost:
@@ -107,9 +112,30 @@ class State:
         storage_options: Mapping[str, Any] | None = None,
     ) -> Repository:
         storage = self.open_storage(_require_repo(url), storage_options)
+        storage = RetryingStorage(storage, attempts=self.storage_attempts)
         return Repository.open(
             storage, passphrase=passphrase_source(passphrase_file), compression_level=compression_level
         )
+
+    @property
+    def registry(self) -> JobRegistry:
+        if self._registry is None:
+            self._registry = JobRegistry(self.job_db)
+        return self._registry
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def run_job(self, job: Job, progress: Callable[[DiskProgress], None] | None = None) -> Job:
+        """Run ``job`` in the foreground, recorded in the job registry; raise its error when it fails.
+
+        Other processes can see, pause, resume and cancel it through the registry meanwhile.
+        """
+        job.extra_progress = progress
+        with JobManager(self.registry) as manager:
+            return manager.run(job)
 
 
 def state(ctx: typer.Context) -> State:

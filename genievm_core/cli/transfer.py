@@ -22,7 +22,7 @@ from genievm_core.cli.common import (
     state,
 )
 from genievm_core.errors import ConfigError
-from genievm_core.jobs import run_backup, run_restore
+from genievm_core.jobs import BackupJob, RestoreJob
 from genievm_core.models.config import BackupConfig, RestoreConfig, load_config
 from genievm_core.models.manifest import BackupManifest
 
@@ -96,13 +96,28 @@ def backup(
         storage_options=config.storage_options,
     )
     started = time.monotonic()
+    job = BackupJob(st.host, config, repository, workers=workers)
     with disk_progress(not json_output) as progress:
-        manifest = run_backup(st.host, config, repository, progress=progress, workers=workers)
+        st.run_job(job, progress)
     elapsed = time.monotonic() - started
+    assert job.manifest is not None
+    extra: dict[str, Any] = {"elapsed_seconds": elapsed, "job_id": job.id}
+    for key in ("prune", "prune_error"):
+        if job.result and key in job.result:
+            extra[key] = job.result[key]
     if json_output:
-        emit_json(manifest.model_dump(mode="json", exclude={"vm": {"config"}}) | {"elapsed_seconds": elapsed})
+        emit_json(job.manifest.model_dump(mode="json", exclude={"vm": {"config"}}) | extra)
     else:
-        _print_backup(manifest, elapsed)
+        _print_backup(job.manifest, elapsed)
+        if "prune" in extra:
+            report = extra["prune"]
+            out_console.print(
+                f"pruned: {len(report['removed_backups'])} backups removed, {report['deleted_objects']} objects "
+                f"deleted, {report['kept_by_grace']} kept for the grace period",
+                highlight=False,
+            )
+        if "prune_error" in extra:
+            out_console.print(f"prune after the backup failed: {extra['prune_error']}", highlight=False)
 
 
 def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
@@ -164,11 +179,14 @@ def restore(
     st = state(ctx)
     repository = st.open_repository(config.backup_path, passphrase_file, storage_options=config.storage_options)
     started = time.monotonic()
+    job = RestoreJob(st.host, config, repository, workers=workers)
     with disk_progress(not json_output) as progress:
-        result = run_restore(st.host, config, repository, progress=progress, workers=workers)
+        st.run_job(job, progress)
     elapsed = time.monotonic() - started
+    result = job.restored
+    assert result is not None
     if json_output:
-        emit_json(result.__dict__ | {"elapsed_seconds": elapsed})
+        emit_json(result.__dict__ | {"elapsed_seconds": elapsed, "job_id": job.id})
     else:
         verified = ", verified" if result.verified else ""
         out_console.print(

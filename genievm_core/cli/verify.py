@@ -8,7 +8,7 @@ import typer
 
 from genievm_core.cli.common import JsonOption, PassphraseFileOption, RepoOption, emit_json, out_console, state
 from genievm_core.errors import VerifyError
-from genievm_core.jobs import run_verify
+from genievm_core.jobs import VerifyJob
 from genievm_core.plugin.protocols import Problem, VerifyReport
 from genievm_core.repository import Damaged
 
@@ -33,7 +33,9 @@ def verify(
     reports = [
         VerifyReport("manifest", bid, 1, [Problem(None, f"manifest cannot be read: {exc}")]) for bid, exc in damaged
     ]
-    reports += run_verify(st.host, repository, manifests, read_data=read_data)
+    job = VerifyJob(st.host, repository, manifests, read_data=read_data)
+    st.run_job(job)
+    reports += job.reports
     problems = [(r, p) for r in reports for p in r.problems]
     if json_output:
         emit_json(

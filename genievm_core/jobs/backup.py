@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -24,7 +25,9 @@ from genievm_core.engine import (
     default_workers,
     results_or_cancel,
 )
-from genievm_core.errors import ConfigError, CorruptionError, ProviderError
+from genievm_core.errors import CBTError, ConfigError, CorruptionError, GenieVMError, JobInterruptedError, ProviderError
+from genievm_core.jobs.job import Job
+from genievm_core.jobs.prune import prune_vms, retention_policy
 from genievm_core.models.config import BackupConfig
 from genievm_core.models.manifest import (
     BackupManifest,
@@ -36,12 +39,48 @@ from genievm_core.models.manifest import (
 )
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin import PluginHost
-from genievm_core.plugin.protocols import BackupRequest, DiskSource
+from genievm_core.plugin.protocols import BackupRequest, ChangedExtents, DiskSource
 from genievm_core.repository import ChunkIndex, Damaged, Repository, new_backup_id
 
-__all__ = ["run_backup"]
+__all__ = ["BackupJob", "run_backup"]
 
 log = structlog.get_logger("genievm.backup")
+
+
+class BackupJob(Job):
+    """One backup of one VM; with ``pruneAfterBackup``, the VM's retention rules are applied after it."""
+
+    kind = "backup"
+
+    def __init__(self, host: PluginHost, config: BackupConfig, repo: Repository, *, workers: int | None = None) -> None:
+        super().__init__(description=f"backup of {config.vm_id}", vm=config.vm_id, repository=repo.url)
+        self.host = host
+        self.config = config
+        self.repo = repo
+        self.workers = workers
+        self.manifest: BackupManifest | None = None
+
+    def execute(self) -> dict[str, Any]:
+        self.manifest = run_backup(
+            self.host, self.config, self.repo, progress=self.on_progress, control=self.control, workers=self.workers
+        )
+        result: dict[str, Any] = {
+            "backup_id": self.manifest.backup_id,
+            "kind": self.manifest.kind,
+            "stats": self.manifest.stats.model_dump(),
+        }
+        if self.config.prune_after_backup:
+            policy = retention_policy(self.config)
+            try:
+                report = prune_vms(self.repo, policy, [self.manifest.vm.id], checkpoint=self.control.checkpoint)
+            except JobInterruptedError:
+                raise
+            except GenieVMError as exc:  # the backup is committed: it succeeded whatever becomes of the prune
+                log.warning("backup.prune_failed", vm=self.manifest.vm.id, error=str(exc))
+                result["prune_error"] = str(exc)
+            else:
+                result["prune"] = report.to_json()
+        return result
 
 
 def run_backup(
@@ -181,13 +220,20 @@ def _plan(
     if disk.name not in parent_disks:
         return DiskPlan(CBTRecord(mode="full", reason="no parent backup of this disk"))
     parent = parent_indexes.get(disk.name)
-    if parent is None:
+    if parent is None:  # _parent_indexes logged the warning
         return DiskPlan(CBTRecord(mode="full", reason="the parent's index is missing or damaged"))
     if not config.enable_cbt:
         return DiskPlan(CBTRecord(mode="hash-compare", reason="CBT disabled by enableCBT"), parent)
-    changed = source.changed_extents(parent_disks[disk.name].cbt.token)
+    token = parent_disks[disk.name].cbt.token
+    failed = False
+    try:
+        changed = source.changed_extents(token)
+    except CBTError as exc:  # e.g. the token was rejected: compare chunk ids instead
+        changed, failed = ChangedExtents.unavailable(f"changed-block tracking failed: {exc}"), True
     if changed.extents is None:
-        log.info("backup.cbt_fallback", disk=disk.name, reason=changed.reason)
+        # a warning when CBT failed or refused the parent's token; a source without CBT says so every time
+        warn = failed or token is not None
+        (log.warning if warn else log.info)("backup.cbt_fallback", disk=disk.name, reason=changed.reason)
         return DiskPlan(CBTRecord(mode="hash-compare", reason=changed.reason), parent)
     return DiskPlan(CBTRecord(mode="cbt", source=changed.source), parent, changed.extents)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import structlog
 
 from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, results_or_cancel
 from genievm_core.errors import ConfigError, VerifyError
+from genievm_core.jobs.job import Job
 from genievm_core.models.config import DiskConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.models.vm import DiskInfo, VMDescription
@@ -18,7 +20,7 @@ from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import Problem, RestoreRequest
 from genievm_core.repository import Repository
 
-__all__ = ["RestoreResult", "run_restore"]
+__all__ = ["RestoreJob", "RestoreResult", "run_restore"]
 
 log = structlog.get_logger("genievm.restore")
 
@@ -29,6 +31,28 @@ class RestoreResult:
     vm_id: str
     disks: list[str]
     verified: bool
+
+
+class RestoreJob(Job):
+    kind = "restore"
+
+    def __init__(
+        self, host: PluginHost, config: RestoreConfig, repo: Repository, *, workers: int | None = None
+    ) -> None:
+        super().__init__(
+            description=f"restore of {config.vm_id} {config.backup_id}", vm=config.vm_id, repository=repo.url
+        )
+        self.host = host
+        self.config = config
+        self.repo = repo
+        self.workers = workers
+        self.restored: RestoreResult | None = None
+
+    def execute(self) -> dict[str, Any]:
+        self.restored = run_restore(
+            self.host, self.config, self.repo, progress=self.on_progress, control=self.control, workers=self.workers
+        )
+        return asdict(self.restored)
 
 
 def run_restore(

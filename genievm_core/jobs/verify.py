@@ -2,19 +2,66 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from genievm_core.engine import JobControl
+from genievm_core.jobs.job import Job
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import VerifyReport
 from genievm_core.repository import Repository
 
-__all__ = ["run_verify"]
+__all__ = ["VerifyJob", "run_verify"]
+
+
+class VerifyJob(Job):
+    """The verifiers over some backups; the reports are in ``reports`` (a problem does not fail the job)."""
+
+    kind = "verify"
+
+    def __init__(
+        self, host: PluginHost, repo: Repository, manifests: list[BackupManifest], *, read_data: bool = False
+    ) -> None:
+        vms = sorted({m.vm.id for m in manifests})
+        super().__init__(
+            description=f"verify{' --read-data' if read_data else ''} of {len(manifests)} backups",
+            vm=",".join(vms) or None,
+            repository=repo.url,
+        )
+        self.host = host
+        self.repo = repo
+        self.manifests = manifests
+        self.read_data = read_data
+        self.reports: list[VerifyReport] = []
+
+    def execute(self) -> dict[str, Any]:
+        self.reports = run_verify(self.host, self.repo, self.manifests, read_data=self.read_data, control=self.control)
+        return {
+            "backups": len(self.manifests),
+            "checked": sum(r.checked for r in self.reports),
+            "problems": sum(len(r.problems) for r in self.reports),
+        }
 
 
 def run_verify(
-    host: PluginHost, repo: Repository, manifests: list[BackupManifest], *, read_data: bool = False
+    host: PluginHost,
+    repo: Repository,
+    manifests: list[BackupManifest],
+    *,
+    read_data: bool = False,
+    control: JobControl | None = None,
 ) -> list[VerifyReport]:
-    """Run ``manifest`` and ``chunks`` (or ``data`` with ``read_data``) on each backup."""
+    """Run ``manifest`` and ``chunks`` (or ``data`` with ``read_data``) on each backup.
+
+    Pause and cancel take effect between one verifier's run and the next.
+    """
     names = ["manifest", "data" if read_data else "chunks"]
     verifiers = [host.verifiers.get(name) for name in names]
+    control = control or JobControl()
+    reports = []
     with repo.lock("shared", "verify"):
-        return [v.verify(repo, manifest) for manifest in manifests for v in verifiers]
+        for manifest in manifests:
+            for v in verifiers:
+                control.checkpoint()
+                reports.append(v.verify(repo, manifest))
+    return reports

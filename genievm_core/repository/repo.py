@@ -7,6 +7,7 @@ Object keys::
     indexes/<backup id>/<disk name>         binary chunk indexes
     manifests/<backup id>                   BackupManifest, JSON
     locks/<uuid>                            lock holders, JSON
+    gc/pending                              garbage collection's ledger of unreferenced objects
 
 Every object but ``config`` and locks is in the envelope of ``objects.py``.
 """
@@ -131,8 +132,11 @@ class Repository:
                 raise WrongPassphraseError(f"wrong passphrase for repository {storage.url}") from None
         return cls(storage, config, ObjectCodec(keys, compression_level=compression_level))
 
-    def lock(self, kind: Literal["shared", "exclusive"], operation: str) -> AbstractContextManager[None]:
-        return repository_lock(self.storage, kind, operation)
+    def lock(
+        self, kind: Literal["shared", "exclusive"], operation: str, *, timeout: float = 10.0
+    ) -> AbstractContextManager[None]:
+        """Hold a lock for the block; wait up to ``timeout`` seconds for a conflicting one to go."""
+        return repository_lock(self.storage, kind, operation, timeout=timeout)
 
     # chunks
 

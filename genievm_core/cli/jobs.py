@@ -1,0 +1,187 @@
+"""``genievm jobs``: the job registry: list, show, watch, and pause, resume or cancel a job another process runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+from rich.table import Column, Table
+
+from genievm_core.cli.common import JsonOption, emit_json, err_console, human_size, out_console, state
+from genievm_core.jobs import JobRecord, JobRegistry, JobState
+
+app = typer.Typer(help="List, show, watch, pause, resume and cancel jobs.", no_args_is_help=True)
+
+JobIdArgument = Annotated[str, typer.Argument(help="job id (or a prefix that names one job)")]
+WaitOption = Annotated[
+    float, typer.Option("--wait", min=0, help="seconds to wait for the job's process to act on the request")
+]
+_TARGET = {"pause": {JobState.PAUSED}, "resume": {JobState.RUNNING}, "cancel": {JobState.CANCELLED}}
+
+
+def _registry(ctx: typer.Context) -> JobRegistry:
+    registry = state(ctx).registry
+    registry.sweep_stale()  # a job whose process died is shown failed, not running
+    return registry
+
+
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    state_filter: Annotated[
+        list[JobState] | None, typer.Option("--state", help="only jobs in this state (repeatable)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+    json_output: JsonOption = False,
+) -> None:
+    """Jobs of this host, running and past, newest first."""
+    records = _registry(ctx).recent(states=state_filter or (), limit=limit)
+    if json_output:
+        emit_json([r.to_json() for r in records])
+        return
+    table = Table(Column("job", no_wrap=True), "kind", "state", "what", "started", "progress", "error")
+    for r in records:
+        started = r.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if r.started_at else "-"
+        table.add_row(r.id, r.kind, r.state.value, r.description, started, _percent(r), r.error or "")
+    out_console.print(table)
+
+
+@app.command("show")
+def show(ctx: typer.Context, job_id: JobIdArgument, json_output: JsonOption = False) -> None:
+    """One job: state, times, error, result and the progress of each disk."""
+    record = _registry(ctx).get(job_id)
+    if json_output:
+        emit_json(record.to_json())
+        return
+    out_console.print(f"job {record.id}: {record.kind}, {record.description}, {record.state.value}", highlight=False)
+    out_console.print(f"  process {record.pid} on {record.host}", highlight=False)
+    for label, when in (("created", record.created_at), ("started", record.started_at), ("ended", record.finished_at)):
+        if when is not None:
+            out_console.print(f"  {label} {when.astimezone():%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+    if record.requested:
+        out_console.print(f"  requested: {record.requested}", highlight=False)
+    if record.error:
+        out_console.print(f"  error (exit {record.exit_code}): {record.error}", highlight=False)
+    if record.disks:
+        table = Table("disk", "total", "scanned", "read", "stored", "deduplicated", "zero", "done")
+        for d in record.disks:
+            sizes = [human_size(v) for v in (d.total, d.scanned, d.read, d.stored, d.deduplicated, d.zero)]
+            table.add_row(d.disk, *sizes, "yes" if d.done else "no")
+        out_console.print(table)
+    if record.result:
+        out_console.print(f"  result: {json.dumps(record.result, default=str)}", highlight=False, soft_wrap=True)
+
+
+def _request(ctx: typer.Context, job_id: str, action: str, wait: float, json_output: bool) -> None:
+    registry = _registry(ctx)
+    record = registry.request(job_id, action)
+    deadline = time.monotonic() + wait
+    while record.state not in _TARGET[action] and not record.finished and time.monotonic() < deadline:
+        time.sleep(0.1)
+        record = registry.get(record.id)
+    if json_output:
+        emit_json(record.to_json())
+    elif record.state in _TARGET[action] or record.finished:
+        out_console.print(f"job {record.id} is {record.state.value}", highlight=False)
+    else:
+        out_console.print(
+            f"job {record.id} is {record.state.value}; its process has not acted on the request yet", highlight=False
+        )
+
+
+@app.command("pause")
+def pause(ctx: typer.Context, job_id: JobIdArgument, wait: WaitOption = 10.0, json_output: JsonOption = False) -> None:
+    """Pause a running job between chunks (its process keeps its locks and point in time)."""
+    _request(ctx, job_id, "pause", wait, json_output)
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, job_id: JobIdArgument, wait: WaitOption = 10.0, json_output: JsonOption = False) -> None:
+    """Resume a paused job."""
+    _request(ctx, job_id, "resume", wait, json_output)
+
+
+@app.command("cancel")
+def cancel(ctx: typer.Context, job_id: JobIdArgument, wait: WaitOption = 10.0, json_output: JsonOption = False) -> None:
+    """Cancel a job: it stops at the next chunk and commits nothing."""
+    _request(ctx, job_id, "cancel", wait, json_output)
+
+
+@app.command("watch")
+def watch(
+    ctx: typer.Context,
+    job_id: JobIdArgument,
+    interval: Annotated[float, typer.Option(min=0.05, help="seconds between looks at the registry")] = 0.5,
+    json_output: JsonOption = False,
+) -> None:
+    """Follow a job until it ends: progress bars on a terminal, else a line per change (JSON lines with --json)."""
+    registry = _registry(ctx)
+    record = registry.get(job_id)
+    if json_output or not err_console.is_terminal:
+        _watch_lines(registry, record, interval, json_output)
+    else:
+        _watch_bars(registry, record, interval)
+    record = registry.get(record.id)
+    if not json_output:
+        error = f": {record.error}" if record.error else ""
+        out_console.print(f"job {record.id} {record.state.value}{error}", highlight=False)
+
+
+def _watch_lines(registry: JobRegistry, record: JobRecord, interval: float, json_output: bool) -> None:
+    last = None
+    while True:
+        line = json.dumps(record.to_json(), default=str) if json_output else _line(record)
+        if line != last:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            last = line
+        if record.finished:
+            return
+        time.sleep(interval)
+        record = _refresh(registry, record.id)
+
+
+def _watch_bars(registry: JobRegistry, record: JobRecord, interval: float) -> None:
+    bars = Progress(
+        TextColumn("[bold]{task.fields[disk]}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[state]}"),
+        console=err_console,
+    )
+    tasks: dict[str, TaskID] = {}
+    with bars:
+        while True:
+            for d in record.disks:
+                if d.disk not in tasks:
+                    tasks[d.disk] = bars.add_task(d.disk, total=d.total, disk=d.disk, state="")
+                bars.update(tasks[d.disk], completed=d.scanned, total=d.total, state=record.state.value)
+            if record.finished:
+                return
+            time.sleep(interval)
+            record = _refresh(registry, record.id)
+
+
+def _refresh(registry: JobRegistry, job_id: str) -> JobRecord:
+    """The job now; one whose process died meanwhile is marked failed, so watching it ends."""
+    registry.sweep_stale()
+    return registry.get(job_id)
+
+
+def _line(record: JobRecord) -> str:
+    disks = ", ".join(
+        f"{d.disk} {human_size(d.scanned)} of {human_size(d.total)}{' done' if d.done else ''}" for d in record.disks
+    )
+    return f"job {record.id} {record.state.value} {_percent(record)}" + (f": {disks}" if disks else "")
+
+
+def _percent(record: JobRecord) -> str:
+    total = sum(d.total for d in record.disks)
+    if not total:
+        return "-"
+    return f"{100 * sum(d.scanned for d in record.disks) / total:.0f}%"

@@ -1,0 +1,119 @@
+"""Retries with backoff for transient storage errors (tenacity).
+
+A transient storage error (an I/O error, a dropped connection, a timeout: see
+``is_transient``) is retried with exponential backoff and jitter, up to
+``attempts`` tries in all. Errors that retrying cannot fix fail at once: a full
+store, a permission, a missing object, an object under retention, and every
+error that is not a storage error (a wrong passphrase, an unknown VM, a bad
+config, corruption).
+
+Every storage operation may be retried: puts are atomic and idempotent, as are
+deletes, and a listing is retried as a whole.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from genievm_core.errors import StorageError
+from genievm_core.plugin.protocols import StorageTarget
+
+__all__ = ["DEFAULT_ATTEMPTS", "RetryingStorage", "is_transient"]
+
+DEFAULT_ATTEMPTS = 5
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.EPIPE,
+    }
+)
+T = TypeVar("T")
+log = structlog.get_logger("genievm.storage")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` may help.
+
+    Only a StorageError of the base class (not full, permission, not found,
+    locked) qualifies, and then by its cause: an OSError with an errno that
+    may pass (EIO, EAGAIN, ETIMEDOUT, a reset connection, ...) or none
+    (``TimeoutError()``); any other exception an SDK raised (a connection
+    or HTTP error wrapped by the plugin). An OSError with another errno
+    (ENOTDIR, EINVAL, ...) and a StorageError without a cause (the plugin's
+    own verdict, e.g. an invalid key) are permanent.
+    """
+    if type(exc) is not StorageError:
+        return False
+    cause = exc.__cause__
+    if cause is None:
+        return False
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return cause.errno in TRANSIENT_ERRNOS
+    return True
+
+
+class RetryingStorage:
+    """A storage target whose operations are retried on transient errors."""
+
+    def __init__(
+        self,
+        storage: StorageTarget,
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        wait_initial: float = 0.5,
+        wait_max: float = 30,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.inner = storage
+        self.url = storage.url
+        self.attempts = attempts
+        self._wait = wait_random_exponential(multiplier=wait_initial, max=wait_max)
+
+    def _call(self, operation: str, key: str, fn: Callable[[], T]) -> T:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("storage.retry", operation=operation, key=key, attempt=state.attempt_number, error=str(exc))
+
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(fn)
+
+    def put(self, key: str, data: bytes | bytearray) -> None:
+        self._call("put", key, lambda: self.inner.put(key, data))
+
+    def get(self, key: str) -> bytes:
+        return self._call("get", key, lambda: self.inner.get(key))
+
+    def exists(self, key: str) -> bool:
+        return self._call("exists", key, lambda: self.inner.exists(key))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda: self.inner.delete(key))
+
+    def close(self) -> None:
+        self.inner.close()
