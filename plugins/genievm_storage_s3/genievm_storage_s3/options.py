@@ -10,13 +10,14 @@ repr, a log event or an error message.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from genievm_core.engine import default_workers
@@ -93,6 +94,16 @@ class S3Options(BaseModel):
     )
     sse: Literal["AES256", "aws:kms"] | None = None
     sse_kms_key_id: str | None = None
+
+    @field_validator("object_lock_skip_prefixes", mode="before")
+    @classmethod
+    def _prefix_list(cls, value: Any) -> Any:
+        """From ``--storage-option`` a list comes as text: a JSON list, or prefixes separated by commas."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return tuple(p.strip() for p in value.split(",") if p.strip())
 
     @model_validator(mode="after")
     def _consistent(self) -> S3Options:

@@ -220,3 +220,43 @@ def test_bad_storage_options_variable_is_one_line(cli: Run, aws_env: dict[str, s
     env = aws_env | {"GENIEVM_STORAGE_OPTIONS": "endpoint_url=http://x"}
     line = cli("repo", "info", f"s3://{s3_bucket}/repo", env=env).one_error_line(3)
     assert "GENIEVM_STORAGE_OPTIONS: not a JSON object" in line
+
+
+def test_prune_and_gc_respect_object_lock(
+    cli: Run, aws_env: dict[str, str], make_bucket: Callable[..., str], tmp_path: Path
+) -> None:
+    """Objects under S3 Object Lock retention are never deleted early: prune and GC report them and go on."""
+    bucket = make_bucket(object_lock=True)
+    image = tmp_path / "vda.img"
+
+    def two_backups(url: str, lock: list[str]) -> tuple[str, str]:
+        assert cli(*lock, "repo", "init", url, "--chunk-size", str(CHUNK), env=aws_env).code == 0
+        ids = []
+        for _ in range(2):  # every chunk differs between the two backups
+            write_image(image, [(0, os.urandom(4 * CHUNK))], size=4 * CHUNK)
+            backup = cli(
+                *lock, "backup", "--vm", "web01", "--repo", url, "--disk", f"vda={image}", "--json", env=aws_env
+            )
+            ids.append(backup.json()["backup_id"])
+        return ids[0], ids[1]
+
+    def prune(url: str, lock: list[str]) -> dict[str, Any]:
+        args = ["prune", "--repo", url, "--vm", "web01", "--keep-last", "1", "--grace", "0", "--json"]
+        return dict(cli(*lock, *args, env=aws_env).json())
+
+    everything = ["--storage-option", "object_lock_mode=governance", "--storage-option", "object_lock_days=1"]
+    old, new = two_backups(f"s3://{bucket}/all-locked", everything)
+    report = prune(f"s3://{bucket}/all-locked", everything)
+    assert report["removed_backups"] == [] and f"manifests/{old}" in report["not_deletable_keys"]
+    listed = cli("backups", "list", "--repo", f"s3://{bucket}/all-locked", "--json", env=aws_env).json()
+    assert {b["backup_id"] for b in listed} == {old, new}, "a backup whose manifest is locked is kept whole"
+
+    chunks_only = [*everything, "--storage-option", 'object_lock_skip_prefixes=["locks/", "manifests/"]']
+    url = f"s3://{bucket}/chunks-locked"
+    old, new = two_backups(url, chunks_only)
+    report = prune(url, chunks_only)
+    assert report["removed_backups"] == [old], report
+    assert report["not_deletable"] == 5 and report["deleted_objects"] == 0  # 4 chunks and the index of `old`
+    assert all(k.startswith(("chunks/", "indexes/")) for k in report["not_deletable_keys"])
+    verify = cli("verify", "--repo", url, "--read-data", "--json", env=aws_env).json()
+    assert {r["backup_id"] for r in verify} == {new} and all(not r["problems"] for r in verify)
