@@ -13,6 +13,7 @@ DEMO=${GENIEVM_DEMO_DIR:-demo}
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 export GENIEVM_DEMO_DIR=$(realpath "$DEMO")
 export GENIEVM_PASSPHRASE=${GENIEVM_PASSPHRASE:-demo-passphrase}
+export GENIEVM_JOB_DB=$GENIEVM_DEMO_DIR/jobs.sqlite  # the demo's job registry, not the machine's
 if [[ $EUID -ne 0 ]]; then
   echo "demo: not root, so no libvirtd here; running the image-provider demo instead" >&2
   exec bash scripts/demo_image.sh

@@ -94,6 +94,11 @@ def main(demo: Path) -> None:
         step(f"restoring the latest backup as a new VM {RESTORED} (new UUID and MAC addresses)")
         genievm("restore", "--vm", NAME, "--repo", repo, *KVM, "--target", str(restored), "--new-name", RESTORED)
 
+        step("the job registry: every command above ran as a job")
+        genievm("jobs", "list")
+        step("what retention would remove with --keep-last 1 (dry run)")
+        genievm("prune", "--repo", repo, "--keep-last", "1", "--dry-run")
+
         step("result: the restored disks against the source's")
         for target, image in disks.items():
             copy = restored / f"{RESTORED}-{target}.qcow2"

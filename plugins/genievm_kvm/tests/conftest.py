@@ -31,6 +31,12 @@ from kvm_support import PASSPHRASE, URI, CLIResult, TestVM, create_images, domai
 ROOT = Path(__file__).resolve().parents[3]
 
 
+@pytest.fixture(autouse=True)
+def _own_job_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each test's jobs go to a registry of its own (subprocesses inherit it), not the machine's."""
+    monkeypatch.setenv("GENIEVM_JOB_DB", str(tmp_path / "jobs.sqlite"))
+
+
 @pytest.fixture(scope="session")
 def libvirt_conn() -> Iterator[libvirt.virConnect]:
     if shutil.which("libvirtd") is None:
