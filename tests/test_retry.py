@@ -15,7 +15,7 @@ from genievm_core.jobs import run_verify
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import Repository
-from genievm_core.repository.retry import RetryingStorage, is_transient
+from genievm_core.repository.retry import RetryingStorage, is_transient, with_retries
 from genievm_core.repository.storage import open_storage
 
 
@@ -114,3 +114,15 @@ def test_permanent_errors_are_not_retried(host: PluginHost, tmp_path: Path, make
     with pytest.raises(StorageError):
         storage.get("config")
     assert flaky.calls == 1
+
+
+def test_a_target_that_retries_itself_is_not_wrapped(tmp_path: Path) -> None:
+    """S3 retries through botocore: a second layer would retry what botocore judged permanent."""
+    class RetriesItselfDouble:
+        retries_itself = True
+        url = "double://"
+
+    itself = RetriesItselfDouble()
+    assert with_retries(itself) is itself  # type: ignore[arg-type]
+    plain = with_retries(open_storage(PluginHost(), str(tmp_path)))
+    assert isinstance(plain, RetryingStorage)

@@ -30,7 +30,7 @@ from genievm_core.jobs import Job, JobManager, JobRegistry
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import Repository
-from genievm_core.repository.retry import DEFAULT_ATTEMPTS, RetryingStorage
+from genievm_core.repository.retry import DEFAULT_ATTEMPTS, with_retries
 from genievm_core.repository.storage import open_storage
 
 __all__ = [
@@ -112,7 +112,7 @@ class State:
         storage_options: Mapping[str, Any] | None = None,
     ) -> Repository:
         storage = self.open_storage(_require_repo(url), storage_options)
-        storage = RetryingStorage(storage, attempts=self.storage_attempts)
+        storage = with_retries(storage, self.storage_attempts)
         return Repository.open(
             storage, passphrase=passphrase_source(passphrase_file), compression_level=compression_level
         )

@@ -178,7 +178,9 @@ class CBTSource(Protocol):
 class StorageTarget(Protocol):
     """Where repository objects live. Keys are ``/``-separated ASCII paths.
 
-    Locks, garbage collection and everything else are the core's.
+    Locks, garbage collection and everything else are the core's. The core
+    retries transient ``StorageError``s (with an OS or SDK cause) with backoff,
+    unless the target sets ``retries_itself = True`` because it already does.
     """
 
     url: str

@@ -9,6 +9,10 @@ config, corruption).
 
 Every storage operation may be retried: puts are atomic and idempotent, as are
 deletes, and a listing is retried as a whole.
+
+A target that retries by itself (``retries_itself = True``: the S3 plugin,
+through botocore) is used as it is; a second layer would multiply the tries
+and retry what its own layer already judged permanent.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from genievm_core.errors import StorageError
 from genievm_core.plugin.protocols import StorageTarget
 
-__all__ = ["DEFAULT_ATTEMPTS", "RetryingStorage", "is_transient"]
+__all__ = ["DEFAULT_ATTEMPTS", "RetryingStorage", "is_transient", "with_retries"]
 
 DEFAULT_ATTEMPTS = 5
 TRANSIENT_ERRNOS = frozenset(
@@ -66,6 +70,13 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(cause, OSError) and cause.errno is not None:
         return cause.errno in TRANSIENT_ERRNOS
     return True
+
+
+def with_retries(storage: StorageTarget, attempts: int = DEFAULT_ATTEMPTS) -> StorageTarget:
+    """``storage`` with retries on transient errors, unless it retries by itself."""
+    if getattr(storage, "retries_itself", False):
+        return storage
+    return RetryingStorage(storage, attempts=attempts)
 
 
 class RetryingStorage:

@@ -42,15 +42,16 @@ SOURCE = LibvirtCheckpointCBT.name
 class JobPlace:
     """Where a backup job serves its exports and keeps its scratch files.
 
-    On this host: a unix socket and scratch files in ``run_dir``. On a remote host (a
-    ``qemu+ssh://`` URI): TCP on ``remote_host:nbd_port``, scratch files in ``remote_scratch``
-    there (libvirt creates them and removes them when the job ends).
+    On this host: a unix socket in ``run_dir``. On a remote host (a ``qemu+ssh://`` URI): TCP
+    on ``remote_host:nbd_port``. Scratch files (what the guest overwrites during the backup)
+    go to ``scratch_dir`` on the VM's host, a disk rather than ``/run``'s memory; libvirt
+    creates them and removes them when the job ends.
     """
 
     run_dir: Path
     remote_host: str | None = None
     nbd_port: int = 10809
-    remote_scratch: Path = Path("/var/tmp")
+    scratch_dir: Path = Path("/var/tmp")
 
     def server(self, tag: str) -> tuple[dict[str, str], Address, list[Path]]:
         """The ``<server>`` attributes, the address to connect to, and files to remove after."""
@@ -61,9 +62,7 @@ class JobPlace:
         return {"transport": "unix", "socket": str(socket)}, socket, [socket]
 
     def scratch(self, tag: str, disks: list[str]) -> dict[str, Path]:
-        if self.remote_host:
-            return {d: self.remote_scratch / f"genievm-{tag}.{d}.scratch" for d in disks}
-        return {d: self.run_dir / f"{tag}.{d}.scratch" for d in disks}
+        return {d: self.scratch_dir / f"genievm-{tag}.{d}.scratch" for d in disks}
 
     def local_files(self, scratch: dict[str, Path]) -> list[Path]:
         return [] if self.remote_host else list(scratch.values())

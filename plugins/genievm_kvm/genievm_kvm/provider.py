@@ -8,7 +8,7 @@ Options (``providerOptions``)::
      "runDir": "/run/genievm",         # NBD sockets and scratch files (short path: sockets)
      "nbdHost": "<the URI's host>",    # remote URIs: where the backup job serves NBD over TCP
      "nbdPort": 10809,
-     "remoteScratchDir": "/var/tmp"}   # remote URIs: where the job's scratch files go on that host
+     "scratchDir": "/var/tmp"}         # the backup job's scratch files, on the VM's host
 
 A running or paused VM is backed up through libvirt's backup API (``mode`` auto or
 backup-api), or through an internal qcow2 snapshot where the backup API is missing
@@ -159,7 +159,7 @@ def job_place(uri: str, options: Mapping[str, Any]) -> JobPlace:
         port = int(options.get("nbdPort", 10809))
     except ValueError:
         raise ConfigError(f"invalid providerOptions: nbdPort {options.get('nbdPort')!r} is not a port number") from None
-    scratch = Path(str(options.get("remoteScratchDir") or "/var/tmp"))
+    scratch = Path(str(options.get("scratchDir") or "/var/tmp"))
     return JobPlace(run_dir(options.get("runDir")), remote, port, scratch)
 
 

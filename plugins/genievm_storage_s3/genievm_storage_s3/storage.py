@@ -46,6 +46,7 @@ def open_s3_storage(url: str, options: Mapping[str, Any]) -> S3Storage:
 
 class S3Storage:
     delete_batch = 1000  # most keys one DeleteObjects request may name
+    retries_itself = True  # botocore retries throttling, 5xx and dropped connections (max_attempts)
 
     def __init__(self, location: S3Location, options: S3Options) -> None:
         self.location = location
