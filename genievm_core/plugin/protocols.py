@@ -201,6 +201,10 @@ class StorageTarget(Protocol):
 
         Raise ObjectLockedError when the store's retention (e.g. S3 Object Lock)
         forbids removing it yet; garbage collection reports such keys and goes on.
+
+        A target may also offer ``delete_many(keys) -> dict[str, StorageError]``
+        (the keys it could not remove, with their errors); garbage collection
+        then deletes in batches through it.
         """
 
     def close(self) -> None: ...

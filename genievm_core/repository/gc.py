@@ -36,6 +36,7 @@ from genievm_core.repository.repo import Damaged, Repository
 __all__ = ["LEDGER_KEY", "PruneReport", "prune_repository"]
 
 LEDGER_KEY = "gc/pending"
+DELETE_BATCH = 1000  # objects deleted between two cancel checks (one request where the target has delete_many)
 LOCK_ROUND = 1.0  # seconds of each attempt at the exclusive lock; a cancel is honoured between them
 log = structlog.get_logger("genievm.gc")
 Checkpoint = Callable[[], None]
@@ -113,14 +114,17 @@ def prune_repository(
         ledger = _load_ledger(repo)
         at = now()
         pending = {key: ledger.get(key, at) for key in candidates}
-        for key, first_seen in sorted(pending.items()):
-            if at - first_seen < grace:
-                report.kept_by_grace += 1
-                continue
+        due = [key for key, first_seen in sorted(pending.items()) if at - first_seen >= grace]
+        report.kept_by_grace = len(pending) - len(due)
+        for start in range(0, len(due), DELETE_BATCH):
             checkpoint()
-            if _delete(repo, key, report):
-                report.deleted.append(key)
-                del pending[key]
+            batch = due[start : start + DELETE_BATCH]
+            refused = _delete_all(repo, batch)
+            report.not_deletable += [key for key in batch if key in refused]
+            for key in batch:
+                if key not in refused:
+                    report.deleted.append(key)
+                    del pending[key]
         _save_ledger(repo, pending)
     log.info(
         "prune.done",
@@ -191,14 +195,36 @@ def _candidates(chunk_keys: list[str], index_keys: list[str], referenced: set[by
     return found
 
 
-def _delete(repo: Repository, key: str, report: PruneReport) -> bool:
+def _delete_all(repo: Repository, keys: list[str]) -> set[str]:
+    """Delete ``keys``; the ones the store refuses under retention are returned (and logged).
+
+    A target with ``delete_many`` (S3: 1000 keys a request) gets them all at once.
+    """
+    delete_many = getattr(repo.storage, "delete_many", None)
+    if delete_many is None:
+        return {key for key in keys if not _delete_one(repo, key)}
+    failed: dict[str, Exception] = delete_many(keys)
+    for key, exc in failed.items():
+        if not isinstance(exc, ObjectLockedError):
+            raise exc
+        log.warning("gc.object_locked", key=key, error=str(exc))
+    return set(failed)
+
+
+def _delete_one(repo: Repository, key: str) -> bool:
     try:
         repo.storage.delete(key)
     except ObjectLockedError as exc:
         log.warning("gc.object_locked", key=key, error=str(exc))
-        report.not_deletable.append(key)
         return False
     return True
+
+
+def _delete(repo: Repository, key: str, report: PruneReport) -> bool:
+    if _delete_one(repo, key):
+        return True
+    report.not_deletable.append(key)
+    return False
 
 
 def _load_ledger(repo: Repository) -> dict[str, datetime]:

@@ -260,3 +260,10 @@ def test_prune_and_gc_respect_object_lock(
     assert all(k.startswith(("chunks/", "indexes/")) for k in report["not_deletable_keys"])
     verify = cli("verify", "--repo", url, "--read-data", "--json", env=aws_env).json()
     assert {r["backup_id"] for r in verify} == {new} and all(not r["problems"] for r in verify)
+
+    url = f"s3://{bucket}/unlocked"  # the same bucket without retention: GC deletes, in one batch
+    old, new = two_backups(url, [])
+    report = prune(url, [])
+    assert report["removed_backups"] == [old] and report["deleted_objects"] == 5 and report["not_deletable"] == 0
+    verify = cli("verify", "--repo", url, "--read-data", "--json", env=aws_env).json()
+    assert {r["backup_id"] for r in verify} == {new} and all(not r["problems"] for r in verify)
