@@ -27,14 +27,17 @@ app = typer.Typer(help="List and show backups.", no_args_is_help=True)
 def list_backups(
     ctx: typer.Context,
     repo: RepoOption = None,
-    vm: Annotated[str | None, typer.Option("--vm")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="only this VM's (its id, or its name)")] = None,
     passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Every backup, oldest first."""
     repository = state(ctx).open_repository(repo, passphrase_file)
     damaged: list[Damaged] = []
-    manifests = repository.manifests(vm, damaged=damaged)
+    manifests = repository.manifests(damaged=damaged)
+    if vm is not None:
+        by_id = [m for m in manifests if m.vm.id == vm]
+        manifests = by_id or [m for m in manifests if m.vm.name == vm]
     _print_list(manifests, json_output)
     if damaged:
         errors = "; ".join(str(exc) for _, exc in damaged)
@@ -48,6 +51,7 @@ def _print_list(manifests: list[BackupManifest], json_output: bool) -> None:
                 {
                     "backup_id": m.backup_id,
                     "vm": m.vm.id,
+                    "vm_name": m.vm.name,
                     "kind": m.kind,
                     "parent_id": m.parent_id,
                     "finished_at": m.finished_at.isoformat(),
@@ -65,7 +69,7 @@ def _print_list(manifests: list[BackupManifest], json_output: bool) -> None:
     for m in manifests:
         table.add_row(
             m.backup_id,
-            m.vm.id,
+            m.vm.id if m.vm.name == m.vm.id else f"{m.vm.name} ({m.vm.id})",
             m.kind,
             m.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
             ",".join(d.name for d in m.disks),

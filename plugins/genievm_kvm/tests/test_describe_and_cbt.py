@@ -42,6 +42,8 @@ def test_excluded_disk_and_stored_xml(make_vm, cli, repo):
     guest_write(vm, 1, 0x7A, 0, MiB)
     manifest = cli("backup", "--vm", vm.name, "--repo", repo, *OPT, "--exclude-disk", "vdb", "--json").json()
     assert [d["name"] for d in manifest["disks"]] == ["vda"]
+    listed = cli("backups", "list", "--repo", repo, "--vm", vm.name, "--json").json()  # by name: kept under the UUID
+    assert [(b["backup_id"], b["vm"], b["vm_name"]) for b in listed] == [(manifest["backup_id"], vm.uuid, vm.name)]
     host = PluginHost()
     stored = Repository.open(open_storage(host, repo), passphrase=lambda: PASSPHRASE).get_manifest(
         manifest["backup_id"]
