@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import libvirt_qemu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import BLOCK, MIB, PASSPHRASE, compressible_pool, forked, machine, parse_size, run  # noqa: E402
+from genievm_kvm.testing import qemu_io, remove_vm, scratch_domain_xml  # noqa: E402
 
 URI = "qemu:///system"
 TARGETS = {"full": 2.0, "incremental": 0.1}  # full: x nbdcopy; incremental: x full
@@ -135,29 +135,6 @@ def make_disk(data: Path, size: int, seed: int) -> tuple[Path, dict[str, int]]:
     return image, layout
 
 
-def domain_xml(name: str, image: Path) -> str:
-    kind = "kvm" if os.access("/dev/kvm", os.W_OK) else "qemu"
-    mac = ":".join(secrets.token_hex(1) for _ in range(3))
-    return (
-        f"<domain type='{kind}'><name>{name}</name><memory unit='MiB'>64</memory>"
-        "<os><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features><devices>"
-        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{image}'/>"
-        "<target dev='vda' bus='virtio'/></disk>"
-        f"<interface type='user'><mac address='52:54:00:{mac}'/><model type='virtio'/></interface>"
-        "</devices></domain>"
-    )
-
-
-def undefine(dom: libvirt.virDomain) -> None:
-    with suppress(libvirt.libvirtError):
-        if dom.isActive():
-            dom.destroy()
-    with suppress(libvirt.libvirtError):
-        dom.undefineFlags(
-            libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-        )
-
-
 def abort_job(dom: libvirt.virDomain) -> None:
     with suppress(libvirt.libvirtError):  # no job: nothing to abort
         dom.abortJob()
@@ -171,10 +148,6 @@ def qemu_cpu(name: str) -> float:
 
 
 # --- the guest's writes ----------------------------------------------------------------------------------
-
-
-def hmp(dom: libvirt.virDomain, command: str) -> str:
-    return str(libvirt_qemu.qemuMonitorCommand(dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
 
 
 def change_plan(size: int, seed: int, fraction: float = CHANGE_FRACTION) -> list[tuple[int, int]]:
@@ -205,13 +178,12 @@ def guest_change(bench: Bench, size: int, seed: int, chunk: int) -> dict[str, in
         path = bench.work / "data" / f"pattern-{k}.bin"
         path.write_bytes(os.urandom(WRITE_SIZES[1]))
         sources.append(path)
-    device = "/machine/peripheral/virtio-disk0/virtio-backend"
     writes = change_plan(size, seed)
     for k, (offset, length) in enumerate(writes):
-        out = hmp(bench.dom, f'qemu-io -d {device} "write -q -s {sources[k % SOURCES]} {offset} {length}"')
+        out = qemu_io(bench.dom, 0, f"write -q -s {sources[k % SOURCES]} {offset} {length}")
         if out.strip():
             raise SystemExit(f"bench: guest write at {offset} failed: {out.strip()}")
-    hmp(bench.dom, f'qemu-io -d {device} "flush"')
+    qemu_io(bench.dom, 0, "flush")
     chunks = {i for off, n in writes for i in range(off // chunk, (off + n - 1) // chunk + 1)}
     return {"writes": len(writes), "bytes": sum(n for _, n in writes), "chunks_touched": len(chunks)}
 
@@ -371,14 +343,15 @@ def by_round(s: Step) -> str:
 
 def start_vm(bench: Bench, image: Path) -> None:
     bench.name = f"genievm-bench-{secrets.token_hex(3)}"
-    bench.dom = bench.conn.defineXML(domain_xml(bench.name, image))
+    bench.dom = bench.conn.defineXML(scratch_domain_xml(bench.name, {"vda": (image, "qcow2")}))
     bench.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
 
 
 def cleanup(bench: Bench, keep: bool) -> None:
     if bench.dom is not None:
         abort_job(bench.dom)
-        undefine(bench.dom)
+        with suppress(libvirt.libvirtError):
+            remove_vm(bench.dom)
     with suppress(libvirt.libvirtError):
         bench.conn.close()
     shutil.rmtree(bench.work / "run", ignore_errors=True)

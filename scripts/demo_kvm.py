@@ -6,13 +6,12 @@ A VM with no OS and two qcow2 disks runs paused (backups work the same on a paus
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import libvirt
-import libvirt_qemu
+from genievm_kvm.testing import qemu_io, remove_vm, scratch_domain_xml
 
 URI = "qemu:///system"
 NAME, RESTORED = "genievm-demo", "genievm-demo-restored"
@@ -30,35 +29,16 @@ def genievm(*args: str) -> None:
     subprocess.run([GENIEVM, *args], check=True)
 
 
-def remove_vm(conn: libvirt.virConnect, name: str) -> None:
+def remove_named_vm(conn: libvirt.virConnect, name: str) -> None:
     try:
-        dom = conn.lookupByName(name)
+        remove_vm(conn.lookupByName(name))
     except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        pass  # no VM of that name
 
 
 def guest_write(dom: libvirt.virDomain, disk: int, pattern: int, offset_mib: int, length_mib: int) -> None:
-    device = f"/machine/peripheral/virtio-disk{disk}/virtio-backend"
     for command in (f"write -P {pattern:#x} {offset_mib}M {length_mib}M", "flush"):
-        hmp = f'qemu-io -d {device} "{command}"'
-        libvirt_qemu.qemuMonitorCommand(dom, hmp, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-
-
-def domain_xml(disks: dict[str, Path]) -> str:
-    kind = "kvm" if os.access("/dev/kvm", os.W_OK) else "qemu"
-    disk_xml = "".join(
-        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{path}'/>"
-        f"<target dev='{target}' bus='virtio'/></disk>"
-        for target, path in disks.items()
-    )
-    return (
-        f"<domain type='{kind}'><name>{NAME}</name><memory unit='MiB'>64</memory>"
-        "<os><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features>"
-        f"<devices>{disk_xml}<interface type='user'><model type='virtio'/></interface></devices></domain>"
-    )
+        qemu_io(dom, disk, command)
 
 
 def main(demo: Path) -> None:
@@ -67,12 +47,12 @@ def main(demo: Path) -> None:
     repo, restored = str(demo / "repo"), demo / "restored"
     try:
         for name in (NAME, RESTORED):
-            remove_vm(conn, name)
+            remove_named_vm(conn, name)
         step(f"making VM {NAME}: two qcow2 disks (256 MiB and 64 MiB), started paused")
         disks = {"vda": demo / "vda.qcow2", "vdb": demo / "vdb.qcow2"}
         for target, size in (("vda", 256), ("vdb", 64)):
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disks[target]), f"{size}M"], check=True)
-        dom = conn.defineXML(domain_xml(disks))
+        dom = conn.defineXML(scratch_domain_xml(NAME, {t: (p, "qcow2") for t, p in disks.items()}))
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         for i in range(0, 256, 32):
             guest_write(dom, 0, 0x40 + i // 32, i, 8)
@@ -107,7 +87,7 @@ def main(demo: Path) -> None:
         subprocess.run(["du", "-sh", repo], check=True)
     finally:
         for name in (NAME, RESTORED):
-            remove_vm(conn, name)
+            remove_named_vm(conn, name)
         conn.close()
 
 

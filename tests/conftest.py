@@ -28,6 +28,7 @@ from support import CHUNK, PASSPHRASE, CLIResult, genievm_path, write_image  # n
 from genievm_core.plugin import PluginHost  # noqa: E402
 from genievm_core.repository import Repository  # noqa: E402
 from genievm_core.repository.storage import open_storage  # noqa: E402
+from genievm_core.testing import run_cli  # noqa: E402
 
 # the machine may be busy: examples are judged on their results, never on their speed
 settings.register_profile("genievm", deadline=None)
@@ -72,20 +73,8 @@ def new_repo(host: PluginHost, tmp_path: Path) -> Callable[..., tuple[Repository
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., CLIResult]:
-    from genievm_core.cli import main
-
     def run(*args: str, env: Mapping[str, str] | None = None) -> CLIResult:
-        capsys.readouterr()
-        with monkeypatch.context() as m:
-            for key, value in (env or {}).items():
-                m.setenv(key, value)
-            m.setattr(sys, "argv", ["genievm", *args])
-            with pytest.raises(SystemExit) as exit_info:
-                main()
-        out, err = capsys.readouterr()
-        structlog.reset_defaults()  # the CLI bound structlog to the captured stderr
-        code = exit_info.value.code
-        return CLIResult(0 if code is None else int(code), out, err)
+        return CLIResult(*run_cli(monkeypatch, capsys, *args, env=env))
 
     return run
 

@@ -84,10 +84,11 @@ def describe(conn: libvirt.virConnect, dom: libvirt.virDomain) -> VMDescription:
         live_xml = dom.XMLDesc(0)
         stored_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else live_xml
         disks = tuple(_disk_info(conn, dom, spec) for spec in disk_specs(live_xml) if spec.source)
+        _state, _max_memory, memory_kib, vcpus, _cpu_time = dom.info()
     summary: dict[str, str | int | float | bool | None] = {
         "state": state(dom),
-        "vcpus": dom.info()[3],
-        "memory_kib": dom.info()[2],
+        "vcpus": vcpus,
+        "memory_kib": memory_kib,
         "uri": conn.getURI(),
     }
     return VMDescription(dom.UUIDString(), dom.name(), disks, stored_xml.encode(), "libvirt-domain-xml", summary)

@@ -21,7 +21,7 @@ from genievm_core.errors import ConfigError, ProviderError, RestoreTargetExistsE
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import DiskSink, RestoreRequest
-from genievm_kvm.connection import libvirt_errors
+from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import DiskSpec, disk_specs, state
 from genievm_kvm.sink import Qcow2DiskSink
 
@@ -155,4 +155,4 @@ def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
-        raise
+        raise_for(exc, f"looking up VM {name}")

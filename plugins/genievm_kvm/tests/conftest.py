@@ -2,7 +2,7 @@
 
 - ``libvirt_conn``: a connection to ``qemu:///system``; libvirtd is started with
   ``scripts/services/libvirtd.sh`` when it is not running (root only).
-- ``make_vm(disks=..., running=True)``: a VM (see ``kvm_support.domain_xml``) started paused
+- ``make_vm(disks=..., running=True)``: a VM (see ``genievm_kvm.testing``) started paused
   (backups work on a paused VM); destroyed and undefined after the test.
 - ``cli(*args)``: the installed ``genievm`` console script in a subprocess.
 - ``repo``: a new encrypted repository with 1 MiB chunks.
@@ -26,7 +26,8 @@ import pytest
 libvirt = pytest.importorskip("libvirt")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kvm_support import PASSPHRASE, URI, CLIResult, TestVM, create_images, domain_xml, undefine  # noqa: E402
+from genievm_kvm.testing import remove_vm, scratch_domain_xml  # noqa: E402
+from kvm_support import PASSPHRASE, URI, CLIResult, TestVM, create_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -57,7 +58,7 @@ def make_vm(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[Callab
         name = f"genievm-test-{secrets.token_hex(3)}"
         default = {"vda": (64 << 20, "qcow2"), "vdb": (32 << 20, "qcow2")}
         images = create_images(tmp_path, name, disks or default, random_mib)
-        dom = libvirt_conn.defineXML(domain_xml(name, images))
+        dom = libvirt_conn.defineXML(scratch_domain_xml(name, images))
         made.append(dom)
         if running:
             dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
@@ -65,7 +66,7 @@ def make_vm(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[Callab
 
     yield make
     for dom in made:
-        undefine(dom)
+        remove_vm(dom)
 
 
 @pytest.fixture

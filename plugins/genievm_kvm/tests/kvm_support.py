@@ -1,22 +1,20 @@
 """Helpers of the KVM plugin's tests (conftest.py puts this folder on sys.path).
 
-- ``domain_xml``: a q35 VM with no OS and qcow2/raw disks on virtio.
+- the VM itself (XML, removal) comes from ``genievm_kvm.testing``.
 - ``guest_write(vm, disk_index, pattern, offset, length)``: a write as the guest makes it,
   through QEMU's ``qemu-io`` monitor command on the running VM.
-- ``undefine``: destroy and undefine a VM with its checkpoint and snapshot metadata.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
-import libvirt_qemu
+from genievm_kvm.testing import qemu_io
 
 URI = "qemu:///system"
 PASSPHRASE = "kvm test passphrase"
@@ -37,22 +35,6 @@ class TestVM:
         return str(self.dom.UUIDString())
 
 
-def domain_xml(name: str, disks: dict[str, tuple[Path, str]]) -> str:
-    kind = "kvm" if os.access("/dev/kvm", os.W_OK) else "qemu"
-    disk_xml = "".join(
-        f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{path}'/>"
-        f"<target dev='{target}' bus='virtio'/></disk>"
-        for target, (path, fmt) in disks.items()
-    )
-    mac = ":".join(secrets.token_hex(1) for _ in range(3))
-    return (
-        f"<domain type='{kind}'><name>{name}</name><memory unit='MiB'>64</memory>"
-        "<os><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features>"
-        f"<devices>{disk_xml}<interface type='user'><mac address='52:54:00:{mac}'/><model type='virtio'/>"
-        "</interface></devices></domain>"
-    )
-
-
 def create_images(
     folder: Path, name: str, disks: dict[str, tuple[int, str]], random_mib: int = 0
 ) -> dict[str, tuple[Path, str]]:
@@ -70,30 +52,10 @@ def create_images(
     return images
 
 
-def undefine(dom: libvirt.virDomain) -> None:
-    try:
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(
-            libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-        )
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-            raise
-
-
-def hmp(dom: libvirt.virDomain, command: str) -> str:
-    return str(libvirt_qemu.qemuMonitorCommand(dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
-
-
 def guest_write(vm: TestVM, disk_index: int, pattern: int, offset: int, length: int) -> None:
-    """Write ``length`` bytes of ``pattern`` at ``offset`` of the VM's disk number ``disk_index``, as the guest.
-
-    libvirt names the virtio disks' devices virtio-disk<N> in target order (vda: 0, vdb: 1).
-    """
-    device = f"/machine/peripheral/virtio-disk{disk_index}/virtio-backend"
-    out = hmp(vm.dom, f'qemu-io -d {device} "write -P {pattern:#x} {offset} {length}"')
-    out += hmp(vm.dom, f'qemu-io -d {device} "flush"')
+    """Write ``length`` bytes of ``pattern`` at ``offset`` of the VM's disk number ``disk_index``, as the guest."""
+    out = qemu_io(vm.dom, disk_index, f"write -P {pattern:#x} {offset} {length}")
+    out += qemu_io(vm.dom, disk_index, "flush")
     assert not out.strip(), out  # qemu-io answers only when something failed
 
 

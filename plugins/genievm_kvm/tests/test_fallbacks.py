@@ -7,7 +7,8 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import libvirt
-from kvm_support import URI, MiB, TestVM, domain_xml, guest_write, raw_copy, same_content, undefine
+from genievm_kvm.testing import remove_vm, scratch_domain_xml
+from kvm_support import URI, MiB, TestVM, guest_write, raw_copy, same_content
 
 OPT = ["--provider", "kvm", "-o", f"uri={URI}"]
 
@@ -51,7 +52,7 @@ def test_stopped_vm_incremental_from_bitmap(make_vm, cli, repo, tmp_path):
     expected = raw_copy(vm.disks["vda"], tmp_path / "vda.raw")
     restore_as(cli, vm.uuid, repo, tmp_path / "r", f"{vm.name}-r", "--disk-format", "vda=raw")
     assert same_content(tmp_path / "r" / f"{vm.name}-r-vda.raw", expected)
-    vm.dom.connect().lookupByName(f"{vm.name}-r").undefine()
+    remove_vm(vm.dom.connect().lookupByName(f"{vm.name}-r"))
 
 
 def test_deleted_checkpoint_falls_back_to_hash_compare(make_vm, cli, repo):
@@ -101,7 +102,7 @@ def test_internal_snapshot_fallback(make_vm, cli, repo, tmp_path):
     assert vm.dom.listAllSnapshots() == [] and vm.dom.listAllCheckpoints() == []
     restore_as(cli, vm.uuid, repo, tmp_path / "r", f"{vm.name}-r")
     assert same_content(tmp_path / "r" / f"{vm.name}-r-vda.qcow2", expected)
-    vm.dom.connect().lookupByName(f"{vm.name}-r").undefine()
+    remove_vm(vm.dom.connect().lookupByName(f"{vm.name}-r"))
 
 
 def test_network_disk_of_a_running_vm(make_vm, cli, repo, tmp_path, libvirt_conn):
@@ -111,7 +112,7 @@ def test_network_disk_of_a_running_vm(make_vm, cli, repo, tmp_path, libvirt_conn
     try:
         while not socket.exists():
             assert server.poll() is None
-        xml = domain_xml(f"genievm-test-net-{tmp_path.name[-6:]}", {}).replace(
+        xml = scratch_domain_xml(f"genievm-test-net-{tmp_path.name[-6:]}", {}).replace(
             "<devices>",
             "<devices><disk type='network' device='disk'><driver name='qemu' type='raw'/>"
             f"<source protocol='nbd'><host transport='unix' socket='{socket}'/></source>"
@@ -132,9 +133,9 @@ def test_network_disk_of_a_running_vm(make_vm, cli, repo, tmp_path, libvirt_conn
             restored = libvirt_conn.lookupByName(f"{dom.name()}-r")
             assert same_content(tmp_path / "r" / f"{dom.name()}-r-vda.raw", source)
             assert ET.fromstring(restored.XMLDesc()).find("devices/disk").get("type") == "file"
-            undefine(restored)
+            remove_vm(restored)
         finally:
-            undefine(dom)
+            remove_vm(dom)
     finally:
         server.terminate()
         server.wait()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from kvm_support import URI, MiB, guest_write, raw_copy, same_content, undefine
+from genievm_kvm.testing import remove_vm
+from kvm_support import URI, MiB, guest_write, raw_copy, same_content
 
 OPT = ["--provider", "kvm", "-o", f"uri={URI}"]
 
@@ -64,4 +65,4 @@ def test_full_incremental_restore(make_vm, cli, repo, tmp_path, libvirt_conn):
                 restored = tmp_path / name / f"{new_name}-{target}.qcow2"
                 assert same_content(restored, expected[target]), f"{name} {target} differs"
         finally:
-            undefine(dom)
+            remove_vm(dom)

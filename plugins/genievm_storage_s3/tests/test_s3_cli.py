@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from faulty_network import FaultyNetwork
 from s3_testbed import KEYS, REGION
+
+from genievm_core.testing import run_cli
 
 CHUNK = 65536
 PASSPHRASE = "correct horse battery staple"
@@ -44,20 +44,9 @@ Run = Callable[..., Result]
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
     """``genievm ARGS`` in this process (the function the console script calls), with ``env`` set."""
-    from genievm_core.cli import main
 
     def run(*args: str, env: Mapping[str, str] | None = None) -> Result:
-        capsys.readouterr()
-        with monkeypatch.context() as m:
-            for key, value in (env or {}).items():
-                m.setenv(key, value)
-            m.setattr(sys, "argv", ["genievm", *args])
-            with pytest.raises(SystemExit) as exit_info:
-                main()
-        out, err = capsys.readouterr()
-        structlog.reset_defaults()
-        code = exit_info.value.code
-        return Result(0 if code is None else int(code), out, err)
+        return Result(*run_cli(monkeypatch, capsys, *args, env=env))
 
     return run
 
