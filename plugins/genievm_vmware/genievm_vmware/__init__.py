@@ -1,0 +1,1 @@
+"""GenieVM provider for VMware vSphere."""
