@@ -1,0 +1,50 @@
+"""VDDK's log, warning and panic callbacks, forwarded to structlog.
+
+VixDiskLib_InitEx takes three ``void (*)(const char *fmt, va_list args)``
+functions. Python cannot walk a ``va_list``, so each message is formatted by
+the C library's ``vsnprintf`` into a fixed buffer (longer messages are cut).
+The callbacks are module-level objects: VDDK may call them from its own
+threads for as long as the library is initialized, so they must never be
+garbage-collected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import structlog
+
+from .abi import LogFunc
+
+__all__ = ["LOG_CALLBACKS"]
+
+log = structlog.get_logger("genievm.vmware.vddk")
+
+_MESSAGE_MAX = 4096
+_libc = ctypes.CDLL(None)
+_vsnprintf = _libc.vsnprintf
+_vsnprintf.restype = ctypes.c_int
+_vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def _format(fmt: bytes | None, args: int | None) -> str:
+    if fmt is None:
+        return ""
+    buffer = ctypes.create_string_buffer(_MESSAGE_MAX)
+    _vsnprintf(buffer, _MESSAGE_MAX, fmt, args)
+    return buffer.value.decode("utf-8", "replace").rstrip()
+
+
+def _forward(level: str) -> Any:
+    def callback(fmt: bytes | None, args: int | None) -> None:
+        try:
+            getattr(log, level)("vddk library", message=_format(fmt, args))
+        except Exception:  # noqa: BLE001 - an exception must not unwind into VDDK's C stack
+            pass
+
+    return LogFunc(callback)
+
+
+# (log, warn, panic) as VixDiskLib_InitEx wants them. A VDDK "panic" is logged; VDDK aborts on its own.
+LOG_CALLBACKS = (_forward("debug"), _forward("warning"), _forward("error"))
