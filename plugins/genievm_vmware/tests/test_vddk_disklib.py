@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -272,3 +274,32 @@ def test_password_buffer_is_zeroed_at_disconnect(vddk: Double) -> None:
     assert buffer.value == PASSWORD.encode()
     conn.disconnect()
     assert buffer.raw == bytes(len(buffer.raw))
+
+
+DISK_BYTES = 16 * 1024
+_writes = st.lists(
+    st.tuples(st.integers(0, DISK_BYTES - 1), st.binary(min_size=0, max_size=3000)).map(
+        lambda w: (w[0], w[1][: DISK_BYTES - w[0]])
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=_writes, reads=st.lists(st.tuples(st.integers(0, DISK_BYTES), st.integers(0, 4000)), max_size=6))
+def test_byte_writes_and_reads_match_a_bytearray(
+    vddk: Double, writes: list[tuple[int, bytes]], reads: list[tuple[int, int]]
+) -> None:
+    """Any mix of unaligned writes and reads behaves like the same operations on a bytearray."""
+    file = vddk.disk_file("vm1/model.vmdk", DISK_BYTES)
+    model = bytearray(DISK_BYTES)
+    lib = VixDiskLib.initialize(vddk.libdir)
+    with connect(lib, read_only=False) as conn:
+        disk = conn.open(f"[{DATASTORE}] vm1/model.vmdk", read_only=False)
+        for offset, data in writes:
+            disk.write(offset, data)
+            model[offset : offset + len(data)] = data
+        for offset, length in reads:
+            length = min(length, DISK_BYTES - offset)
+            assert disk.read(offset, length) == model[offset : offset + length]
+    assert file.read_bytes() == model

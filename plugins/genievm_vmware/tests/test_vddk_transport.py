@@ -73,8 +73,10 @@ def test_restore_side_open_writable_write_and_read_back(vddk: Double) -> None:
     assert seen["readOnly"] == "0" and seen["snapshot"] == "" and seen["modes"] == "hotadd"
     handle.write(3 * MiB, data)
     assert handle.read(3 * MiB, MiB) == data
+    assert isinstance(disks, VDDKTransport) and disks.open_handles == 1
     handle.close()
     handle.close()
+    assert disks.open_handles == 0
     disks.close()
     assert file.read_bytes()[3 * MiB :] == data
     assert (vddk.probe.open_connections(), vddk.probe.open_disks()) == (0, 0)

@@ -15,6 +15,7 @@ runs inside a VM on the same ESXi host, or sees the datastore's LUNs.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -55,11 +56,18 @@ def datastore_path(disk: DiskLocation) -> str:
 class VDDKDiskHandle:
     """One disk open through its own VixDiskLib connection; closing it closes both."""
 
-    def __init__(self, location: DiskLocation, connection: Connection, disk: Disk) -> None:
+    def __init__(
+        self,
+        location: DiskLocation,
+        connection: Connection,
+        disk: Disk,
+        on_close: Callable[[VDDKDiskHandle], None] | None = None,
+    ) -> None:
         self.location = location
         self._connection = connection
         self._disk = disk
         self._size = disk.size
+        self._on_close = on_close
 
     @property
     def size(self) -> int:
@@ -87,7 +95,11 @@ class VDDKDiskHandle:
         try:
             self._disk.close()
         finally:
-            self._connection.disconnect()
+            try:
+                self._connection.disconnect()
+            finally:
+                if self._on_close is not None:
+                    self._on_close(self)
 
 
 class VDDKTransport:
@@ -120,7 +132,7 @@ class VDDKTransport:
         connection = self._lib.connect(params, read_only=not writable, snapshot=disk.snapshot, modes=self._modes)
         try:
             opened = connection.open(datastore_path(disk), read_only=not writable)
-            handle = VDDKDiskHandle(disk, connection, opened)
+            handle = VDDKDiskHandle(disk, connection, opened, on_close=self._forget)
         except BaseException:
             try:
                 connection.disconnect()
@@ -138,6 +150,17 @@ class VDDKTransport:
             transport_mode=handle.transport_mode,
         )
         return handle
+
+    def _forget(self, handle: VDDKDiskHandle) -> None:
+        with self._lock:
+            if handle in self._handles:
+                self._handles.remove(handle)
+
+    @property
+    def open_handles(self) -> int:
+        """Disks opened through this transport and not closed yet."""
+        with self._lock:
+            return len(self._handles)
 
     def close(self) -> None:
         """Close every disk and connection still open; the first error is raised after all are closed.
