@@ -137,6 +137,21 @@ def test_close_after_a_read_error_closes_everything(vddk: Double) -> None:
         handle.read(0, 512)
 
 
+def test_a_failing_close_still_disconnects_and_closes_the_other_disks(
+    vddk: Double, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vddk.disk_file("vm1/vm1.vmdk", MiB)
+    vddk.disk_file("vm1/vm1_1.vmdk", MiB)
+    disks = transport(vddk)
+    disks.open(location())
+    disks.open(location("vm1/vm1_1.vmdk"))
+    monkeypatch.setenv("GENIEVM_VDDK_DOUBLE_FAIL_CLOSE", "1")
+    with pytest.raises(ProviderError, match=r"VixDiskLib_Close \[LocalDS_0\] vm1/vm1.vmdk .*VIX_E_FILE_ERROR"):
+        disks.close()
+    assert (vddk.probe.open_connections(), vddk.probe.open_disks()) == (0, 0)
+    assert isinstance(disks, VDDKTransport) and disks.open_handles == 0
+
+
 def test_wrong_password_through_the_transport(vddk: Double) -> None:
     vddk.disk_file("vm1/vm1.vmdk", MiB)
     disks = transport(vddk, password="guess")

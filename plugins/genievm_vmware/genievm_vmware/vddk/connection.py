@@ -179,7 +179,10 @@ class Connection:
                 err = self.lib.library["VixDiskLib_Disconnect"](handle)
             finally:
                 self._release_params()
-            self.lib.check(err, "VixDiskLib_Disconnect", host=self.host, user=self.user, subject=self.vm or "")
+            try:
+                self.lib.check(err, "VixDiskLib_Disconnect", host=self.host, user=self.user, subject=self.vm or "")
+            except Exception as exc:
+                first_error = first_error or exc
         log.debug("vddk disconnected", host=self.host, vm=self.vm)
         if first_error is not None:
             raise first_error
@@ -190,4 +193,10 @@ class Connection:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.disconnect()
+        if exc is None:
+            self.disconnect()
+            return
+        try:  # an error is on its way out already: it is the one to report
+            self.disconnect()
+        except Exception as cleanup:
+            log.warning("vddk disconnect after an error failed", host=self.host, vm=self.vm, error=str(cleanup))

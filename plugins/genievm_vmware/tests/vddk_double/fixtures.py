@@ -60,6 +60,7 @@ def vddk_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("GENIEVM_VDDK_DOUBLE_PASSWORD", PASSWORD)
     monkeypatch.setenv("GENIEVM_VDDK_DOUBLE_THUMBPRINT", THUMBPRINT)
     monkeypatch.delenv("GENIEVM_VDDK_DOUBLE_NO_QUERY", raising=False)
+    monkeypatch.delenv("GENIEVM_VDDK_DOUBLE_FAIL_CLOSE", raising=False)
     monkeypatch.delenv("VDDK_LIBDIR", raising=False)
     yield datastores
 

@@ -14,7 +14,8 @@
  *    so holes of a sparse file are unallocated;
  *  - ConnectEx accepts user $GENIEVM_VDDK_DOUBLE_USER (default "root") with password
  *    $GENIEVM_VDDK_DOUBLE_PASSWORD and, when $GENIEVM_VDDK_DOUBLE_THUMBPRINT is set, only that
- *    thumbprint; $GENIEVM_VDDK_DOUBLE_NO_QUERY=1 makes QueryAllocatedBlocks answer VIX_E_NOT_SUPPORTED.
+ *    thumbprint; $GENIEVM_VDDK_DOUBLE_NO_QUERY=1 makes QueryAllocatedBlocks answer VIX_E_NOT_SUPPORTED;
+ *  - $GENIEVM_VDDK_DOUBLE_FAIL_CLOSE=1 makes Close answer VIX_E_FILE_ERROR (after releasing the handle).
  *
  * Compiled with -DVDDK_DOUBLE_BEFORE_6_7 it leaves out the functions VDDK added in 6.7
  * (QueryAllocatedBlocks, FreeBlockList, AllocateConnectParams), as an older library would.
@@ -591,6 +592,7 @@ VixError
 VixDiskLib_Close(void *diskHandle)
 {
    DoubleDisk *disk = DiskOf(diskHandle);
+   const char *fail = getenv("GENIEVM_VDDK_DOUBLE_FAIL_CLOSE");
    if (disk == NULL) {
       return VIX_E_INVALID_ARG;
    }
@@ -600,7 +602,8 @@ VixDiskLib_Close(void *diskHandle)
    pthread_mutex_lock(&lock);
    openDisks--;
    pthread_mutex_unlock(&lock);
-   return VIX_OK;
+   /* as when flushing on close fails: the handle is gone all the same */
+   return fail != NULL && strcmp(fail, "1") == 0 ? VIX_E_FILE_ERROR : VIX_OK;
 }
 
 static const struct {
