@@ -6,6 +6,7 @@ Uses the VDDK ABI test double (tests/vddk_double), not VMware's library.
 from __future__ import annotations
 
 import ctypes
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from genievm_vmware.transport.vddk import parse_modes  # noqa: E402
-from genievm_vmware.vddk import abi, configured_libdir, find_library, load_library, translate  # noqa: E402
+from genievm_vmware.vddk import VixErrorCode, abi, configured_libdir, find_library, load_library, translate  # noqa: E402
 from vddk_double import fixtures  # noqa: E402
 from vddk_double.fixtures import Double  # noqa: E402
 
@@ -137,3 +138,21 @@ def test_transport_modes(mode: str, expected: str | None) -> None:
 def test_unknown_transport_mode_is_a_config_error(mode: str) -> None:
     with pytest.raises(ConfigError, match="VDDK transport mode"):
         parse_modes(mode)
+
+
+def test_error_table_in_docs_matches_the_translation() -> None:
+    """docs/vddk.md's table: every named code has the documented number and becomes the documented error."""
+    from genievm_core import errors
+
+    doc = (Path(__file__).parents[3] / "docs" / "vddk.md").read_text()
+    rows = re.findall(r"^\| (.*VIX_E_.*) \| `(\w+)` \((\d+)\) \|$", doc, re.M)
+    assert len(rows) == 3
+    checked = 0
+    for codes, class_name, exit_code in rows:
+        cls = getattr(errors, class_name)
+        assert cls.exit_code == int(exit_code)
+        for name, number in re.findall(r"`(VIX_E_\w+)` (\d+)", codes):
+            assert VixErrorCode[name] == int(number)
+            assert type(translate(int(number), "text", "VixDiskLib_Open", host="h", user="u")) is cls
+            checked += 1
+    assert checked == 11
