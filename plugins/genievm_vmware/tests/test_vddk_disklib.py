@@ -68,6 +68,7 @@ def test_connect_open_info_round_trip(vddk: Double) -> None:
         assert info.capacity == 8 * MiB == disk.size
         assert info.links == 1 and info.uuid and info.parent_hint is None
         assert info.bios_geometry[1:] == (255, 63)
+        assert (info.logical_sector_size, info.physical_sector_size) == (512, 4096)
         assert disk.transport_mode == "file"
         assert (vddk.probe.open_connections(), vddk.probe.open_disks()) == (1, 1)
         seen = vddk.probe.last_connect()

@@ -94,6 +94,7 @@ def test_ctypes_layouts_match_the_c_compilers(vddk: Double) -> None:
     assert layout("sizeof VixDiskLibInfo") == ctypes.sizeof(abi.Info)
     assert layout("offsetof capacity") == abi.Info.capacity.offset
     assert layout("offsetof uuid") == abi.Info.uuid.offset
+    assert layout("offsetof physicalSectorSize") == abi.Info.physicalSectorSize.offset
     assert layout("offsetof blocks") == abi.BlockList.blocks.offset
 
 

@@ -1,9 +1,11 @@
 """The C side of VixDiskLib: constants, struct layouts and function prototypes.
 
-Everything here follows ``vixDiskLib.h`` of VDDK 7.0 and 8.0 on 64-bit Linux
-(the layouts have not changed since VDDK 6.7, which added the functions marked
-optional below). VDDK speaks in 512-byte sectors; a ``VixError`` is a 64-bit
-value whose low 16 bits are the error code.
+Everything here follows ``vixDiskLib.h`` of VDDK 7.0 and 8.0 on 64-bit Linux.
+VDDK 6.7 added the functions marked optional below; 7.0 added the sector sizes
+at the end of ``VixDiskLibInfo`` (the library allocates that struct, and
+VixDiskLib_InitEx is asked for API 7.0, so the fields are there). VDDK speaks
+in 512-byte sectors; a ``VixError`` is a 64-bit value whose low 16 bits are the
+error code.
 
 ``VixDiskLibConnectParams`` grew fields over the releases. The library allocates
 it itself through ``VixDiskLib_AllocateConnectParams`` (VDDK >= 6.7) so that its
@@ -100,9 +102,9 @@ class ConnectParams(Structure):
         ("creds", Creds),
         ("port", c_uint32),
         ("nfcHostPort", c_uint32),
-        ("reserved3", c_char_p),
-        ("reserved4", c_char * 8),
-        ("reserved5", c_void_p),
+        ("vimApiVer", c_char_p),  # not used by VDDK
+        ("reserved", c_char * 8),
+        ("state", c_void_p),  # VDDK's internal use
         ("spec", Spec),
         ("specType", c_int),
     ]
@@ -123,6 +125,8 @@ class Info(Structure):
         ("numLinks", c_int),
         ("parentFileNameHint", c_char_p),
         ("uuid", c_char_p),
+        ("logicalSectorSize", c_uint32),  # added in VDDK 7.0
+        ("physicalSectorSize", c_uint32),  # added in VDDK 7.0
     ]
 
 

@@ -46,6 +46,8 @@ class DiskInfo:
     links: int  # base disk plus redo logs (snapshots)
     parent_hint: str | None
     uuid: str | None
+    logical_sector_size: int  # bytes; VixDiskLib_Read and Write still count 512-byte sectors
+    physical_sector_size: int
 
 
 class Disk:
@@ -88,6 +90,8 @@ class Disk:
                     links=raw.numLinks,
                     parent_hint=raw.parentFileNameHint.decode() if raw.parentFileNameHint else None,
                     uuid=raw.uuid.decode() if raw.uuid else None,
+                    logical_sector_size=raw.logicalSectorSize or SECTOR,
+                    physical_sector_size=raw.physicalSectorSize or SECTOR,
                 )
             finally:
                 self._lib.library["VixDiskLib_FreeInfo"](pointer)

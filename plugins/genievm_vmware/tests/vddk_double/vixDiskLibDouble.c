@@ -4,7 +4,7 @@
  * VDDK cannot be downloaded on the test machines, so the tests build this file into
  * <tmp>/lib64/libvixDiskLib.so and point the ctypes wrapper at it. It exports the subset of
  * the VixDiskLib C API that genievm_vmware.vddk calls, with VDDK's names, signatures, struct
- * layouts (those of vixDiskLib.h in VDDK 6.7 to 8.0 on LP64 Linux) and error codes, over
+ * layouts (those of vixDiskLib.h in VDDK 7.0 and 8.0 on LP64 Linux) and error codes, over
  * plain files. It is not VMware code and does not talk to any server.
  *
  * How it maps VDDK onto files:
@@ -105,9 +105,9 @@ typedef struct {
    } creds;
    uint32_t port;
    uint32_t nfcHostPort;
-   char *reserved3; /* fields the wrapper does not use */
-   char reserved4[8];
-   void *reserved5;
+   char *vimApiVer; /* not used */
+   char reserved[8];
+   void *state; /* the real library's internal use */
    union { VixDiskLibVStorageObjectSpec vStorageObjSpec; } spec;
    VixDiskLibSpecType specType;
 } VixDiskLibConnectParams;
@@ -129,6 +129,8 @@ typedef struct {
    int numLinks;
    char *parentFileNameHint;
    char *uuid;
+   uint32_t logicalSectorSize;  /* added in VDDK 7.0 */
+   uint32_t physicalSectorSize; /* added in VDDK 7.0 */
 } VixDiskLibInfo;
 
 typedef struct { VixDiskLibSectorType offset, length; } VixDiskLibBlock;
@@ -421,6 +423,8 @@ VixDiskLib_GetInfo(void *diskHandle, VixDiskLibInfo **info)
    result->numLinks = 1;
    result->parentFileNameHint = NULL;
    result->uuid = strdup(disk->uuid);
+   result->logicalSectorSize = VIXDISKLIB_SECTOR_SIZE;
+   result->physicalSectorSize = 4096;
    *info = result;
    return VIX_OK;
 }
@@ -686,6 +690,7 @@ VixDiskLibDouble_Layout(const char *what)
    if (strcmp(what, "sizeof VixDiskLibInfo") == 0) return (long)sizeof(VixDiskLibInfo);
    if (strcmp(what, "offsetof capacity") == 0) return (long)offsetof(VixDiskLibInfo, capacity);
    if (strcmp(what, "offsetof uuid") == 0) return (long)offsetof(VixDiskLibInfo, uuid);
+   if (strcmp(what, "offsetof physicalSectorSize") == 0) return (long)offsetof(VixDiskLibInfo, physicalSectorSize);
    if (strcmp(what, "offsetof blocks") == 0) return (long)offsetof(VixDiskLibBlockList, blocks);
    return -1;
 }
