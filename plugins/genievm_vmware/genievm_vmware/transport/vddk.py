@@ -94,12 +94,21 @@ class VDDKDiskHandle:
         """VixDiskLib_Close then VixDiskLib_Disconnect; the disconnect happens even when Close fails."""
         try:
             self._disk.close()
+        except BaseException:
+            self._disconnect(quietly=True)  # Close's error is the one to report
+            raise
+        self._disconnect(quietly=False)
+
+    def _disconnect(self, *, quietly: bool) -> None:
+        try:
+            self._connection.disconnect()
+        except GenieVMError as exc:
+            if not quietly:
+                raise
+            log.warning("vddk disconnect after a failed close failed", vm=self.location.vm, error=str(exc))
         finally:
-            try:
-                self._connection.disconnect()
-            finally:
-                if self._on_close is not None:
-                    self._on_close(self)
+            if self._on_close is not None:
+                self._on_close(self)
 
 
 class VDDKTransport:
