@@ -196,6 +196,16 @@ def test_password_never_logged_on_success(vddk: Double) -> None:
     assert f"VixDiskLibDouble: connected to {HOST} as {USER}" in messages
 
 
+def test_password_hidden_even_if_the_library_logs_it(vddk: Double, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENIEVM_VDDK_DOUBLE_LOG_PASSWORD", "1")
+    lib = VixDiskLib.initialize(vddk.libdir)
+    with capture_logs() as logs:
+        connect(lib).disconnect()
+    messages = [entry.get("message", "") for entry in logs]
+    assert "VixDiskLibDouble: password is ***" in messages
+    assert PASSWORD not in str(logs)
+
+
 def test_wrong_thumbprint_is_a_provider_error(vddk: Double) -> None:
     lib = VixDiskLib.initialize(vddk.libdir)
     with pytest.raises(ProviderError, match=r"thumbprint \(VIX_E_NET_HTTP_SSL_SECURITY, code 30201\)"):

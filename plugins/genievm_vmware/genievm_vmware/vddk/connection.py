@@ -24,7 +24,7 @@ import structlog
 
 from genievm_core.errors import ProviderError
 
-from . import abi
+from . import abi, logbridge
 
 if TYPE_CHECKING:
     from .disk import Disk
@@ -79,6 +79,8 @@ class Connection:
         self._handle: int | None = None
         self._buffers: dict[str, Any] = {}
         self._params: Any = None
+        self._password = params.password
+        logbridge.hide(params.password)
         handle = abi.Connection()
         with lib.lock:
             try:
@@ -131,18 +133,19 @@ class Connection:
 
     def _release_params(self) -> None:
         """Unhook our buffers from the struct, free it, and zero the password."""
-        if self._params is None:
-            return
-        base = ctypes.addressof(self._params.contents)
-        for offset in _STRING_FIELDS.values():
-            ctypes.c_void_p.from_address(base + offset).value = None
-        if "struct" not in self._buffers:
-            self.lib.library["VixDiskLib_FreeConnectParams"](self._params)
+        if self._params is not None:
+            base = ctypes.addressof(self._params.contents)
+            for offset in _STRING_FIELDS.values():
+                ctypes.c_void_p.from_address(base + offset).value = None
+            if "struct" not in self._buffers:
+                self.lib.library["VixDiskLib_FreeConnectParams"](self._params)
         password = self._buffers.get("password")
         if password is not None:
             ctypes.memset(password, 0, ctypes.sizeof(password))
         self._buffers.clear()
         self._params = None
+        logbridge.unhide(self._password)
+        self._password = ""
 
     def open(self, path: str, *, read_only: bool = True, unbuffered: bool = False) -> Disk:
         """VixDiskLib_Open of ``path`` (``"[datastore] dir/disk.vmdk"``); read-only unless asked.

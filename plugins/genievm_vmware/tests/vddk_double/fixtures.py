@@ -61,6 +61,7 @@ def vddk_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("GENIEVM_VDDK_DOUBLE_THUMBPRINT", THUMBPRINT)
     monkeypatch.delenv("GENIEVM_VDDK_DOUBLE_NO_QUERY", raising=False)
     monkeypatch.delenv("GENIEVM_VDDK_DOUBLE_FAIL_CLOSE", raising=False)
+    monkeypatch.delenv("GENIEVM_VDDK_DOUBLE_LOG_PASSWORD", raising=False)
     monkeypatch.delenv("VDDK_LIBDIR", raising=False)
     yield datastores
 

@@ -15,7 +15,8 @@
  *  - ConnectEx accepts user $GENIEVM_VDDK_DOUBLE_USER (default "root") with password
  *    $GENIEVM_VDDK_DOUBLE_PASSWORD and, when $GENIEVM_VDDK_DOUBLE_THUMBPRINT is set, only that
  *    thumbprint; $GENIEVM_VDDK_DOUBLE_NO_QUERY=1 makes QueryAllocatedBlocks answer VIX_E_NOT_SUPPORTED;
- *  - $GENIEVM_VDDK_DOUBLE_FAIL_CLOSE=1 makes Close answer VIX_E_FILE_ERROR (after releasing the handle).
+ *  - $GENIEVM_VDDK_DOUBLE_FAIL_CLOSE=1 makes Close answer VIX_E_FILE_ERROR (after releasing the handle);
+ *  - $GENIEVM_VDDK_DOUBLE_LOG_PASSWORD set makes ConnectEx log the password it got, as a careless library might.
  *
  * Compiled with -DVDDK_DOUBLE_BEFORE_6_7 it leaves out the functions VDDK added in 6.7
  * (QueryAllocatedBlocks, FreeBlockList, AllocateConnectParams), as an older library would.
@@ -210,6 +211,10 @@ VixDiskLib_ConnectEx(const VixDiskLibConnectParams *connectParams, Bool readOnly
    pthread_mutex_unlock(&lock);
    LogMessage("VixDiskLibDouble: connected to %s as %s\n", connectParams->serverName,
               connectParams->creds.uid.userName);
+   if (getenv("GENIEVM_VDDK_DOUBLE_LOG_PASSWORD") != NULL) {
+      /* a careless library: lets the tests check that the wrapper hides the password in log lines */
+      LogMessage("VixDiskLibDouble: password is %s\n", connectParams->creds.uid.password);
+   }
    *connection = conn;
    return VIX_OK;
 }
