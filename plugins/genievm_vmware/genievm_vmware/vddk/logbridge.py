@@ -70,7 +70,7 @@ def _forward(level: str) -> Any:
     def callback(fmt: bytes | None, args: int | None) -> None:
         try:
             getattr(log, level)("vddk library", message=_format(fmt, args))
-        except Exception:  # noqa: BLE001 - an exception must not unwind into VDDK's C stack
+        except Exception:  # an exception must not unwind into VDDK's C stack
             pass
 
     return LogFunc(callback)
