@@ -142,14 +142,22 @@ class ProviderContract:
         return run_backup(host, cfg, repo, workers=2)
 
     def restore(
-        self, host: PluginHost, repo: Repository, manifest: BackupManifest, settings: dict[str, Any], **config: Any
+        self,
+        host: PluginHost,
+        repo: Repository,
+        manifest: BackupManifest,
+        options: dict[str, Any],
+        settings: dict[str, Any],
+        **config: Any,
     ) -> RestoreResult:
+        """Restore ``manifest`` with the backup's provider options, unless ``settings`` (restore_config) has its own."""
         cfg = RestoreConfig.model_validate(
             {
                 "vm_id": manifest.vm.id,
                 "backup_id": manifest.backup_id,
                 "backup_path": repo.url,
                 "provider": self.provider_name,
+                "provider_options": options,
                 **settings,
                 **config,
             }
@@ -305,7 +313,7 @@ class ProviderContract:
         manifest = self.backup(genievm_host, genievm_repository, vm.id, provider_options)
         assert [d.name for d in manifest.disks] == [d.name for d in vm.disks]
         assert [d.size for d in manifest.disks] == [d.size for d in vm.disks]
-        result = self.restore(genievm_host, genievm_repository, manifest, restore_config)
+        result = self.restore(genievm_host, genievm_repository, manifest, provider_options, restore_config)
         assert result.verified and result.disks == [d.name for d in vm.disks]
         if read_restored is not None:
             for disk in vm.disks:
@@ -323,6 +331,6 @@ class ProviderContract:
         restore_config: dict[str, Any],
     ) -> None:
         manifest = self.backup(genievm_host, genievm_repository, vm.id, provider_options)
-        self.restore(genievm_host, genievm_repository, manifest, restore_config)
+        self.restore(genievm_host, genievm_repository, manifest, provider_options, restore_config)
         with pytest.raises(RestoreTargetExistsError):
-            self.restore(genievm_host, genievm_repository, manifest, restore_config)
+            self.restore(genievm_host, genievm_repository, manifest, provider_options, restore_config)
