@@ -7,7 +7,7 @@ imports nothing heavy until a fixture is used.
   and ``memory://NAME`` storage.
 - ``memory_storage``: a fresh, empty ``MemoryStorage``.
 - ``genievm_repository``: a new unencrypted ``Repository`` (64 KiB chunks) on
-  a fresh ``MemoryStorage``.
+  the test's ``memory_storage``.
 
 The contract suites (``ProviderContract``, ``CBTSourceContract``,
 ``StorageContract``, ``VerifierContract``) use these fixtures; a test module
