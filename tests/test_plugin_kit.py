@@ -9,7 +9,6 @@ contract suite and a module that does not exist, and fails both.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from test_plugins import install, run_all, site_env
