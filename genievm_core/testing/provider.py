@@ -57,6 +57,7 @@ from genievm_core.models.vm import VMDescription
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import BackupRequest, DiskSource, Provider
 from genievm_core.repository import Repository
+from genievm_core.testing.memory import MemoryStorage
 
 __all__ = ["MutateDisk", "ProviderContract", "ReadRestored"]
 
@@ -119,6 +120,11 @@ class ProviderContract:
         return set
 
     # ------------------------------------------------------------ fixtures of the contract
+
+    @pytest.fixture
+    def genievm_repository(self, memory_storage: MemoryStorage) -> Repository:
+        """A new unencrypted repository in memory, with chunks of ``chunk_size``."""
+        return Repository.init(memory_storage, passphrase=None, chunk_size=self.chunk_size)
 
     @pytest.fixture
     def provider(self, genievm_host: PluginHost, provider_options: dict[str, Any]) -> Iterator[Provider]:
