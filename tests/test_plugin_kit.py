@@ -3,7 +3,8 @@
 ``--check`` runs in a real ``genievm`` process over installed plugins: the
 example plugin (docs/examples/genievm-dirvm, installed by scripts/setup.sh)
 passes; ``leaky``, installed into a site folder for the test, declares its
-contract suite and a module that does not exist, and fails both.
+contract suite and a module that does not exist, and fails both; ``broken``
+(its import fails) is disabled, for the command and for the checks' processes.
 """
 
 from __future__ import annotations
@@ -68,15 +69,15 @@ def check_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "genievm_leaky/checks.py": LEAKY_CHECKS,
         },
     )
-    return dict(
-        run_all(
-            {
-                "pass": (["plugins", "--check", "--only", "dirvm", "--json"], site_env(root / "empty", root / "c1")),
-                "fail": (["plugins", "--check", "--only", "leaky", "--only", "image"], site_env(site, root / "c2")),
-                "unknown": (["plugins", "--check", "--only", "nosuch"], site_env(site, root / "c3")),
-            }
-        )
-    )
+    install(site, "genievm-broken", "0.9", {"broken": "genievm_broken.plugin"}, {"genievm_broken/__init__.py": "",
+            "genievm_broken/plugin.py": 'raise RuntimeError("the vendor SDK is missing")\n'})  # fmt: skip
+    off = ["--disable-plugin", "broken"]
+    runs = {
+        "pass": (["plugins", "--check", "--only", "dirvm", "--json"], site_env(root / "empty", root / "c1")),
+        "fail": ([*off, "plugins", "--check", "--only", "leaky", "--only", "image"], site_env(site, root / "c2")),
+        "unknown": ([*off, "plugins", "--check", "--only", "nosuch"], site_env(site, root / "c3")),
+    }
+    return dict(run_all(runs))
 
 
 def test_check_runs_the_self_checks_of_the_example_plugin(check_runs: dict[str, object]) -> None:

@@ -26,7 +26,7 @@ def plugins(
     """List the plugins: name, distribution, version and what each registers."""
     host = state(ctx).host
     if check:
-        _check(host, only or [], json_output)
+        _check(host, only or [], state(ctx).disabled_plugins, json_output)
         return
     infos = host.plugins()
     if json_output:
@@ -39,7 +39,7 @@ def plugins(
     out_console.print(table)
 
 
-def _check(host: PluginHost, only: list[str], json_output: bool) -> None:
+def _check(host: PluginHost, only: list[str], disabled: list[str], json_output: bool) -> None:
     """Run the self-checks, print one row each (and the failures), raise PluginCheckError when any failed."""
     from genievm_core.plugin.selfcheck import run_self_checks
 
@@ -47,7 +47,7 @@ def _check(host: PluginHost, only: list[str], json_output: bool) -> None:
     unknown = sorted(set(only) - names)
     if unknown:
         raise PluginError(f"no plugin named {unknown[0]!r} is installed (installed: {', '.join(sorted(names))})")
-    results = run_self_checks(host, plugins=only)
+    results = run_self_checks(host, plugins=only, disabled=disabled)
     if json_output:
         emit_json([asdict(r) for r in results])
     else:

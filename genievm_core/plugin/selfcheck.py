@@ -25,7 +25,9 @@ from typing import Literal
 
 from genievm_core.plugin.host import PluginHost
 
-__all__ = ["CheckResult", "run_self_checks"]
+__all__ = ["DISABLED_ENV", "CheckResult", "run_self_checks"]
+
+DISABLED_ENV = "GENIEVM_TEST_DISABLED_PLUGINS"  # comma-separated; the genievm_host fixture does not load them
 
 Outcome = Literal["passed", "failed", "error"]
 DEFAULT_TIMEOUT = 600.0
@@ -51,9 +53,13 @@ class CheckResult:
 
 
 def run_self_checks(
-    host: PluginHost, *, plugins: Iterable[str] = (), timeout: float = DEFAULT_TIMEOUT
+    host: PluginHost, *, plugins: Iterable[str] = (), disabled: Iterable[str] = (), timeout: float = DEFAULT_TIMEOUT
 ) -> list[CheckResult]:
-    """Run the self-checks of ``plugins`` (all plugins when empty), one after another."""
+    """Run the self-checks of ``plugins`` (all plugins when empty), one after another.
+
+    ``disabled`` plugins (``--disable-plugin``) are not loaded by the checks' plugin host either.
+    """
+    skip = ",".join(disabled)
     wanted = set(plugins)
     checks = [r for r in host.self_checks if not wanted or r.plugin in wanted]
     results = []
@@ -62,12 +68,12 @@ def run_self_checks(
         if importlib.util.find_spec("pytest") is None:
             result.problems.append("pytest is not installed here: install it (pip install pytest) to run self-checks")
         else:
-            _run(result, timeout)
+            _run(result, timeout, skip)
         results.append(result)
     return results
 
 
-def _run(result: CheckResult, timeout: float) -> None:
+def _run(result: CheckResult, timeout: float, disabled: str) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="genievm-check-") as tmp:
         folder = Path(tmp)
@@ -81,6 +87,8 @@ def _run(result: CheckResult, timeout: float) -> None:
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GENIEVM_", "PYTEST_"))}
         env |= {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "GENIEVM_JOB_DB": str(folder / "jobs.sqlite")}
+        if disabled:
+            env[DISABLED_ENV] = disabled
         try:
             proc = subprocess.run(
                 args, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL

@@ -4,7 +4,8 @@ Loaded by pytest in every environment where genievm-core is installed, so it
 imports nothing heavy until a fixture is used.
 
 - ``genievm_host``: a ``PluginHost`` with the installed plugins (entry points)
-  and ``memory://NAME`` storage.
+  and ``memory://NAME`` storage; plugins named in ``GENIEVM_TEST_DISABLED_PLUGINS``
+  (comma-separated: ``genievm --disable-plugin X plugins --check`` sets it) are not loaded.
 - ``memory_storage``: a fresh, empty ``MemoryStorage``.
 - ``genievm_repository``: a new unencrypted ``Repository`` (64 KiB chunks) on
   the test's ``memory_storage``.
@@ -17,6 +18,7 @@ may override any of them.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import TYPE_CHECKING
 
 import pytest
@@ -34,7 +36,8 @@ def genievm_host() -> PluginHost:
     from genievm_core.plugin import PluginHost
     from genievm_core.testing.memory import MemoryStoragePlugin
 
-    return PluginHost(extra_plugins=[("memory", MemoryStoragePlugin())])
+    disabled = [n for n in os.environ.get("GENIEVM_TEST_DISABLED_PLUGINS", "").split(",") if n]
+    return PluginHost(disabled=disabled, extra_plugins=[("memory", MemoryStoragePlugin())])
 
 
 @pytest.fixture
