@@ -3,7 +3,8 @@
 KVM tests are slow, so the suites share VMs: one running (paused) VM for the
 whole provider contract and the ``libvirt-checkpoint`` source, one stopped VM
 for the ``qcow2-bitmap`` source; each restore defines one VM, removed after
-its test. The KVM plugin declares no self-check: these need a hypervisor.
+its test. The ``lvm-thin`` source runs the CBT contract in test_lvm_thin.py, on
+real thin metadata. The KVM plugin declares no self-check: these need a hypervisor.
 """
 
 from __future__ import annotations
