@@ -18,8 +18,9 @@ Optional (each has a default that skips, or checks less):
   would. Without it the point-in-time and changed-extents tests are skipped.
 - ``restore_config``: the settings of a restore of the VM (``RestoreConfig``
   fields in snake case: ``restore_path``, ``new_vm_name``, ``provider_options``
-  ...); the default restores into a new folder under ``tmp_path``. The fixture
-  removes what the restore made (a defined VM) after the test.
+  ...; by default the backup's provider options and a new folder under
+  ``tmp_path``). A fixture that yields can remove what the restore made (a
+  defined VM) after the test, as the KVM plugin's does.
 - ``read_restored``: ``f(result, disk) -> bytes``, the content of a restored
   disk. Without it the round trip relies on the restore's own verification.
 - ``backup_artifacts``: ``f() -> set[str]``, what a backup leaves on the
@@ -88,7 +89,7 @@ class ProviderContract:
     provider_name: ClassVar[str] = ""
     #: an id no VM has
     unknown_vm_id: ClassVar[str] = "genievm-contract-no-such-vm"
-    #: chunk size of the test repositories (a multiple of the disks' block size)
+    #: chunk size of the test repositories (a power of two, 4 KiB to 64 MiB)
     chunk_size: ClassVar[int] = 65536
     #: bytes the mutating tests write
     mutation_length: ClassVar[int] = 65536
