@@ -5,6 +5,7 @@ Hierarchy (exit code in brackets)::
     GenieVMError [1]
     ├── ConfigError [3] ............ a config, option or environment value does not validate
     ├── PluginError [4] ............ a plugin failed to load, or a name is not registered
+    │   └── PluginCheckError [28] .. ``genievm plugins --check``: a plugin's self-check failed
     ├── ProviderError [5] .......... the hypervisor said no (connection, API, permission)
     │   ├── AuthenticationError [6]  wrong user or password
     │   └── VMNotFoundError [7] .... no VM by that id or name
@@ -50,6 +51,7 @@ __all__ = [
     "ObjectLockedError",
     "ObjectNotFoundError",
     "PassphraseRequiredError",
+    "PluginCheckError",
     "PluginError",
     "ProviderError",
     "RepositoryError",
@@ -83,6 +85,12 @@ class PluginError(GenieVMError):
     """plugin {name}: {problem}"""
 
     exit_code = 4
+
+
+class PluginCheckError(PluginError):
+    """self-checks failed: {count} of {total} ({plugin}: {check}, ...)"""
+
+    exit_code = 28
 
 
 class ProviderError(GenieVMError):

@@ -41,7 +41,10 @@ export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
 # Bytecode is compiled here, once: where PYTHONDONTWRITEBYTECODE is set (as on these machines) Python
 # would otherwise compile every module from source on every command, about a second each time.
 "${UV[@]}" sync --locked --compile-bytecode --python "$PYTHON" -q
-.venv/bin/python -m compileall -q -j 0 genievm_core plugins >/dev/null
+# The example third-party plugin (docs/plugin-guide.md) is installed from its own pyproject, as a user would,
+# not as a workspace member: `uv sync` removes it again (it is not in uv.lock), so this line runs after every sync.
+"${UV[@]}" pip install -q --python .venv/bin/python -e docs/examples/genievm-dirvm
+.venv/bin/python -m compileall -q -j 0 genievm_core plugins docs/examples/genievm-dirvm/genievm_dirvm >/dev/null
 
 # libnbd's Python binding exists only as Debian's python3-libnbd (CPython 3.11 ABI): link it into the venv.
 nbd_dir=.venv/debian-libnbd

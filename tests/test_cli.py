@@ -236,9 +236,9 @@ def test_plugins_json(cli: Run) -> None:
         "distribution": "genievm-core",
         "version": by_name["image"]["version"],
         "origin": "builtin",
-        "registers": {"provider": ["image"]},
+        "registers": {"provider": ["image"], "self-check": ["image-contract"]},
     }
-    assert by_name["file"]["registers"] == {"storage target": ["file"]}
+    assert by_name["file"]["registers"] == {"storage target": ["file"], "self-check": ["file-contract"]}
     assert by_name["file"]["origin"] == "entry-point"
     table = cli("plugins")
     assert table.code == 0 and "genievm-storage-fs" in table.stdout
@@ -266,7 +266,8 @@ def test_error_exit_codes(cli: Run, tmp_path: Path, host: PluginHost) -> None:
     assert "is encrypted" not in (repo / "config").read_text()
 
     line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--provider", "hyperv"), 4)
-    assert "no provider named 'hyperv' is installed (installed: image, kvm)" in line
+    installed = ", ".join(PluginHost().providers.names())  # image, kvm, and the example plugin dirvm
+    assert f"no provider named 'hyperv' is installed (installed: {installed})" in line and "image, kvm" in line
     assert "no VM web01" in one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo)), 7)
     missing = tmp_path / "absent.img"
     line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={missing}"), 5)

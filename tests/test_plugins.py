@@ -27,7 +27,7 @@ from support import CLIResult, genievm_path, open_repo, restore_vm
 
 from genievm_core.errors import PluginError
 from genievm_core.plugin import PluginHost, hookimpl, spec
-from genievm_core.plugin.registry import ProviderRegistry, StorageRegistry, VerifierRegistry
+from genievm_core.plugin.registry import ProviderRegistry, SelfCheckRegistry, StorageRegistry, VerifierRegistry
 from genievm_core.repository import Repository
 from genievm_core.repository.storage import open_storage
 
@@ -179,8 +179,11 @@ def test_an_installed_plugin_is_discovered(runs: Runs) -> None:
     }
     # the other plugins are still there, each with what it registers
     assert found["file"]["distribution"] == "genievm-storage-fs"
-    assert found["image"]["registers"] == {"provider": ["image"]}
-    assert found["verifiers"]["registers"] == {"verifier": ["chunks", "data", "manifest"]}
+    assert found["image"]["registers"] == {"provider": ["image"], "self-check": ["image-contract"]}
+    assert found["verifiers"]["registers"] == {
+        "verifier": ["chunks", "data", "manifest"],
+        "self-check": ["chunks-contract", "data-contract", "manifest-contract"],
+    }
 
 
 def test_the_plugin_provider_backs_up_a_vm(runs: Runs, host: PluginHost, tmp_path: Path) -> None:
@@ -302,11 +305,15 @@ class Recorder:
     def genievm_register_verifiers(self, registry: VerifierRegistry) -> None:
         self.calls.append("verifiers")
 
+    @hookimpl
+    def genievm_register_self_checks(self, registry: SelfCheckRegistry) -> None:
+        self.calls.append("self_checks")
+
 
 def test_hooks_fire_once_each_in_the_documented_order() -> None:
     rec = Recorder()
     host = PluginHost(autoload=False, extra_plugins=[("rec", rec)])
-    assert rec.calls == ["storage", "providers", "cbt_sources", "verifiers"]
+    assert rec.calls == ["storage", "providers", "cbt_sources", "verifiers", "self_checks"]
     info = {p.name: p for p in host.plugins()}["rec"]
     assert (info.origin, info.registers) == ("manual", {"storage target": ["rec"]})
     assert "rec" in host.storage and "file" not in host.storage  # no autoload: no entry points

@@ -33,7 +33,7 @@ from genievm_core.errors import (
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
-from genievm_core.plugin import ProviderRegistry, hookimpl
+from genievm_core.plugin import ProviderRegistry, SelfCheckRegistry, hookimpl
 from genievm_core.plugin.protocols import (
     BackupRequest,
     ChangedExtents,
@@ -49,6 +49,11 @@ PARTIAL = ".genievm-partial"
 @hookimpl
 def genievm_register_providers(registry: ProviderRegistry) -> None:
     registry.add("image", ImageProvider)
+
+
+@hookimpl
+def genievm_register_self_checks(registry: SelfCheckRegistry) -> None:
+    registry.add("image-contract", "genievm_core.builtin.checks::TestImageProvider")
 
 
 class ImageProvider:

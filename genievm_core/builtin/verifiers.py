@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from genievm_core.errors import CorruptionError
 from genievm_core.models.manifest import BackupManifest, DiskRecord
-from genievm_core.plugin import VerifierRegistry, hookimpl
+from genievm_core.plugin import SelfCheckRegistry, VerifierRegistry, hookimpl
 from genievm_core.plugin.protocols import Problem, VerifyReport
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
 
@@ -28,6 +28,12 @@ def genievm_register_verifiers(registry: VerifierRegistry) -> None:
     registry.add(ManifestVerifier())
     registry.add(ChunksVerifier())
     registry.add(DataVerifier())
+
+
+@hookimpl
+def genievm_register_self_checks(registry: SelfCheckRegistry) -> None:
+    for name in ("Manifest", "Chunks", "Data"):
+        registry.add(f"{name.lower()}-contract", f"genievm_core.builtin.checks::Test{name}Verifier")
 
 
 def _indexes(

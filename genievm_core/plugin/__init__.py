@@ -28,6 +28,7 @@ from genievm_core.plugin.host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
 from genievm_core.plugin.registry import (
     CBTSourceRegistry,
     ProviderRegistry,
+    SelfCheckRegistry,
     StorageRegistry,
     VerifierRegistry,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "PluginHost",
     "PluginInfo",
     "ProviderRegistry",
+    "SelfCheckRegistry",
     "StorageRegistry",
     "VerifierRegistry",
     "hookimpl",

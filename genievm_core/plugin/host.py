@@ -26,6 +26,7 @@ from genievm_core.plugin.registry import (
     CBTSourceRegistry,
     ProviderRegistry,
     Registry,
+    SelfCheckRegistry,
     StorageRegistry,
     VerifierRegistry,
 )
@@ -77,10 +78,12 @@ class PluginHost:
         self.providers = ProviderRegistry()
         self.cbt_sources = CBTSourceRegistry()
         self.verifiers = VerifierRegistry()
+        self.self_checks = SelfCheckRegistry()
         self._collect("genievm_register_storage", self.storage)
         self._collect("genievm_register_providers", self.providers)
         self._collect("genievm_register_cbt_sources", self.cbt_sources)
         self._collect("genievm_register_verifiers", self.verifiers)
+        self._collect("genievm_register_self_checks", self.self_checks)
 
     def _name_of(self, plugin: object) -> str:
         return self.pm.get_name(plugin) or repr(plugin)

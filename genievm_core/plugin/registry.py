@@ -18,6 +18,7 @@ __all__ = [
     "ProviderRegistry",
     "Registered",
     "Registry",
+    "SelfCheckRegistry",
     "StorageRegistry",
     "VerifierRegistry",
 ]
@@ -97,3 +98,16 @@ class VerifierRegistry(Registry[Verifier]):
     def add(self, verifier: Verifier) -> None:
         """Register a verifier under ``verifier.name``."""
         self._add(verifier.name, verifier)
+
+
+class SelfCheckRegistry(Registry[str]):
+    kind = "self-check"
+
+    def add(self, name: str, tests: str) -> None:
+        """Register the contract tests ``genievm plugins --check`` runs under ``name``.
+
+        ``tests`` is an importable module of pytest test classes (``my_plugin.checks``),
+        optionally with one class (``my_plugin.checks::TestMyProvider``); they must
+        need nothing but a temporary folder.
+        """
+        self._add(name, tests)

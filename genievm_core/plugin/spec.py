@@ -2,7 +2,7 @@
 
 Every hook receives a registry object and registers into it; none returns a
 value. Hooks fire once per run, when the ``PluginHost`` is created, in this
-order: storage, providers, CBT sources, verifiers.
+order: storage, providers, CBT sources, verifiers, self-checks.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pluggy
 from genievm_core.plugin.registry import (
     CBTSourceRegistry,
     ProviderRegistry,
+    SelfCheckRegistry,
     StorageRegistry,
     VerifierRegistry,
 )
@@ -19,6 +20,7 @@ from genievm_core.plugin.registry import (
 __all__ = [
     "genievm_register_cbt_sources",
     "genievm_register_providers",
+    "genievm_register_self_checks",
     "genievm_register_storage",
     "genievm_register_verifiers",
     "hookspec",
@@ -85,6 +87,25 @@ def genievm_register_verifiers(registry: VerifierRegistry) -> None:
         The core registers ``manifest`` (indexes load and match their
         checksums), ``chunks`` (every referenced chunk exists) and ``data``
         (every chunk is read, decrypted and its id checked).
+
+    Since 0.1.
+    """
+
+
+@hookspec
+def genievm_register_self_checks(registry: SelfCheckRegistry) -> None:
+    """Register contract self-checks, which ``genievm plugins --check`` runs for operators.
+
+    :param registry: call ``registry.add(name, tests)`` where ``tests`` is an
+        importable module of pytest test classes (``my_plugin.checks``, or one
+        class: ``my_plugin.checks::TestMyProvider``), usually subclasses of the
+        contract suites in ``genievm_core.testing`` with fixtures that build
+        what they test in a temporary folder. They run in a separate pytest
+        process, with pytest's own plugins off and only GenieVM's fixtures;
+        they must not touch hypervisors or shared storage, and should take
+        seconds. The plugin's own tests may import the same classes.
+
+    Optional: a plugin without self-checks is listed as having none.
 
     Since 0.1.
     """

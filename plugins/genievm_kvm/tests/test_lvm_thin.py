@@ -41,6 +41,7 @@ from genievm_kvm.lvm_thin import (
 from genievm_core.errors import CBTError, ProviderError
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
+from genievm_core.testing import CBTCase, CBTSourceContract
 
 
 def _tool(name: str) -> str | None:
@@ -596,3 +597,15 @@ def test_live_pool_cycle(lvm_pool: tuple[str, str]) -> None:
     finally:
         for name in (f"{lv}-s1", f"{lv}-s2", lv):
             subprocess.run(["lvremove", "-y", f"{vg}/{name}"], capture_output=True, check=False)
+
+
+class TestLVMThinContract(CBTSourceContract):
+    """GenieVM's CBT source contract over real thin metadata (lvs stands in: device-mapper is needed for it)."""
+
+    @pytest.fixture
+    def cbt_source(self, meta: str) -> LVMThinCBT:
+        return LVMThinCBT(metadata=meta, metadata_snap=False, lookup=Lookup(snap("s1", OLD), snap("s2", NEW)))
+
+    @pytest.fixture
+    def cbt_case(self) -> CBTCase:
+        return CBTCase(thin_disk(thin_snapshot="s2"), "s1", expected_extents(OLD_MAP, NEW_MAP, BS, LV_SIZE))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from genievm_storage_fs import FilesystemStorage, open_filesystem_storage
+from genievm_storage_fs.checks import TestFilesystemStorageContract
 
 from genievm_core.errors import (
     ConfigError,
@@ -24,7 +25,7 @@ from genievm_core.errors import (
 )
 from genievm_core.plugin import PluginHost
 from genievm_core.repository.storage import open_storage
-from genievm_core.testing import StorageContract, mounted_tmpfs
+from genievm_core.testing import mounted_tmpfs
 
 
 @pytest.fixture
@@ -42,16 +43,7 @@ def temp_files(root: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- semantics
 
-
-class TestFilesystemStorageContract(StorageContract):
-    """The storage contract of genievm_core.testing; no put leaves a temporary file behind."""
-
-    @pytest.fixture
-    def storage(self, tmp_path: Path) -> Iterator[FilesystemStorage]:
-        target = FilesystemStorage(tmp_path / "repo")
-        yield target
-        target.close()
-        assert temp_files(tmp_path) == []
+__all__ = ["TestFilesystemStorageContract"]  # the storage contract (the plugin's self-check) runs here
 
 
 def test_keys_are_paths_below_the_root(store: FilesystemStorage) -> None:
@@ -197,7 +189,7 @@ def test_registered_as_the_file_scheme_through_its_entry_point(tmp_path: Path) -
     host = PluginHost()
     info = {p.name: p for p in host.plugins()}["file"]
     assert (info.distribution, info.origin) == ("genievm-storage-fs", "entry-point")
-    assert info.registers == {"storage target": ["file"]}
+    assert info.registers == {"storage target": ["file"], "self-check": ["file-contract"]}
     for url in (str(tmp_path / "r"), f"file://{tmp_path}/r"):
         store = open_storage(host, url)
         assert isinstance(store, FilesystemStorage) and store.root == tmp_path / "r"
