@@ -240,7 +240,7 @@ def _load_ledger(repo: Repository) -> dict[str, datetime]:
     try:
         data = json.loads(repo.codec.decode(LEDGER_KEY, blob))
         return {key: datetime.fromisoformat(when) for key, when in data["pending"].items()}
-    except (ObjectDamaged, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ObjectDamaged, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         log.warning("gc.ledger_unreadable", error=str(exc))  # start afresh: objects wait one more grace period
         return {}
 
