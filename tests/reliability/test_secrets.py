@@ -98,8 +98,8 @@ def test_no_secret_is_shown_or_stored(tmp_path: Path) -> None:
     for options, code in ((s3 | keys, 9), (s3 | {"secret_access_key": S3_SECRET}, 3), (s3 | keys | {"region": 5}, 3)):
         env = by_env | {"GENIEVM_STORAGE_OPTIONS": json.dumps(options)}
         assert run("backup", "--vm", "vm1", "--repo", "s3://bucket/repo", *disk, env=env) == code
-    assert run("repo", "info", "s3://bucket/repo", env={"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-               "GENIEVM_STORAGE_OPTIONS": json.dumps(s3)}) == 9  # fmt: skip
+    aws = {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    assert run("repo", "info", "s3://bucket/repo", env=aws | {"GENIEVM_STORAGE_OPTIONS": json.dumps(s3)}) == 9
 
     # a password inside a libvirt URI (qemu+tcp with SASL takes one) in a job config, to a host that does not answer
     uri = f"qemu+tcp://admin:{KVM_PASSWORD}@127.0.0.1:{closed_port()}/system"
