@@ -47,10 +47,8 @@ def test_two_backups_a_prune_and_a_gc_at_once_lose_nothing(tmp_path: Path) -> No
     repo = tmp_path / "repo"
     subprocess.run([genievm_path(), "repo", "init", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)],
                    env=env, check=True)  # fmt: skip
-    images = {
-        vm: write_image(tmp_path / f"{vm}.img", 16 * MIB, [(0, random_bytes(6 * MIB, n)), (10 * MIB, random_bytes(MIB, n + 9))])
-        for n, vm in enumerate(("vm-a", "vm-b"))
-    }  # fmt: skip
+    layouts = {vm: [(0, random_bytes(6 * MIB, n)), (10 * MIB, random_bytes(MIB, n + 9))] for n, vm in enumerate("ab")}
+    images = {f"vm-{vm}": write_image(tmp_path / f"vm-{vm}.img", 16 * MIB, layout) for vm, layout in layouts.items()}
     for vm, image in images.items():  # a first backup each: prune has something to remove from the second round on
         finish(start(env, "backup", "--vm", vm, "--repo", str(repo), "--disk", f"vda={image}", "--json"))
 
