@@ -67,7 +67,7 @@ def main() -> int:
             results.append(result)
             print(result.line(), flush=True)
     finally:
-        bed.close() if hasattr(bed, "close") else None
+        bed.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started

@@ -223,6 +223,7 @@ class ImageFaultBed:
             self.env["GENIEVM_PASSPHRASE"] = passphrase
         self.storage_options = json.loads(self.env.get("GENIEVM_STORAGE_OPTIONS", "{}"))
         self.disks = {vm: {"vda": root / f"{vm}-vda.img", "vdb": root / f"{vm}-vdb.img"} for vm in ("vm-a", "vm-b")}
+        self.backed_up = "vm-a"  # the VM the backup kills back up
         self.durations: dict[str, float] = {}
         self.startup = 0.0  # seconds before a command does any work: kills are spread over the rest
         self.results: list[KillResult] = []
@@ -258,6 +259,10 @@ class ImageFaultBed:
                 for _ in range(writes):
                     f.seek(self.rng.randrange(0, self.disk_size - self.MIB, 512))
                     f.write(self.rng.randbytes(self.rng.randrange(4096, self.MIB // 2)))
+
+    def disk_bytes(self, vm: str, disk: str) -> bytes:
+        """The content of ``vm``'s disk ``disk`` now, raw."""
+        return self.disks[vm][disk].read_bytes()
 
     def backup_in_process(self, vm: str) -> None:
         config = BackupConfig(
@@ -322,7 +327,7 @@ class ImageFaultBed:
         if again.returncode != 0:
             result.problems.append(f"the next {kind} failed (exit {again.returncode}): {again.stderr.strip()}")
         elif kind == "backup":
-            result.problems += self.backup_matches_disks("vm-a")
+            result.problems += self.backup_matches_disks(self.backed_up)
         if kind == "backup":  # what a killed backup leaves is garbage collection's to remove (in time)
             try:
                 prune_repository(self.repository(), grace=DEFAULT_GRACE, lock_wait=10)
@@ -333,8 +338,16 @@ class ImageFaultBed:
             self.host, self.url, self.passphrase, options=self.storage_options, settled=True, read_data=False
         )
         result.problems += registry_problems(self.db)
+        result.problems += self.leftovers()
         self.results.append(result)
         return result
+
+    def leftovers(self) -> list[str]:
+        """What the provider left on the hypervisor beyond what the repository needs (none for image files)."""
+        return []
+
+    def close(self) -> None:
+        """Remove what ``setup`` made outside ``root`` (nothing for image files)."""
 
     def backup_matches_disks(self, vm: str) -> list[str]:
         """The newest backup of ``vm`` holds exactly the chunks of its disks as they are now."""
@@ -345,11 +358,11 @@ class ImageFaultBed:
         problems = []
         for disk in latest.disks:
             index = repo.disk_index(disk)
-            with open(self.disks[vm][disk.name], "rb") as f:
-                for i in range(index.count):
-                    data = f.read(index.chunk_length(i))
-                    want = bytes(32) if not any(data) else repo.codec.chunk_id(data)
-                    if index[i] != want:
-                        problems.append(f"backup {latest.backup_id} disk {disk.name} chunk {i} differs from the disk")
-                        break
+            content = memoryview(self.disk_bytes(vm, disk.name))
+            for i in range(index.count):
+                data = bytes(content[i * index.chunk_size : i * index.chunk_size + index.chunk_length(i)])
+                want = bytes(32) if not any(data) else repo.codec.chunk_id(data)
+                if index[i] != want:
+                    problems.append(f"backup {latest.backup_id} disk {disk.name} chunk {i} differs from the disk")
+                    break
         return problems
