@@ -19,8 +19,10 @@ def test_random_kills_of_live_backups(libvirt_conn: libvirt.virConnect, tmp_path
     try:
         bed.setup()
         bed.measure("backup")
-        results = [bed.kill_once(n, "backup") for n in range(3)]
+        results = []
+        while sum(r.killed for r in results) < 2 and len(results) < 6:  # a kill may come after the job ended
+            results.append(bed.kill_once(len(results), "backup"))
     finally:
         bed.close()
     assert [r.line() for r in results if r.problems] == []
-    assert any(r.killed for r in results), [r.line() for r in results]
+    assert sum(r.killed for r in results) >= 2, [r.line() for r in results]
