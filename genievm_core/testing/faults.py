@@ -227,6 +227,7 @@ class ImageFaultBed:
         self.durations: dict[str, float] = {}
         self.startup = 0.0  # seconds before a command does any work: kills are spread over the rest
         self.results: list[KillResult] = []
+        self._repository: Repository | None = None
 
     # setting up
 
@@ -250,7 +251,10 @@ class ImageFaultBed:
         self.startup = kill_after([*genievm_command(), "plugins", "--json"], self.env, None).seconds
 
     def repository(self) -> Repository:
-        return open_repository(self.host, self.url, self.passphrase, self.storage_options)
+        """The repository, opened once (its key derivation and storage client are not cheap)."""
+        if self._repository is None:
+            self._repository = open_repository(self.host, self.url, self.passphrase, self.storage_options)
+        return self._repository
 
     def change_disks(self, vm: str, writes: int = 4) -> None:
         """Overwrite a few random runs of ``vm``'s disks (new chunks for the next backup)."""
