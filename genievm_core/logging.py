@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging", "redact_secrets"]
+__all__ = ["configure_logging", "redact_secrets", "redact_url"]
 
 _SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token_key|api_key|credential|^key$", re.I)
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -25,6 +25,14 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
         if _SECRET_KEY.search(key):
             event[key] = "***"
     return event
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part replaced (``qemu+tcp://admin:***@host/system``), for messages."""
+    return _URL_PASSWORD.sub(r"\1:***@", url)
 
 
 def configure_logging(level: str = "warning", fmt: Literal["console", "json"] = "console") -> None:

@@ -45,18 +45,31 @@ cbt = st.builds(
     reason=st.none() | st.text(max_size=40),
     token=st.none() | st.text(max_size=40),
 )
-disks = st.builds(
-    DiskRecord,
-    name=safe_names,
-    size=st.integers(0, MAX_DISK_SIZE),
-    chunk_size=st.sampled_from([4096, 65536, 4 << 20]),
-    chunk_count=st.integers(0, 1 << 30),
-    index=st.text(min_size=1, max_size=60),
-    checksum=st.from_regex(r"\A[0-9a-f]{64}\Z"),
-    format=st.sampled_from(["raw", "qcow2", "vmdk"]),
-    cbt=cbt,
-    stats=stats,
-)
+
+
+def disks_of(backup_id: str) -> st.SearchStrategy[tuple[DiskRecord, ...]]:
+    """Disks of one backup: names unique, each with its index in that backup (as the manifest requires)."""
+    return st.lists(safe_names, max_size=4, unique=True).flatmap(
+        lambda names: st.tuples(
+            *(
+                st.builds(
+                    DiskRecord,
+                    name=st.just(name),
+                    size=st.integers(0, MAX_DISK_SIZE),
+                    chunk_size=st.sampled_from([4096, 65536, 4 << 20]),
+                    chunk_count=st.integers(0, 1 << 30),
+                    index=st.just(f"indexes/{backup_id}/{name}"),
+                    checksum=st.from_regex(r"\A[0-9a-f]{64}\Z"),
+                    format=st.sampled_from(["raw", "qcow2", "vmdk"]),
+                    cbt=cbt,
+                    stats=stats,
+                )
+                for name in names
+            )
+        )
+    )
+
+
 summary_values = (
     st.none()
     | st.booleans()
@@ -67,24 +80,28 @@ summary_values = (
 vms = st.builds(
     VMRecord,
     id=safe_names,
-    name=st.text(max_size=40),
+    name=st.text(min_size=1, max_size=40).filter(
+        lambda s: s.isprintable() and "/" not in s and "\\" not in s and s not in (".", "..")
+    ),
     provider=st.sampled_from(["image", "kvm", "vmware"]),
     config=st.none() | st.text(max_size=80),
     config_format=st.none() | st.text(max_size=20),
     summary=st.dictionaries(st.text(max_size=10), summary_values, max_size=4),
 )
-manifests = st.builds(
-    BackupManifest,
-    backup_id=backup_ids,
-    repository_id=st.from_regex(r"\A[0-9a-f]{32}\Z"),
-    vm=vms,
-    kind=st.sampled_from(["full", "incremental"]),
-    parent_id=st.none() | backup_ids,
-    started_at=times,
-    finished_at=times,
-    disks=st.lists(disks, max_size=4).map(tuple),
-    stats=stats,
-    tags=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=3),
+manifests = backup_ids.flatmap(
+    lambda backup_id: st.builds(
+        BackupManifest,
+        backup_id=st.just(backup_id),
+        repository_id=st.from_regex(r"\A[0-9a-f]{32}\Z"),
+        vm=vms,
+        kind=st.sampled_from(["full", "incremental"]),
+        parent_id=st.none() | backup_ids,
+        started_at=times,
+        finished_at=times,
+        disks=disks_of(backup_id),
+        stats=stats,
+        tags=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=3),
+    )
 )
 
 
@@ -237,3 +254,22 @@ def test_newer_formats_are_refused(new_repo: RepoFactory, host: PluginHost) -> N
     (path / "config").write_text(json.dumps(config)[:-20])
     with pytest.raises(CorruptionError, match="config"):
         open_repo(host, path)
+
+
+@pytest.mark.parametrize("name", ["../x", "..", ".", "", "a/b", "/etc", "a\\b", "a\x00b", "vm\n", "x" * 256])
+def test_vm_names_are_never_paths(name: str) -> None:
+    """Regression: a manifest's VM name went into restored file names (``<name>-<disk>.qcow2``) unchecked."""
+    with pytest.raises(ValidationError, match="name"):
+        VMRecord(id="vm", name=name, provider="kvm")
+    assert VMRecord(id="vm", name="web 01 (prod) é", provider="kvm").name == "web 01 (prod) é"
+
+
+def test_disks_are_unique_and_name_their_own_index(new_repo: RepoFactory) -> None:
+    """Regression: a manifest could name one disk twice, or an index outside its backup (even ``indexes/../config``)."""
+    repo, _ = new_repo()
+    bid = "20260101T000000.000000Z-0000abcd"
+    raw = _valid_raw(repo, bid)
+    for disks in ([raw["disks"][0], raw["disks"][0]], [raw["disks"][0] | {"index": "indexes/../config"}]):
+        _write_manifest_json(repo, bid, raw | {"disks": disks})
+        with pytest.raises(CorruptionError, match=f"manifest {bid} is corrupt"):
+            repo.get_manifest(bid)

@@ -12,7 +12,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,6 +40,19 @@ def is_backup_id(value: str) -> bool:
 def is_safe_name(value: str) -> bool:
     """True for a name that is safe as a file name and object key: letters, digits, ``. _ @ + -``."""
     return bool(_SAFE_NAME.match(value)) and value not in (".", "..")
+
+
+def _display_name(value: str) -> str:
+    """A VM's name: free text, but never a path (providers put it in file names: ``<name>-<disk>.qcow2``)."""
+    if (
+        not value
+        or len(value) > 255
+        or value in (".", "..")
+        or any(c in value for c in "/\\")
+        or not value.isprintable()
+    ):
+        raise ValueError(f"{value!r} is not a VM name (1 to 255 printable characters, no / or \\, not . or ..)")
+    return value
 
 
 def _safe(value: str) -> str:
@@ -131,6 +144,7 @@ class VMRecord(_Strict):
     summary: dict[str, str | int | float | bool | None] = {}
 
     _id = field_validator("id")(_safe)
+    _name = field_validator("name")(_display_name)
 
 
 class BackupManifest(_Strict):
@@ -152,3 +166,14 @@ class BackupManifest(_Strict):
         if value is not None and not is_backup_id(value):
             raise ValueError(f"{value!r} is not a backup id")
         return value
+
+    @model_validator(mode="after")
+    def _disks_are_this_backups(self) -> BackupManifest:
+        """Each disk once, each with its own index of this backup (never another object, nor one outside)."""
+        names = [d.name for d in self.disks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a disk name appears twice: {sorted(names)}")
+        for disk in self.disks:
+            if disk.index != f"indexes/{self.backup_id}/{disk.name}":
+                raise ValueError(f"disk {disk.name}: index {disk.index!r} is not this backup's index of it")
+        return self

@@ -205,6 +205,13 @@ class StorageTarget(Protocol):
         A target may also offer ``delete_many(keys) -> dict[str, StorageError]``
         (the keys it could not remove, with their errors); garbage collection
         then deletes in batches through it.
+
+        A target whose puts can leave debris when the process is killed midway
+        (a filesystem's temporary files) may offer ``remove_leftovers(in_flight) -> list[str]``:
+        remove such leftovers and return what it removed. Garbage collection calls it
+        under the exclusive lock, when no other process writes objects, except lock
+        objects: under the prefixes ``in_flight`` (``locks/``) only leftovers older
+        than a minute go.
         """
 
     def close(self) -> None: ...

@@ -51,6 +51,7 @@ class PruneReport:
     deleted: list[str] = field(default_factory=list)  # object keys deleted (dry run: past the grace period)
     kept_by_grace: int = 0  # unreferenced objects younger than the grace period
     not_deletable: list[str] = field(default_factory=list)  # the store refused (ObjectLockedError)
+    leftovers_removed: int = 0  # temporary files of puts a killed process left (filesystem targets)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -62,6 +63,7 @@ class PruneReport:
             "kept_by_grace": self.kept_by_grace,
             "not_deletable": len(self.not_deletable),
             "not_deletable_keys": self.not_deletable,
+            "leftovers_removed": self.leftovers_removed,
         }
 
 
@@ -125,6 +127,9 @@ def prune_repository(
                 if key not in refused:
                     report.deleted.append(key)
                     del pending[key]
+        leftovers = getattr(repo.storage, "remove_leftovers", None)
+        if leftovers is not None:  # puts a killed process never finished: no other writer runs now, but lockers
+            report.leftovers_removed = len(leftovers(("locks/",)))
         _save_ledger(repo, pending)
     log.info(
         "prune.done",
@@ -235,7 +240,7 @@ def _load_ledger(repo: Repository) -> dict[str, datetime]:
     try:
         data = json.loads(repo.codec.decode(LEDGER_KEY, blob))
         return {key: datetime.fromisoformat(when) for key, when in data["pending"].items()}
-    except (ObjectDamaged, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ObjectDamaged, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         log.warning("gc.ledger_unreadable", error=str(exc))  # start afresh: objects wait one more grace period
         return {}
 

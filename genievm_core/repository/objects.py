@@ -72,7 +72,8 @@ class ObjectCodec:
         self._aead.encrypt_into(nonce, payload, header + name.encode(), memoryview(out)[HEADER_LEN + 12 :])
         return out
 
-    def decode(self, name: str, blob: bytes) -> bytes:
+    def decode(self, name: str, blob: bytes, *, max_size: int | None = None) -> bytes:
+        """The plaintext of an object; ``max_size`` bounds what its compressed payload may claim to hold."""
         if len(blob) < HEADER_LEN or blob[:4] != MAGIC:
             raise ObjectDamaged("not a GenieVM object (bad magic or truncated)")
         header = blob[:HEADER_LEN]
@@ -90,15 +91,15 @@ class ObjectCodec:
             except InvalidTag:
                 raise ObjectDamaged("authentication failed (modified, truncated or misplaced)") from None
         if compression == _ZSTD:
-            return self._decompress(body)
+            return self._decompress(body, self.max_object_size if max_size is None else max_size)
         return bytes(body)
 
-    def _decompress(self, body: bytes | memoryview) -> bytes:
+    def _decompress(self, body: bytes | memoryview, max_size: int) -> bytes:
         try:
             size = zstandard.frame_content_size(body)
         except zstandard.ZstdError as exc:
             raise ObjectDamaged(f"zstd: {exc}") from None
-        if size < 0 or size > self.max_object_size:  # unknown (-1) or absurd: never allocate it
+        if size < 0 or size > max_size:  # unknown (-1) or absurd: never allocate it
             raise ObjectDamaged(f"zstd frame claims {size} bytes")
         try:
             data = self._decompressor().decompress(body, max_output_size=size)

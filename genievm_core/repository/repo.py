@@ -207,9 +207,14 @@ class Repository:
         if len(blob) > MAX_MANIFEST:
             raise CorruptionError(f"manifest {backup_id} is corrupt: larger than {MAX_MANIFEST} bytes")
         try:
-            data = self.codec.decode(key, blob)
+            data = self.codec.decode(key, blob, max_size=MAX_MANIFEST)  # a small frame may claim gigabytes
+        except ObjectDamaged as exc:
+            raise CorruptionError(f"manifest {backup_id} is corrupt: {exc}") from None
+        if len(data) > MAX_MANIFEST:
+            raise CorruptionError(f"manifest {backup_id} is corrupt: larger than {MAX_MANIFEST} bytes")
+        try:
             raw = json.loads(data)
-        except (ObjectDamaged, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested beyond the parser's depth
             raise CorruptionError(f"manifest {backup_id} is corrupt: {exc}") from None
         if isinstance(raw, dict) and raw.get("format_version", 0) > FORMAT_VERSION:
             raise UnsupportedFormatError(

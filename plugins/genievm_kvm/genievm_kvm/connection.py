@@ -9,6 +9,7 @@ from typing import NoReturn
 import libvirt
 
 from genievm_core.errors import AuthenticationError, ProviderError, VMNotFoundError
+from genievm_core.logging import redact_url
 
 __all__ = ["connect", "find_domain", "libvirt_errors", "raise_for"]
 
@@ -53,9 +54,9 @@ def connect(uri: str, *, read_only: bool = False) -> libvirt.virConnect:
     try:
         conn = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise_for(exc, f"cannot connect to {uri}")
+        raise_for(exc, f"cannot connect to {redact_url(uri)}")
     if conn is None:  # pragma: no cover - old bindings returned None instead of raising
-        raise ProviderError(f"provider kvm: cannot connect to {uri}")
+        raise ProviderError(f"provider kvm: cannot connect to {redact_url(uri)}")
     return conn
 
 
@@ -67,4 +68,4 @@ def find_domain(conn: libvirt.virConnect, vm_id: str) -> libvirt.virDomain:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
                 raise_for(exc, f"looking up VM {vm_id}")
-    raise VMNotFoundError(f"no VM {vm_id} on provider kvm ({conn.getURI()})")
+    raise VMNotFoundError(f"no VM {vm_id} on provider kvm ({redact_url(conn.getURI())})")

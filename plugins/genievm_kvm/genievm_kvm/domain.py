@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import libvirt
 
 from genievm_core.errors import ProviderError
+from genievm_core.logging import redact_url
 from genievm_core.models.vm import DiskInfo, StorageKind, VMDescription, VMRef
 from genievm_kvm.connection import libvirt_errors
 from genievm_kvm.lvm_thin import DETAIL_LV, DETAIL_VG, lookup_thin_lv, split_lv_path
@@ -89,7 +90,7 @@ def describe(conn: libvirt.virConnect, dom: libvirt.virDomain) -> VMDescription:
         "state": state(dom),
         "vcpus": vcpus,
         "memory_kib": memory_kib,
-        "uri": conn.getURI(),
+        "uri": redact_url(conn.getURI()),  # kept in every manifest: never with a password
     }
     return VMDescription(dom.UUIDString(), dom.name(), disks, stored_xml.encode(), "libvirt-domain-xml", summary)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -306,12 +307,30 @@ def abort_stale_job(dom: libvirt.virDomain, place: JobPlace) -> None:
         Path(server.get("socket", "")).unlink(missing_ok=True)
 
 
+ABORT_WAIT = 30.0  # seconds to wait for libvirt to end an aborted backup job
+
+
 def _abort(dom: libvirt.virDomain) -> None:
+    """End the VM's backup job, and wait until libvirt has: it may linger after ``abortJob`` returns."""
     try:
         dom.abortJob()
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job: already gone
             log.warning("kvm.abort_failed", vm=dom.name(), error=exc.get_error_message())
+    deadline = time.monotonic() + ABORT_WAIT
+    while _has_backup_job(dom):
+        if time.monotonic() > deadline:
+            log.warning("kvm.backup_job_lingers", vm=dom.name(), seconds=ABORT_WAIT)
+            return
+        time.sleep(0.05)
+
+
+def _has_backup_job(dom: libvirt.virDomain) -> bool:
+    try:
+        dom.backupGetXMLDesc()
+    except libvirt.libvirtError:
+        return False
+    return True
 
 
 def _delete_checkpoints(dom: libvirt.virDomain, names: list[str]) -> None:

@@ -32,6 +32,7 @@ import libvirt
 import structlog
 
 from genievm_core.errors import ConfigError, ProviderError
+from genievm_core.logging import redact_url
 from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
 from genievm_kvm.cbt import RUNNING, LibvirtCheckpointCBT, Qcow2BitmapCBT, choose
@@ -63,14 +64,14 @@ class KVMProvider:
         self.conn = connect(self.uri, read_only=str(options.get("readOnly", "false")).lower() in ("true", "1", "yes"))
 
     def list_vms(self) -> list[VMRef]:
-        with libvirt_errors(f"listing VMs of {self.uri}"):
+        with libvirt_errors(f"listing VMs of {redact_url(self.uri)}"):
             return sorted((vm_ref(d) for d in self.conn.listAllDomains()), key=lambda r: r.name)
 
     def describe_vm(self, vm_id: str) -> VMDescription:
         """The VM, with the CBT source the factory picks for each disk (in ``details`` and the summary)."""
         vm = describe(self.conn, find_domain(self.conn, vm_id))
         vm_state = str(vm.summary["state"])
-        where = {"vm_state": vm_state, "uri": self.uri, "vm_uuid": vm.id}
+        where = {"vm_state": vm_state, "uri": self.uri, "vm_uuid": vm.id}  # cbt.py connects with it
         disks = tuple(_with_cbt_source(replace(d, details={**d.details, **where})) for d in vm.disks)
         summary = vm.summary | {f"cbt_source.{d.name}": d.details["cbt_source"] for d in disks}
         return replace(vm, disks=disks, summary=summary)
@@ -85,7 +86,9 @@ class KVMProvider:
         if vm_state in RUNNING:
             use_api = self.mode == "backup-api" or (self.mode == "auto" and _has_backup_api(self.conn))
             if self.mode == "backup-api" and not _has_backup_api(self.conn):
-                raise ProviderError(f"provider kvm: libvirt at {self.uri} has no backup API (mode backup-api)")
+                raise ProviderError(
+                    f"provider kvm: libvirt at {redact_url(self.uri)} has no backup API (mode backup-api)"
+                )
             if not use_api:
                 self._local_only(f"backing up running VM {vm.name} without libvirt's backup API")
             how = (
@@ -126,7 +129,7 @@ class KVMProvider:
         if self.place.remote_host:
             raise ProviderError(
                 f"provider kvm: {what} reads or writes disk files directly, which a remote connection "
-                f"({self.uri}) cannot: run GenieVM on that host"
+                f"({redact_url(self.uri)}) cannot: run GenieVM on that host"
             )
 
     def power_on(self, vm_id: str) -> None:

@@ -8,8 +8,10 @@ the folder, so a reader or a crash sees the whole object or none of it.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,6 +29,7 @@ from genievm_core.errors import (
 __all__ = ["FilesystemStorage", "open_filesystem_storage"]
 
 TMP_SUFFIX = ".tmp"
+LEFTOVER_AGE = 60.0  # seconds after which a temporary file where puts may be under way (locks/) is debris
 
 
 def open_filesystem_storage(url: str, options: Mapping[str, Any]) -> FilesystemStorage:
@@ -119,6 +122,32 @@ class FilesystemStorage:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise self._error(exc, key) from exc
+
+    def remove_leftovers(self, in_flight: tuple[str, ...] = (), age: float = LEFTOVER_AGE) -> builtins.list[str]:
+        """Remove the temporary files of puts that never finished (the process was killed); their keys.
+
+        Only safe while no other process writes objects (garbage collection calls it
+        under the exclusive lock). Under the prefixes ``in_flight`` (``locks/``, put
+        without holding a lock) a put may be under way right now: there only files
+        older than ``age`` seconds go.
+        """
+        removed: builtins.list[str] = []
+        now = time.time()
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            young_ok = rel != "." and any(f"{rel}/".startswith(prefix) for prefix in in_flight)
+            for name in files:
+                if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    if young_ok and now - path.stat().st_mtime < age:
+                        continue
+                except OSError:
+                    continue  # renamed or removed meanwhile
+                _remove_quietly(path)
+                removed.append(name if rel == "." else f"{rel}/{name}")
+        return removed
 
     def close(self) -> None:
         pass
