@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlencode
@@ -126,7 +127,10 @@ def check(resp: urllib3.BaseHTTPResponse, expected: int | tuple[int, ...], what:
 
 
 class HTTPSDiskHandle:
-    """One datastore disk file: ranged reads, or writes staged in a sparse scratch file."""
+    """One datastore disk file: ranged reads, or writes staged in a sparse scratch file.
+
+    Reads may come from several threads at once (verify-after-restore); writes come from one.
+    """
 
     def __init__(
         self, transport: HTTPSTransport, disk: DiskLocation, path: str, file_size: int, *, writable: bool
@@ -138,6 +142,7 @@ class HTTPSDiskHandle:
         self._file_size = file_size  # vcsim's files start empty: past their end the disk reads as zeros
         self._scratch: IO[bytes] | None = None
         self._dirty = False
+        self._lock = threading.Lock()
         self.bytes_read = 0
         if writable:
             self._scratch = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by close()
@@ -151,8 +156,9 @@ class HTTPSDiskHandle:
         return self._disk.capacity
 
     def read(self, offset: int, length: int) -> bytes:
-        if self._dirty:
-            self._upload()
+        with self._lock:  # verify-after-restore reads from several threads: one upload, before any read
+            if self._dirty:
+                self._upload()
         end = min(offset + length, self._file_size)
         if end <= offset:
             return bytes(length)
@@ -195,8 +201,9 @@ class HTTPSDiskHandle:
         if self._scratch is None:
             return
         try:
-            if self._dirty:
-                self._upload()
+            with self._lock:
+                if self._dirty:
+                    self._upload()
         finally:
             self._scratch.close()
             self._scratch = None

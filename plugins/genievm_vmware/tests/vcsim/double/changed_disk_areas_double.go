@@ -3,7 +3,8 @@ TEST DOUBLE, not part of govmomi: vcsim has no changed-block tracking, so GenieV
 test launcher compiles this file into the simulator package (see ../build.sh).
 
 QueryChangedDiskAreasDouble answers QueryChangedDiskAreas from the data the tests
-wrote into the disk files (through the datastore's /folder URL). When a snapshot of
+wrote into the disk files (through the datastore's /folder URL; the "-flat.vmdk" extent
+where there is one, as on ESXi, else the ".vmdk" file itself). When a snapshot of
 a VM with changeTrackingEnabled is created, every disk file is read in 64 KiB blocks
 and a record of its block hashes is kept under a new changeId, which is set on the
 snapshot's copy of the disk backing (vcsim itself leaves changeId empty). Then
@@ -27,6 +28,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"strings"
 	"sync"
 
 	"github.com/vmware/govmomi/vim25/methods"
@@ -68,7 +70,14 @@ func (vm *VirtualMachine) diskFileDouble(fileName string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("no datastore %q", p.Datastore)
 	}
-	return path.Join(ds.Info.GetDatastoreInfo().Url, p.Path), nil
+	file := path.Join(ds.Info.GetDatastoreInfo().Url, p.Path)
+	// as on ESXi, a disk made by CreateVM keeps its data in "<name>-flat.vmdk" beside the descriptor
+	if flat := strings.TrimSuffix(file, ".vmdk") + "-flat.vmdk"; strings.HasSuffix(file, ".vmdk") {
+		if _, err := os.Stat(flat); err == nil {
+			return flat, nil
+		}
+	}
+	return file, nil
 }
 
 func readRecordDouble(file string, capacity int64) (*diskRecordDouble, error) {
