@@ -1,6 +1,8 @@
-"""Connecting: listing VMs, a wrong password, an unknown VM, certificates trusted or not."""
+"""Connecting: listing VMs, a wrong password, an unknown VM, certificates trusted or not, logging out."""
 
 from __future__ import annotations
+
+MiB = 1 << 20
 
 
 def one_line(result, code):
@@ -60,3 +62,16 @@ def test_missing_password_is_a_config_error(opt, monkeypatch, capsys):
         "genievm: error: invalid providerOptions: password: set GENIEVM_VMWARE_PASSWORD, "
         "-o passwordFile=PATH, or run on a terminal"
     )
+
+
+def test_sessions_are_logged_out(cli, opt, si, make_vm, repo):
+    vm = make_vm([MiB])
+
+    def sessions():
+        return {s.key for s in si.content.sessionManager.sessionList}
+
+    before = sessions()
+    cli("vms", *opt)
+    cli("backup", "--vm", vm.name, "--repo", repo, *opt)
+    cli("backup", "--vm", "no-such-vm", "--repo", repo, *opt, check=False)
+    assert sessions() == before
