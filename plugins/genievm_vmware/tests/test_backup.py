@@ -151,3 +151,24 @@ def test_disk_data_read_back_equals_upload(vcsim, make_vm):
     data = os.urandom(2 * MiB)
     write_disk(vcsim, vm, name, data)
     assert get_file(vcsim, flat(vm.disks[name][0])) == data
+
+
+def test_quiesce_asks_for_a_quiesced_snapshot(cli, opt, vcsim, make_vm, repo, monkeypatch):
+    from genievm_vmware.transport import https
+
+    vm = make_vm([2 * MiB])
+    (name,) = vm.disks
+    write_disk(vcsim, vm, name, image(2 * MiB, (0, os.urandom(MiB))))
+    seen = []
+    real_read = https.HTTPSDiskHandle.read
+
+    def watching_read(self, offset, length):
+        tree = vm.vm.snapshot.rootSnapshotList[0]
+        seen.append((tree.quiesced, tree.name, tree.description))
+        return real_read(self, offset, length)
+
+    monkeypatch.setattr(https.HTTPSDiskHandle, "read", watching_read)
+    backup(cli, opt, vm, repo, "--quiesce")
+    quiesced, snapshot, description = seen[0]
+    assert quiesced is True and snapshot.startswith("genievm-backup-") and "GenieVM" in description
+    assert vm.vm.snapshot is None
