@@ -266,7 +266,7 @@ def test_error_exit_codes(cli: Run, tmp_path: Path, host: PluginHost) -> None:
     assert "is encrypted" not in (repo / "config").read_text()
 
     line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--provider", "hyperv"), 4)
-    assert "no provider named 'hyperv' is installed (installed: image, kvm)" in line
+    assert "no provider named 'hyperv' is installed (installed: image, kvm, vmware)" in line
     assert "no VM web01" in one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo)), 7)
     missing = tmp_path / "absent.img"
     line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={missing}"), 5)

@@ -21,5 +21,5 @@ def test_vms_lists_the_image_providers_vms(cli: Callable[..., CLIResult], tmp_pa
 def test_vms_of_an_uninstalled_provider(cli: Callable[..., CLIResult]) -> None:
     result = cli("vms", "--provider", "hyperv")
     assert result.code == 4 and result.err_lines == [
-        "genievm: error: no provider named 'hyperv' is installed (installed: image, kvm)"
+        "genievm: error: no provider named 'hyperv' is installed (installed: image, kvm, vmware)"
     ]

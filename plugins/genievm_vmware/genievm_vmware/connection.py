@@ -122,14 +122,7 @@ def connect(ep: Endpoint) -> vim.ServiceInstance:
     if ep.insecure:
         log.warning("vmware.tls_unverified", host=ep.host, reason="insecure=true")
     try:
-        si = SmartConnect(
-            host=ep.host,
-            port=ep.port,
-            user=ep.user,
-            pwd=ep.password,
-            sslContext=ssl_context(ep),
-            connectionPoolTimeout=-1,
-        )
+        si = SmartConnect(host=ep.host, port=ep.port, user=ep.user, pwd=ep.password, sslContext=ssl_context(ep))
     except vim.fault.InvalidLogin as exc:
         raise AuthenticationError(f"authentication failed for {ep.user} at {ep.where}") from exc
     except ssl.SSLCertVerificationError as exc:
