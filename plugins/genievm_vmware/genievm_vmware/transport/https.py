@@ -4,8 +4,8 @@ For sites without VDDK. Reads are ranged GETs (``Range: bytes=a-b``, answered
 206) of the snapshot's disk file, sent with the vSphere session's cookie over
 the same verified TLS as the SOAP connection. On ESXi and vCenter a disk's data
 lives in ``<name>-flat.vmdk`` beside its ``<name>.vmdk`` descriptor; the
-transport uses the flat file when it exists and the descriptor's own path
-otherwise (vcsim keeps the data there), and logs which.
+transport uses the flat file when it exists and the disk file itself
+otherwise (a monolithic disk file), and logs which.
 
 The datastore takes no ranged PUT: a file is written whole. A disk opened for
 writing is therefore assembled in a sparse local scratch file (in
