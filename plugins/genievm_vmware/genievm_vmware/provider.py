@@ -12,6 +12,7 @@ Options (``providerOptions``, or ``-o KEY=VALUE``)::
      "vddkLibDir": "/opt/vmware-vix-disklib-distrib",  # or VDDK_LIBDIR
      "vddkMode": "nbdssl",
      "scratchDir": "/var/tmp",          # https restores stage each disk here
+     "keepAliveSeconds": 300,           # an API call this often while data moves (vCenter's idle timeout)
      # restore only:
      "datacenter": "DC0", "folder": "DC0/vm/restored", "resourcePool": "...", "cluster": "...",
      "esxHost": "...", "datastore": "LocalDS_0", "networkMap": "VM Network=Restore Net,..."}
@@ -28,12 +29,14 @@ from typing import Any
 
 import structlog
 
+from genievm_core.errors import ConfigError
 from genievm_core.models.vm import VMDescription, VMRef
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
 from genievm_vmware.backup import snapshot_backup
 from genievm_vmware.connection import connect, disconnect, endpoint, session_cookie, vsphere_errors, wait
 from genievm_vmware.describe import describe
 from genievm_vmware.inventory import find_vm, list_vms
+from genievm_vmware.keepalive import DEFAULT_INTERVAL, session_kept_alive
 from genievm_vmware.restore import VMwareRestore
 from genievm_vmware.source import VMwareSession
 from genievm_vmware.transport import DiskTransport
@@ -69,7 +72,7 @@ class VMwareProvider:
     @contextmanager
     def _backup(self, desc: VMDescription, request: BackupRequest) -> Iterator[VMwareSession]:
         vm = find_vm(self.si, desc.id)
-        with snapshot_backup(vm, desc, request, self.open_transport) as session:
+        with snapshot_backup(vm, desc, request, self.open_transport) as session, self._kept_alive():
             yield session
 
     def open_restore(self, vm: VMDescription, request: RestoreRequest) -> AbstractContextManager[VMwareRestore]:
@@ -80,10 +83,20 @@ class VMwareProvider:
         options = {**self.options, **request.options}
         session = VMwareRestore(self.si, desc, request, options, self.open_transport)
         try:
-            yield session
+            with self._kept_alive():
+                yield session
         except BaseException:
             session.discard()
             raise
+
+    def _kept_alive(self) -> AbstractContextManager[None]:
+        try:
+            interval = float(self.options.get("keepAliveSeconds", DEFAULT_INTERVAL))
+        except ValueError:
+            raise ConfigError(
+                f"invalid providerOptions: keepAliveSeconds {self.options.get('keepAliveSeconds')!r} is not a number"
+            ) from None
+        return session_kept_alive(self.si, interval)
 
     def power_on(self, vm_id: str) -> None:
         vm = find_vm(self.si, vm_id)

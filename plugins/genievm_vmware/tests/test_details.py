@@ -80,3 +80,23 @@ def test_cbt_reset_is_told_by_the_change_id_uuid():
     assert is_reset("52 aa bb/4", "52 cc dd/7")
     assert not is_reset("52 aa bb/4", "52 aa bb/9")
     assert not is_reset("52 aa bb/4", None)
+
+
+def test_session_kept_alive_while_data_moves(cli, opt, vcsim, make_vm, repo, monkeypatch):
+    import time
+
+    from genievm_vmware.transport import https
+
+    vm = make_vm([2 * MiB])
+    ((_, (path, _)),) = vm.disks.items()
+    put_file(vcsim, flat(path), os.urandom(MiB))
+    real_read = https.HTTPSDiskHandle.read
+
+    def slow_read(self, offset, length):
+        time.sleep(0.5)  # a long copy, shortened
+        return real_read(self, offset, length)
+
+    monkeypatch.setattr(https.HTTPSDiskHandle, "read", slow_read)
+    args = ["--log-level", "debug", "backup", "--vm", vm.name, "--repo", repo, *opt, "-o", "keepAliveSeconds=0.1"]
+    result = cli(*args)
+    assert result.err.count("vmware.keepalive ") >= 2
