@@ -40,7 +40,7 @@ from genievm_vmware.keepalive import DEFAULT_INTERVAL, session_kept_alive
 from genievm_vmware.restore import VMwareRestore
 from genievm_vmware.source import VMwareSession
 from genievm_vmware.transport import DiskTransport
-from genievm_vmware.transport.select import choose_transport
+from genievm_vmware.transport.select import TRANSPORTS, choose_transport
 
 __all__ = ["VMwareProvider"]
 
@@ -52,6 +52,11 @@ class VMwareProvider:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)
+        transport = str(options.get("transport", "auto")).strip().lower()
+        if transport not in TRANSPORTS:  # checked before any snapshot is made
+            raise ConfigError(
+                f"invalid providerOptions: transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}"
+            )
         self.endpoint = endpoint(options)
         self.si = connect(self.endpoint)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from genievm_vmware.testing import get_file, put_file
+from genievm_vmware.describe import vm_disks
+from genievm_vmware.inventory import lookup_vm
+from genievm_vmware.testing import get_file, put_file, remove_vm
 
 from genievm_core.errors import ProviderError
 
@@ -40,7 +42,7 @@ def image(size, *pieces):
     return buf
 
 
-def test_full_then_incremental(cli, opt, vcsim, make_vm, repo):
+def test_full_then_incremental(cli, opt, vcsim, si, make_vm, repo):
     vm = make_vm([16 * MiB, 8 * MiB])
     first, second = sorted(vm.disks)
     data1 = image(16 * MiB, (0, os.urandom(3 * MiB)), (9 * MiB, os.urandom(MiB // 2)))
@@ -73,6 +75,16 @@ def test_full_then_incremental(cli, opt, vcsim, make_vm, repo):
     assert d[second]["stats"]["bytes_read"] == 0 and d[second]["cbt"]["mode"] == "cbt"
     assert d[first]["cbt"]["token"] != disks(full)[first]["cbt"]["token"]
     assert vm.genievm_snapshots() == []
+
+    # the incremental's index is complete: a restore of it holds the disks as they are now
+    new_name = f"{vm.name}-inc"
+    cli("restore", "--vm", vm.uuid, "--repo", repo, *opt, "--new-name", new_name)
+    restored = lookup_vm(si, new_name)
+    try:
+        files = [d.path for d in vm_disks(list(restored.config.hardware.device))]
+        assert [get_file(vcsim, flat(p)) for p in files] == [bytes(data1), bytes(data2)]
+    finally:
+        remove_vm(restored)
 
 
 def test_rejected_change_id_falls_back_to_hash_compare(cli, opt, vcsim, make_vm, repo):
