@@ -26,8 +26,8 @@ if [[ ! -x $binary ]]; then
   cp "$here"/double/*.go "$work/gopath/src/github.com/vmware/govmomi/simulator/"
   cp "$here/main.go" "$work/gopath/src/genievm/vcsim/"
   (cd "$work/gopath/src/genievm/vcsim" && GOPATH="$work/gopath:/usr/share/gocode" GO111MODULE=off GOPROXY=off \
-    GOCACHE="$cache/gocache" go build -o "$binary.tmp" .)
-  mv "$binary.tmp" "$binary"
-  find "$cache" -maxdepth 1 -name 'vcsim-genievm-*' ! -name "$(basename "$binary")" -delete
+    GOCACHE="$cache/gocache" go build -o "$binary.tmp.$$" .)
+  mv "$binary.tmp.$$" "$binary"
+  find "$cache" -maxdepth 1 -name 'vcsim-genievm-*' ! -name '*.tmp.*' ! -name "$(basename "$binary")" -delete
 fi
 echo "$binary"
