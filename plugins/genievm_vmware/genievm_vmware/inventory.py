@@ -19,10 +19,12 @@ _STATES = {"poweredOn": "running", "poweredOff": "stopped", "suspended": "paused
 T = TypeVar("T")
 
 
-def retrieve(si: vim.ServiceInstance, kind: type[Any], props: list[str]) -> list[tuple[Any, dict[str, Any]]]:
-    """Every object of ``kind`` with ``props``, in one PropertyCollector call (not one per object)."""
+def retrieve(
+    si: vim.ServiceInstance, kind: type[Any], props: list[str], root: Any = None
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Every object of ``kind`` under ``root`` (default: everything) with ``props``, in one PropertyCollector call."""
     content: Any = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
+    view = content.viewManager.CreateContainerView(root or content.rootFolder, [kind], True)
     try:
         traversal = vmodl.query.PropertyCollector.TraversalSpec(
             name="view", path="view", skip=False, type=vim.view.ContainerView

@@ -60,14 +60,14 @@ def placement(si: vim.ServiceInstance, options: Mapping[str, Any], source_datast
             else dc.vmFolder
         )
         pool = _pool(si, dc, options)
-        datastores = {d.name: d for d in dc.datastore}
+        datastores = {p["name"]: d for d, p in retrieve(si, vim.Datastore, ["name"], dc.datastoreFolder)}
         wanted = str(options.get("datastore") or source_datastore or "")
         if wanted not in datastores:
             raise ConfigError(
                 f"invalid providerOptions: datastore: {wanted or '(none given)'} is not one of datacenter "
                 f"{dc.name}'s datastores ({', '.join(sorted(datastores))})"
             )
-        networks = {n.name: n for n in dc.network}
+        networks = {p["name"]: n for n, p in retrieve(si, vim.Network, ["name"], dc.networkFolder)}
         return Placement(dc, folder, pool, datastores[wanted], networks)
 
 

@@ -40,6 +40,7 @@ class Vcsim:
     user: str
     password: str = field(repr=False)
     ca_file: Path
+    datacenter: str = DATACENTER  # "ha-datacenter" on an ESXi host
 
     @property
     def host(self) -> str:
@@ -84,13 +85,14 @@ def from_env() -> Vcsim | None:
 
 
 @contextmanager
-def start_vcsim() -> Iterator[Vcsim]:
-    """Build (when needed) and run a private vcsim; stopped with SIGTERM, which removes its datastores."""
+def start_vcsim(*, esx: bool = False) -> Iterator[Vcsim]:
+    """Build (when needed) and run a private vcsim (a vCenter, or with ``esx`` an ESXi host); SIGTERM stops it."""
     binary = subprocess.run(["bash", str(BUILD)], check=True, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="genievm-vcsim-") as folder:
         ca = Path(folder) / "ca.pem"
         password = secrets.token_urlsafe(12)
         cmd = [binary, "-listen", "127.0.0.1:0", "-username", "genievm", "-password", password, "-ca-file", str(ca)]
+        cmd += ["-esx"] if esx else []
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TMPDIR": folder}
         )
@@ -99,7 +101,7 @@ def start_vcsim() -> Iterator[Vcsim]:
             line = proc.stdout.readline().strip()
             if not line.startswith("VCSIM_URL="):
                 raise RuntimeError(f"vcsim did not start: {line!r}")
-            sim = Vcsim(line.split("=", 1)[1], "genievm", password, ca)
+            sim = Vcsim(line.split("=", 1)[1], "genievm", password, ca, "ha-datacenter" if esx else DATACENTER)
             _wait_for_about(sim)
             yield sim
         finally:
@@ -119,8 +121,8 @@ def _wait_for_about(sim: Vcsim) -> None:
             time.sleep(0.1)
 
 
-def datastore_url(sim: Vcsim, path: str, datastore: str = DATASTORE, datacenter: str = DATACENTER) -> str:
-    query = urlencode({"dcPath": datacenter, "dsName": datastore})
+def datastore_url(sim: Vcsim, path: str, datastore: str = DATASTORE) -> str:
+    query = urlencode({"dcPath": sim.datacenter, "dsName": datastore})
     return f"https://{sim.host}:{sim.port}/folder/{quote(path)}?{query}"
 
 
@@ -135,14 +137,10 @@ def get_file(sim: Vcsim, path: str) -> bytes:
         return data
 
 
-def _find(si: vim.ServiceInstance, path: str) -> Any:
-    content: Any = si.RetrieveContent()
-    return content.searchIndex.FindByInventoryPath(path)
-
-
 def scratch_vm(si: vim.ServiceInstance, name: str, disk_sizes: list[int]) -> vim.VirtualMachine:
-    """A new powered-off VM in DC0 with a SCSI controller, thin disks of ``disk_sizes`` bytes and one NIC."""
-    dc: Any = _find(si, DATACENTER)
+    """A new powered-off VM in the first datacenter, with a SCSI controller, thin disks and one NIC."""
+    content: Any = si.RetrieveContent()
+    dc: Any = next(e for e in content.rootFolder.childEntity if isinstance(e, vim.Datacenter))
     pool: Any = next(c for c in dc.hostFolder.childEntity if isinstance(c, vim.ComputeResource)).resourcePool
     add = vim.vm.device.VirtualDeviceSpec.Operation.add
     scsi = vim.vm.device.ParaVirtualSCSIController(key=-1, busNumber=0, sharedBus="noSharing")

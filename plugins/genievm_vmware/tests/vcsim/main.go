@@ -4,7 +4,7 @@
 // (patches/) and extended with a test double of QueryChangedDiskAreas
 // (double/changed_disk_areas_double.go, compiled into the simulator package).
 //
-//	vcsim-genievm -listen 127.0.0.1:0 -username user -password pass -ca-file /tmp/ca.pem
+//	vcsim-genievm -listen 127.0.0.1:0 -username user -password pass -ca-file /tmp/ca.pem [-esx]
 //
 // prints "VCSIM_URL=https://127.0.0.1:PORT/sdk" once it serves, and runs until SIGTERM,
 // when it removes its datastore folders.
@@ -40,9 +40,13 @@ func main() {
 	password := flag.String("password", "pass", "login password")
 	caFile := flag.String("ca-file", "", "write the server's self-signed certificate (PEM) here")
 	vms := flag.Int("vm", 2, "VMs per resource pool")
+	esx := flag.Bool("esx", false, "simulate a standalone ESXi host (datacenter ha-datacenter) instead of vCenter")
 	flag.Parse()
 
 	model := simulator.VPX()
+	if *esx {
+		model = simulator.ESX()
+	}
 	model.Machine = *vms
 	model.Autostart = false // VMs start powered off: tests power them on when they need to
 	if err := model.Create(); err != nil {
