@@ -100,3 +100,25 @@ def test_session_kept_alive_while_data_moves(cli, opt, vcsim, make_vm, repo, mon
     args = ["--log-level", "debug", "backup", "--vm", vm.name, "--repo", repo, *opt, "-o", "keepAliveSeconds=0.1"]
     result = cli(*args)
     assert result.err.count("vmware.keepalive ") >= 2
+
+
+def test_https_refuses_a_descriptor_without_flat_extent(si, vcsim):
+    import secrets
+
+    import pytest
+    from genievm_vmware.connection import Endpoint, session_cookie, ssl_context
+    from genievm_vmware.transport import DiskLocation
+    from genievm_vmware.transport.https import HTTPSTransport
+
+    from genievm_core.errors import ProviderError
+
+    path = f"genievm-test-{secrets.token_hex(3)}/disk.vmdk"
+    put_file(vcsim, path, b'# Disk DescriptorFile\\nversion=1\\ncreateType="vsanSparse"\\n')
+    ep = Endpoint(vcsim.host, vcsim.port, vcsim.user, vcsim.password, vcsim.ca_file)
+    transport = HTTPSTransport(host=vcsim.host, port=vcsim.port, cookie=session_cookie(si), context=ssl_context(ep))
+    try:
+        with pytest.raises(ProviderError, match="has no flat extent the https transport can read"):
+            transport.open(DiskLocation("vm-1", "DC0", "LocalDS_0", path, MiB))
+    finally:
+        transport.close()
+        si.content.fileManager.DeleteDatastoreFile_Task(f"[LocalDS_0] {path.split('/')[0]}", _datacenter(si))

@@ -106,8 +106,24 @@ class HTTPSTransport:
         size = self.file_size(disk, disk.path)
         if size is None:
             raise ProviderError(f"provider vmware: no file [{disk.datastore}] {disk.path} on {self.where}")
+        self._refuse_formatted(disk, size)
         log.info("vmware.https_data_file", disk=disk.path, file=disk.path, kind="the disk file itself")
         return disk.path, size
+
+    def _refuse_formatted(self, disk: DiskLocation, size: int) -> None:
+        """A descriptor without a flat extent (vSAN, vVols, sparse disks) is no raw data: never read it as such."""
+        if size == 0:
+            return
+        url = self.url(disk.datacenter, disk.datastore, disk.path)
+        what = f"reading [{disk.datastore}] {disk.path}"
+        resp = self.request("GET", url, what, headers={"Range": f"bytes=0-{min(size, 512) - 1}"})
+        check(resp, (200, 206), what)
+        head = resp.data[:512]
+        if head.startswith((b"# Disk DescriptorFile", b"KDMV", b"COWD")):
+            raise ProviderError(
+                f"provider vmware: disk [{disk.datastore}] {disk.path} has no flat extent the https transport "
+                "can read (a sparse disk, or vSAN or vVols storage); use -o transport=vddk"
+            )
 
     def close(self) -> None:
         self._pool.close()
