@@ -83,14 +83,30 @@ class HTTPSTransport:
             raise ProviderError(f"provider vmware: {what} over https from {self.where}: {reason}") from exc
 
     def file_size(self, disk: DiskLocation, path: str) -> int | None:
-        """The size of a datastore file, or None when there is no such file."""
+        """The size of a datastore file, or None when there is no such file.
+
+        Asked with a one-byte ranged GET (``Content-Range: bytes 0-0/SIZE``), which every
+        datastore server answers; an empty file answers 416 (``bytes */0``).
+        """
         url = self.url(disk.datacenter, disk.datastore, path)
-        resp = self.request("HEAD", url, f"looking up [{disk.datastore}] {path}")
-        if resp.status == 404:
-            return None
-        check(resp, 200, f"looking up [{disk.datastore}] {path}")
-        length = resp.headers.get("Content-Length")
-        return int(length) if length is not None else None
+        what = f"looking up [{disk.datastore}] {path}"
+        resp = self.request("GET", url, what, headers={"Range": "bytes=0-0"}, preload_content=False)
+        try:
+            if resp.status == 404:
+                return None
+            check(resp, (200, 206, 416), what)
+            total = str(resp.headers.get("Content-Range", "")).rpartition("/")[2]
+            if resp.status != 200 and total.isdigit():
+                return int(total)
+            length = resp.headers.get("Content-Length")
+            if resp.status == 200 and length is not None:
+                return int(length)  # the server ignored the range: its length is the file's
+            raise ProviderError(f"provider vmware: {what}: the server did not tell the file's size")
+        finally:
+            if resp.status == 200:
+                resp.close()  # the whole file would follow: drop the connection rather than read it
+            else:
+                resp.drain_conn()
 
     def open(self, disk: DiskLocation, *, writable: bool = False) -> DiskHandle:
         path, size = self._data_file(disk)
