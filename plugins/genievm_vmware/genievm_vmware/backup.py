@@ -14,7 +14,7 @@ from genievm_core.plugin.protocols import BackupRequest
 from genievm_vmware.cbt import cbt_enabled, enable_cbt
 from genievm_vmware.connection import vsphere_errors
 from genievm_vmware.describe import vm_disks
-from genievm_vmware.inventory import datacenter_of
+from genievm_vmware.inventory import datacenter_of, datacenter_path
 from genievm_vmware.snapshot import genievm_snapshot, sweep_stale
 from genievm_vmware.source import SnapshotDisk, VMwareDiskSource, VMwareSession
 from genievm_vmware.transport import DiskLocation, DiskTransport
@@ -37,7 +37,7 @@ def snapshot_backup(
     cbt = request.enable_cbt and cbt_enabled(vm)
     infos = {d.name: d for d in desc.disks}
     with vsphere_errors(f"VM {vm.name}: reading its datacenter"):
-        datacenter = datacenter_of(vm).name
+        datacenter = datacenter_path(datacenter_of(vm))
     with genievm_snapshot(vm, quiesce=request.quiesce) as snapshot, ExitStack() as stack:
         transport = open_transport()
         stack.callback(transport.close)

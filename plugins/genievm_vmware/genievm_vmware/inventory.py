@@ -11,7 +11,7 @@ from genievm_core.errors import ConfigError, ProviderError, VMNotFoundError
 from genievm_core.models.vm import VMRef
 from genievm_vmware.connection import vsphere_errors
 
-__all__ = ["datacenter_of", "find_by_name", "find_vm", "list_vms", "lookup_vm", "retrieve"]
+__all__ = ["datacenter_of", "datacenter_path", "find_by_name", "find_vm", "list_vms", "lookup_vm", "retrieve"]
 
 _MOREF = re.compile(r"^vm-\d+\Z")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
@@ -119,3 +119,13 @@ def datacenter_of(entity: vim.ManagedEntity) -> vim.Datacenter:
     if obj is None:
         raise ProviderError(f"provider vmware: {entity.name} is in no datacenter")
     return obj
+
+
+def datacenter_path(dc: vim.Datacenter) -> str:
+    """The datacenter's inventory path below the root folder (``Europe/DC1``): the ``dcPath`` of ``/folder`` URLs."""
+    parts: list[str] = []
+    obj: Any = dc
+    while obj is not None and obj.parent is not None:  # the root folder has no parent and is not in the path
+        parts.append(str(obj.name))
+        obj = obj.parent
+    return "/".join(reversed(parts))

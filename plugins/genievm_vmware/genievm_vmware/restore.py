@@ -22,7 +22,7 @@ from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import DiskSink, RestoreRequest
 from genievm_vmware.connection import vsphere_errors, wait
 from genievm_vmware.describe import CONFIG_FORMAT, VMDisk, load_config, vm_disks
-from genievm_vmware.inventory import datacenter_of, lookup_vm
+from genievm_vmware.inventory import datacenter_of, datacenter_path, lookup_vm
 from genievm_vmware.placement import network_map, placement
 from genievm_vmware.transport import DiskHandle, DiskLocation, DiskTransport
 from genievm_vmware.vmspec import new_vm_spec, slot
@@ -106,7 +106,7 @@ class VMwareRestore:
             vm_config: Any = self.vm.config
             devices = list(vm_config.hardware.device)
             by_slot = {slot(devices, d.device): d for d in vm_disks(devices)}
-            self.datacenter = datacenter_of(self.vm).name
+            self.datacenter = datacenter_path(datacenter_of(self.vm))
         hardware: Any = config.hardware
         stored_devices = list(hardware.device)
         self.targets: dict[str, VMDisk] = {}

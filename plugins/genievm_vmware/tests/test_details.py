@@ -122,3 +122,9 @@ def test_https_refuses_a_descriptor_without_flat_extent(si, vcsim):
     finally:
         transport.close()
         si.content.fileManager.DeleteDatastoreFile_Task(f"[LocalDS_0] {path.split('/')[0]}", _datacenter(si))
+
+
+def test_datacenter_path_is_the_folder_urls_dc_path(si):
+    from genievm_vmware.inventory import datacenter_path
+
+    assert datacenter_path(_datacenter(si)) == "DC0"
