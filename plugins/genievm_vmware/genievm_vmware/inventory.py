@@ -11,7 +11,17 @@ from genievm_core.errors import ConfigError, ProviderError, VMNotFoundError
 from genievm_core.models.vm import VMRef
 from genievm_vmware.connection import vsphere_errors
 
-__all__ = ["datacenter_of", "datacenter_path", "find_by_name", "find_vm", "list_vms", "lookup_vm", "retrieve"]
+__all__ = [
+    "datacenter_of",
+    "datacenter_path",
+    "find_by_name",
+    "find_place",
+    "find_vm",
+    "list_vms",
+    "lookup_vm",
+    "retrieve",
+    "vm_state",
+]
 
 _MOREF = re.compile(r"^vm-\d+\Z")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
