@@ -11,7 +11,7 @@ Options (``providerOptions``, or ``-o KEY=VALUE``)::
      "transport": "auto",               # auto | https | vddk
      "vddkLibDir": "/opt/vmware-vix-disklib-distrib",  # or VDDK_LIBDIR
      "vddkMode": "nbdssl",
-     "scratchDir": "/var/tmp",          # https restores stage each disk here
+     "scratchDir": "/var/tmp",          # https restores stage each disk here (default: --target, or $TMPDIR)
      "keepAliveSeconds": 300,           # an API call this often while data moves (vCenter's idle timeout)
      # restore only:
      "datacenter": "DC0", "folder": "DC0/vm/restored", "resourcePool": "...", "cluster": "...",
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -60,8 +61,8 @@ class VMwareProvider:
         self.endpoint = endpoint(options)
         self.si = connect(self.endpoint)
 
-    def open_transport(self) -> DiskTransport:
-        return choose_transport(self.options, self.endpoint, session_cookie(self.si))
+    def open_transport(self, scratch_dir: Path | None = None) -> DiskTransport:
+        return choose_transport(self.options, self.endpoint, session_cookie(self.si), scratch_dir=scratch_dir)
 
     def list_vms(self) -> list[VMRef]:
         return list_vms(self.si)
@@ -86,7 +87,8 @@ class VMwareProvider:
     @contextmanager
     def _restore(self, desc: VMDescription, request: RestoreRequest) -> Iterator[VMwareRestore]:
         options = {**self.options, **request.options}
-        session = VMwareRestore(self.si, desc, request, options, self.open_transport)
+        # https restores stage disks in scratchDir, else in --target (restorePath) when given
+        session = VMwareRestore(self.si, desc, request, options, lambda: self.open_transport(request.restore_path))
         try:
             with self._kept_alive():
                 yield session

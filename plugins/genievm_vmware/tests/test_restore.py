@@ -88,3 +88,27 @@ def test_failed_restore_removes_the_new_vm(cli, opt, vcsim, si, make_vm, repo, m
     result = cli("restore", "--vm", vm.uuid, "--repo", repo, *opt, "--new-name", new_name, check=False)
     assert result.code == 5 and "injected failure while writing" in result.err
     assert lookup_vm(si, new_name) is None
+
+
+def test_https_restore_stages_disks_under_target(cli, opt, vcsim, si, make_vm, repo, monkeypatch, tmp_path):
+    from genievm_vmware.transport import https
+
+    vm = make_vm([2 * MiB])
+    ((_, (path, size)),) = vm.disks.items()
+    put_file(vcsim, flat(path), os.urandom(size))
+    cli("backup", "--vm", vm.name, "--repo", repo, *opt)
+    staged = []
+    real_write = https.HTTPSDiskHandle.write
+
+    def watching_write(self, offset, data):
+        staged.append(self._scratch.name)
+        return real_write(self, offset, data)
+
+    monkeypatch.setattr(https.HTTPSDiskHandle, "write", watching_write)
+    target = tmp_path / "staging"
+    target.mkdir()
+    new_name = f"{vm.name}-staged"
+    cli("restore", "--vm", vm.uuid, "--repo", repo, *opt, "--new-name", new_name, "--target", str(target))
+    remove_vm(lookup_vm(si, new_name))
+    assert staged and all(os.path.dirname(name) == str(target) for name in staged)
+    assert list(target.iterdir()) == []  # the staging file is gone
