@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: set-up first, then the linters (ruff, mypy strict on
-# the core, the plugins and the example plugin), the services the tests talk to (libvirtd, an S3 server), and pytest over
-# the core and every plugin.
+# the core, the plugins and the example plugin), the services the tests talk to (libvirtd, an S3 server,
+# vcsim), and pytest over the core and every plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,8 +9,11 @@ bash scripts/services/libvirtd.sh  # real libvirtd + QEMU/KVM for the KVM plugin
 .venv/bin/ruff check genievm_core plugins tests docs/examples
 .venv/bin/mypy
 .venv/bin/mypy docs/examples/genievm-dirvm/genievm_dirvm  # the example plugin, strict like the core
-# a real S3 server for the S3 plugin's tests (scripts/services/s3.sh), stopped however pytest ends
+# a real S3 server for the S3 plugin's tests (scripts/services/s3.sh) and the vSphere API simulator for the
+# VMware plugin's (scripts/services/vcsim.sh), stopped however pytest ends
 source scripts/services/s3.sh
+source scripts/services/vcsim.sh
+trap 's3_stop; vcsim_stop' EXIT
 s3_start
-trap s3_stop EXIT
+vcsim_start
 .venv/bin/python -m pytest "$@"

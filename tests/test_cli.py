@@ -266,8 +266,9 @@ def test_error_exit_codes(cli: Run, tmp_path: Path, host: PluginHost) -> None:
     assert "is encrypted" not in (repo / "config").read_text()
 
     line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--provider", "hyperv"), 4)
-    installed = ", ".join(PluginHost().providers.names())  # image, kvm, and the example plugin dirvm
-    assert f"no provider named 'hyperv' is installed (installed: {installed})" in line and "image, kvm" in line
+    installed = ", ".join(PluginHost().providers.names())  # image, kvm, vmware and the example plugin dirvm
+    assert f"no provider named 'hyperv' is installed (installed: {installed})" in line
+    assert "image, kvm" in line and "vmware" in line
     assert "no VM web01" in one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo)), 7)
     missing = tmp_path / "absent.img"
     line = one_error_line(cli("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={missing}"), 5)

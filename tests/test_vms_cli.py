@@ -22,7 +22,7 @@ def test_vms_lists_the_image_providers_vms(cli: Callable[..., CLIResult], tmp_pa
 
 def test_vms_of_an_uninstalled_provider(cli: Callable[..., CLIResult]) -> None:
     result = cli("vms", "--provider", "hyperv")
-    installed = ", ".join(PluginHost().providers.names())  # image, kvm, and the example plugin dirvm
+    installed = ", ".join(PluginHost().providers.names())  # image, kvm, vmware and the example plugin dirvm
     assert result.code == 4 and result.err_lines == [
         f"genievm: error: no provider named 'hyperv' is installed (installed: {installed})"
     ]

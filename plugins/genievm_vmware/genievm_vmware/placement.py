@@ -1,0 +1,87 @@
+"""Where a restored VM goes: datacenter, folder, resource pool, datastore and networks, from the options.
+
+Every place is named by inventory path or by name. Without an option the
+defaults are: the only datacenter, its VM folder, the first cluster's (or
+host's) root resource pool, the datastore the disk was on when it exists
+there, and for each network the network of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyVmomi import vim
+
+from genievm_core.errors import ConfigError
+from genievm_vmware.connection import vsphere_errors
+from genievm_vmware.inventory import find_place, retrieve
+
+__all__ = ["Placement", "network_map", "placement"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    datacenter: vim.Datacenter
+    folder: vim.Folder
+    pool: vim.ResourcePool
+    datastore: vim.Datastore
+    networks: dict[str, vim.Network]  # every network of the datacenter by name
+
+
+def network_map(text: object) -> dict[str, str]:
+    """``networkMap``: ``SRC=DST,SRC2=DST2`` (or a mapping in a config file)."""
+    if isinstance(text, Mapping):
+        return {str(k): str(v) for k, v in text.items()}
+    pairs = {}
+    for item in str(text or "").split(","):
+        if not item.strip():
+            continue
+        src, sep, dst = item.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise ConfigError(f"invalid providerOptions: networkMap: {item.strip()!r} is not SOURCE=TARGET")
+        pairs[src.strip()] = dst.strip()
+    return pairs
+
+
+def placement(si: vim.ServiceInstance, options: Mapping[str, Any], source_datastore: str | None) -> Placement:
+    with vsphere_errors("finding where to restore"):
+        if options.get("datacenter"):
+            dc = find_place(si, vim.Datacenter, str(options["datacenter"]), option="datacenter")
+        else:
+            dcs = [obj for obj, _ in retrieve(si, vim.Datacenter, ["name"])]
+            if len(dcs) != 1:
+                raise ConfigError(f"invalid providerOptions: datacenter: there are {len(dcs)}; give -o datacenter=NAME")
+            dc = dcs[0]
+        folder = (
+            find_place(si, vim.Folder, str(options["folder"]), option="folder")
+            if options.get("folder")
+            else dc.vmFolder
+        )
+        pool = _pool(si, dc, options)
+        datastores = {p["name"]: d for d, p in retrieve(si, vim.Datastore, ["name"], dc.datastoreFolder)}
+        wanted = str(options.get("datastore") or source_datastore or "")
+        if wanted not in datastores:
+            raise ConfigError(
+                f"invalid providerOptions: datastore: {wanted or '(none given)'} is not one of datacenter "
+                f"{dc.name}'s datastores ({', '.join(sorted(datastores))})"
+            )
+        networks = {p["name"]: n for n, p in retrieve(si, vim.Network, ["name"], dc.networkFolder)}
+        return Placement(dc, folder, pool, datastores[wanted], networks)
+
+
+def _pool(si: vim.ServiceInstance, dc: vim.Datacenter, options: Mapping[str, Any]) -> vim.ResourcePool:
+    if options.get("resourcePool"):
+        return find_place(si, vim.ResourcePool, str(options["resourcePool"]), option="resourcePool")
+    compute: Any = None
+    if options.get("cluster"):
+        compute = find_place(si, vim.ClusterComputeResource, str(options["cluster"]), option="cluster")
+    elif options.get("esxHost"):
+        compute = find_place(si, vim.HostSystem, str(options["esxHost"]), option="esxHost").parent
+    else:
+        folder: Any = dc.hostFolder
+        compute = next((c for c in folder.childEntity if isinstance(c, vim.ComputeResource)), None)
+    if isinstance(compute, vim.ComputeResource) and compute.resourcePool is not None:
+        return compute.resourcePool
+    raise ConfigError(f"invalid providerOptions: resourcePool: datacenter {dc.name} has no host or cluster")

@@ -1,0 +1,114 @@
+"""The ``vmware`` provider: VMs of one vCenter or ESXi host, through pyvmomi.
+
+Options (``providerOptions``, or ``-o KEY=VALUE``)::
+
+    {"host": "vcenter.example.com",     # or https://host:port/sdk
+     "port": 443,
+     "user": "backup@vsphere.local",    # or GENIEVM_VMWARE_USER
+     "password": "...",                 # config file only; or GENIEVM_VMWARE_PASSWORD, passwordFile, a prompt
+     "caFile": "/etc/ssl/vcenter.pem",  # trust this CA (default: the system's)
+     "insecure": false,                 # skip TLS verification (logged)
+     "transport": "auto",               # auto | https | vddk
+     "vddkLibDir": "/opt/vmware-vix-disklib-distrib",  # or VDDK_LIBDIR
+     "vddkMode": "nbdssl",
+     "scratchDir": "/var/tmp",          # https restores stage each disk here (default: --target, or $TMPDIR)
+     "keepAliveSeconds": 300,           # an API call this often while data moves (vCenter's idle timeout)
+     # restore only:
+     "datacenter": "DC0", "folder": "DC0/vm/restored", "resourcePool": "...", "cluster": "...",
+     "esxHost": "...", "datastore": "LocalDS_0", "networkMap": "VM Network=Restore Net,..."}
+
+A VM is found by name, inventory path (``DC0/vm/web1``), MoRef (``vm-42``) or
+instance UUID; backups key it by its instance UUID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from genievm_core.errors import ConfigError
+from genievm_core.models.vm import VMDescription, VMRef
+from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
+from genievm_vmware.backup import snapshot_backup
+from genievm_vmware.connection import connect, disconnect, endpoint, session_cookie, vsphere_errors, wait
+from genievm_vmware.describe import describe
+from genievm_vmware.inventory import find_vm, list_vms
+from genievm_vmware.keepalive import DEFAULT_INTERVAL, session_kept_alive
+from genievm_vmware.restore import VMwareRestore
+from genievm_vmware.source import VMwareSession
+from genievm_vmware.transport import DiskTransport
+from genievm_vmware.transport.select import TRANSPORTS, choose_transport
+
+__all__ = ["VMwareProvider"]
+
+log = structlog.get_logger("genievm.vmware")
+
+
+class VMwareProvider:
+    name = "vmware"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.options = dict(options)
+        transport = str(options.get("transport", "auto")).strip().lower()
+        if transport not in TRANSPORTS:  # checked before any snapshot is made
+            raise ConfigError(
+                f"invalid providerOptions: transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}"
+            )
+        self.endpoint = endpoint(options)
+        self.si = connect(self.endpoint)
+
+    def open_transport(self, scratch_dir: Path | None = None) -> DiskTransport:
+        return choose_transport(self.options, self.endpoint, session_cookie(self.si), scratch_dir=scratch_dir)
+
+    def list_vms(self) -> list[VMRef]:
+        return list_vms(self.si)
+
+    def describe_vm(self, vm_id: str) -> VMDescription:
+        vm = find_vm(self.si, vm_id)
+        with vsphere_errors(f"describing VM {vm_id}"):
+            return describe(vm)
+
+    def open_backup(self, vm: VMDescription, request: BackupRequest) -> AbstractContextManager[VMwareSession]:
+        return self._backup(vm, request)
+
+    @contextmanager
+    def _backup(self, desc: VMDescription, request: BackupRequest) -> Iterator[VMwareSession]:
+        vm = find_vm(self.si, desc.id)
+        with snapshot_backup(vm, desc, request, self.open_transport) as session, self._kept_alive():
+            yield session
+
+    def open_restore(self, vm: VMDescription, request: RestoreRequest) -> AbstractContextManager[VMwareRestore]:
+        return self._restore(vm, request)
+
+    @contextmanager
+    def _restore(self, desc: VMDescription, request: RestoreRequest) -> Iterator[VMwareRestore]:
+        options = {**self.options, **request.options}
+        # https restores stage disks in scratchDir, else in --target (restorePath) when given
+        session = VMwareRestore(self.si, desc, request, options, lambda: self.open_transport(request.restore_path))
+        try:
+            with self._kept_alive():
+                yield session
+        except BaseException:
+            session.discard()
+            raise
+
+    def _kept_alive(self) -> AbstractContextManager[None]:
+        try:
+            interval = float(self.options.get("keepAliveSeconds", DEFAULT_INTERVAL))
+        except ValueError:
+            raise ConfigError(
+                f"invalid providerOptions: keepAliveSeconds {self.options.get('keepAliveSeconds')!r} is not a number"
+            ) from None
+        return session_kept_alive(self.si, interval)
+
+    def power_on(self, vm_id: str) -> None:
+        vm = find_vm(self.si, vm_id)
+        wait(vm.PowerOnVM_Task(), f"powering on VM {vm.name}")
+        log.info("vmware.powered_on", vm=vm.name)
+
+    def close(self) -> None:
+        disconnect(self.si)

@@ -1,0 +1,175 @@
+"""Restore: a new VM from the stored configuration, its disks written through the chosen transport.
+
+The new VM gets the new name (or the old one), the placement the options give
+(``placement.py``) and new thin disks of the stored capacities; then each disk's
+data is written. If anything fails the VM that was created is destroyed. A VM
+that already has the name is never touched without ``--force``; with it, the
+backup's disks are written into that VM's disks of the same device key, and the
+VM must be powered off and have no snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from pyVmomi import vim
+
+from genievm_core.errors import ConfigError, GenieVMError, ProviderError, RestoreTargetExistsError
+from genievm_core.models.config import DiskConfig
+from genievm_core.models.vm import DiskInfo, VMDescription
+from genievm_core.plugin.protocols import DiskSink, RestoreRequest
+from genievm_vmware.connection import vsphere_errors, wait
+from genievm_vmware.describe import CONFIG_FORMAT, VMDisk, load_config, vm_disks
+from genievm_vmware.inventory import datacenter_of, datacenter_path, lookup_vm
+from genievm_vmware.placement import network_map, placement
+from genievm_vmware.transport import DiskHandle, DiskLocation, DiskTransport
+from genievm_vmware.vmspec import new_vm_spec, slot
+
+__all__ = ["VMwareDiskSink", "VMwareRestore"]
+
+log = structlog.get_logger("genievm.vmware.restore")
+
+
+class VMwareDiskSink:
+    def __init__(self, handle: DiskHandle, *, zeroed: bool) -> None:
+        self._handle = handle
+        self._zeroed = zeroed
+
+    @property
+    def zeroed(self) -> bool:
+        return self._zeroed
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._handle.write(offset, data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._handle.read(offset, length)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def discard(self) -> None:
+        drop = getattr(self._handle, "discard", None)
+        (drop or self._handle.close)()
+
+
+class VMwareRestore:
+    def __init__(
+        self,
+        si: vim.ServiceInstance,
+        desc: VMDescription,
+        request: RestoreRequest,
+        options: Mapping[str, Any],
+        open_transport: Callable[[], DiskTransport],
+    ) -> None:
+        if desc.config_format != CONFIG_FORMAT or not desc.config:
+            raise ProviderError(f"provider vmware: backup of {desc.name} holds no vSphere VM configuration")
+        self.name = request.new_name or desc.name
+        self.sinks: list[VMwareDiskSink] = []
+        self.created: vim.VirtualMachine | None = None
+        self.transport: DiskTransport | None = None
+        config = load_config(desc.config)
+        restored = {d.name for d in desc.disks if not request.disk_configs.get(d.name, DiskConfig(name=d.name)).skip}
+        sizes = {d.name: d.size for d in desc.disks}
+        stored = {d.name: d for d in vm_disks(list(config.hardware.device))}
+        existing = lookup_vm(si, self.name)
+        if existing is not None:
+            self.vm = self._existing(existing, request, restored)
+            self.zeroed = False
+        else:
+            source_ds = next((stored[n].datastore for n in sorted(restored) if n in stored), None)
+            where = placement(si, options, source_ds)
+            capacities = {stored[n].device.key: sizes[n] for n in restored if n in stored}
+            spec = new_vm_spec(config, self.name, where, capacities, network_map(options.get("networkMap")))
+            task = where.folder.CreateVM_Task(config=spec, pool=where.pool)
+            self.vm = self.created = wait(task, f"creating VM {self.name}")
+            log.info("vmware.vm_created", vm=self.name, moref=self.vm._moId, datastore=where.datastore.name)
+            self.zeroed = True
+        self.open_transport = open_transport
+        try:
+            self._match_disks(desc, config, restored, sizes, stored)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _match_disks(
+        self,
+        desc: VMDescription,
+        config: vim.vm.ConfigInfo,
+        restored: set[str],
+        sizes: dict[str, int],
+        stored: dict[str, VMDisk],
+    ) -> None:
+        with vsphere_errors(f"reading the disks of VM {self.name}"):
+            vm_config: Any = self.vm.config
+            devices = list(vm_config.hardware.device)
+            by_slot = {slot(devices, d.device): d for d in vm_disks(devices)}
+            self.datacenter = datacenter_path(datacenter_of(self.vm))
+        hardware: Any = config.hardware
+        stored_devices = list(hardware.device)
+        self.targets: dict[str, VMDisk] = {}
+        for name in restored:
+            if name not in stored:
+                raise ProviderError(f"provider vmware: the stored configuration of {desc.name} has no disk {name}")
+            target = by_slot.get(slot(stored_devices, stored[name].device))
+            if target is None:
+                raise ProviderError(f"provider vmware: VM {self.name} has no disk where {name} goes")
+            if target.capacity < sizes[name]:
+                raise ProviderError(
+                    f"provider vmware: disk {target.name} of VM {self.name} is smaller than backed-up {name}"
+                )
+            self.targets[name] = target
+
+    def _existing(self, vm: vim.VirtualMachine, request: RestoreRequest, restored: set[str]) -> vim.VirtualMachine:
+        if not request.force:
+            raise RestoreTargetExistsError(f"VM {self.name} exists; pass --force to restore its disks into it")
+        with vsphere_errors(f"reading VM {self.name}"):
+            state, snapshots = vm.runtime.powerState, vm.snapshot
+        if state != "poweredOff":
+            raise ProviderError(f"provider vmware: VM {self.name} is {state}; power it off to restore into it")
+        if snapshots is not None:
+            raise ProviderError(f"provider vmware: VM {self.name} has snapshots; remove them to restore into it")
+        log.warning("vmware.restore_into_existing", vm=self.name, disks=sorted(restored))
+        return vm
+
+    def open_sink(self, disk: DiskInfo, config: DiskConfig) -> DiskSink:
+        if config.target or config.format:
+            raise ConfigError("invalid RestoreConfig: diskConfigs: target and format do not apply to vmware restores")
+        if self.transport is None:
+            self.transport = self.open_transport()
+        target = self.targets[disk.name]
+        where = DiskLocation(self.vm._moId, self.datacenter, target.datastore, target.path, target.capacity)
+        zeroed = self.zeroed or self.transport.name == "https"  # https writes the whole file, zeros too
+        sink = VMwareDiskSink(self.transport.open(where, writable=True), zeroed=zeroed)
+        self.sinks.append(sink)
+        return sink
+
+    def commit(self) -> str:
+        for sink in self.sinks:
+            sink.close()
+        self._close_transport()
+        with vsphere_errors(f"reading VM {self.name}"):
+            config: Any = self.vm.config
+            return str(config.instanceUuid or self.vm._moId)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def discard(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.discard()
+            except GenieVMError as exc:
+                log.warning("vmware.sink_discard_failed", vm=self.name, error=str(exc))
+        self._close_transport()
+        if self.created is not None:
+            try:
+                wait(self.created.Destroy_Task(), f"removing the half-restored VM {self.name}")
+                log.info("vmware.restore_undone", vm=self.name)
+            except GenieVMError as exc:
+                log.error("vmware.restore_not_undone", vm=self.name, error=str(exc))
+            self.created = None
