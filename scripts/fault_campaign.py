@@ -1,7 +1,7 @@
 """A fault-injection campaign: SIGKILL backups, prunes and garbage collections at random moments.
 
 usage: .venv/bin/python scripts/fault_campaign.py [--kills 200] [--seed 1] [--kinds backup,prune,gc]
-                                                  [--provider image|kvm] [--workdir DIR] [--keep]
+                                                  [--provider image|kvm|vmware] [--workdir DIR] [--keep]
 
 Each kill prepares work for its job (changed disks, backups to prune, garbage
 to collect), runs the job as a real ``genievm`` process, SIGKILLs it after a
@@ -11,7 +11,9 @@ missing chunk); the next run of the same job completes (a backup then holds
 exactly the disks' chunks); afterwards no lock, temporary file or unfinished
 job is left. With ``--provider kvm`` the VM is a real libvirt domain backed
 up live, and the checks add: no libvirt backup job, only the repository's
-newest checkpoint, no NBD socket in the run folder.
+newest checkpoint, no NBD socket in the run folder. With ``--provider vmware``
+(``--kinds backup``) the VM is on a private vcsim, backed up over https, and
+after the next run it must have no GenieVM snapshot (a killed run's is swept).
 
 It prints one line per kill, then the kills tried, how many hit the job before
 it ended, the failures found and the time taken. The same seed replays the
@@ -36,7 +38,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: backup, prune, gc")
-    parser.add_argument("--provider", choices=["image", "kvm"], default="image")
+    parser.add_argument("--provider", choices=["image", "kvm", "vmware"], default="image")
     parser.add_argument("--workdir", type=Path, help="where the repository and images go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
@@ -44,6 +46,8 @@ def main() -> int:
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         parser.error(f"--kinds: choose from {', '.join(KINDS)}")
+    if args.provider == "vmware" and set(kinds) != {"backup"}:
+        parser.error("--provider vmware: --kinds backup only")
     configure_logging("error")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="genievm-faults-"))
@@ -54,6 +58,11 @@ def main() -> int:
         from kvm_faults import KVMFaultBed  # the KVM plugin's test helpers: a scratch VM on qemu:///system
 
         bed = KVMFaultBed(workdir, seed=args.seed)
+    elif args.provider == "vmware":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins/genievm_vmware/tests"))
+        from vmware_faults import VMwareFaultBed  # the VMware plugin's test helpers: a scratch VM on a private vcsim
+
+        bed = VMwareFaultBed(workdir, seed=args.seed)
     else:
         bed = ImageFaultBed(workdir, seed=args.seed)
     results: list[KillResult] = []

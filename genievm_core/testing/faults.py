@@ -322,6 +322,7 @@ class ImageFaultBed:
         delay = self.rng.uniform(min(0.8 * self.startup, self.durations[kind] / 2), self.durations[kind])
         run = kill_after(self.command(kind), self.env, delay)
         result = KillResult(number, kind, delay, run.killed, run.returncode)
+        self.after_kill(result)
         if not run.killed and run.returncode != 0:
             result.problems.append(f"{kind} failed on its own: {run.stderr.strip()}")
         # every committed backup is whole, and no manifest names a missing chunk
@@ -345,6 +346,9 @@ class ImageFaultBed:
         result.problems += self.leftovers()
         self.results.append(result)
         return result
+
+    def after_kill(self, result: KillResult) -> None:
+        """Look at what the kill left on the hypervisor, before the next run cleans it up (nothing here)."""
 
     def leftovers(self) -> list[str]:
         """What the provider left on the hypervisor beyond what the repository needs (none for image files)."""

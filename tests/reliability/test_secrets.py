@@ -1,10 +1,11 @@
 """Secrets never appear in output, logs (at debug level), error messages, repository files, the job registry or argv.
 
 Every command runs as a real ``genievm`` process at ``--log-level debug``
-(console and JSON logs), with a repository passphrase, S3 credentials and a
-password inside a libvirt URI, all given the ways GenieVM documents
-(environment, a passphrase file, storage options in ``GENIEVM_STORAGE_OPTIONS``,
-``-o uri=...``). Afterwards every byte of stdout and stderr, every file under
+(console and JSON logs), with a repository passphrase, S3 credentials, a
+password inside a libvirt URI and a vSphere password (against a vcsim), all
+given the ways GenieVM documents (environment, a passphrase file, storage
+options in ``GENIEVM_STORAGE_OPTIONS``, ``-o uri=...``, ``GENIEVM_VMWARE_PASSWORD``,
+``-o passwordFile=...``, a job config). Afterwards every byte of stdout and stderr, every file under
 the test's folder (the repository, restored disks, the job registry's SQLite
 file) and the command line of each running process is searched for them.
 """
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import CHUNK, genievm_path, random_bytes, write_image
@@ -159,3 +163,84 @@ def test_urls_in_messages_lose_their_password(url: str, shown: str) -> None:
     from genievm_core.logging import redact_url
 
     assert redact_url(url) == shown
+
+
+VMWARE_PASSWORD = "vmw-Sekr1t-3e8b51"
+VMWARE_WRONG = "vmw-wrong-Sekr1t-c04f7d"
+
+
+@pytest.fixture(scope="module")
+def vcsim_with_known_password() -> Iterator[Any]:
+    """A private vcsim whose password is ``VMWARE_PASSWORD`` (scripts/setup.sh installs what builds it)."""
+    pytest.importorskip("pyVmomi")
+    if shutil.which("go") is None or not Path("/usr/share/gocode/src/github.com/vmware/govmomi").is_dir():
+        pytest.skip("vcsim needs golang-go and golang-github-vmware-govmomi-dev (scripts/setup.sh installs them)")
+    from genievm_vmware.testing import start_vcsim
+
+    with start_vcsim(password=VMWARE_PASSWORD) as sim:
+        yield sim
+
+
+def test_no_vmware_password_is_shown_or_stored(vcsim_with_known_password: Any, tmp_path: Path) -> None:
+    """The vSphere password, from GENIEVM_VMWARE_PASSWORD, -o passwordFile or a job config, is nowhere afterwards.
+
+    The repository is unencrypted here, so that its files could show the password if a manifest kept it.
+    """
+    from genievm_vmware.testing import put_file, remove_vm, scratch_vm
+
+    sim = vcsim_with_known_password
+    run = Runner(tmp_path)
+    repo = tmp_path / "repo"
+    name = "genievm-secrets-vm"
+    by_env = {"GENIEVM_VMWARE_PASSWORD": VMWARE_PASSWORD}
+    vmware = ["--provider", "vmware", *sim.options()]
+    with sim.connect() as si:
+        vm = scratch_vm(si, name, [4 * CHUNK])
+        try:
+            disk = vm.config.hardware.device
+            path = next(d.backing.fileName for d in disk if hasattr(d, "capacityInKB"))
+            flat = path.split("] ", 1)[1].removesuffix(".vmdk") + "-flat.vmdk"
+            put_file(sim, flat, random_bytes(3 * CHUNK, 7) + bytes(CHUNK))
+
+            assert run("repo", "init", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)) == 0
+            assert run("vms", *vmware, env=by_env) == 0
+            assert run("backup", "--vm", name, "--repo", str(repo), *vmware, "--json", env=by_env) == 0
+            assert run("backup", "--vm", name, "--repo", str(repo), *vmware, env=by_env, fmt="json") == 0
+            restore = ["restore", "--vm", name, "--repo", str(repo), *vmware, "--new-name", f"{name}-r"]
+            assert run(*restore, "--target", str(tmp_path / "staging"), env=by_env) == 0
+            # the password in a job config file (providerOptions.password), kept only while the job runs
+            config = tmp_path / "vmware-job.json"
+            options = {"host": sim.host, "port": sim.port, "user": sim.user, "caFile": str(sim.ca_file),
+                       "password": VMWARE_PASSWORD}  # fmt: skip
+            config.write_text(json.dumps({"vmId": name, "backupPath": str(repo), "provider": "vmware",
+                                          "providerOptions": options}))  # fmt: skip
+            assert run("backup", "--config", str(config)) == 0
+            config.unlink()
+
+            # a wrong password, from the environment and from a file: one error line, exit 6, the password not in it
+            assert run("backup", "--vm", name, "--repo", str(repo), *vmware,
+                       env={"GENIEVM_VMWARE_PASSWORD": VMWARE_WRONG}) == 6  # fmt: skip
+            error = run.seen[-1].strip().splitlines()[-1]
+            assert error == f"genievm: error: authentication failed for {sim.user} at {sim.host}:{sim.port}", error
+            wrong_file = tmp_path / "vmware-password"
+            wrong_file.write_text(VMWARE_WRONG + "\n")
+            assert run("vms", *vmware, "-o", f"passwordFile={wrong_file}") == 6
+            wrong_file.unlink()
+            assert run("jobs", "list", "--json") == 0
+            assert run("jobs", "list", "--json", fmt="json") == 0
+        finally:
+            restored = [v for v in si.content.viewManager.CreateContainerView(
+                si.content.rootFolder, [type(vm)], True).view if v.name == f"{name}-r"]  # fmt: skip
+            for v in [vm, *restored]:
+                remove_vm(v)
+
+    secrets = [VMWARE_PASSWORD, VMWARE_WRONG]
+    leaks = [(secret, text[:300]) for text in run.seen for secret in secrets if secret in text]
+    assert leaks == [], "the vSphere password was printed, logged or on a command line"
+    assert any("debug" in text for text in run.seen), "debug logging did not run"
+    assert (tmp_path / "jobs.sqlite").is_file() and any((repo / "manifests").iterdir())
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            data = file.read_bytes()
+            found = [s for s in secrets if s.encode() in data]
+            assert found == [], f"{file.relative_to(tmp_path)} holds {found}"

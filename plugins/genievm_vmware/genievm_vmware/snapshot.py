@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import structlog
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
-from genievm_core.errors import GenieVMError
-from genievm_vmware.connection import vsphere_errors, wait
+from genievm_core.errors import GenieVMError, ProviderError
+from genievm_vmware.connection import raise_for, vsphere_errors, wait
 
-__all__ = ["GENIEVM_TAG", "genievm_snapshot", "genievm_snapshots", "remove_snapshot", "sweep_stale"]
+__all__ = ["GENIEVM_TAG", "SnapshotGone", "genievm_snapshot", "genievm_snapshots", "remove_snapshot", "sweep_stale"]
 
 log = structlog.get_logger("genievm.vmware.snapshot")
 PREFIX = "genievm-"
@@ -37,8 +37,23 @@ def genievm_snapshots(vm: vim.VirtualMachine) -> list[vim.vm.SnapshotTree]:
     return [t for t in _walk(trees) if str(t.name).startswith(PREFIX) and str(t.description).startswith(GENIEVM_TAG)]
 
 
+class SnapshotGone(ProviderError):
+    """provider vmware: VM {vm}: snapshot {name} was removed by someone else during the backup ..."""
+
+
 def remove_snapshot(vm: vim.VirtualMachine, snapshot: vim.vm.Snapshot, name: str) -> None:
-    wait(snapshot.RemoveSnapshot_Task(removeChildren=False), f"VM {vm.name}: removing snapshot {name}")
+    """Remove ``snapshot``; ``SnapshotGone`` when it no longer exists (removed by someone else)."""
+    what = f"VM {vm.name}: removing snapshot {name}"
+    try:
+        task = snapshot.RemoveSnapshot_Task(removeChildren=False)
+    except vmodl.fault.ManagedObjectNotFound as exc:
+        raise SnapshotGone(
+            f"provider vmware: VM {vm.name}: snapshot {name} was removed by someone else during the backup, so "
+            "its disks took writes while being read and the point in time is lost; run the backup again"
+        ) from exc
+    except vmodl.MethodFault as exc:
+        raise_for(exc, what)
+    wait(task, what)
     log.info("vmware.snapshot_removed", vm=vm.name, snapshot=name)
 
 

@@ -85,12 +85,15 @@ def from_env() -> Vcsim | None:
 
 
 @contextmanager
-def start_vcsim(*, esx: bool = False) -> Iterator[Vcsim]:
-    """Build (when needed) and run a private vcsim (a vCenter, or with ``esx`` an ESXi host); SIGTERM stops it."""
+def start_vcsim(*, esx: bool = False, password: str | None = None) -> Iterator[Vcsim]:
+    """Build (when needed) and run a private vcsim (a vCenter, or with ``esx`` an ESXi host); SIGTERM stops it.
+
+    Its user is ``genievm``, its password ``password`` (default: a random one).
+    """
     binary = subprocess.run(["bash", str(BUILD)], check=True, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="genievm-vcsim-") as folder:
         ca = Path(folder) / "ca.pem"
-        password = secrets.token_urlsafe(12)
+        password = password or secrets.token_urlsafe(12)
         cmd = [binary, "-listen", "127.0.0.1:0", "-username", "genievm", "-password", password, "-ca-file", str(ca)]
         cmd += ["-esx"] if esx else []
         proc = subprocess.Popen(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("pyVmomi")
+sys.path.insert(0, str(Path(__file__).parent))  # vmware_faults, for test_kills.py
 
 from genievm_vmware.describe import vm_disks  # noqa: E402
 from genievm_vmware.testing import Vcsim, from_env, remove_vm, scratch_vm, start_vcsim  # noqa: E402

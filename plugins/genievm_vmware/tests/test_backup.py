@@ -184,3 +184,28 @@ def test_quiesce_asks_for_a_quiesced_snapshot(cli, opt, vcsim, make_vm, repo, mo
     quiesced, snapshot, description = seen[0]
     assert quiesced is True and snapshot.startswith("genievm-backup-") and "GenieVM" in description
     assert vm.vm.snapshot is None
+
+
+def test_a_snapshot_removed_by_someone_else_mid_backup_fails_the_backup(cli, opt, vcsim, make_vm, repo, monkeypatch):
+    """Its base disk took writes while being read: the point in time is lost, so the backup must not commit."""
+    from genievm_vmware.transport import https
+    from pyVim.task import WaitForTask
+
+    vm = make_vm([4 * MiB])
+    (name,) = vm.disks
+    write_disk(vcsim, vm, name, image(4 * MiB, (0, os.urandom(3 * MiB))))
+    real_read = https.HTTPSDiskHandle.read
+    removed = []
+
+    def read_then_remove(self, offset, length):
+        if not removed:  # another tool (or an operator) removes every snapshot of the VM
+            WaitForTask(vm.vm.RemoveAllSnapshots_Task())
+            removed.append(True)
+        return real_read(self, offset, length)
+
+    monkeypatch.setattr(https.HTTPSDiskHandle, "read", read_then_remove)
+    result = cli("backup", "--vm", vm.name, "--repo", repo, *opt, check=False)
+    assert result.code == 5, result.err
+    assert "internal error" not in result.err
+    assert "snapshot" in result.err and "removed" in result.err, result.err
+    assert cli("backups", "list", "--repo", repo, "--json").json() == []

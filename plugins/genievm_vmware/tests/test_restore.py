@@ -112,3 +112,31 @@ def test_https_restore_stages_disks_under_target(cli, opt, vcsim, si, make_vm, r
     remove_vm(lookup_vm(si, new_name))
     assert staged and all(os.path.dirname(name) == str(target) for name in staged)
     assert list(target.iterdir()) == []  # the staging file is gone
+
+
+def test_https_restore_makes_a_missing_target_and_refuses_an_unusable_one(cli, opt, vcsim, si, make_vm, repo, tmp_path):
+    """Regression: a --target folder that did not exist crashed the restore with a FileNotFoundError traceback."""
+    vm = make_vm([2 * MiB])
+    ((_, (path, size)),) = vm.disks.items()
+    data = os.urandom(size)
+    put_file(vcsim, flat(path), data)
+    cli("backup", "--vm", vm.name, "--repo", repo, *opt)
+
+    target = tmp_path / "not" / "yet"
+    new_name = f"{vm.name}-made"
+    cli("restore", "--vm", vm.uuid, "--repo", repo, *opt, "--new-name", new_name, "--target", str(target))
+    restored = lookup_vm(si, new_name)
+    try:
+        assert get_file(vcsim, flat(disk_files(restored)[0][0])) == data
+    finally:
+        remove_vm(restored)
+    assert target.is_dir() and list(target.iterdir()) == []
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    broken = f"{vm.name}-nowhere"
+    result = cli("restore", "--vm", vm.uuid, "--repo", repo, *opt, "--new-name", broken,
+                 "--target", str(a_file / "staging"), check=False)  # fmt: skip
+    assert result.code == 5, result.err
+    assert result.err.strip().startswith("genievm: error: provider vmware: cannot stage a disk in "), result.err
+    assert lookup_vm(si, broken) is None  # the half-restored VM is removed

@@ -158,6 +158,24 @@ def check(resp: urllib3.BaseHTTPResponse, expected: int | tuple[int, ...], what:
     raise ProviderError(f"provider vmware: {what}: {problem}")
 
 
+def _scratch_file(folder: Path | None, size: int) -> IO[bytes]:
+    """A sparse local file of ``size`` bytes in ``folder`` (made when missing, as ``--target`` is for other
+    providers), or the system's temporary folder; removed when closed."""
+    try:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.NamedTemporaryFile(prefix="genievm-vmdk-", dir=folder)  # noqa: SIM115 - closed by close()
+    except OSError as exc:
+        where = folder or tempfile.gettempdir()
+        raise ProviderError(f"provider vmware: cannot stage a disk in {where}: {exc.strerror or exc}") from exc
+    try:
+        scratch.truncate(size)
+    except OSError as exc:
+        scratch.close()
+        raise ProviderError(f"provider vmware: cannot stage a disk of {size} bytes in {scratch.name}: {exc}") from exc
+    return scratch
+
+
 class HTTPSDiskHandle:
     """One datastore disk file: ranged reads, or writes staged in a sparse scratch file.
 
@@ -177,10 +195,7 @@ class HTTPSDiskHandle:
         self._lock = threading.Lock()
         self.bytes_read = 0
         if writable:
-            self._scratch = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by close()
-                prefix="genievm-vmdk-", dir=transport.scratch_dir
-            )
-            self._scratch.truncate(disk.capacity)
+            self._scratch = _scratch_file(transport.scratch_dir, disk.capacity)
             self._dirty = True  # a new disk is written whole even when all zeros
 
     @property
