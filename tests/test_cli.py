@@ -298,3 +298,24 @@ def test_a_repository_path_that_is_a_file(cli: Run, tmp_path: Path) -> None:
     not_a_dir.write_text("x")
     line = one_error_line(cli("backups", "list", "--repo", str(not_a_dir)), 9)
     assert f"storage file://{not_a_dir}" in line
+
+
+class SealedError(Exception):
+    """An SDK error that refuses attributes it does not declare, as pyVmomi's faults do."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name != "__traceback__":  # set by contextlib, which pyVmomi's faults allow
+            raise AttributeError(name)
+        super().__setattr__(name, value)
+
+
+def test_an_sdk_error_that_refuses_attributes_is_reported_as_itself(
+    cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(self: PluginHost) -> None:
+        raise SealedError("the SDK's own words")
+
+    monkeypatch.setattr(PluginHost, "plugins", fail)
+    result = cli("plugins")
+    assert result.code == 1
+    assert result.stderr.startswith("genievm: internal error: SealedError: the SDK's own words"), result.stderr

@@ -92,7 +92,9 @@ def main() -> None:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _interrupt)
     try:
-        app(standalone_mode=True)
+        # the click command itself: Typer's own __call__ sets an attribute on every escaping exception,
+        # which SDK errors that refuse new attributes (pyVmomi's faults) turn into an AttributeError
+        typer.main.get_command(app)(standalone_mode=True)
     except GenieVMError as exc:
         err_console.print(f"genievm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
