@@ -21,6 +21,10 @@ Helpers:
 - ``mounted_tmpfs(folder, options)``: a real tmpfs mounted on ``folder`` for
   the block, for tests of full (``size=1m``) or read-only (``ro``) storage;
   the test is skipped, with the reason, where mounting is not allowed.
+- ``genievm_core.testing.faults``: kill a ``genievm`` process at a seeded random
+  moment and check what it left (``kill_after``, ``repository_problems``,
+  ``registry_problems``, ``ImageFaultBed``); subclass ``ImageFaultBed`` to run the
+  same kill campaign against a provider (the KVM plugin's ``kvm_faults.py``).
 
 Names are imported on first use, so loading the pytest plugin stays cheap.
 """

@@ -25,7 +25,7 @@ KILLS_PER_KIND = 7  # 21 kills in all
 
 @pytest.mark.parametrize("kind", ["backup", "prune", "gc"])
 def test_random_kills_leave_a_sound_repository(kind: str, tmp_path: Path) -> None:
-    bed = ImageFaultBed(tmp_path, seed={"backup": 11, "prune": 12, "gc": 13}[kind], disk_mib=16)
+    bed = ImageFaultBed(tmp_path, seed={"backup": 11, "prune": 12, "gc": 13}[kind], disk_mib=8)
     bed.setup()
     bed.measure(kind)
     results = [bed.kill_once(n, kind) for n in range(KILLS_PER_KIND)]

@@ -16,7 +16,7 @@ from genievm_core.testing.faults import ImageFaultBed
 
 
 def test_random_kills_with_the_repository_in_s3(s3_bucket: str, s3_options: dict[str, Any], tmp_path: Path) -> None:
-    """Two backup kills (moto is slow: scripts/fault_campaign.py runs prune and GC kills by the hundred)."""
+    """One backup kill (moto is slow; the campaign script kills prune and GC by the hundred on a filesystem)."""
     env = {"GENIEVM_STORAGE_OPTIONS": json.dumps(s3_options)}
     bed = ImageFaultBed(
         tmp_path,
@@ -29,5 +29,5 @@ def test_random_kills_with_the_repository_in_s3(s3_bucket: str, s3_options: dict
     )
     bed.setup()
     bed.measure("backup")
-    results = [bed.kill_once(n, "backup") for n in range(2)]
+    results = [bed.kill_once(0, "backup")]
     assert [r.line() for r in results if r.problems] == []
