@@ -290,17 +290,3 @@ def test_bad_input(case: str, bed: Bed) -> None:
         after = sorted(p.relative_to(bed.repo) for p in bed.repo.rglob("*") if p.is_file())
         assert after == before, "a refused command wrote into the repository"
 
-
-def test_print_the_table_rows(bed: Bed, template: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Not a check: ``pytest -s -k print_the_table`` prints each case's actual row, to paste into the doc."""
-    if not os.environ.get("PRINT_BAD_INPUTS"):
-        pytest.skip("set PRINT_BAD_INPUTS=1 to print the rows")
-    rows = []
-    for case, build in CASES.items():
-        fresh = Bed(bed.t / f"p-{case}", bed.cli, template)
-        result = build(fresh)
-        first = result.stderr.splitlines()[0] if result.stderr else ""
-        first = normalized(first.replace(str(bed.t / "jobs.sqlite"), str(fresh.t / "jobs.sqlite")), fresh.t)
-        rows.append(f"| `{case}` | ? | {result.code} | ``{first}`` |")
-    with capsys.disabled():
-        print("\n".join(rows))
