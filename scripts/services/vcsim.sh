@@ -10,7 +10,7 @@
 vcsim_start() {
   local binary port
   binary=$(bash plugins/genievm_vmware/tests/vcsim/build.sh) || return 1
-  port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(.venv/bin/python scripts/services/net.py free-port)
   VCSIM_DIR=$(mktemp -d -t genievm-vcsim-XXXXXX)
   export GENIEVM_TEST_VCSIM_USER=genievm GENIEVM_TEST_VCSIM_PASSWORD
   GENIEVM_TEST_VCSIM_PASSWORD=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(12))')
@@ -19,24 +19,8 @@ vcsim_start() {
     -password "$GENIEVM_TEST_VCSIM_PASSWORD" -ca-file "$GENIEVM_TEST_VCSIM_CA_FILE" >"$VCSIM_DIR/log" 2>&1 &
   VCSIM_PID=$!
   export GENIEVM_TEST_VCSIM_URL="https://127.0.0.1:$port/sdk"
-  if ! .venv/bin/python - "$port" "$VCSIM_PID" "$GENIEVM_TEST_VCSIM_CA_FILE" <<'PY'
-import os, ssl, sys, time, urllib.request
-port, pid, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    try:
-        ctx = ssl.create_default_context(cafile=ca)
-        urllib.request.urlopen(f"https://127.0.0.1:{port}/about", timeout=2, context=ctx).close()
-        sys.exit(0)
-    except (OSError, ssl.SSLError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            sys.exit(1)
-        time.sleep(0.1)
-sys.exit(1)
-PY
-  then
+  if ! .venv/bin/python scripts/services/net.py wait "https://127.0.0.1:$port/about" "$VCSIM_PID" \
+    "$GENIEVM_TEST_VCSIM_CA_FILE"; then
     echo "vcsim: did not start on port $port:" >&2
     cat "$VCSIM_DIR/log" >&2
     vcsim_stop
