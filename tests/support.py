@@ -20,6 +20,7 @@ from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
 from genievm_core.repository.storage import open_storage
+from genievm_core.testing.cli import error_lines
 
 CHUNK = 65536
 PASSPHRASE = "correct horse battery staple"
@@ -109,7 +110,12 @@ class CLIResult:
 
     @property
     def err_lines(self) -> list[str]:
-        return self.stderr.splitlines()
+        """The lines of stderr but the one warning every open of an unencrypted repository prints."""
+        return error_lines(self.stderr)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("genievm: warning: ")]
 
 
 def genievm_path() -> str:

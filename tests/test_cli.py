@@ -117,7 +117,7 @@ def test_repo_info(cli: Run, populated: tuple[Path, dict[str, Path], list[str]])
     repo, _, _ = populated
     info = ok_json(cli("repo", "info", str(repo), "--json"))
     assert isinstance(info, dict)
-    assert (info["encryption"], info["backups"], info["chunk_size"], info["format_version"]) == ("none", 3, CHUNK, 1)
+    assert (info["encryption"], info["backups"], info["chunk_size"], info["format_version"]) == ("none", 3, CHUNK, 2)
     assert info["url"] == f"file://{repo}"
     human = cli("repo", "info", env={"GENIEVM_BACKUP_PATH": str(repo)})
     assert human.code == 0 and "backups: 3" in human.stdout

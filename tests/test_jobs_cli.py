@@ -25,6 +25,7 @@ from jobs_support import (
 from support import CLIResult, genievm_path, random_bytes, write_image
 
 from genievm_core.jobs import JobRegistry, JobState
+from genievm_core.testing.cli import error_lines
 
 Run = Callable[..., CLIResult]
 
@@ -66,7 +67,7 @@ def test_pause_resume_cancel_from_another_process_then_run_again(cli: Run, tmp_p
 
     _out, err = backup.communicate(timeout=120)
     assert backup.returncode == 24
-    assert err.strip().splitlines() == [f"genievm: error: job {job.id} was cancelled"]
+    assert error_lines(err) == [f"genievm: error: job {job.id} was cancelled"]
     assert not (repo / "manifests").exists() or not any((repo / "manifests").iterdir())
     assert not any((repo / "locks").iterdir())
     out, _ = watch.communicate(timeout=60)

@@ -245,8 +245,8 @@ def test_newer_formats_are_refused(new_repo: RepoFactory, host: PluginHost) -> N
     with pytest.raises(UnsupportedFormatError, match="format 2"):
         repo.get_manifest(bid)
     config = json.loads((path / "config").read_text())
-    (path / "config").write_text(json.dumps(config | {"format_version": 2}))
-    with pytest.raises(UnsupportedFormatError, match="format 2"):
+    (path / "config").write_text(json.dumps(config | {"format_version": 3}))  # configs are at format 2
+    with pytest.raises(UnsupportedFormatError, match="format 3"):
         open_repo(host, path)
     (path / "config").write_text(json.dumps(config | {"features": ["dedup-v9"]}))
     with pytest.raises(UnsupportedFormatError, match="dedup-v9"):

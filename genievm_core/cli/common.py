@@ -27,9 +27,11 @@ from rich.progress import (
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError, PassphraseRequiredError
 from genievm_core.jobs import Job, JobManager, JobRegistry
+from genievm_core.jobs.registry import default_job_db
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import Repository
+from genievm_core.repository.known import KnownRepositories
 from genievm_core.repository.retry import DEFAULT_ATTEMPTS, with_retries
 from genievm_core.repository.storage import open_storage
 
@@ -86,6 +88,7 @@ class State:
     storage_attempts: int = DEFAULT_ATTEMPTS
     _host: PluginHost | None = None
     _registry: JobRegistry | None = None
+    _warned: set[str] = field(default_factory=set)  # each warning once per command
 
     @property
     def host(self) -> PluginHost:
@@ -113,9 +116,18 @@ class State:
     ) -> Repository:
         storage = self.open_storage(_require_repo(url), storage_options)
         storage = with_retries(storage, self.storage_attempts)
-        return Repository.open(
-            storage, passphrase=passphrase_source(passphrase_file), compression_level=compression_level
+        repo = Repository.open(
+            storage,
+            passphrase=passphrase_source(passphrase_file),
+            compression_level=compression_level,
+            expect_encrypted=passphrase_file is not None or bool(os.environ.get(PASSPHRASE_ENV)),
+            known=KnownRepositories(known_repositories_path(self.job_db)),
         )
+        for warning in repo.warnings:
+            if warning not in self._warned:
+                self._warned.add(warning)
+                err_console.print(f"genievm: warning: {warning}", highlight=False, markup=False)
+        return repo
 
     @property
     def registry(self) -> JobRegistry:
@@ -136,6 +148,11 @@ class State:
         job.extra_progress = progress
         with JobManager(self.registry) as manager:
             return manager.run(job)
+
+
+def known_repositories_path(job_db: Path | None) -> Path:
+    """``known-repositories.json`` beside the job registry: this client's memory of repositories it opened."""
+    return (job_db or default_job_db()).parent / "known-repositories.json"
 
 
 def state(ctx: typer.Context) -> State:

@@ -1,4 +1,4 @@
-"""``genievm repo``: create and describe repositories."""
+"""``genievm repo``: create, describe and upgrade repositories."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ from typing import Annotated
 
 import typer
 
-from genievm_core.cli.common import JsonOption, PassphraseFileOption, emit_json, out_console, passphrase_source, state
+from genievm_core.cli.common import (
+    JsonOption,
+    PassphraseFileOption,
+    emit_json,
+    known_repositories_path,
+    out_console,
+    passphrase_source,
+    state,
+)
 from genievm_core.errors import ConfigError
 from genievm_core.repository import DEFAULT_CHUNK_SIZE, Repository
+from genievm_core.repository.known import KnownRepositories
 
 app = typer.Typer(help="Create and describe repositories.", no_args_is_help=True)
 
@@ -28,6 +37,7 @@ def init(
     storage = state(ctx).open_storage(url)
     passphrase = passphrase_source(passphrase_file, confirm=True)() if encryption != "none" else None
     repo = Repository.init(storage, passphrase=passphrase, chunk_size=chunk_size)
+    KnownRepositories(known_repositories_path(state(ctx).job_db)).remember(repo.url, repo.config)
     if json_output:
         emit_json(repo.config.model_dump(mode="json", exclude={"encryption"}) | {"url": repo.url})
     else:
@@ -57,3 +67,28 @@ def info(
     else:
         for key, value in data.items():
             out_console.print(f"{key:>16}: {value}", highlight=False)
+
+
+@app.command("upgrade")
+def upgrade(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Argument(envvar="GENIEVM_BACKUP_PATH")] = None,
+    passphrase_file: PassphraseFileOption = None,
+    lock_wait: Annotated[float, typer.Option(help="seconds to wait for running jobs to finish")] = 10.0,
+    json_output: JsonOption = False,
+) -> None:
+    """Bring a repository's config to the current format (format 2: authenticated, NFC passphrases)."""
+    st = state(ctx)
+    repo = st.open_repository(url, passphrase_file)
+    before = repo.config.format_version
+    with repo.lock("exclusive", "upgrade", timeout=lock_wait):
+        changed = repo.upgrade(passphrase_source(passphrase_file))
+    if changed:  # what this client remembers of the repository follows its new format
+        KnownRepositories(known_repositories_path(st.job_db)).remember(repo.url, repo.config)
+    after = repo.config.format_version
+    if json_output:
+        emit_json({"url": repo.url, "format_version_before": before, "format_version": after, "upgraded": changed})
+    elif changed:
+        out_console.print(f"upgraded repository {repo.url} from format {before} to {after}", highlight=False)
+    else:
+        out_console.print(f"repository {repo.url} is already at format {after}", highlight=False)

@@ -15,7 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "CONFIG_FORMAT_VERSION",
     "FORMAT_VERSION",
+    "ConfigAuthentication",
     "BackupManifest",
     "BackupStats",
     "CBTRecord",
@@ -26,7 +28,8 @@ __all__ = [
     "VMRecord",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of manifests
+CONFIG_FORMAT_VERSION = 2  # of the repository's config: 2 added its authentication and NFC passphrases
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}\Z")
 _BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{8}\Z")
 MAX_DISK_SIZE = 1 << 50  # 1 PiB: anything larger in a manifest is hostile or corrupt
@@ -79,10 +82,17 @@ class EncryptionRecord(_Strict):
     wrapped_key: str  # base64(nonce 12 | AES-GCM(master key 32 bytes) | tag 16)
 
 
-class RepositoryConfig(_Strict):
-    """The object ``config`` at the root of a repository. Never encrypted."""
+class ConfigAuthentication(_Strict):
+    """What binds a format-2 config to its repository (docs/repository-format.md, "Authentication")."""
 
-    format_version: int = FORMAT_VERSION
+    checksum: str = Field(pattern=r"^[0-9a-f]{64}$")  # SHA-256 of the canonical form: catches damage
+    tag: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # HMAC-SHA256 under config_key
+
+
+class RepositoryConfig(_Strict):
+    """The object ``config`` at the root of a repository. Never encrypted; authenticated from format 2."""
+
+    format_version: int = CONFIG_FORMAT_VERSION
     repository_id: str
     created_at: datetime
     chunk_size: int
@@ -90,6 +100,7 @@ class RepositoryConfig(_Strict):
     chunk_id: Literal["blake3", "blake3-keyed"]
     encryption: EncryptionRecord | None = None
     features: tuple[str, ...] = ()
+    authentication: ConfigAuthentication | None = None
 
     @field_validator("chunk_size")
     @classmethod

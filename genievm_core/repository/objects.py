@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from genievm_core.repository.keys import Keys
 
-__all__ = ["ObjectCodec", "ObjectDamaged", "ZERO_ID"]
+__all__ = ["ZERO_ID", "EncryptionMismatch", "ObjectCodec", "ObjectDamaged"]
 
 MAGIC = b"GVMO"
 VERSION = 1
@@ -37,6 +37,10 @@ _AES_GCM = 1
 
 class ObjectDamaged(Exception):
     """An object failed a check; the message says which."""
+
+
+class EncryptionMismatch(ObjectDamaged):
+    """The object is encrypted and the repository is not, or the other way round."""
 
 
 @dataclass
@@ -82,7 +86,7 @@ class ObjectCodec:
         if version != VERSION or compression not in (_NONE, _ZSTD) or encryption not in (_NONE, _AES_GCM):
             raise ObjectDamaged(f"unknown object version {version} or method {compression}/{encryption}")
         if (encryption == _AES_GCM) != (self._aead is not None):
-            raise ObjectDamaged("encryption does not match the repository's")
+            raise EncryptionMismatch("encryption does not match the repository's")
         if self._aead is not None:
             if len(body) < 28:
                 raise ObjectDamaged("truncated")

@@ -2,7 +2,7 @@
 
 Object keys::
 
-    config                                  RepositoryConfig, JSON, never encrypted
+    config                                  RepositoryConfig, JSON, never encrypted, authenticated (config.py)
     chunks/<id[0:2]>/<id>                   chunk objects, id in hex
     indexes/<backup id>/<disk name>         binary chunk indexes
     manifests/<backup id>                   BackupManifest, JSON
@@ -36,6 +36,7 @@ from genievm_core.errors import (
     WrongPassphraseError,
 )
 from genievm_core.models.manifest import (
+    CONFIG_FORMAT_VERSION,
     FORMAT_VERSION,
     BackupManifest,
     DiskRecord,
@@ -43,18 +44,23 @@ from genievm_core.models.manifest import (
     is_backup_id,
 )
 from genievm_core.plugin.protocols import StorageTarget
+from genievm_core.repository.config import check_tag, parse_config, seal_config
 from genievm_core.repository.index import ChunkIndex
-from genievm_core.repository.keys import WrongPassphrase, create_keys, unwrap_keys
+from genievm_core.repository.keys import Keys, WrongPassphrase, create_keys, rewrap_keys, unwrap_keys
+from genievm_core.repository.known import KnownRepositories
 from genievm_core.repository.lock import repository_lock
-from genievm_core.repository.objects import ObjectCodec, ObjectDamaged
+from genievm_core.repository.objects import EncryptionMismatch, ObjectCodec, ObjectDamaged
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Repository", "new_backup_id"]
 
 DEFAULT_CHUNK_SIZE = 4 << 20
-KNOWN_FEATURES: frozenset[str] = frozenset()
 MAX_MANIFEST = 16 << 20
 PassphraseSource = Callable[[], str]
 Damaged = tuple[str, RepositoryError]
+
+
+class _Downgraded(CorruptionError):
+    """An encrypted object in a repository whose config says it is unencrypted: an attack, not damage."""
 
 
 def new_backup_id(now: datetime | None = None) -> str:
@@ -69,6 +75,7 @@ class Repository:
         self.storage = storage
         self.config = config
         self.codec = codec
+        self.warnings: list[str] = []  # for the user, once: set by ``open``
 
     @property
     def url(self) -> str:
@@ -102,7 +109,8 @@ class Repository:
             )
         except ValidationError as exc:
             raise ConfigError(f"cannot create repository: {_first(exc)}") from exc
-        storage.put("config", config.model_dump_json(indent=2).encode())
+        config, blob = seal_config(config, keys)
+        storage.put("config", blob)
         return cls(storage, config, ObjectCodec(keys))
 
     @classmethod
@@ -112,25 +120,65 @@ class Repository:
         *,
         passphrase: PassphraseSource | None = None,
         compression_level: int = 3,
+        expect_encrypted: bool = False,
+        known: KnownRepositories | None = None,
     ) -> Repository:
+        """Open a repository, checking its config before anything is read or written.
+
+        ``expect_encrypted`` (a passphrase was given) refuses a config that claims
+        to be unencrypted; ``known`` refuses one weaker than this client saw last
+        time, and remembers this one. ``warnings`` lists what the caller should
+        tell the user once (an unencrypted repository, a format-1 config).
+        """
         try:
             raw = storage.get("config")
         except ObjectNotFoundError:
             raise RepositoryNotFoundError(
                 f"no GenieVM repository at {storage.url} (create one with `genievm repo init`)"
             ) from None
-        config = _parse_config(storage.url, raw)
+        config, data = parse_config(storage.url, raw)
+        if known is not None:
+            known.check(storage.url, config)
         keys = None
-        if config.encryption is not None:
-            if passphrase is None:
-                raise PassphraseRequiredError(
-                    f"repository {storage.url} is encrypted: set GENIEVM_PASSPHRASE or --passphrase-file"
+        warnings = []
+        if config.encryption is None:
+            if expect_encrypted:
+                raise CorruptionError(
+                    f"repository {storage.url} says it is not encrypted, but a passphrase was given: its config "
+                    "may have been replaced to turn encryption off; refusing (for a repository created with "
+                    "--encryption none, give no passphrase)"
                 )
-            try:
-                keys = unwrap_keys(passphrase(), config.encryption)
-            except WrongPassphrase:
-                raise WrongPassphraseError(f"wrong passphrase for repository {storage.url}") from None
-        return cls(storage, config, ObjectCodec(keys, compression_level=compression_level))
+            warnings.append(f"repository {storage.url} is not encrypted")
+        else:
+            keys = _unwrap(storage.url, config, passphrase)
+            check_tag(storage.url, data, config, keys)
+        if config.format_version < CONFIG_FORMAT_VERSION:
+            warnings.append(
+                f"repository {storage.url} has a config of format {config.format_version}, which is not "
+                "authenticated: run `genievm repo upgrade`"
+            )
+        if known is not None:
+            known.remember(storage.url, config)
+        repo = cls(storage, config, ObjectCodec(keys, compression_level=compression_level))
+        repo.warnings = warnings
+        return repo
+
+    def upgrade(self, passphrase: PassphraseSource | None) -> bool:
+        """Rewrite a format-1 config as format 2 (authenticated; the key wrapped anew for NFC passphrases).
+
+        Returns False when the config is already current. The caller holds the exclusive lock.
+        """
+        if self.config.format_version >= CONFIG_FORMAT_VERSION:
+            return False
+        config = self.config
+        if self.codec.keys is not None:
+            assert passphrase is not None and config.encryption is not None  # open() needed both
+            record = rewrap_keys(passphrase(), self.codec.keys, scrypt_n=config.encryption.kdf.n)
+            config = config.model_copy(update={"encryption": record})
+        config, blob = seal_config(config, self.codec.keys)
+        self.storage.put("config", blob)
+        self.config = config
+        return True
 
     def lock(
         self, kind: Literal["shared", "exclusive"], operation: str, *, timeout: float = 10.0
@@ -208,6 +256,13 @@ class Repository:
             raise CorruptionError(f"manifest {backup_id} is corrupt: larger than {MAX_MANIFEST} bytes")
         try:
             data = self.codec.decode(key, blob, max_size=MAX_MANIFEST)  # a small frame may claim gigabytes
+        except EncryptionMismatch:
+            if self.config.encryption is None:  # never skipped as one damaged manifest: see _Downgraded
+                raise _Downgraded(
+                    f"repository {self.url} says it is not encrypted, but its backup {backup_id} is: its config "
+                    "was replaced to turn encryption off; refusing"
+                ) from None
+            raise CorruptionError(f"manifest {backup_id} is corrupt: it is not encrypted") from None
         except ObjectDamaged as exc:
             raise CorruptionError(f"manifest {backup_id} is corrupt: {exc}") from None
         if len(data) > MAX_MANIFEST:
@@ -242,7 +297,7 @@ class Repository:
             try:
                 manifest = self.get_manifest(backup_id)
             except (CorruptionError, UnsupportedFormatError) as exc:
-                if damaged is None:
+                if damaged is None or isinstance(exc, _Downgraded):
                     raise
                 damaged.append((backup_id, exc))
                 continue
@@ -278,25 +333,14 @@ class Repository:
         return named[-1] if named else None
 
 
-def _parse_config(url: str, raw: bytes) -> RepositoryConfig:
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptionError(f"repository config at {url} is corrupt: {exc}") from None
-    if not isinstance(data, dict):
-        raise CorruptionError(f"repository config at {url} is corrupt: not an object")
-    version = data.get("format_version")
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"repository {url} has format {version}; this GenieVM reads format {FORMAT_VERSION}"
-        )
-    unknown = set(data.get("features") or ()) - KNOWN_FEATURES
-    if unknown:
-        raise UnsupportedFormatError(f"repository {url} needs features this GenieVM lacks: {sorted(unknown)}")
-    try:
-        return RepositoryConfig.model_validate(data)
-    except ValidationError as exc:
-        raise CorruptionError(f"repository config at {url} is corrupt: {_first(exc)}") from None
+def _unwrap(url: str, config: RepositoryConfig, passphrase: PassphraseSource | None) -> Keys:
+    assert config.encryption is not None
+    if passphrase is None:
+        raise PassphraseRequiredError(f"repository {url} is encrypted: set GENIEVM_PASSPHRASE or --passphrase-file")
+    try:  # format 1 took the passphrase as given; format 2 normalises it to NFC
+        return unwrap_keys(passphrase(), config.encryption, normalize=config.format_version >= 2)
+    except WrongPassphrase:
+        raise WrongPassphraseError(f"wrong passphrase for repository {url}") from None
 
 
 def _first(exc: ValidationError) -> str:

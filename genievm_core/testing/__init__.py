@@ -17,7 +17,8 @@ Helpers:
 
 - ``MemoryStorage``: a real storage target in a dict (it passes StorageContract).
 - ``run_cli(monkeypatch, capsys, *args, env=...)``: the ``genievm`` command run
-  in the test's process; ``(exit code, stdout, stderr)``.
+  in the test's process; ``(exit code, stdout, stderr)``. ``error_lines(stderr)``:
+  its lines but the one warning an unencrypted repository prints at every open.
 - ``mounted_tmpfs(folder, options)``: a real tmpfs mounted on ``folder`` for
   the block, for tests of full (``size=1m``) or read-only (``ro``) storage;
   the test is skipped, with the reason, where mounting is not allowed.
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from genievm_core.testing.cbt import CBTCase, CBTSourceContract
-    from genievm_core.testing.cli import run_cli
+    from genievm_core.testing.cli import error_lines, run_cli
     from genievm_core.testing.memory import MemoryStorage
     from genievm_core.testing.provider import ProviderContract
     from genievm_core.testing.storage import StorageContract
@@ -50,6 +51,7 @@ __all__ = [
     "ProviderContract",
     "StorageContract",
     "VerifierContract",
+    "error_lines",
     "mounted_tmpfs",
     "run_cli",
 ]
@@ -61,6 +63,7 @@ _WHERE = {
     "ProviderContract": "provider",
     "StorageContract": "storage",
     "VerifierContract": "verifier",
+    "error_lines": "cli",
     "mounted_tmpfs": "tmpfs",
     "run_cli": "cli",
 }

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 
 import pytest
 import structlog
 
-__all__ = ["run_cli"]
+__all__ = ["error_lines", "run_cli"]
+
+PLAINTEXT_WARNING = re.compile(r"^genievm: warning: repository \S+ is not encrypted$")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` but the warning every command that opens an unencrypted repository prints once."""
+    return [line for line in stderr.strip().splitlines() if not PLAINTEXT_WARNING.match(line)]
 
 
 def run_cli(

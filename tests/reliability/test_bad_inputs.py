@@ -8,6 +8,7 @@ also leave nothing written (no new backup, no lock, no temporary file).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,10 +24,12 @@ from support import CHUNK, PASSPHRASE, CLIResult, backup_vm, random_bytes, write
 
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
+from genievm_core.repository.config import _canonical
 from genievm_core.repository.lock import PREFIX as LOCKS
 from genievm_core.repository.storage import open_storage
 from genievm_core.testing import mounted_tmpfs
 
+_PASS = {"GENIEVM_PASSPHRASE": PASSPHRASE}
 DOC = Path(__file__).parents[2] / "docs" / "errors.md"
 ROW = re.compile(r"^\| `([a-z0-9-]+)` \| (.+?) \| (\d+) \| ``(.*)`` \|$")
 Cli = Callable[..., CLIResult]
@@ -81,6 +84,14 @@ class Bed:
         config = json.loads((self.repo / "config").read_text()) | changes
         (repo / "config").write_text(json.dumps(config))
         return repo
+
+    def enc_config(self, *, reseal: bool = False, **changes: object) -> Path:
+        """The encrypted repository with its config rewritten by someone without the key."""
+        config = json.loads((self.enc / "config").read_text()) | changes
+        if reseal:  # the checksum is not a secret: anyone can recompute it, only the tag needs the key
+            config["authentication"]["checksum"] = hashlib.sha256(_canonical(config)).hexdigest()
+        (self.enc / "config").write_text(json.dumps(config))
+        return self.enc
 
 
 def _closing_server() -> tuple[int, Callable[[], None]]:
@@ -231,9 +242,13 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     # repositories
     "repository-missing": lambda b: b.cli("backups", "list", "--repo", str(b.t / "nothing")),
     "repository-is-a-file": lambda b: b.cli("backups", "list", "--repo", str(b.image)),
-    "repository-newer-format": lambda b: b.cli("repo", "info", str(b.repo_config(format_version=2))),
+    "repository-newer-format": lambda b: b.cli("repo", "info", str(b.repo_config(format_version=3))),
     "repository-unknown-feature": lambda b: b.cli("repo", "info", str(b.repo_config(features=["dedup-v9"]))),
     "repository-config-corrupt": lambda b: b.cli("repo", "info", str(b.repo_config(chunk_size="big"))),
+    "repository-config-downgraded": lambda b: b.cli("repo", "info", str(b.enc_config(encryption=None)), env=_PASS),
+    "repository-config-forged": lambda b: b.cli("repo", "info", str(b.enc_config(chunk_size=2 * CHUNK, reseal=True)),
+                                                env=_PASS),
+    "passphrase-for-unencrypted": lambda b: b.cli("repo", "info", str(b.repo), env=_PASS),
     "repository-exists": lambda b: b.cli("repo", "init", str(b.repo), "--encryption", "none"),
     "repository-locked": _locked,
     "repository-read-only": _read_only,
@@ -283,7 +298,7 @@ def test_bad_input(case: str, bed: Bed) -> None:
     code, line = table()[case]
     before = sorted(p.relative_to(bed.repo) for p in bed.repo.rglob("*") if p.is_file())
     result = CASES[case](bed)
-    first = normalized(result.stderr.splitlines()[0], bed.t) if result.stderr else ""
+    first = normalized(result.err_lines[0], bed.t) if result.err_lines else ""  # not the plaintext warning
     assert (result.code, first) == (code, line), result.stderr
     assert "Traceback" not in result.stderr
     if case != "restore-corrupt-chunk":  # the one case that damages the repository on purpose

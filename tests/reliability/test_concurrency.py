@@ -17,6 +17,7 @@ from support import CHUNK, genievm_path, open_repo, patch_image, random_bytes, w
 from genievm_core.jobs import run_verify
 from genievm_core.plugin import PluginHost
 from genievm_core.testing import mounted_tmpfs
+from genievm_core.testing.cli import error_lines
 from genievm_core.testing.faults import registry_problems, repository_problems, temporary_files
 
 MIB = 1 << 20
@@ -122,7 +123,7 @@ def test_a_full_disk_fails_in_one_line_then_the_next_backup_reuses_what_was_stor
         failed = start(env, "backup", "--vm", "big", "--repo", str(repo), "--disk", f"vda={big}", "--workers", "2")
         out, err = failed.communicate(timeout=120)
         assert failed.returncode == 10, err
-        (line,) = err.splitlines()
+        (line,) = error_lines(err)
         assert line.startswith(f"genievm: error: storage file://{repo}: no space left on device while writing ")
         host = PluginHost()
         assert repository_problems(host, str(repo), None, settled=True) == []

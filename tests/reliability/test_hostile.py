@@ -167,7 +167,7 @@ def test_a_hostile_repository_is_refused_before_anything_is_written(
 
     result = cli("restore", "--vm", "vm1", "--backup", bid, "--repo", str(repo_path), "--target", str(target))
     assert result.code == code, result.stderr
-    lines = result.stderr.splitlines()
+    lines = result.err_lines
     assert len(lines) == 1 and lines[0].startswith("genievm: error: ") and fragment in lines[0], result.stderr
     assert list(around.iterdir()) == [], "something was written before the manifest was refused"
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "escaped-vda.img").exists()

@@ -13,12 +13,14 @@ import libvirt
 import pytest
 from kvm_support import PASSPHRASE, URI, MiB, guest_write
 
+from genievm_core.testing.cli import error_lines
+
 OPT = ["--provider", "kvm", "-o", f"uri={URI}"]
 
 
 def one_line(result, code):
     assert result.code == code, result.err
-    lines = result.err.strip().splitlines()
+    lines = error_lines(result.err)
     assert len(lines) == 1, result.err
     return lines[0]
 

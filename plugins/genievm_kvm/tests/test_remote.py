@@ -6,6 +6,8 @@ from pathlib import Path
 
 from kvm_support import MiB, guest_write
 
+from genievm_core.testing.cli import error_lines
+
 
 def test_backup_over_ssh(make_vm, cli, repo, ssh_uri, free_port, tmp_path):
     vm = make_vm({"vda": (16 * MiB, "qcow2")})
@@ -35,4 +37,4 @@ def test_wrong_ssh_key_is_a_clear_error(cli, ssh_uri, tmp_path):
     assert result.code == 6, result.err
     assert result.err.startswith("genievm: error: provider kvm: cannot connect to qemu+ssh://root@127.0.0.1:")
     assert "authentication failed" in result.err and "Permission denied (publickey" in result.err
-    assert len(result.err.strip().splitlines()) == 1
+    assert len(error_lines(result.err)) == 1

@@ -16,6 +16,7 @@ from faulty_network import FaultyNetwork
 from s3_testbed import KEYS, REGION
 
 from genievm_core.testing import run_cli
+from genievm_core.testing.cli import error_lines
 
 CHUNK = 65536
 PASSPHRASE = "correct horse battery staple"
@@ -33,7 +34,7 @@ class Result:
 
     def one_error_line(self, code: int) -> str:
         assert self.code == code, f"exit {self.code}: {self.stderr!r}"
-        lines = self.stderr.splitlines()
+        lines = error_lines(self.stderr)
         assert len(lines) == 1 and lines[0].startswith("genievm: error: "), self.stderr
         return lines[0]
 
@@ -256,3 +257,26 @@ def test_prune_and_gc_respect_object_lock(
     assert report["removed_backups"] == [old] and report["deleted_objects"] == 5 and report["not_deletable"] == 0
     verify = cli("verify", "--repo", url, "--read-data", "--json", env=aws_env).json()
     assert {r["backup_id"] for r in verify} == {new} and all(not r["problems"] for r in verify)
+
+
+def test_a_downgraded_config_on_s3_is_refused(
+    cli: Run, aws_env: dict[str, str], s3_bucket: str, s3_admin: Any, tmp_path: Path
+) -> None:
+    """Issue 22: whoever can write the bucket rewrites ``config`` as unencrypted; no backup follows it."""
+    url = f"s3://{s3_bucket}/site/repo"
+    image = write_image(tmp_path / "vda.img", [(0, os.urandom(3 * CHUNK))])
+    assert cli("repo", "init", url, "--chunk-size", str(CHUNK), env=aws_env).code == 0
+    assert cli("backup", "--vm", "v", "--repo", url, "--disk", f"vda={image}", env=aws_env).code == 0
+    config = json.loads(s3_admin.get_object(Bucket=s3_bucket, Key="site/repo/config")["Body"].read())
+    config.update(encryption=None, chunk_id="blake3")
+    s3_admin.put_object(Bucket=s3_bucket, Key="site/repo/config", Body=json.dumps(config).encode())
+
+    def objects() -> dict[str, str]:
+        listed = s3_admin.list_objects_v2(Bucket=s3_bucket)["Contents"]
+        return {o["Key"]: o["ETag"] for o in listed if "/locks/" not in o["Key"]}
+
+    before = objects()
+    for env in (aws_env, {k: v for k, v in aws_env.items() if k != "GENIEVM_PASSPHRASE"}):
+        result = cli("backup", "--vm", "v", "--repo", url, "--disk", f"vda={image}", env=env)
+        assert "does not match its checksum" in result.one_error_line(21)
+    assert objects() == before

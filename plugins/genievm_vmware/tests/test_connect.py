@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from genievm_core.testing.cli import error_lines
+
 MiB = 1 << 20
 
 
 def one_line(result, code):
     assert result.code == code, result.err
-    lines = result.err.strip().splitlines()
+    lines = error_lines(result.err)
     assert len(lines) == 1, result.err
     return lines[0]
 
