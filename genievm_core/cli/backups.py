@@ -32,9 +32,10 @@ def list_backups(
     json_output: JsonOption = False,
 ) -> None:
     """Every backup, oldest first."""
-    repository = state(ctx).open_repository(repo, passphrase_file)
+    st = state(ctx)
+    repository = st.open_repository(repo, passphrase_file)
     damaged: list[Damaged] = []
-    manifests = repository.manifests(damaged=damaged)
+    manifests = st.backups(repository, damaged=damaged)
     if vm is not None:
         by_id = [m for m in manifests if m.vm.id == vm]
         manifests = by_id or [m for m in manifests if m.vm.name == vm]

@@ -1,14 +1,11 @@
-"""What every command shares: the plugin host, repository opening, passphrases, output."""
+"""What every command shares: the library API object (``State``), options, output."""
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,16 +21,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from genievm_core.api import REPO_ENV, GenieVM, passphrase_source
 from genievm_core.engine import DiskProgress
-from genievm_core.errors import ConfigError, PassphraseRequiredError
-from genievm_core.jobs import Job, JobManager, JobRegistry
-from genievm_core.jobs.registry import default_job_db
-from genievm_core.plugin import PluginHost
-from genievm_core.plugin.protocols import StorageTarget
-from genievm_core.repository import Repository
-from genievm_core.repository.known import KnownRepositories
-from genievm_core.repository.retry import DEFAULT_ATTEMPTS, with_retries
-from genievm_core.repository.storage import open_storage
+from genievm_core.errors import ConfigError
 
 __all__ = [
     "ConfigFileOption",
@@ -49,9 +39,6 @@ __all__ = [
     "state",
 ]
 
-PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
-REPO_ENV = "GENIEVM_BACKUP_PATH"
-STORAGE_OPTIONS_ENV = "GENIEVM_STORAGE_OPTIONS"
 RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path or URL (backupPath; or {REPO_ENV})")]
 PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
@@ -78,81 +65,18 @@ err_console = Console(stderr=True, soft_wrap=True)
 out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
-@dataclass
-class State:
-    """Options given before the command, shared by all commands."""
+class State(GenieVM):
+    """The library API object of one command, made from the options given before it.
 
-    disabled_plugins: list[str] = field(default_factory=list)
-    storage_options: dict[str, str] = field(default_factory=dict)  # --storage-option KEY=VALUE
-    job_db: Path | None = None  # None: default_job_db()
-    storage_attempts: int = DEFAULT_ATTEMPTS
-    _host: PluginHost | None = None
-    _registry: JobRegistry | None = None
-    _warned: set[str] = field(default_factory=set)  # each warning once per command
+    Warnings (an unencrypted repository, ...) go to stderr, once each.
+    """
 
-    @property
-    def host(self) -> PluginHost:
-        if self._host is None:
-            self._host = PluginHost(disabled=self.disabled_plugins)
-        return self._host
-
-    def open_storage(self, url: str, config_options: Mapping[str, Any] | None = None) -> StorageTarget:
-        """The storage target for ``url``; its options layered as a job config's fields are.
-
-        Lowest first: ``GENIEVM_STORAGE_OPTIONS`` (a JSON object), a job config's
-        ``storageOptions`` (which already took that variable's place when set),
-        then ``--storage-option KEY=VALUE``.
-        """
-        options = {**_storage_options_env(), **(config_options or {}), **self.storage_options}
-        return open_storage(self.host, url, options)
-
-    def open_repository(
-        self,
-        url: str | None,
-        passphrase_file: Path | None,
-        *,
-        compression_level: int = 3,
-        storage_options: Mapping[str, Any] | None = None,
-    ) -> Repository:
-        storage = self.open_storage(_require_repo(url), storage_options)
-        storage = with_retries(storage, self.storage_attempts)
-        repo = Repository.open(
-            storage,
-            passphrase=passphrase_source(passphrase_file),
-            compression_level=compression_level,
-            expect_encrypted=passphrase_file is not None or bool(os.environ.get(PASSPHRASE_ENV)),
-            known=KnownRepositories(known_repositories_path(self.job_db)),
-        )
-        for warning in repo.warnings:
-            if warning not in self._warned:
-                self._warned.add(warning)
-                err_console.print(f"genievm: warning: {warning}", highlight=False, markup=False)
-        return repo
-
-    @property
-    def registry(self) -> JobRegistry:
-        if self._registry is None:
-            self._registry = JobRegistry(self.job_db)
-        return self._registry
-
-    def close(self) -> None:
-        if self._registry is not None:
-            self._registry.close()
-            self._registry = None
-
-    def run_job(self, job: Job, progress: Callable[[DiskProgress], None] | None = None) -> Job:
-        """Run ``job`` in the foreground, recorded in the job registry; raise its error when it fails.
-
-        Other processes can see, pause, resume and cancel it through the registry meanwhile.
-        """
-        job.extra_progress = progress
-        with JobManager(self.registry) as manager:
-            return manager.run(job)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(on_warning=_print_warning, **options)
 
 
-def known_repositories_path(job_db: Path | None) -> Path:
-    """``known-repositories.json`` beside the job registry: this client's memory of repositories it opened."""
-    return (job_db or default_job_db()).parent / "known-repositories.json"
+def _print_warning(warning: str) -> None:
+    err_console.print(f"genievm: warning: {warning}", highlight=False, markup=False)
 
 
 def state(ctx: typer.Context) -> State:
@@ -170,50 +94,6 @@ def parse_storage_options(values: list[str] | None) -> dict[str, str]:
             raise ConfigError("invalid configuration: --storage-option: give KEY=VALUE")
         options[key.strip()] = text
     return options
-
-
-def _storage_options_env() -> dict[str, Any]:
-    text = os.environ.get(STORAGE_OPTIONS_ENV)
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise ConfigError(f"invalid configuration: {STORAGE_OPTIONS_ENV}: not a JSON object")
-    return value
-
-
-def _require_repo(url: str | None) -> str:
-    url = url or os.environ.get(REPO_ENV)
-    if not url:
-        raise ConfigError(f"invalid configuration: backupPath: give --repo or set {REPO_ENV}")
-    return url
-
-
-def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
-    """A callable that returns the passphrase: from a file, the environment, or a prompt."""
-
-    def get() -> str:
-        if passphrase_file is not None:
-            try:
-                return passphrase_file.read_text().rstrip("\n")
-            except OSError as exc:
-                raise ConfigError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from exc
-        value = os.environ.get(PASSPHRASE_ENV)
-        if value:
-            return value
-        if not sys.stdin.isatty():
-            raise PassphraseRequiredError(
-                f"a passphrase is needed: set {PASSPHRASE_ENV}, give --passphrase-file, or run on a terminal"
-            )
-        first = getpass.getpass("Repository passphrase: ")
-        if confirm and getpass.getpass("Repeat the passphrase: ") != first:
-            raise ConfigError("invalid configuration: passphrase: the two entries differ")
-        return first
-
-    return get
 
 
 def emit_json(data: Any) -> None:

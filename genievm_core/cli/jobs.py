@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
@@ -39,7 +39,7 @@ def list_jobs(
     json_output: JsonOption = False,
 ) -> None:
     """Jobs of this host, running and past, newest first."""
-    records = _registry(ctx).recent(states=state_filter or (), limit=limit)
+    records = state(ctx).jobs(state_filter or (), limit=limit)
     if json_output:
         emit_json([r.to_json() for r in records])
         return
@@ -53,7 +53,7 @@ def list_jobs(
 @app.command("show")
 def show(ctx: typer.Context, job_id: JobIdArgument, json_output: JsonOption = False) -> None:
     """One job: state, times, error, result and the progress of each disk."""
-    record = _registry(ctx).get(job_id)
+    record = state(ctx).job(job_id)
     if json_output:
         emit_json(record.to_json())
         return
@@ -76,13 +76,16 @@ def show(ctx: typer.Context, job_id: JobIdArgument, json_output: JsonOption = Fa
         out_console.print(f"  result: {json.dumps(record.result, default=str)}", highlight=False, soft_wrap=True)
 
 
-def _request(ctx: typer.Context, job_id: str, action: str, wait: float, json_output: bool) -> None:
-    registry = _registry(ctx)
-    record = registry.request(job_id, action)
+def _request(
+    ctx: typer.Context, job_id: str, action: Literal["pause", "resume", "cancel"], wait: float, json_output: bool
+) -> None:
+    st = state(ctx)
+    record = st.job(job_id)  # a job whose process died is shown failed, not asked to stop
+    record = st.request(record.id, action)
     deadline = time.monotonic() + wait
     while record.state not in _TARGET[action] and not record.finished and time.monotonic() < deadline:
         time.sleep(0.1)
-        record = registry.get(record.id)
+        record = st.job(record.id)
     if json_output:
         emit_json(record.to_json())
     elif record.state in _TARGET[action] or record.finished:

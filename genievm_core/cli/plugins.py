@@ -26,7 +26,7 @@ def plugins(
     """List the plugins: name, distribution, version and what each registers."""
     host = state(ctx).host
     if check:
-        _check(host, only or [], state(ctx).disabled_plugins, json_output)
+        _check(host, only or [], list(state(ctx).disabled_plugins), json_output)
         return
     infos = host.plugins()
     if json_output:

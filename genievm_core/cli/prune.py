@@ -18,7 +18,7 @@ from genievm_core.cli.common import (
     state,
 )
 from genievm_core.errors import ConfigError
-from genievm_core.jobs import DEFAULT_GRACE, PruneJob, retention_policy
+from genievm_core.jobs import DEFAULT_GRACE, retention_policy
 from genievm_core.models.config import BackupConfig, load_config
 from genievm_core.repository.gc import PruneReport
 from genievm_core.repository.retention import RetentionPolicy
@@ -88,7 +88,7 @@ def prune(
             "invalid configuration: retention: give at least one of --keep-last, --keep-daily, --keep-weekly, "
             "--keep-monthly, --retention-days, --max-backups (or run `genievm gc`)"
         )
-    _run(ctx, repo, passphrase_file, PruneJob, policy, vms, grace, lock_wait, dry_run, json_output)
+    _run(ctx, repo, passphrase_file, policy, vms, grace, lock_wait, dry_run, json_output)
 
 
 def gc(
@@ -101,14 +101,13 @@ def gc(
     json_output: JsonOption = False,
 ) -> None:
     """Delete the chunks and indexes no backup needs (after the grace period)."""
-    _run(ctx, repo, passphrase_file, PruneJob, RetentionPolicy(), None, grace, lock_wait, dry_run, json_output)
+    _run(ctx, repo, passphrase_file, RetentionPolicy(), None, grace, lock_wait, dry_run, json_output)
 
 
 def _run(
     ctx: typer.Context,
     repo: str | None,
     passphrase_file: Any,
-    job_class: type[PruneJob],
     policy: RetentionPolicy,
     vms: list[str] | None,
     grace: str,
@@ -119,8 +118,8 @@ def _run(
     period = parse_duration(grace, "--grace")
     st = state(ctx)
     repository = st.open_repository(repo, passphrase_file)
-    job = job_class(repository, policy, vms, grace=period, dry_run=dry_run, lock_wait=lock_wait)
-    st.run_job(job)
+    job = st.prune_job(repository, policy, vms, grace=period, dry_run=dry_run, lock_wait=lock_wait)
+    st.run(job)
     report = job.report
     assert report is not None
     if json_output:

@@ -10,14 +10,12 @@ from genievm_core.cli.common import (
     JsonOption,
     PassphraseFileOption,
     emit_json,
-    known_repositories_path,
     out_console,
     passphrase_source,
     state,
 )
 from genievm_core.errors import ConfigError
-from genievm_core.repository import DEFAULT_CHUNK_SIZE, Repository
-from genievm_core.repository.known import KnownRepositories
+from genievm_core.repository import DEFAULT_CHUNK_SIZE
 
 app = typer.Typer(help="Create and describe repositories.", no_args_is_help=True)
 
@@ -34,10 +32,10 @@ def init(
     """Create a new, empty repository."""
     if encryption not in ("aes-256-gcm", "none"):
         raise ConfigError(f"invalid configuration: encryption: {encryption!r} is not aes-256-gcm or none")
-    storage = state(ctx).open_storage(url)
+    st = state(ctx)
+    st.open_storage(url)  # an unknown scheme or bad option is refused before the passphrase is asked
     passphrase = passphrase_source(passphrase_file, confirm=True)() if encryption != "none" else None
-    repo = Repository.init(storage, passphrase=passphrase, chunk_size=chunk_size)
-    KnownRepositories(known_repositories_path(state(ctx).job_db)).remember(repo.url, repo.config)
+    repo = st.init_repository(url, passphrase=passphrase, chunk_size=chunk_size)
     if json_output:
         emit_json(repo.config.model_dump(mode="json", exclude={"encryption"}) | {"url": repo.url})
     else:
@@ -81,10 +79,7 @@ def upgrade(
     st = state(ctx)
     repo = st.open_repository(url, passphrase_file)
     before = repo.config.format_version
-    with repo.lock("exclusive", "upgrade", timeout=lock_wait):
-        changed = repo.upgrade(passphrase_source(passphrase_file))
-    if changed:  # what this client remembers of the repository follows its new format
-        KnownRepositories(known_repositories_path(st.job_db)).remember(repo.url, repo.config)
+    changed = st.upgrade_repository(repo, passphrase_file, lock_wait=lock_wait)
     after = repo.config.format_version
     if json_output:
         emit_json({"url": repo.url, "format_version_before": before, "format_version": after, "upgraded": changed})

@@ -22,7 +22,6 @@ from genievm_core.cli.common import (
     state,
 )
 from genievm_core.errors import ConfigError
-from genievm_core.jobs import BackupJob, RestoreJob
 from genievm_core.models.config import BackupConfig, RestoreConfig, load_config
 from genievm_core.models.manifest import BackupManifest
 
@@ -96,9 +95,9 @@ def backup(
         storage_options=config.storage_options,
     )
     started = time.monotonic()
-    job = BackupJob(st.host, config, repository, workers=workers)
+    job = st.backup_job(config, repository, workers=workers)
     with disk_progress(not json_output) as progress:
-        st.run_job(job, progress)
+        st.run(job, progress)
     elapsed = time.monotonic() - started
     assert job.manifest is not None
     extra: dict[str, Any] = {"elapsed_seconds": elapsed, "job_id": job.id}
@@ -179,9 +178,9 @@ def restore(
     st = state(ctx)
     repository = st.open_repository(config.backup_path, passphrase_file, storage_options=config.storage_options)
     started = time.monotonic()
-    job = RestoreJob(st.host, config, repository, workers=workers)
+    job = st.restore_job(config, repository, workers=workers)
     with disk_progress(not json_output) as progress:
-        st.run_job(job, progress)
+        st.run(job, progress)
     elapsed = time.monotonic() - started
     result = job.restored
     assert result is not None

@@ -8,7 +8,6 @@ import typer
 
 from genievm_core.cli.common import JsonOption, PassphraseFileOption, RepoOption, emit_json, out_console, state
 from genievm_core.errors import VerifyError
-from genievm_core.jobs import VerifyJob
 from genievm_core.plugin.protocols import Problem, VerifyReport
 from genievm_core.repository import Damaged
 
@@ -29,12 +28,12 @@ def verify(
     if backup_id:
         manifests = [repository.find_backup(vm, backup_id)]
     else:
-        manifests = repository.manifests(vm, damaged=damaged)
+        manifests = st.backups(repository, vm, damaged=damaged)
     reports = [
         VerifyReport("manifest", bid, 1, [Problem(None, f"manifest cannot be read: {exc}")]) for bid, exc in damaged
     ]
-    job = VerifyJob(st.host, repository, manifests, read_data=read_data)
-    st.run_job(job)
+    job = st.verify_job(repository, manifests, read_data=read_data)
+    st.run(job)
     reports += job.reports
     problems = [(r, p) for r in reports for p in r.problems]
     if json_output:

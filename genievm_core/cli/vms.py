@@ -35,11 +35,7 @@ def vms(
         except (OSError, ValueError, AttributeError) as exc:
             raise ConfigError(f"invalid configuration: cannot read providerOptions from {config_file}: {exc}") from exc
     options = provider_options(options, provider_option)
-    connection = state(ctx).host.providers.get(provider)(options)
-    try:
-        found = connection.list_vms()
-    finally:
-        connection.close()
+    found = state(ctx).list_vms(provider, options)
     if json_output:
         emit_json([vm.__dict__ for vm in found])
         return

@@ -1,0 +1,335 @@
+"""The library API: open repositories and run jobs from Python, as the CLI does.
+
+The CLI, the server and the workers all go through one ``GenieVM`` object: it
+owns the plugin host, the job registry and the jobs it starts; it opens
+storage (plugin, options, retries) and repositories (passphrase from the
+argument, a file, ``GENIEVM_PASSPHRASE`` or a prompt; the config checked
+against what this client remembers); and it builds and runs the backup,
+restore, verify and prune jobs the commands run::
+
+    from genievm_core.api import BackupConfig, GenieVM
+
+    with GenieVM() as genievm:
+        repo = genievm.init_repository("/srv/backups", passphrase="a long passphrase")
+        config = BackupConfig(vm_id="web01", backup_path="/srv/backups",
+                              provider_options={"vms": {"web01": {"vda": "/images/web01.img"}}})
+        running = genievm.start(genievm.backup_job(config, repo))
+        running.wait()
+        print(running.job.state, running.job.result["backup_id"])
+
+A job run with ``run`` (in the calling thread) or ``start`` (in the
+background) is recorded in the job registry, so ``genievm jobs`` in another
+process sees, pauses and cancels it, and ``request`` does the same from here.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from genievm_core.engine import DiskProgress
+from genievm_core.errors import ConfigError, PassphraseRequiredError
+from genievm_core.jobs import (
+    DEFAULT_GRACE,
+    DEFAULT_MAX_CONCURRENT_JOBS,
+    BackupJob,
+    Job,
+    JobManager,
+    JobRecord,
+    JobRegistry,
+    JobState,
+    PruneJob,
+    RestoreJob,
+    VerifyJob,
+    default_job_db,
+)
+from genievm_core.models.config import BackupConfig, RestoreConfig
+from genievm_core.models.manifest import BackupManifest
+from genievm_core.models.vm import VMRef
+from genievm_core.plugin import PluginHost
+from genievm_core.plugin.protocols import StorageTarget
+from genievm_core.repository import DEFAULT_CHUNK_SIZE, Damaged, Repository
+from genievm_core.repository.known import KnownRepositories
+from genievm_core.repository.retention import RetentionPolicy
+from genievm_core.repository.retry import DEFAULT_ATTEMPTS, with_retries
+from genievm_core.repository.storage import open_storage
+
+__all__ = [
+    "PASSPHRASE_ENV",
+    "REPO_ENV",
+    "STORAGE_OPTIONS_ENV",
+    "BackupConfig",
+    "GenieVM",
+    "RestoreConfig",
+    "RetentionPolicy",
+    "RunningJob",
+    "passphrase_source",
+]
+
+PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
+REPO_ENV = "GENIEVM_BACKUP_PATH"
+STORAGE_OPTIONS_ENV = "GENIEVM_STORAGE_OPTIONS"
+Progress = Callable[[DiskProgress], None]
+
+
+@dataclass
+class RunningJob:
+    """A job started in the background: ``wait`` for it, read ``job.state`` and ``job.progress``."""
+
+    job: Job
+    future: Future[None]
+
+    def wait(self, timeout: float | None = None) -> Job:
+        """The job once it has ended (whatever its state); raises TimeoutError after ``timeout`` seconds."""
+        self.future.result(timeout)
+        return self.job
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+@dataclass
+class GenieVM:
+    """One client of GenieVM: its plugins, its job registry, its jobs. Close it (or use ``with``) when done."""
+
+    disabled_plugins: Sequence[str] = ()
+    storage_options: Mapping[str, Any] = field(default_factory=dict)  # above any config's storageOptions
+    job_db: Path | None = None  # None: default_job_db()
+    storage_attempts: int = DEFAULT_ATTEMPTS
+    on_warning: Callable[[str], None] | None = None  # told each warning once (unencrypted repository, ...)
+    max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    _host: PluginHost | None = None
+    _registry: JobRegistry | None = None
+    _manager: JobManager | None = None
+    _warned: set[str] = field(default_factory=set)
+
+    # plugins, registry, lifecycle
+
+    @property
+    def host(self) -> PluginHost:
+        if self._host is None:
+            self._host = PluginHost(disabled=self.disabled_plugins)
+        return self._host
+
+    @property
+    def registry(self) -> JobRegistry:
+        if self._registry is None:
+            self._registry = JobRegistry(self.job_db)
+        return self._registry
+
+    def close(self) -> None:
+        """Wait for the jobs ``start`` started, then close the registry."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def __enter__(self) -> GenieVM:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    # storage and repositories
+
+    def open_storage(self, url: str, config_options: Mapping[str, Any] | None = None) -> StorageTarget:
+        """The storage target for ``url``; its options layered lowest first: ``GENIEVM_STORAGE_OPTIONS``
+        (a JSON object), a job config's ``storageOptions``, then this object's ``storage_options``."""
+        options = {**_storage_options_env(), **(config_options or {}), **self.storage_options}
+        return open_storage(self.host, url, options)
+
+    def init_repository(
+        self,
+        url: str,
+        *,
+        passphrase: str | None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """Create a repository (encrypted unless ``passphrase`` is None) and remember it as this client's."""
+        repo = Repository.init(self.open_storage(url, storage_options), passphrase=passphrase, chunk_size=chunk_size)
+        self.known_repositories.remember(repo.url, repo.config)
+        return repo
+
+    def open_repository(
+        self,
+        url: str | None = None,
+        passphrase_file: Path | None = None,
+        *,
+        passphrase: str | None = None,
+        compression_level: int = 3,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """Open ``url`` (or ``GENIEVM_BACKUP_PATH``), its storage wrapped in retries.
+
+        The passphrase, when the repository needs one: ``passphrase``, else the file,
+        else ``GENIEVM_PASSPHRASE``, else a prompt on a terminal. Giving one makes a
+        config that claims to be unencrypted a refusal (it may have been replaced).
+        """
+        storage = with_retries(self.open_storage(_require_repo(url), storage_options), self.storage_attempts)
+        given = passphrase is not None or passphrase_file is not None or bool(os.environ.get(PASSPHRASE_ENV))
+        repo = Repository.open(
+            storage,
+            passphrase=_source(passphrase, passphrase_file),
+            compression_level=compression_level,
+            expect_encrypted=given,
+            known=self.known_repositories,
+        )
+        for warning in repo.warnings:
+            self._warn(warning)
+        return repo
+
+    def upgrade_repository(
+        self, repository: Repository, passphrase_file: Path | None = None, *, passphrase: str | None = None,
+        lock_wait: float = 10.0,
+    ) -> bool:  # fmt: skip
+        """Bring an open repository's config to the current format under the exclusive lock; False if it was."""
+        with repository.lock("exclusive", "upgrade", timeout=lock_wait):
+            changed = repository.upgrade(_source(passphrase, passphrase_file))
+        if changed:  # what this client remembers follows the new format
+            self.known_repositories.remember(repository.url, repository.config)
+        return changed
+
+    @property
+    def known_repositories(self) -> KnownRepositories:
+        """``known-repositories.json`` beside the job registry: what this client saw of each repository."""
+        return KnownRepositories((self.job_db or default_job_db()).parent / "known-repositories.json")
+
+    def backups(
+        self, repository: Repository, vm: str | None = None, *, damaged: list[Damaged] | None = None
+    ) -> list[BackupManifest]:
+        """The backups of a repository (of one VM), oldest first; unreadable ones into ``damaged`` when given."""
+        return repository.manifests(vm, damaged=damaged)
+
+    def list_vms(self, provider: str, options: Mapping[str, Any]) -> list[VMRef]:
+        """The VMs a provider sees with these providerOptions (it connects, lists and closes)."""
+        connection = self.host.providers.get(provider)(dict(options))
+        try:
+            return connection.list_vms()
+        finally:
+            connection.close()
+
+    # jobs
+
+    def backup_job(self, config: BackupConfig, repository: Repository | None = None, *, workers: int | None = None
+                   ) -> BackupJob:  # fmt: skip
+        """A backup of ``config.vm_id``, into ``repository`` or the one ``config.backup_path`` names."""
+        repo = repository or self.open_repository(
+            config.backup_path, compression_level=config.compression_level, storage_options=config.storage_options
+        )
+        return BackupJob(self.host, config, repo, workers=workers)
+
+    def restore_job(self, config: RestoreConfig, repository: Repository | None = None, *, workers: int | None = None
+                    ) -> RestoreJob:  # fmt: skip
+        repo = repository or self.open_repository(config.backup_path, storage_options=config.storage_options)
+        return RestoreJob(self.host, config, repo, workers=workers)
+
+    def verify_job(
+        self, repository: Repository, manifests: Iterable[BackupManifest], *, read_data: bool = False
+    ) -> VerifyJob:
+        return VerifyJob(self.host, repository, list(manifests), read_data=read_data)
+
+    def prune_job(
+        self,
+        repository: Repository,
+        policy: RetentionPolicy,
+        vms: Sequence[str] | None = None,
+        *,
+        grace: timedelta = DEFAULT_GRACE,
+        dry_run: bool = False,
+        lock_wait: float = 3600.0,
+    ) -> PruneJob:
+        """Retention by ``policy``, then garbage collection (an empty policy: garbage collection alone)."""
+        return PruneJob(repository, policy, vms, grace=grace, dry_run=dry_run, lock_wait=lock_wait)
+
+    def run(self, job: Job, progress: Progress | None = None) -> Job:
+        """Run ``job`` in this thread, recorded in the job registry; raise its error when it fails."""
+        job.extra_progress = progress
+        with JobManager(self.registry) as manager:
+            return manager.run(job)
+
+    def start(self, job: Job, progress: Progress | None = None) -> RunningJob:
+        """Run ``job`` in the background (at most ``max_concurrent_jobs`` at once; the rest wait, pending)."""
+        if self._manager is None:
+            self._manager = JobManager(self.registry, max_concurrent=self.max_concurrent_jobs).start()
+        job.extra_progress = progress
+        return RunningJob(job, self._manager.submit(job))
+
+    def jobs(self, states: Iterable[JobState] = (), limit: int = 50) -> list[JobRecord]:
+        """Jobs of this registry, newest first; jobs whose process died are marked failed first."""
+        self.registry.sweep_stale()
+        return self.registry.recent(states=tuple(states), limit=limit)
+
+    def job(self, job_id: str) -> JobRecord:
+        """One job by id or unique prefix, from any process of this registry."""
+        self.registry.sweep_stale()
+        return self.registry.get(job_id)
+
+    def request(self, job_id: str, action: Literal["pause", "resume", "cancel"]) -> JobRecord:
+        """Ask the process that runs a job to pause, resume or cancel it (it acts within a second)."""
+        return self.registry.request(job_id, action)
+
+    def _warn(self, warning: str) -> None:
+        if warning not in self._warned:
+            self._warned.add(warning)
+            if self.on_warning is not None:
+                self.on_warning(warning)
+
+
+def _source(passphrase: str | None, passphrase_file: Path | None) -> Callable[[], str]:
+    return (lambda: passphrase) if passphrase is not None else passphrase_source(passphrase_file)
+
+
+def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
+    """A callable that returns the passphrase: from a file, the environment, or a prompt."""
+
+    def get() -> str:
+        if passphrase_file is not None:
+            try:
+                return passphrase_file.read_text().rstrip("\n")
+            except OSError as exc:
+                raise ConfigError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from exc
+        value = os.environ.get(PASSPHRASE_ENV)
+        if value:
+            return value
+        if not sys.stdin.isatty():
+            raise PassphraseRequiredError(
+                f"a passphrase is needed: set {PASSPHRASE_ENV}, give --passphrase-file, or run on a terminal"
+            )
+        first = getpass.getpass("Repository passphrase: ")
+        if confirm and getpass.getpass("Repeat the passphrase: ") != first:
+            raise ConfigError("invalid configuration: passphrase: the two entries differ")
+        return first
+
+    return get
+
+
+def _storage_options_env() -> dict[str, Any]:
+    text = os.environ.get(STORAGE_OPTIONS_ENV)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"invalid configuration: {STORAGE_OPTIONS_ENV}: not a JSON object")
+    return value
+
+
+def _require_repo(url: str | None) -> str:
+    url = url or os.environ.get(REPO_ENV)
+    if not url:
+        raise ConfigError(f"invalid configuration: backupPath: give --repo or set {REPO_ENV}")
+    return url
