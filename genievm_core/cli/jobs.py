@@ -57,7 +57,10 @@ def show(ctx: typer.Context, job_id: JobIdArgument, json_output: JsonOption = Fa
     if json_output:
         emit_json(record.to_json())
         return
-    out_console.print(f"job {record.id}: {record.kind}, {record.description}, {record.state.value}", highlight=False)
+    phase = f" ({record.phase})" if record.phase and not record.finished else ""
+    out_console.print(
+        f"job {record.id}: {record.kind}, {record.description}, {record.state.value}{phase}", highlight=False
+    )
     out_console.print(f"  process {record.pid} on {record.host}", highlight=False)
     for label, when in (("created", record.created_at), ("started", record.started_at), ("ended", record.finished_at)):
         if when is not None:

@@ -1,16 +1,24 @@
-"""One backup of one VM, from provider to committed manifest.
+"""One backup of one VM, from provider to committed manifest, in three phases.
 
-Order: describe the VM, pick the parent, take a shared repository lock, open
-the provider's point in time, copy every disk through the engine, leave the
-point in time (the provider removes its snapshot), then commit: indexes, and
-last the manifest. Until the manifest is written nothing of this backup is
-visible; a failure leaves at most unreferenced chunks for garbage collection.
+1. *plan*: describe the VM and check its names, take a shared repository lock,
+   pick the parent and read its indexes (``plan_backup`` → ``BackupPlan``);
+2. *transfer*: open the provider's point in time, choose each disk's changed
+   extents (CBT, or hash-compare with the reason), copy every disk through the
+   engine, leave the point in time (the provider removes its snapshot)
+   (``transfer_backup`` → a ``DiskTransfer`` per disk);
+3. *commit*: the indexes, and last the manifest (``commit_backup``).
+
+Until the manifest is written nothing of this backup is visible; a failure
+leaves at most unreferenced chunks, which the next run of the same backup
+re-uses (they are found stored) and garbage collection removes after its grace.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,12 +47,22 @@ from genievm_core.models.manifest import (
 )
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin import PluginHost
-from genievm_core.plugin.protocols import BackupRequest, ChangedExtents, DiskSource
+from genievm_core.plugin.protocols import BackupRequest, ChangedExtents, DiskSource, Provider
 from genievm_core.repository import ChunkIndex, Damaged, Repository, new_backup_id
 
-__all__ = ["BackupJob", "run_backup"]
+__all__ = [
+    "BackupJob",
+    "BackupPlan",
+    "DiskTransfer",
+    "commit_backup",
+    "describe_for_backup",
+    "plan_backup",
+    "run_backup",
+    "transfer_backup",
+]
 
 log = structlog.get_logger("genievm.backup")
+PhaseCallback = Callable[[str], None]
 
 
 class BackupJob(Job):
@@ -62,7 +80,13 @@ class BackupJob(Job):
 
     def execute(self) -> dict[str, Any]:
         self.manifest = run_backup(
-            self.host, self.config, self.repo, progress=self.on_progress, control=self.control, workers=self.workers
+            self.host,
+            self.config,
+            self.repo,
+            progress=self.on_progress,
+            control=self.control,
+            workers=self.workers,
+            on_phase=self.enter_phase,
         )
         result: dict[str, Any] = {
             "backup_id": self.manifest.backup_id,
@@ -83,6 +107,33 @@ class BackupJob(Job):
         return result
 
 
+@dataclass
+class BackupPlan:
+    """Phase 1 (plan): what the backup copies, decided under the shared lock before any data moves."""
+
+    backup_id: str
+    started_at: datetime
+    vm: VMDescription
+    vm_record: VMRecord
+    disks: list[DiskInfo]
+    parent: BackupManifest | None
+    parent_indexes: dict[str, ChunkIndex]  # the parent's usable indexes, by disk
+    request: BackupRequest
+
+    @property
+    def parent_disks(self) -> dict[str, DiskRecord]:
+        return {d.name: d for d in self.parent.disks} if self.parent else {}
+
+
+@dataclass
+class DiskTransfer:
+    """Phase 2 (transfer): one disk copied into chunks; its index, counts and CBT record (with the next token)."""
+
+    index: ChunkIndex
+    stats: BackupStats
+    cbt: CBTRecord
+
+
 def run_backup(
     host: PluginHost,
     config: BackupConfig,
@@ -91,80 +142,24 @@ def run_backup(
     progress: ProgressCallback | None = None,
     control: JobControl | None = None,
     workers: int | None = None,
+    on_phase: PhaseCallback | None = None,
 ) -> BackupManifest:
-    control = control or JobControl()
+    """Plan, transfer and commit one backup; ``on_phase`` is told each phase as it begins."""
+    phase = on_phase or (lambda _name: None)
     provider = host.providers.get(config.provider)(config.provider_options)
     try:
-        vm = provider.describe_vm(config.vm_id)
-        vm_record = _vm_record(vm, config.provider)  # names are checked before any data moves
-        unknown = set(config.excluded_disks) - {d.name for d in vm.disks}
-        if unknown:
-            raise ConfigError(f"invalid BackupConfig: excludedDisks: VM {vm.id} has no disk {sorted(unknown)}")
-        disks = [d for d in vm.disks if d.name not in config.excluded_disks]
-        backup_id = new_backup_id()
-        started = datetime.now(UTC)
+        phase("plan")
+        vm, disks = describe_for_backup(provider, config)
         with repo.lock("shared", f"backup of {vm.id}"):
-            parent = _parent(repo, vm.id) if config.incremental else None
-            parent_disks = {d.name: d for d in parent.disks} if parent else {}
-            request = BackupRequest(
-                disks=tuple(d.name for d in disks),
-                tokens={n: d.cbt.token for n, d in parent_disks.items()},
-                enable_cbt=config.enable_cbt,
-                quiesce=config.quiesce,
-                workdir=config.backup_dir,
-                chain_id=repo.config.repository_id,
-            )
-            log.info("backup.start", vm=vm.id, backup=backup_id, parent=parent.backup_id if parent else None)
-            n_workers = workers or default_workers()
-            with ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool:
-                parent_indexes = _parent_indexes(repo, parent_disks)
-                known: set[bytes] = set()
-                for index in parent_indexes.values():
-                    known |= index.stored_ids()
-                engine = BackupEngine(
-                    repo, pool, known_ids=known, window=n_workers + 2, progress=progress, control=control
-                )
-                with provider.open_backup(vm, request) as session:
-                    sources = session.sources()
-                    plans = {d.name: _plan(d, sources[d.name], parent_disks, parent_indexes, config) for d in disks}
-                    with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
-                        futures = {d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in disks}
-                        results = dict(results_or_cancel(futures, control))
-                    tokens = {d.name: sources[d.name].next_token() for d in disks}
-            records = []
-            for d in disks:
-                index, stats = results[d.name]
-                key = repo.put_index(backup_id, d.name, index)
-                cbt = plans[d.name].cbt.model_copy(update={"token": tokens[d.name]})
-                records.append(
-                    DiskRecord(
-                        name=d.name,
-                        size=index.disk_size,
-                        chunk_size=repo.chunk_size,
-                        chunk_count=index.count,
-                        index=key,
-                        checksum=index.checksum(),
-                        format=d.format,
-                        cbt=cbt,
-                        stats=stats,
-                    )
-                )
-            manifest = BackupManifest(
-                backup_id=backup_id,
-                repository_id=repo.config.repository_id,
-                vm=vm_record,
-                kind="incremental" if any(r.cbt.mode != "full" for r in records) else "full",
-                parent_id=parent.backup_id if parent else None,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                disks=tuple(records),
-                stats=_sum(r.stats for r in records),
-            )
-            repo.put_manifest(manifest)
+            plan = plan_backup(repo, config, vm, disks)
+            phase("transfer")
+            transfers = transfer_backup(plan, provider, repo, config, progress, control or JobControl(), workers)
+            phase("commit")
+            manifest = commit_backup(plan, transfers, repo)
         log.info(
             "backup.done",
             vm=vm.id,
-            backup=backup_id,
+            backup=manifest.backup_id,
             kind=manifest.kind,
             new=manifest.stats.bytes_new,
             stored=manifest.stats.bytes_stored,
@@ -172,6 +167,110 @@ def run_backup(
         return manifest
     finally:
         provider.close()
+
+
+def describe_for_backup(provider: Provider, config: BackupConfig) -> tuple[VMDescription, list[DiskInfo]]:
+    """The VM and the disks to back up; names and ``excludedDisks`` are checked before anything is locked."""
+    vm = provider.describe_vm(config.vm_id)
+    _vm_record(vm, config.provider)
+    unknown = set(config.excluded_disks) - {d.name for d in vm.disks}
+    if unknown:
+        raise ConfigError(f"invalid BackupConfig: excludedDisks: VM {vm.id} has no disk {sorted(unknown)}")
+    return vm, [d for d in vm.disks if d.name not in config.excluded_disks]
+
+
+def plan_backup(repo: Repository, config: BackupConfig, vm: VMDescription, disks: list[DiskInfo]) -> BackupPlan:
+    """Phase 1: the backup's id, its parent and the parent's indexes. Call it holding the shared lock."""
+    parent = _parent(repo, vm.id) if config.incremental else None
+    parent_disks = {d.name: d for d in parent.disks} if parent else {}
+    request = BackupRequest(
+        disks=tuple(d.name for d in disks),
+        tokens={n: d.cbt.token for n, d in parent_disks.items()},
+        enable_cbt=config.enable_cbt,
+        quiesce=config.quiesce,
+        workdir=config.backup_dir,
+        chain_id=repo.config.repository_id,
+    )
+    return BackupPlan(
+        backup_id=new_backup_id(),
+        started_at=datetime.now(UTC),
+        vm=vm,
+        vm_record=_vm_record(vm, config.provider),
+        disks=disks,
+        parent=parent,
+        parent_indexes=_parent_indexes(repo, parent_disks),
+        request=request,
+    )
+
+
+def transfer_backup(
+    plan: BackupPlan,
+    provider: Provider,
+    repo: Repository,
+    config: BackupConfig,
+    progress: ProgressCallback | None,
+    control: JobControl,
+    workers: int | None,
+) -> dict[str, DiskTransfer]:
+    """Phase 2: open the provider's point in time, choose each disk's changed extents, copy every disk.
+
+    The provider's snapshot or backup job exists only inside this phase; nothing is
+    visible in the repository yet (chunks no manifest names, until the commit).
+    """
+    parent = plan.parent
+    log.info("backup.start", vm=plan.vm.id, backup=plan.backup_id, parent=parent.backup_id if parent else None)
+    n_workers = workers or default_workers()
+    known: set[bytes] = set()
+    for index in plan.parent_indexes.values():
+        known |= index.stored_ids()
+    with ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool:
+        engine = BackupEngine(repo, pool, known_ids=known, window=n_workers + 2, progress=progress, control=control)
+        with provider.open_backup(plan.vm, plan.request) as session:
+            sources = session.sources()
+            plans = {
+                d.name: _plan(d, sources[d.name], plan.parent_disks, plan.parent_indexes, config) for d in plan.disks
+            }
+            with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
+                futures = {d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in plan.disks}
+                results = dict(results_or_cancel(futures, control))
+            tokens = {d.name: sources[d.name].next_token() for d in plan.disks}
+    return {
+        name: DiskTransfer(index, stats, plans[name].cbt.model_copy(update={"token": tokens[name]}))
+        for name, (index, stats) in results.items()
+    }
+
+
+def commit_backup(plan: BackupPlan, transfers: dict[str, DiskTransfer], repo: Repository) -> BackupManifest:
+    """Phase 3: the indexes, then the manifest (the backup exists once the manifest is written)."""
+    records = []
+    for d in plan.disks:
+        t = transfers[d.name]
+        records.append(
+            DiskRecord(
+                name=d.name,
+                size=t.index.disk_size,
+                chunk_size=repo.chunk_size,
+                chunk_count=t.index.count,
+                index=repo.put_index(plan.backup_id, d.name, t.index),
+                checksum=t.index.checksum(),
+                format=d.format,
+                cbt=t.cbt,
+                stats=t.stats,
+            )
+        )
+    manifest = BackupManifest(
+        backup_id=plan.backup_id,
+        repository_id=repo.config.repository_id,
+        vm=plan.vm_record,
+        kind="incremental" if any(r.cbt.mode != "full" for r in records) else "full",
+        parent_id=plan.parent.backup_id if plan.parent else None,
+        started_at=plan.started_at,
+        finished_at=datetime.now(UTC),
+        disks=tuple(records),
+        stats=_sum(r.stats for r in records),
+    )
+    repo.put_manifest(manifest)
+    return manifest
 
 
 def _vm_record(vm: VMDescription, provider: str) -> VMRecord:

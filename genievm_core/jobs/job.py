@@ -78,6 +78,7 @@ class Job(ABC):
         self.finished_at: datetime | None = None
         self.error: str | None = None
         self.exit_code: int | None = None
+        self.phase: str | None = None  # the phase of the work running now: plan, transfer, verify, commit
         self.result: dict[str, Any] | None = None
         self.exception: BaseException | None = None
         self.control = JobControl(self.id)
@@ -132,6 +133,12 @@ class Job(ABC):
             pending = self.state is JobState.PENDING
         if pending:
             self._finish(JobState.CANCELLED, JobCancelledError(f"job {self.id} was cancelled before it started"))
+
+    def enter_phase(self, name: str) -> None:
+        """The work moved to phase ``name`` (the registry shows it: ``genievm jobs show``)."""
+        self.phase = name
+        log.debug("job.phase", job=self.id, phase=name)
+        self._notify()
 
     def fail(self, reason: str) -> None:
         """Mark a job that cannot run (not started) as failed."""

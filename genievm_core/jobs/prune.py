@@ -41,6 +41,7 @@ def prune_vms(
     lock_wait: float = 3600.0,
     checkpoint: Callable[[], None] = lambda: None,
     now: datetime | None = None,
+    on_phase: Callable[[str], None] = lambda _name: None,
 ) -> PruneReport:
     """Apply ``policy`` to the backups of each VM in ``vms`` (every VM when None), then collect garbage.
 
@@ -67,6 +68,7 @@ def prune_vms(
         lock_wait=lock_wait,
         checkpoint=checkpoint,
         now=(lambda: at) if now is not None else (lambda: datetime.now(UTC)),
+        on_phase=on_phase,
     )
 
 
@@ -109,5 +111,6 @@ class PruneJob(Job):
             dry_run=self.dry_run,
             lock_wait=self.lock_wait,
             checkpoint=self.control.checkpoint,
+            on_phase=self.enter_phase,
         )
         return self.report.to_json()

@@ -7,10 +7,10 @@ chunks. Each job records the owner's host, pid and the pid's start time, so a
 job whose owner died (SIGKILL, power loss) is found by the stale-job sweep and
 marked failed instead of staying running for ever.
 
-Schema (``PRAGMA user_version`` 1)::
+Schema (``PRAGMA user_version`` 2; version 1 lacked ``phase`` and is upgraded on open)::
 
     jobs(id, kind, state, requested, description, vm, repository, host, pid, pid_start,
-         created_at, started_at, finished_at, heartbeat_at, error, exit_code, result)
+         created_at, started_at, finished_at, heartbeat_at, error, exit_code, result, phase)
     job_disks(job_id, disk, total, scanned, read, stored, deduplicated, zero, done)
 
 Times are ISO 8601 UTC; ``result`` is JSON. The database is in WAL mode, so
@@ -36,7 +36,7 @@ from genievm_core.jobs.job import FINAL_STATES, Job, JobState
 __all__ = ["JOB_DB_ENV", "DiskRow", "JobRecord", "JobRegistry", "default_job_db"]
 
 JOB_DB_ENV = "GENIEVM_JOB_DB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STALE_HEARTBEAT = timedelta(minutes=10)  # a job of another host that has not written for this long is dead
 _ACTIONS = {
     "pause": ({JobState.RUNNING}, "paused"),
@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     heartbeat_at TEXT NOT NULL,
     error TEXT,
     exit_code INTEGER,
-    result TEXT
+    result TEXT,
+    phase TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_disks (
@@ -122,6 +123,7 @@ class JobRecord:
     error: str | None
     exit_code: int | None
     result: dict[str, Any] | None
+    phase: str | None = None  # plan, transfer, verify or commit, while it runs; the last one after
     disks: list[DiskRow] = field(default_factory=list)
 
     @property
@@ -152,6 +154,8 @@ class JobRegistry:
             if version > SCHEMA_VERSION:
                 raise ConfigError(f"job registry {self.path} has schema {version}; this GenieVM knows {SCHEMA_VERSION}")
             with self._db:
+                if version == 1:  # 2 added the phase a job is in
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN phase TEXT")
                 self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"invalid configuration: jobDb: cannot open job registry {self.path}: {exc}") from exc
@@ -188,10 +192,11 @@ class JobRegistry:
         result = json.dumps(job.result, default=str) if job.result is not None else None
         with self._lock, self._db:
             self._db.execute(
-                "UPDATE jobs SET state = ?, started_at = ?, finished_at = ?, heartbeat_at = ?, error = ?, "
+                "UPDATE jobs SET state = ?, phase = ?, started_at = ?, finished_at = ?, heartbeat_at = ?, error = ?, "
                 "exit_code = ?, result = ?, requested = CASE WHEN ? THEN NULL ELSE requested END WHERE id = ?",
                 (
                     job.state.value,
+                    job.phase,
                     job.started_at.isoformat() if job.started_at else None,
                     job.finished_at.isoformat() if job.finished_at else None,
                     _now(),
@@ -330,13 +335,14 @@ class JobRegistry:
             error=data["error"],
             exit_code=data["exit_code"],
             result=json.loads(data["result"]) if data["result"] else None,
+            phase=data["phase"],
             disks=[DiskRow(d[0], d[1], d[2], d[3], d[4], d[5], d[6], bool(d[7])) for d in disks],
         )
 
 
 _COLUMN_NAMES = (
     "id kind state requested description vm repository host pid created_at started_at finished_at "
-    "heartbeat_at error exit_code result"
+    "heartbeat_at error exit_code result phase"
 ).split()
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 

@@ -1,9 +1,10 @@
-"""One restore of one backup, through the provider that made it (or another)."""
+"""One restore of one backup, through the provider that made it (or another): plan, transfer, verify, commit."""
 
 from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,15 +15,16 @@ from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, res
 from genievm_core.errors import ConfigError, VerifyError
 from genievm_core.jobs.job import Job
 from genievm_core.models.config import DiskConfig, RestoreConfig
-from genievm_core.models.manifest import BackupManifest
+from genievm_core.models.manifest import BackupManifest, DiskRecord
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import Problem, RestoreRequest
-from genievm_core.repository import Repository
+from genievm_core.repository import ChunkIndex, Repository
 
-__all__ = ["RestoreJob", "RestoreResult", "run_restore"]
+__all__ = ["RestoreJob", "RestorePlan", "RestoreResult", "plan_restore", "run_restore", "write_restore"]
 
 log = structlog.get_logger("genievm.restore")
+PhaseCallback = Callable[[str], None]
 
 
 @dataclass
@@ -50,9 +52,27 @@ class RestoreJob(Job):
 
     def execute(self) -> dict[str, Any]:
         self.restored = run_restore(
-            self.host, self.config, self.repo, progress=self.on_progress, control=self.control, workers=self.workers
+            self.host,
+            self.config,
+            self.repo,
+            progress=self.on_progress,
+            control=self.control,
+            workers=self.workers,
+            on_phase=self.enter_phase,
         )
         return asdict(self.restored)
+
+
+@dataclass
+class RestorePlan:
+    """Phase 1 (plan): the backup, the disks to write and their checked indexes; nothing written yet."""
+
+    manifest: BackupManifest
+    disks: list[DiskRecord]
+    indexes: dict[str, ChunkIndex]
+    disk_configs: dict[str, DiskConfig]
+    vm: VMDescription
+    request: RestoreRequest
 
 
 def run_restore(
@@ -63,20 +83,22 @@ def run_restore(
     progress: ProgressCallback | None = None,
     control: JobControl | None = None,
     workers: int | None = None,
+    on_phase: PhaseCallback | None = None,
 ) -> RestoreResult:
-    """Restore one backup under a shared lock, so nothing it reads is deleted meanwhile."""
+    """Restore one backup under a shared lock, so nothing it reads is deleted meanwhile.
+
+    Phases: plan (``plan_restore``), transfer, verify (unless ``verifyAfterRestore`` is off) and
+    commit (the provider defines the VM and renames the disks into place), in ``write_restore``.
+    """
+    phase = on_phase or (lambda _name: None)
     with repo.lock("shared", f"restore of {config.vm_id}"):
-        return _restore(host, config, repo, progress, control, workers)
+        phase("plan")
+        plan = plan_restore(config, repo)
+        return write_restore(host, plan, config, repo, progress, control or JobControl(), workers, phase)
 
 
-def _restore(
-    host: PluginHost,
-    config: RestoreConfig,
-    repo: Repository,
-    progress: ProgressCallback | None,
-    control: JobControl | None,
-    workers: int | None,
-) -> RestoreResult:
+def plan_restore(config: RestoreConfig, repo: Repository) -> RestorePlan:
+    """Phase 1: find the backup, check the disk configs, read every index (a damaged one stops it here)."""
     manifest = repo.find_backup(config.vm_id, config.backup_id)
     disk_configs = {d.name: DiskConfig(name=d.name) for d in manifest.disks} | {c.name: c for c in config.disk_configs}
     unknown = set(disk_configs) - {d.name for d in manifest.disks}
@@ -85,8 +107,6 @@ def _restore(
             f"invalid RestoreConfig: diskConfigs: backup {manifest.backup_id} has no disk {sorted(unknown)}"
         )
     disks = [d for d in manifest.disks if not disk_configs[d.name].skip]
-    indexes = {d.name: repo.disk_index(d) for d in disks}  # damaged indexes are found before anything is written
-    vm = _description(manifest)
     request = RestoreRequest(
         restore_path=config.restore_path,
         new_name=config.new_vm_name,
@@ -94,18 +114,41 @@ def _restore(
         disk_configs=disk_configs,
         options=config.provider_options,
     )
+    return RestorePlan(
+        manifest=manifest,
+        disks=disks,
+        indexes={d.name: repo.disk_index(d) for d in disks},
+        disk_configs=disk_configs,
+        vm=_description(manifest),
+        request=request,
+    )
+
+
+def write_restore(
+    host: PluginHost,
+    plan: RestorePlan,
+    config: RestoreConfig,
+    repo: Repository,
+    progress: ProgressCallback | None,
+    control: JobControl,
+    workers: int | None,
+    phase: PhaseCallback,
+) -> RestoreResult:
+    """Phases 2 to 4: write every disk (transfer), read them back (verify), let the provider commit."""
+    manifest, disks, indexes = plan.manifest, plan.disks, plan.indexes
     provider = host.providers.get(config.provider)(config.provider_options)
     n_workers = workers or os.cpu_count() or 2
-    problems: list[Problem] = []
-    control = control or JobControl()
     try:
         log.info("restore.start", vm=manifest.vm.id, backup=manifest.backup_id)
         with (
             ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool,
-            provider.open_restore(vm, request) as session,
+            provider.open_restore(plan.vm, plan.request) as session,
         ):
+            phase("transfer")
             engine = RestoreEngine(repo, pool, window=2 * n_workers, progress=progress, control=control)
-            sinks = {d.name: session.open_sink(_info(d.name, d.size, d.format), disk_configs[d.name]) for d in disks}
+            sinks = {
+                d.name: session.open_sink(_info(d.name, d.size, d.format), plan.disk_configs[d.name]) for d in disks
+            }
             with ThreadPoolExecutor(_disk_threads(len(disks)), thread_name_prefix="genievm-disk") as dp:
                 futures = {
                     d.name: dp.submit(engine.restore_disk, d.name, indexes[d.name], sinks[d.name]) for d in disks
@@ -113,6 +156,8 @@ def _restore(
                 for _ in results_or_cancel(futures, control):
                     pass
             if config.verify_after_restore:
+                phase("verify")
+                problems: list[Problem] = []
                 for d in disks:
                     problems += engine.compare(d.name, indexes[d.name], sinks[d.name])
                 if problems:
@@ -120,6 +165,7 @@ def _restore(
                         f"verification of the restore of {manifest.backup_id} found {len(problems)} problems: "
                         f"{problems[0].disk}: {problems[0].detail}"
                     )
+            phase("commit")
             vm_id = session.commit()
         if config.power_on_after_restore:
             provider.power_on(vm_id)

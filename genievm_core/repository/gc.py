@@ -33,7 +33,7 @@ from genievm_core.models.manifest import BackupManifest
 from genievm_core.repository.objects import ObjectDamaged
 from genievm_core.repository.repo import Damaged, Repository
 
-__all__ = ["LEDGER_KEY", "PruneReport", "prune_repository"]
+__all__ = ["LEDGER_KEY", "Mark", "PruneReport", "mark_repository", "prune_repository", "sweep_repository"]
 
 LEDGER_KEY = "gc/pending"
 DELETE_BATCH = 1000  # objects deleted between two cancel checks (one request where the target has delete_many)
@@ -67,6 +67,18 @@ class PruneReport:
         }
 
 
+@dataclass
+class Mark:
+    """Phase 1 (mark, under a shared lock): what every manifest names, and what storage holds."""
+
+    manifests: list[BackupManifest]  # every manifest read at the mark
+    doomed: set[str]  # the backups to remove that were still there
+    staying: list[BackupManifest]
+    referenced: set[bytes]  # chunk ids the staying backups name
+    chunk_keys: list[str]
+    index_keys: list[str]
+
+
 def prune_repository(
     repo: Repository,
     remove: Iterable[str] = (),
@@ -76,33 +88,69 @@ def prune_repository(
     lock_wait: float = 3600.0,
     checkpoint: Checkpoint = lambda: None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_phase: Callable[[str], None] = lambda _name: None,
 ) -> PruneReport:
-    """Delete the backups ``remove``, then the objects no backup names (see the module's docstring)."""
-    doomed = set(remove)
-    report = PruneReport(dry_run)
+    """Delete the backups ``remove``, then the objects no backup names (see the module's docstring).
+
+    Phases: ``plan`` (the mark, ``mark_repository``) and ``commit`` (the sweep, ``sweep_repository``);
+    a dry run reports from the mark alone.
+    """
+    on_phase("plan")
+    mark = mark_repository(repo, remove, checkpoint)
+    if dry_run:
+        return _dry_run_report(repo, mark, grace, now())
+    on_phase("commit")
+    report = sweep_repository(repo, mark, grace=grace, lock_wait=lock_wait, checkpoint=checkpoint, now=now)
+    log.info(
+        "prune.done",
+        backups=len(report.removed_backups),
+        deleted=len(report.deleted),
+        kept_by_grace=report.kept_by_grace,
+        not_deletable=len(report.not_deletable),
+    )
+    return report
+
+
+def mark_repository(repo: Repository, remove: Iterable[str], checkpoint: Checkpoint) -> Mark:
+    """Phase 1, under a shared lock beside running backups: read every manifest and the staying indexes."""
     with repo.lock("shared", "garbage collection (mark)"):
         manifests = _all_manifests(repo)
-        seen = {m.backup_id for m in manifests}
-        doomed &= seen  # one that went meanwhile was pruned by someone else
+        doomed = set(remove) & {m.backup_id for m in manifests}  # one that went meanwhile was pruned by someone else
         staying = [m for m in manifests if m.backup_id not in doomed]
         referenced = _referenced(repo, staying, checkpoint)
-        chunk_keys = list(repo.storage.list("chunks/"))
-        index_keys = list(repo.storage.list("indexes/"))
-    report.removed_backups = sorted(doomed)
-    if dry_run:
-        ledger = _load_ledger(repo)
-        candidates = _candidates(chunk_keys, index_keys, referenced, {m.backup_id for m in staying})
-        report.referenced_chunks, report.unreferenced = len(referenced), len(candidates)
-        at = now()
-        report.deleted = sorted(k for k in candidates if at - ledger.get(k, at) >= grace)
-        report.kept_by_grace = len(candidates) - len(report.deleted)
-        return report
+        chunk_keys, index_keys = list(repo.storage.list("chunks/")), list(repo.storage.list("indexes/"))
+        return Mark(manifests, doomed, staying, referenced, chunk_keys, index_keys)
+
+
+def _dry_run_report(repo: Repository, mark: Mark, grace: timedelta, at: datetime) -> PruneReport:
+    report = PruneReport(True, removed_backups=sorted(mark.doomed))
+    ledger = _load_ledger(repo)
+    candidates = _candidates(mark.chunk_keys, mark.index_keys, mark.referenced, {m.backup_id for m in mark.staying})
+    report.referenced_chunks, report.unreferenced = len(mark.referenced), len(candidates)
+    report.deleted = sorted(k for k in candidates if at - ledger.get(k, at) >= grace)
+    report.kept_by_grace = len(candidates) - len(report.deleted)
+    return report
+
+
+def sweep_repository(
+    repo: Repository,
+    mark: Mark,
+    *,
+    grace: timedelta,
+    lock_wait: float,
+    checkpoint: Checkpoint,
+    now: Callable[[], datetime],
+) -> PruneReport:
+    """Phase 2, under the exclusive lock: delete the pruned manifests, then the candidates past their grace."""
+    report = PruneReport(False, removed_backups=sorted(mark.doomed))
+    staying, referenced = list(mark.staying), set(mark.referenced)
+    seen = {m.backup_id for m in mark.manifests}
     with _exclusive_lock(repo, lock_wait, checkpoint):
         for backup_id in sorted(set(repo.backup_ids()) - seen):  # committed since the mark
             manifest = repo.get_manifest(backup_id)
             staying.append(manifest)
             referenced |= _referenced(repo, [manifest], checkpoint)
-        for manifest in (m for m in manifests if m.backup_id in doomed):
+        for manifest in (m for m in mark.manifests if m.backup_id in mark.doomed):
             checkpoint()
             if _delete(repo, f"manifests/{manifest.backup_id}", report):
                 log.info("prune.backup_removed", backup=manifest.backup_id, vm=manifest.vm.id)
@@ -111,7 +159,7 @@ def prune_repository(
                 referenced |= _referenced(repo, [manifest], checkpoint)
                 report.removed_backups.remove(manifest.backup_id)
         report.referenced_chunks = len(referenced)
-        candidates = _candidates(chunk_keys, index_keys, referenced, {m.backup_id for m in staying})
+        candidates = _candidates(mark.chunk_keys, mark.index_keys, referenced, {m.backup_id for m in staying})
         report.unreferenced = len(candidates)
         ledger = _load_ledger(repo)
         at = now()
@@ -131,13 +179,6 @@ def prune_repository(
         if leftovers is not None:  # puts a killed process never finished: no other writer runs now, but lockers
             report.leftovers_removed = len(leftovers(("locks/",)))
         _save_ledger(repo, pending)
-    log.info(
-        "prune.done",
-        backups=len(report.removed_backups),
-        deleted=len(report.deleted),
-        kept_by_grace=report.kept_by_grace,
-        not_deletable=len(report.not_deletable),
-    )
     return report
 
 
