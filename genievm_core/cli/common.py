@@ -27,6 +27,7 @@ from rich.progress import (
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError, PassphraseRequiredError
 from genievm_core.jobs import Job, JobManager, JobRegistry
+from genievm_core.models.user_files import read_user_file, text_of
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import Repository
@@ -36,6 +37,7 @@ from genievm_core.repository.storage import open_storage
 __all__ = [
     "ConfigFileOption",
     "JsonOption",
+    "NoLockOption",
     "PassphraseFileOption",
     "RepoOption",
     "State",
@@ -50,9 +52,17 @@ __all__ = [
 PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
 REPO_ENV = "GENIEVM_BACKUP_PATH"
 STORAGE_OPTIONS_ENV = "GENIEVM_STORAGE_OPTIONS"
+MAX_PASSPHRASE = 4 << 10  # bytes of a passphrase file
 RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path or URL (backupPath; or {REPO_ENV})")]
 PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+NoLockOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-lock",
+        help="read without the shared lock (read-only storage); automatic when the storage refuses writes",
+    ),
+]
 ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
 ProviderOptionOption = Annotated[
     list[str] | None,
@@ -110,12 +120,16 @@ class State:
         *,
         compression_level: int = 3,
         storage_options: Mapping[str, Any] | None = None,
+        no_lock: bool = False,
     ) -> Repository:
+        """The repository at ``url``; with ``no_lock`` its reads take no lock (``--no-lock``)."""
         storage = self.open_storage(_require_repo(url), storage_options)
         storage = with_retries(storage, self.storage_attempts)
-        return Repository.open(
+        repository = Repository.open(
             storage, passphrase=passphrase_source(passphrase_file), compression_level=compression_level
         )
+        repository.lock_reads = not no_lock
+        return repository
 
     @property
     def registry(self) -> JobRegistry:
@@ -180,21 +194,22 @@ def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) ->
 
     def get() -> str:
         if passphrase_file is not None:
-            try:
-                return passphrase_file.read_text().rstrip("\n")
-            except OSError as exc:
-                raise ConfigError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from exc
-        value = os.environ.get(PASSPHRASE_ENV)
-        if value:
-            return value
-        if not sys.stdin.isatty():
+            data = read_user_file(passphrase_file, what="passphrase file", limit=MAX_PASSPHRASE)
+            passphrase = text_of(data, passphrase_file, what="passphrase file").rstrip("\n")
+        elif os.environ.get(PASSPHRASE_ENV):
+            passphrase = os.environ[PASSPHRASE_ENV]
+        elif not sys.stdin.isatty():
+            passphrase = ""
+        else:
+            passphrase = getpass.getpass("Repository passphrase: ")
+            if passphrase and confirm and getpass.getpass("Repeat the passphrase: ") != passphrase:
+                raise ConfigError("invalid configuration: passphrase: the two entries differ")
+        if not passphrase:  # none, or an empty one from any source: the same case, the same line
             raise PassphraseRequiredError(
-                f"a passphrase is needed: set {PASSPHRASE_ENV}, give --passphrase-file, or run on a terminal"
+                f"a passphrase is needed: set {PASSPHRASE_ENV}, give a non-empty --passphrase-file, "
+                "or run on a terminal"
             )
-        first = getpass.getpass("Repository passphrase: ")
-        if confirm and getpass.getpass("Repeat the passphrase: ") != first:
-            raise ConfigError("invalid configuration: passphrase: the two entries differ")
-        return first
+        return passphrase
 
     return get
 

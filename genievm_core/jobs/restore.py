@@ -65,7 +65,13 @@ def run_restore(
     workers: int | None = None,
 ) -> RestoreResult:
     """Restore one backup under a shared lock, so nothing it reads is deleted meanwhile."""
-    with repo.lock("shared", f"restore of {config.vm_id}"):
+    folder = config.restore_path
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"invalid RestoreConfig: restorePath: {folder} is not a folder "
+            "(--target names the folder the disks are restored into, made when absent)"
+        )
+    with repo.read_lock(f"restore of {config.vm_id}"):
         return _restore(host, config, repo, progress, control, workers)
 
 

@@ -45,7 +45,7 @@ from genievm_core.models.manifest import (
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository.index import ChunkIndex
 from genievm_core.repository.keys import WrongPassphrase, create_keys, unwrap_keys
-from genievm_core.repository.lock import repository_lock
+from genievm_core.repository.lock import read_lock, repository_lock
 from genievm_core.repository.objects import ObjectCodec, ObjectDamaged
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Repository", "new_backup_id"]
@@ -131,6 +131,13 @@ class Repository:
             except WrongPassphrase:
                 raise WrongPassphraseError(f"wrong passphrase for repository {storage.url}") from None
         return cls(storage, config, ObjectCodec(keys, compression_level=compression_level))
+
+    lock_reads = True  # False (``--no-lock``): read_lock takes no lock
+
+    def read_lock(self, operation: str) -> AbstractContextManager[None]:
+        """The shared lock of a command that only reads; none, with a warning, when ``lock_reads`` is off or
+        the storage refuses writes (``genievm_core.repository.lock.read_lock``)."""
+        return read_lock(self.storage, operation, take=self.lock_reads)
 
     def lock(
         self, kind: Literal["shared", "exclusive"], operation: str, *, timeout: float = 10.0
