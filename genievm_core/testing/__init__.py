@@ -20,7 +20,8 @@ Helpers:
   in the test's process; ``(exit code, stdout, stderr)``.
 - ``mounted_tmpfs(folder, options)``: a real tmpfs mounted on ``folder`` for
   the block, for tests of full (``size=1m``) or read-only (``ro``) storage;
-  the test is skipped, with the reason, where mounting is not allowed.
+  the test is skipped, with the reason, where mounting is not allowed;
+  ``read_only_view(source, at)``: ``source`` bind-mounted read-only on ``at``.
 - ``genievm_core.testing.faults``: kill a ``genievm`` process at a seeded random
   moment and check what it left (``kill_after``, ``repository_problems``,
   ``registry_problems``, ``ImageFaultBed``); subclass ``ImageFaultBed`` to run the
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from genievm_core.testing.memory import MemoryStorage
     from genievm_core.testing.provider import ProviderContract
     from genievm_core.testing.storage import StorageContract
-    from genievm_core.testing.tmpfs import mounted_tmpfs
+    from genievm_core.testing.tmpfs import mounted_tmpfs, read_only_view
     from genievm_core.testing.verifier import VerifierContract
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "StorageContract",
     "VerifierContract",
     "mounted_tmpfs",
+    "read_only_view",
     "run_cli",
 ]
 
@@ -62,6 +64,7 @@ _WHERE = {
     "StorageContract": "storage",
     "VerifierContract": "verifier",
     "mounted_tmpfs": "tmpfs",
+    "read_only_view": "tmpfs",
     "run_cli": "cli",
 }
 
