@@ -64,7 +64,11 @@ def run_restore(
     control: JobControl | None = None,
     workers: int | None = None,
 ) -> RestoreResult:
-    """Restore one backup under a shared lock, so nothing it reads is deleted meanwhile."""
+    """Restore one backup under a shared lock, so nothing it reads is deleted meanwhile.
+
+    No lock, after a warning, where the storage refuses writes or with ``repo.lock_reads`` off
+    (``Repository.read_lock``). ``restorePath`` must be a folder, or absent.
+    """
     folder = config.restore_path
     if folder is not None and folder.exists() and not folder.is_dir():
         raise ConfigError(
