@@ -3,7 +3,9 @@
 Keys map to paths under the repository folder (the core's key layout already
 fans chunks out by the first two hex digits of their id). A put writes a
 temporary file beside the object, fsyncs it, renames it into place and fsyncs
-the folder, so a reader or a crash sees the whole object or none of it.
+the folder, so a reader or a crash sees the whole object or none of it. A
+delete removes the folders it empties (``indexes/<backup id>/`` of a pruned
+backup), and a put whose folder a concurrent delete removed makes it again.
 """
 
 from __future__ import annotations
