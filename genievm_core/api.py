@@ -54,6 +54,7 @@ from genievm_core.jobs import (
 )
 from genievm_core.models.config import BackupConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest
+from genievm_core.models.user_files import read_user_file, text_of
 from genievm_core.models.vm import VMRef
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
@@ -78,6 +79,7 @@ __all__ = [
 PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
 REPO_ENV = "GENIEVM_BACKUP_PATH"
 STORAGE_OPTIONS_ENV = "GENIEVM_STORAGE_OPTIONS"
+MAX_PASSPHRASE = 4 << 10  # bytes of a passphrase file
 Progress = Callable[[DiskProgress], None]
 
 
@@ -170,12 +172,14 @@ class GenieVM:
         passphrase: str | None = None,
         compression_level: int = 3,
         storage_options: Mapping[str, Any] | None = None,
+        no_lock: bool = False,
     ) -> Repository:
         """Open ``url`` (or ``GENIEVM_BACKUP_PATH``), its storage wrapped in retries.
 
         The passphrase, when the repository needs one: ``passphrase``, else the file,
         else ``GENIEVM_PASSPHRASE``, else a prompt on a terminal. Giving one makes a
         config that claims to be unencrypted a refusal (it may have been replaced).
+        ``no_lock`` (``--no-lock``): its reads (verify, restore) take no lock, with a warning.
         """
         storage = with_retries(self.open_storage(_require_repo(url), storage_options), self.storage_attempts)
         given = passphrase is not None or passphrase_file is not None or bool(os.environ.get(PASSPHRASE_ENV))
@@ -186,6 +190,7 @@ class GenieVM:
             expect_encrypted=given,
             known=self.known_repositories,
         )
+        repo.lock_reads = not no_lock
         for warning in repo.warnings:
             self._warn(warning)
         return repo
@@ -292,25 +297,30 @@ def _source(passphrase: str | None, passphrase_file: Path | None) -> Callable[[]
 
 
 def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
-    """A callable that returns the passphrase: from a file, the environment, or a prompt."""
+    """A callable that returns the passphrase: from a file, the environment, or a prompt.
+
+    A passphrase file is a regular file or a pipe of at most 4 KiB; an empty passphrase from any
+    source is the same case as none at all.
+    """
 
     def get() -> str:
         if passphrase_file is not None:
-            try:
-                return passphrase_file.read_text().rstrip("\n")
-            except OSError as exc:
-                raise ConfigError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from exc
-        value = os.environ.get(PASSPHRASE_ENV)
-        if value:
-            return value
-        if not sys.stdin.isatty():
+            data = read_user_file(passphrase_file, what="passphrase file", limit=MAX_PASSPHRASE)
+            passphrase = text_of(data, passphrase_file, what="passphrase file").rstrip("\n")
+        elif os.environ.get(PASSPHRASE_ENV):
+            passphrase = os.environ[PASSPHRASE_ENV]
+        elif not sys.stdin.isatty():
+            passphrase = ""
+        else:
+            passphrase = getpass.getpass("Repository passphrase: ")
+            if passphrase and confirm and getpass.getpass("Repeat the passphrase: ") != passphrase:
+                raise ConfigError("invalid configuration: passphrase: the two entries differ")
+        if not passphrase:  # none, or an empty one from any source: the same case, the same line
             raise PassphraseRequiredError(
-                f"a passphrase is needed: set {PASSPHRASE_ENV}, give --passphrase-file, or run on a terminal"
+                f"a passphrase is needed: set {PASSPHRASE_ENV}, give a non-empty --passphrase-file, "
+                "or run on a terminal"
             )
-        first = getpass.getpass("Repository passphrase: ")
-        if confirm and getpass.getpass("Repeat the passphrase: ") != first:
-            raise ConfigError("invalid configuration: passphrase: the two entries differ")
-        return first
+        return passphrase
 
     return get
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -242,3 +244,41 @@ def test_cli_restore_needs_a_target(
     result = cli("restore", "--vm", "web01", "--repo", str(path))
     assert result.code == 3 and len(result.err_lines) == 1
     assert "restorePath: give --target, or a target for disk vda" in result.stderr
+
+
+def test_a_config_from_an_endless_pipe_is_refused_after_its_bound(tmp_path: Path) -> None:
+    """A pipe is read (``--config <(make-config)``), but no further than a config can be long."""
+    fifo = tmp_path / "job.fifo"
+    os.mkfifo(fifo)
+    written = [0]
+
+    def feed() -> None:
+        try:
+            with open(fifo, "wb") as f:
+                while written[0] < 64 << 20:  # stops when the reader closes (EPIPE), or at 64 MiB
+                    written[0] += f.write(b" " * 65536)
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    with pytest.raises(ConfigError) as info:
+        load_config(BackupConfig, path=fifo, environ={})
+    writer.join(10)
+    assert str(info.value) == f"config file {fifo} is larger than 4 MiB"
+    assert not writer.is_alive() and written[0] < 8 << 20
+
+
+def test_a_pipe_within_the_bound_is_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "job.fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w") as f:
+            json.dump(BASE, f)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    config = load_config(BackupConfig, path=fifo, environ={})
+    writer.join(10)
+    assert (config.vm_id, config.backup_path) == ("web01", "/srv/backups")

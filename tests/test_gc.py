@@ -94,6 +94,16 @@ def test_unreferenced_objects_wait_for_the_grace_period(host: PluginHost, new_re
     assert all(r.ok for r in run_verify(host, repo, repo.manifests(), read_data=True))
 
 
+def test_prune_leaves_no_empty_folder_of_a_pruned_backup(host: PluginHost, new_repo: Any, tmp_path: Path) -> None:
+    repo, path = new_repo()
+    first, second, _ = two_backups(host, repo, tmp_path)
+    report = prune_vms(repo, KEEP_ONE, grace=timedelta(0))
+    assert report.removed_backups == [first.backup_id]
+    assert [p.name for p in (path / "indexes").iterdir()] == [second.backup_id]
+    empty = [p for p in path.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert empty == [], "the folders of the pruned backup's objects went with them"
+
+
 def test_a_chunk_that_becomes_referenced_again_leaves_the_ledger(
     host: PluginHost, new_repo: Any, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from genievm_core.errors import ConfigError
 __all__ = [
     "ConfigFileOption",
     "JsonOption",
+    "NoLockOption",
     "PassphraseFileOption",
     "RepoOption",
     "State",
@@ -42,6 +43,13 @@ __all__ = [
 RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path or URL (backupPath; or {REPO_ENV})")]
 PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+NoLockOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-lock",
+        help="read without the shared lock (read-only storage); automatic when the storage refuses writes",
+    ),
+]
 ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
 ProviderOptionOption = Annotated[
     list[str] | None,

@@ -11,6 +11,7 @@ import typer
 from genievm_core.cli.common import (
     ConfigFileOption,
     JsonOption,
+    NoLockOption,
     PassphraseFileOption,
     ProviderOptionOption,
     RepoOption,
@@ -34,6 +35,8 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
             name, path = Path(value).stem, value
         if not name or not path:
             raise ConfigError(f"invalid configuration: {option}: {value!r} is not NAME=PATH")
+        if name in out:
+            raise ConfigError(f"invalid configuration: {option}: disk {name} is given twice")
         out[name] = path
     return out
 
@@ -154,6 +157,7 @@ def restore(
     force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
     workers: Annotated[int | None, typer.Option()] = None,
     passphrase_file: PassphraseFileOption = None,
+    no_lock: NoLockOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: its disks, and the VM where the provider can define one."""
@@ -176,7 +180,9 @@ def restore(
             update={"provider_options": provider_options(config.provider_options, provider_option)}
         )
     st = state(ctx)
-    repository = st.open_repository(config.backup_path, passphrase_file, storage_options=config.storage_options)
+    repository = st.open_repository(
+        config.backup_path, passphrase_file, storage_options=config.storage_options, no_lock=no_lock
+    )
     started = time.monotonic()
     job = st.restore_job(config, repository, workers=workers)
     with disk_progress(not json_output) as progress:

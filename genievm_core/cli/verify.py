@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from genievm_core.cli.common import JsonOption, PassphraseFileOption, RepoOption, emit_json, out_console, state
+from genievm_core.cli.common import (
+    JsonOption,
+    NoLockOption,
+    PassphraseFileOption,
+    RepoOption,
+    emit_json,
+    out_console,
+    state,
+)
 from genievm_core.errors import VerifyError
 from genievm_core.plugin.protocols import Problem, VerifyReport
 from genievm_core.repository import Damaged
@@ -19,11 +27,12 @@ def verify(
     backup_id: Annotated[str | None, typer.Option("--backup", help="one backup id, or 'latest'")] = None,
     read_data: Annotated[bool, typer.Option("--read-data", help="read and authenticate every chunk")] = False,
     passphrase_file: PassphraseFileOption = None,
+    no_lock: NoLockOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Check backups: indexes and chunk presence, or every chunk's data with --read-data."""
     st = state(ctx)
-    repository = st.open_repository(repo, passphrase_file)
+    repository = st.open_repository(repo, passphrase_file, no_lock=no_lock)
     damaged: list[Damaged] = []
     if backup_id:
         manifests = [repository.find_backup(vm, backup_id)]

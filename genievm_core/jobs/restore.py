@@ -89,9 +89,17 @@ def run_restore(
 
     Phases: plan (``plan_restore``), transfer, verify (unless ``verifyAfterRestore`` is off) and
     commit (the provider defines the VM and renames the disks into place), in ``write_restore``.
+    No lock, after a warning, where the storage refuses writes or with ``repo.lock_reads`` off
+    (``Repository.read_lock``). ``restorePath`` must be a folder, or absent.
     """
     phase = on_phase or (lambda _name: None)
-    with repo.lock("shared", f"restore of {config.vm_id}"):
+    folder = config.restore_path
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"invalid RestoreConfig: restorePath: {folder} is not a folder "
+            "(--target names the folder the disks are restored into, made when absent)"
+        )
+    with repo.read_lock(f"restore of {config.vm_id}"):
         phase("plan")
         plan = plan_restore(config, repo)
         return write_restore(host, plan, config, repo, progress, control or JobControl(), workers, phase)

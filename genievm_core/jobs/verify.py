@@ -59,7 +59,7 @@ def run_verify(
     verifiers = [host.verifiers.get(name) for name in names]
     control = control or JobControl()
     reports = []
-    with repo.lock("shared", "verify"):
+    with repo.read_lock("verify"):
         for manifest in manifests:
             for v in verifiers:
                 control.checkpoint()

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from genievm_core.errors import ConfigError
+from genievm_core.models.user_files import read_user_file, text_of
 
 __all__ = ["BackupConfig", "DiskConfig", "RestoreConfig", "load_config"]
 
+MAX_CONFIG = 4 << 20  # bytes of a job config file
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}\Z")
 
 
@@ -110,12 +112,13 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if path is not None:
+        text = text_of(read_user_file(Path(path), what="config file", limit=MAX_CONFIG), path, what="config file")
         try:
-            loaded = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+            loaded = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path} is not JSON: {exc}") from exc
+        except RecursionError:  # arrays or objects nested beyond the parser's depth
+            raise ConfigError(f"config file {path} is nested too deeply") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a JSON object")
         data.update({_python_name(model, key): value for key, value in loaded.items()})

@@ -15,16 +15,20 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from genievm_core.errors import ObjectNotFoundError, RepositoryLockedError
+import structlog
+
+from genievm_core.errors import ObjectNotFoundError, RepositoryLockedError, StoragePermissionError
 from genievm_core.plugin.protocols import StorageTarget
 
-__all__ = ["repository_lock"]
+__all__ = ["read_lock", "repository_lock"]
 
 PREFIX = "locks/"
+RISK = "reading without a lock: a prune or gc running meanwhile may delete what is read"
+log = structlog.get_logger("genievm.lock")
 
 
 @contextmanager
@@ -63,6 +67,32 @@ def repository_lock(
         yield
     finally:
         storage.delete(key)
+
+
+@contextmanager
+def read_lock(storage: StorageTarget, operation: str, *, take: bool = True, timeout: float = 10.0) -> Iterator[None]:
+    """The shared lock of a command that only reads (list, verify, restore, serve), or none, after a warning.
+
+    None when ``take`` is false (``--no-lock``) or when the storage refuses the
+    lock's put (a read-only mount or snapshot, read-only S3 credentials): the
+    command reads on, but a prune or garbage collection running meanwhile may
+    delete what it is about to read (it then fails, as on a missing object).
+    """
+    with ExitStack() as held:
+        if not take:
+            log.warning("lock.skipped", repository=storage.url, operation=operation, reason="--no-lock", risk=RISK)
+        else:
+            try:
+                held.enter_context(repository_lock(storage, "shared", operation, timeout=timeout))
+            except StoragePermissionError as exc:
+                log.warning(
+                    "lock.skipped",
+                    repository=storage.url,
+                    operation=operation,
+                    reason=f"the storage refuses writes ({exc})",
+                    risk=RISK,
+                )
+        yield
 
 
 def _conflict(storage: StorageTarget, kind: str, exclude: str | None) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ from genievm_core.repository.config import check_tag, parse_config, seal_config
 from genievm_core.repository.index import ChunkIndex
 from genievm_core.repository.keys import Keys, WrongPassphrase, create_keys, rewrap_keys, unwrap_keys
 from genievm_core.repository.known import KnownRepositories
-from genievm_core.repository.lock import repository_lock
+from genievm_core.repository.lock import read_lock, repository_lock
 from genievm_core.repository.objects import EncryptionMismatch, ObjectCodec, ObjectDamaged
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Repository", "new_backup_id"]
@@ -179,6 +179,13 @@ class Repository:
         self.storage.put("config", blob)
         self.config = config
         return True
+
+    lock_reads = True  # False (``--no-lock``): read_lock takes no lock
+
+    def read_lock(self, operation: str) -> AbstractContextManager[None]:
+        """The shared lock of a command that only reads; none, with a warning, when ``lock_reads`` is off or
+        the storage refuses writes (``genievm_core.repository.lock.read_lock``)."""
+        return read_lock(self.storage, operation, take=self.lock_reads)
 
     def lock(
         self, kind: Literal["shared", "exclusive"], operation: str, *, timeout: float = 10.0

@@ -21,7 +21,8 @@ Helpers:
   its lines but the one warning an unencrypted repository prints at every open.
 - ``mounted_tmpfs(folder, options)``: a real tmpfs mounted on ``folder`` for
   the block, for tests of full (``size=1m``) or read-only (``ro``) storage;
-  the test is skipped, with the reason, where mounting is not allowed.
+  the test is skipped, with the reason, where mounting is not allowed;
+  ``read_only_view(source, at)``: ``source`` bind-mounted read-only on ``at``.
 - ``genievm_core.testing.faults``: kill a ``genievm`` process at a seeded random
   moment and check what it left (``kill_after``, ``repository_problems``,
   ``registry_problems``, ``ImageFaultBed``); subclass ``ImageFaultBed`` to run the
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from genievm_core.testing.memory import MemoryStorage
     from genievm_core.testing.provider import ProviderContract
     from genievm_core.testing.storage import StorageContract
-    from genievm_core.testing.tmpfs import mounted_tmpfs
+    from genievm_core.testing.tmpfs import mounted_tmpfs, read_only_view
     from genievm_core.testing.verifier import VerifierContract
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "VerifierContract",
     "error_lines",
     "mounted_tmpfs",
+    "read_only_view",
     "run_cli",
 ]
 
@@ -65,6 +67,7 @@ _WHERE = {
     "VerifierContract": "verifier",
     "error_lines": "cli",
     "mounted_tmpfs": "tmpfs",
+    "read_only_view": "tmpfs",
     "run_cli": "cli",
 }
 

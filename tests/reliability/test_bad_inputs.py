@@ -69,6 +69,11 @@ class Bed:
         path.write_text(text)
         return path
 
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        path = self.t / name
+        path.write_bytes(data)
+        return path
+
     def config(self, **fields: object) -> Path:
         base = {
             "vmId": "vm1",
@@ -154,7 +159,7 @@ def _full(bed: Bed) -> CLIResult:
         repo = folder / "repo"
         assert bed.cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)).code == 0
         result = bed.cli("backup", "--vm", "vm2", "--repo", str(repo), "--disk", f"vda={big}")
-        assert not list(repo.rglob("*.tmp")) and not any((repo / "locks").iterdir())
+        assert not list(repo.rglob("*.tmp")) and not list(repo.glob("locks/*"))
         return result
 
 
@@ -200,6 +205,10 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     "config-not-json": lambda b: b.cli("backup", "--config", str(b.write("job.json", "{"))),
     "config-missing": lambda b: b.cli("backup", "--config", str(b.t / "absent.json")),
     "config-not-object": lambda b: b.cli("backup", "--config", str(b.write("job.json", "[1]"))),
+    "config-nested-deeply": lambda b: b.cli("backup", "--config", str(b.write("job.json", "[" * 100_000))),
+    "config-not-utf8": lambda b: b.cli("backup", "--config", str(b.write_bytes("job.json", b"\xff\xfe{"))),
+    "config-device": lambda b: b.cli("backup", "--config", "/dev/zero"),
+    "config-too-large": lambda b: b.cli("backup", "--config", str(b.write("job.json", " " * (4 << 20) + "{}"))),
     "config-unknown-field": lambda b: b.cli("backup", "--config", str(b.config(vmID="x"))),
     "config-compression": lambda b: b.cli("backup", "--config", str(b.config(compressionLevel=99))),
     "config-concurrency": lambda b: b.cli("backup", "--config", str(b.config(maxConcurrentDisks=0))),
@@ -217,6 +226,7 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     "storage-options-env": lambda b: b.cli(
         "backups", "list", "--repo", str(b.repo), env={"GENIEVM_STORAGE_OPTIONS": "endpoint_url=x"}
     ),
+    "disk-given-twice": lambda b: b.backup("--disk", f"vda={b.image}"),
     "provider-option-form": lambda b: b.backup("-o", "uri"),
     "disk-target-form": lambda b: b.cli(
         "restore", "--vm", "vm1", "--repo", str(b.repo), "--target", str(b.t / "o"), "--disk-target", "=x"
@@ -239,6 +249,12 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
         "backups", "list", "--repo", str(b.enc), "--passphrase-file", str(b.t / "absent-pass")
     ),
     "passphrase-missing": lambda b: b.cli("repo", "info", str(b.enc)),
+    "passphrase-env-empty": lambda b: b.cli("repo", "info", str(b.enc), env={"GENIEVM_PASSPHRASE": ""}),
+    "passphrase-file-empty": lambda b: b.cli("repo", "info", str(b.enc), "--passphrase-file", str(b.write("pass", ""))),
+    "passphrase-file-device": lambda b: b.cli("repo", "info", str(b.enc), "--passphrase-file", "/dev/zero"),
+    "passphrase-file-too-large": lambda b: b.cli(
+        "repo", "info", str(b.enc), "--passphrase-file", str(b.write("pass", "x" * (4 << 10) + "\n"))
+    ),
     # repositories
     "repository-missing": lambda b: b.cli("backups", "list", "--repo", str(b.t / "nothing")),
     "repository-is-a-file": lambda b: b.cli("backups", "list", "--repo", str(b.image)),
@@ -263,6 +279,9 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
         b.write("vda.img.keep", ""),
         b.cli("restore", "--vm", "vm1", "--repo", str(b.repo), "--target", str(b.t)),
     )[1],
+    "restore-target-is-a-file": lambda b: b.cli(
+        "restore", "--vm", "vm1", "--repo", str(b.repo), "--target", str(b.image), "--force"
+    ),
     "restore-corrupt-chunk": _corrupt_chunk_restore,
     "unknown-job": lambda b: b.cli("jobs", "show", "feedfacecafe"),
 }

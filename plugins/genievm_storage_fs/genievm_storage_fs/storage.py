@@ -3,7 +3,9 @@
 Keys map to paths under the repository folder (the core's key layout already
 fans chunks out by the first two hex digits of their id). A put writes a
 temporary file beside the object, fsyncs it, renames it into place and fsyncs
-the folder, so a reader or a crash sees the whole object or none of it.
+the folder, so a reader or a crash sees the whole object or none of it. A
+delete removes the folders it empties (``indexes/<backup id>/`` of a pruned
+backup), and a put whose folder a concurrent delete removed makes it again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from genievm_core.errors import (
 __all__ = ["FilesystemStorage", "open_filesystem_storage"]
 
 TMP_SUFFIX = ".tmp"
+CREATE_ATTEMPTS = 100  # folder made again after a concurrent delete removed it (each loss needs a new race)
 LEFTOVER_AGE = 60.0  # seconds after which a temporary file where puts may be under way (locks/) is debris
 
 
@@ -103,7 +106,8 @@ class FilesystemStorage:
             return
 
         def fail(exc: OSError) -> None:
-            raise exc
+            if not isinstance(exc, FileNotFoundError):  # a folder emptied and removed meanwhile holds no keys
+                raise exc
 
         try:
             for dirpath, _dirs, files in os.walk(start, onerror=fail):
@@ -118,10 +122,20 @@ class FilesystemStorage:
             raise self._error(exc, prefix) from exc
 
     def delete(self, key: str) -> None:
+        """Remove the object, then the folders it leaves empty (``indexes/<backup id>/``), up to the root."""
+        path = self._path(key)
         try:
-            self._path(key).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as exc:
             raise self._error(exc, key) from exc
+        folder = path.parent
+        while folder != self.root:
+            try:
+                folder.rmdir()  # only an empty folder goes; a put under way has its temporary file in it
+            except OSError:  # not empty, removed meanwhile, or not ours to remove
+                return
+            self._made.discard(folder)
+            folder = folder.parent
 
     def remove_leftovers(self, in_flight: tuple[str, ...] = (), age: float = LEFTOVER_AGE) -> builtins.list[str]:
         """Remove the temporary files of puts that never finished (the process was killed); their keys.
@@ -153,15 +167,26 @@ class FilesystemStorage:
         pass
 
     def _create(self, tmp: Path) -> int:
-        """Open a new temporary file, making its folder when it is not there (any more)."""
+        """Open a new temporary file, making its folder when it is not there (any more).
+
+        A delete removes the folders it empties: one may go between the ``mkdir``
+        and the ``open`` here. Then the folder is made again; once the temporary
+        file is in it, the folder is not empty and stays.
+        """
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        if tmp.parent in self._made:
+        for _ in range(CREATE_ATTEMPTS):
+            if tmp.parent in self._made:
+                try:
+                    return os.open(tmp, flags, 0o600)
+                except FileNotFoundError:
+                    self._made.discard(tmp.parent)  # removed since, by a delete or by hand
             try:
-                return os.open(tmp, flags, 0o600)
-            except FileNotFoundError:
-                self._made.discard(tmp.parent)  # removed since, by garbage collection or by hand
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        self._made.add(tmp.parent)
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+            except (FileNotFoundError, FileExistsError):
+                # a parent folder was removed between two steps of the mkdir; or this folder was there for
+                # its os.mkdir (EEXIST) and gone by the time mkdir looked again (exist_ok checks is_dir())
+                continue
+            self._made.add(tmp.parent)
         return os.open(tmp, flags, 0o600)
 
     def _error(self, exc: OSError, key: str) -> StorageError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,12 +92,54 @@ def test_temporary_files_of_a_crashed_put_are_not_objects(store: FilesystemStora
 
 
 def test_put_after_its_folder_was_removed(store: FilesystemStorage) -> None:
-    """Another process (garbage collection, an operator) may remove an emptied fan-out folder between puts."""
+    """Another process (garbage collection, an operator) may remove a fan-out folder between puts."""
     store.put("chunks/ab/ab01", b"one")
-    store.delete("chunks/ab/ab01")
-    shutil.rmtree(store.root / "chunks" / "ab")
+    shutil.rmtree(store.root / "chunks" / "ab")  # by hand, with what it held
     store.put("chunks/ab/ab02", b"two")
     assert store.get("chunks/ab/ab02") == b"two"
+    store.delete("chunks/ab/ab02")  # a delete, by this process or another
+    store.put("chunks/ab/ab03", b"three")
+    assert store.get("chunks/ab/ab03") == b"three"
+
+
+def test_a_delete_removes_the_folders_it_empties(store: FilesystemStorage) -> None:
+    """``indexes/<backup id>/`` of a pruned backup goes with its last index; the root and other folders stay."""
+    store.put("indexes/b1/vda", b"a")
+    store.put("indexes/b1/vdb", b"b")
+    store.put("indexes/b2/vda", b"c")
+    store.delete("indexes/b1/vda")
+    assert (store.root / "indexes" / "b1").is_dir(), "vdb is still in it"
+    store.delete("indexes/b1/vdb")
+    assert sorted(p.name for p in (store.root / "indexes").iterdir()) == ["b2"]
+    store.delete("indexes/b2/vda")
+    store.delete("indexes/b9/absent")  # nothing there: nothing to remove, no error
+    assert store.root.is_dir() and list(store.root.iterdir()) == []
+
+
+def test_puts_into_a_folder_that_deletes_keep_emptying(store: FilesystemStorage) -> None:
+    """A delete that empties a folder removes it while another writer puts into it: every put lands whole."""
+    errors: list[BaseException] = []
+
+    def churn(name: str) -> None:
+        store = FilesystemStorage(root, fsync=False)  # one per writer, as in separate processes
+        try:
+            for i in range(1500):
+                key = f"indexes/b1/{name}"
+                store.put(key, f"{name}{i}".encode())
+                assert store.get(key) == f"{name}{i}".encode()
+                assert key in list(store.list("indexes/"))
+                store.delete(key)
+        except BaseException as exc:
+            errors.append(exc)
+
+    root = store.root
+    threads = [threading.Thread(target=churn, args=(name,)) for name in ("vda", "vdb", "vdc")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert list(store.root.iterdir()) == []
 
 
 # ---------------------------------------------------------------- errors

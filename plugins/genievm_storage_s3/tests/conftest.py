@@ -11,7 +11,7 @@ authentication is switched on, as the credential tests do).
 - ``make_bucket(object_lock=False, versioned=False)``, ``s3_bucket``: new
   buckets, emptied and removed after the test.
 - ``s3_options``: storage options that reach the server.
-- ``iam_user(deny=[...])``: access keys of a new IAM user, with moto's IAM
+- ``iam_user(deny=[...], allow=[...])``: access keys of a new IAM user, with moto's IAM
   authentication (real signature and policy checks) on for the rest of the test.
 """
 
@@ -94,8 +94,9 @@ def s3_options(s3_endpoint: str) -> dict[str, Any]:
 
 @pytest.fixture
 def iam_user(s3_endpoint: str) -> Iterator[Callable[..., dict[str, str]]]:
-    """``iam_user(deny=[actions])``: a new IAM user allowed all of S3 but ``deny``, and its storage options
-    (access keys); moto's IAM authentication is switched on for the rest of the test."""
+    """``iam_user(deny=[actions], allow=[actions])``: a new IAM user allowed ``allow`` (default all of S3)
+    but ``deny``, and its storage options (access keys); moto's IAM authentication (it checks signatures
+    and evaluates the policies) is switched on for the rest of the test."""
     iam = boto3.client(
         "iam",
         endpoint_url=s3_endpoint,
@@ -110,10 +111,10 @@ def iam_user(s3_endpoint: str) -> Iterator[Callable[..., dict[str, str]]]:
         )
         urllib.request.urlopen(request, timeout=10).close()
 
-    def make(deny: list[str] | None = None) -> dict[str, str]:
+    def make(deny: list[str] | None = None, allow: list[str] | None = None) -> dict[str, str]:
         name = f"genievm-{os.urandom(4).hex()}"
         iam.create_user(UserName=name)
-        statements: list[dict[str, Any]] = [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]
+        statements: list[dict[str, Any]] = [{"Effect": "Allow", "Action": allow or "s3:*", "Resource": "*"}]
         if deny:
             statements.append({"Effect": "Deny", "Action": deny, "Resource": "*"})
         policy = {"Version": "2012-10-17", "Statement": statements}

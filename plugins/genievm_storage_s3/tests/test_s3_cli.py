@@ -170,6 +170,37 @@ def test_wrong_credentials_are_one_line_without_secrets(
     assert wrong_secret not in result.stderr
 
 
+def test_read_only_credentials_list_verify_and_restore_without_a_lock(
+    cli: Run, aws_env: dict[str, str], s3_bucket: str, iam_user: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """An IAM user whose policy allows reading only (moto evaluates it): the lock's put is refused (exit 11
+    before), so the read-only commands read on without one, after a warning; a backup is still refused."""
+    url = f"s3://{s3_bucket}/repo"
+    image = write_image(tmp_path / "vda.img", [(0, os.urandom(3 * CHUNK)), (9 * CHUNK, os.urandom(CHUNK))])
+    assert cli("repo", "init", url, "--chunk-size", str(CHUNK), env=aws_env).code == 0
+    backup = cli("backup", "--vm", "web01", "--repo", url, "--disk", f"vda={image}", "--json", env=aws_env).json()
+
+    reader = iam_user(allow=["s3:GetObject", "s3:ListBucket"])
+    env = {k: v for k, v in aws_env.items() if not k.startswith("AWS_")}
+    keys = ["--storage-option", f"access_key_id={reader['access_key_id']}"]
+    keys += ["--storage-option", f"secret_access_key={reader['secret_access_key']}"]
+    keys += ["--storage-option", f"region={REGION}"]
+
+    listed = cli(*keys, "backups", "list", "--repo", url, "--json", env=env).json()
+    assert [b["backup_id"] for b in listed] == [backup["backup_id"]]
+    verify = cli(*keys, "verify", "--repo", url, "--read-data", env=env)
+    assert verify.code == 0, verify.stderr
+    assert "lock.skipped" in verify.stderr and f"storage {url}: permission denied on locks/" in verify.stderr
+    restore = cli(*keys, "restore", "--vm", "web01", "--repo", url, "--target", str(tmp_path / "out"), env=env)
+    assert restore.code == 0, restore.stderr
+    assert "lock.skipped" in restore.stderr
+    assert (tmp_path / "out" / "vda.img").read_bytes() == image.read_bytes()
+    assert reader["secret_access_key"] not in verify.stderr + restore.stderr
+
+    refused = cli(*keys, "backup", "--vm", "web01", "--repo", url, "--disk", f"vda={image}", env=env)
+    assert refused.one_error_line(11).startswith(f"genievm: error: storage {url}: permission denied on locks/")
+
+
 def test_missing_bucket_is_one_line(cli: Run, aws_env: dict[str, str], tmp_path: Path) -> None:
     url = "s3://genievm-no-such-bucket/repo"
     line = cli("repo", "init", url, env=aws_env).one_error_line(9)
