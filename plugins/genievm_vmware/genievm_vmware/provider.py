@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from genievm_core.engine import DiskSources
 from genievm_core.errors import ConfigError
 from genievm_core.models.vm import VMDescription, VMRef
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
@@ -39,7 +40,6 @@ from genievm_vmware.describe import describe
 from genievm_vmware.inventory import find_vm, list_vms
 from genievm_vmware.keepalive import DEFAULT_INTERVAL, session_kept_alive
 from genievm_vmware.restore import VMwareRestore
-from genievm_vmware.source import VMwareSession
 from genievm_vmware.transport import DiskTransport
 from genievm_vmware.transport.select import TRANSPORTS, choose_transport
 
@@ -72,11 +72,11 @@ class VMwareProvider:
         with vsphere_errors(f"describing VM {vm_id}"):
             return describe(vm)
 
-    def open_backup(self, vm: VMDescription, request: BackupRequest) -> AbstractContextManager[VMwareSession]:
+    def open_backup(self, vm: VMDescription, request: BackupRequest) -> AbstractContextManager[DiskSources]:
         return self._backup(vm, request)
 
     @contextmanager
-    def _backup(self, desc: VMDescription, request: BackupRequest) -> Iterator[VMwareSession]:
+    def _backup(self, desc: VMDescription, request: BackupRequest) -> Iterator[DiskSources]:
         vm = find_vm(self.si, desc.id)
         with snapshot_backup(vm, desc, request, self.open_transport) as session, self._kept_alive():
             yield session
