@@ -18,11 +18,13 @@ from types import ModuleType
 from typing import Any, Literal
 
 import pluggy
+from pydantic import BaseModel
 from stevedore import NamedExtensionManager
 
 from genievm_core import __version__
 from genievm_core.errors import PluginError
 from genievm_core.plugin import spec
+from genievm_core.plugin.options import option_fields
 from genievm_core.plugin.registry import (
     CBTSourceRegistry,
     ProviderRegistry,
@@ -40,13 +42,18 @@ DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
 
 @dataclass
 class PluginInfo:
-    """One plugin as ``genievm plugins`` shows it."""
+    """One plugin as ``genievm plugins`` shows it.
+
+    ``options``: for each provider or storage target it registers whose factory
+    carries an ``options_model``, that model's fields (``option_fields``).
+    """
 
     name: str
     distribution: str
     version: str
     origin: Literal["builtin", "entry-point", "manual"]
     registers: dict[str, list[str]] = field(default_factory=dict)
+    options: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class PluginHost:
@@ -138,7 +145,11 @@ class PluginHost:
             registry.current_plugin = plugin_name
             impl.function(*(registry for _ in impl.argnames))  # the hookspec's only argument is `registry`
         for registered in sorted(registry, key=lambda r: r.name):
-            self._info[registered.plugin].registers.setdefault(registry.kind, []).append(registered.name)
+            info = self._info[registered.plugin]
+            info.registers.setdefault(registry.kind, []).append(registered.name)
+            model = getattr(registered.value, "options_model", None)
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                info.options[registered.name] = option_fields(model)
 
 
 def _builtin_plugins() -> list[tuple[str, ModuleType]]:
