@@ -337,6 +337,17 @@ def test_a_name_clash_names_both_plugins() -> None:
         PluginHost(autoload=False, extra_plugins=[("clash", Clash())])
 
 
+def test_a_registration_hook_wrapper_is_a_plugin_error_naming_the_plugin() -> None:
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def genievm_register_providers(self, registry: ProviderRegistry) -> Any:
+            registry.add("wrapped", dict)  # type: ignore[arg-type]
+            return (yield)
+
+    with pytest.raises(PluginError, match=r"plugin wrapper: genievm_register_providers cannot be a hook wrapper"):
+        PluginHost(autoload=False, extra_plugins=[("wrapper", Wrapper())])
+
+
 def test_a_plugin_name_registered_twice_is_a_plugin_error() -> None:
     with pytest.raises(PluginError, match="plugin image"):
         PluginHost(autoload=False, extra_plugins=[("image", Recorder())])

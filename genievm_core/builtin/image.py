@@ -33,13 +33,14 @@ from genievm_core.errors import (
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
-from genievm_core.plugin import ProviderRegistry, SelfCheckRegistry, hookimpl
+from genievm_core.plugin.marker import hookimpl
 from genievm_core.plugin.protocols import (
     BackupRequest,
     ChangedExtents,
     DiskSource,
     RestoreRequest,
 )
+from genievm_core.plugin.registry import ProviderRegistry, SelfCheckRegistry
 
 __all__ = ["ImageDiskSink", "ImageDiskSource", "ImageProvider"]
 

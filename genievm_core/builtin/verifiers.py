@@ -9,14 +9,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from genievm_core.errors import CorruptionError
 from genievm_core.models.manifest import BackupManifest, DiskRecord
-from genievm_core.plugin import SelfCheckRegistry, VerifierRegistry, hookimpl
-from genievm_core.plugin.protocols import Problem, VerifyReport
-from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
+from genievm_core.plugin.marker import hookimpl
+from genievm_core.plugin.protocols import Problem, RepositoryReader, VerifyReport
+from genievm_core.plugin.registry import SelfCheckRegistry, VerifierRegistry
+from genievm_core.repository.objects import ZERO_ID
 
 __all__ = ["ChunksVerifier", "DataVerifier", "ManifestVerifier"]
 
@@ -37,8 +38,8 @@ def genievm_register_self_checks(registry: SelfCheckRegistry) -> None:
 
 
 def _indexes(
-    repo: Repository, manifest: BackupManifest, report: VerifyReport
-) -> Iterator[tuple[DiskRecord, ChunkIndex]]:
+    repo: RepositoryReader, manifest: BackupManifest, report: VerifyReport
+) -> Iterator[tuple[DiskRecord, Iterable[bytes]]]:
     for disk in manifest.disks:
         try:
             index = repo.disk_index(disk)
@@ -51,7 +52,7 @@ def _indexes(
 class ManifestVerifier:
     name = "manifest"
 
-    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport:
+    def verify(self, repository: RepositoryReader, manifest: BackupManifest) -> VerifyReport:
         report = VerifyReport(self.name, manifest.backup_id)
         for _disk, _index in _indexes(repository, manifest, report):
             report.checked += 1
@@ -61,7 +62,7 @@ class ManifestVerifier:
 class ChunksVerifier:
     name = "chunks"
 
-    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport:
+    def verify(self, repository: RepositoryReader, manifest: BackupManifest) -> VerifyReport:
         report = VerifyReport(self.name, manifest.backup_id)
         for disk, index in _indexes(repository, manifest, report):
             for i, cid in enumerate(index):
@@ -79,7 +80,7 @@ class DataVerifier:
     def __init__(self, workers: int = 4) -> None:
         self.workers = workers
 
-    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport:
+    def verify(self, repository: RepositoryReader, manifest: BackupManifest) -> VerifyReport:
         report = VerifyReport(self.name, manifest.backup_id)
 
         def check(cid: bytes) -> str | None:

@@ -30,7 +30,7 @@ def plugins(
         return
     infos = host.plugins()
     if json_output:
-        emit_json([i.__dict__ for i in infos])
+        emit_json([{k: v for k, v in asdict(i).items() if k != "options" or v} for i in infos])  # options: if any
         return
     table = Table("plugin", "distribution", "version", "origin", "registers")
     for i in infos:

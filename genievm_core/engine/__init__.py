@@ -11,11 +11,14 @@ from genievm_core.engine.control import (
     results_or_cancel,
 )
 from genievm_core.engine.restore import RestoreEngine
+from genievm_core.engine.sources import CountingDiskSource, DiskSources
 
 __all__ = [
     "BackupEngine",
+    "CountingDiskSource",
     "DiskPlan",
     "DiskProgress",
+    "DiskSources",
     "JobControl",
     "ProgressCallback",
     "RestoreEngine",

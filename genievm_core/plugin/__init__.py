@@ -22,9 +22,8 @@ the plugin's name::
 
 from __future__ import annotations
 
-import pluggy
-
 from genievm_core.plugin.host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
+from genievm_core.plugin.marker import hookimpl
 from genievm_core.plugin.registry import (
     CBTSourceRegistry,
     ProviderRegistry,
@@ -44,6 +43,3 @@ __all__ = [
     "VerifierRegistry",
     "hookimpl",
 ]
-
-hookimpl = pluggy.HookimplMarker("genievm")
-"""Marks a function as the implementation of a GenieVM hook."""

@@ -2,9 +2,10 @@
 
 Loading order (pytest's): add the hookspecs, register the built-in plugins,
 load the ``genievm`` entry points through stevedore, ``check_pending()``, then
-call each registration hook once per plugin so every registered object is
-attributed to the plugin that registered it. One host per run; there is no
-module-level plugin manager.
+call each registration hook: each plugin's implementation (its pluggy
+``HookImpl``) once, in the order the plugins were registered, with the
+registry told whose call it is, so it records which plugin registered what.
+One host per run; there is no module-level plugin manager.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from types import ModuleType
 from typing import Any, Literal
 
 import pluggy
+from pydantic import BaseModel
 from stevedore import NamedExtensionManager
 
 from genievm_core import __version__
 from genievm_core.errors import PluginError
 from genievm_core.plugin import spec
+from genievm_core.plugin.options import option_fields
 from genievm_core.plugin.registry import (
     CBTSourceRegistry,
     ProviderRegistry,
@@ -39,13 +42,18 @@ DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
 
 @dataclass
 class PluginInfo:
-    """One plugin as ``genievm plugins`` shows it."""
+    """One plugin as ``genievm plugins`` shows it.
+
+    ``options``: for each provider or storage target it registers whose factory
+    carries an ``options_model``, that model's fields (``option_fields``).
+    """
 
     name: str
     distribution: str
     version: str
     origin: Literal["builtin", "entry-point", "manual"]
     registers: dict[str, list[str]] = field(default_factory=dict)
+    options: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class PluginHost:
@@ -106,48 +114,45 @@ class PluginHost:
                 f"plugin {entry_point.name} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc
 
-        manager = _EntryPointManager(
+        # stevedore's on-disk entry-point cache is keyed on file times packed as 32-bit
+        # floats (a resolution of about two minutes), so a plugin reinstalled within that
+        # time could load from stale entry points. ENTRY_POINT_CACHE, stevedore's in-process
+        # cache by namespace, is consulted first: fill it with this run's entry points, read
+        # afresh from importlib.metadata (which also gives each its distribution).
+        entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        NamedExtensionManager.ENTRY_POINT_CACHE[ENTRY_POINT_GROUP] = entry_points
+        manager: NamedExtensionManager[Any] = NamedExtensionManager(
             namespace=ENTRY_POINT_GROUP,
-            names=sorted({ep.name for ep in _entry_points()} - self._disabled),
+            names=sorted({ep.name for ep in entry_points} - self._disabled),
             invoke_on_load=False,
             on_load_failure_callback=failed,
             name_order=True,
         )
-        for ext in manager:
+        for ext in manager:  # in name order
             dist = ext.entry_point.dist
             name, version = (dist.metadata["Name"], dist.version) if dist else ("?", "?")
             self._register(ext.name, ext.plugin, PluginInfo(ext.name, name, version, "entry-point"))
 
     def _collect(self, hook_name: str, registry: Registry[Any]) -> None:
-        for plugin_name, plugin in self.pm.list_name_plugin():
-            if plugin is None or plugin_name is None:
+        """Call each plugin's implementation of ``hook_name`` once, telling ``registry`` whose it is."""
+        impls = {impl.plugin_name: impl for impl in getattr(self.pm.hook, hook_name).get_hookimpls()}
+        for plugin_name in self._info:  # registration order: a clash names the later plugin first
+            impl = impls.get(plugin_name)
+            if impl is None:
                 continue
-            others = [p for n, p in self.pm.list_name_plugin() if n != plugin_name and p is not None]
+            if impl.hookwrapper or impl.wrapper:
+                raise PluginError(f"plugin {plugin_name}: {hook_name} cannot be a hook wrapper")
             registry.current_plugin = plugin_name
-            before = set(registry.names())
-            self.pm.subset_hook_caller(hook_name, others)(registry=registry)
-            added = sorted(set(registry.names()) - before)
-            if added and plugin_name in self._info:
-                self._info[plugin_name].registers.setdefault(registry.kind, []).extend(added)
+            impl.function(*(registry for _ in impl.argnames))  # the hookspec's only argument is `registry`
+        for registered in sorted(registry, key=lambda r: r.name):
+            info = self._info[registered.plugin]
+            info.registers.setdefault(registry.kind, []).append(registered.name)
+            model = getattr(registered.value, "options_model", None)
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                info.options[registered.name] = option_fields(model)
 
 
 def _builtin_plugins() -> list[tuple[str, ModuleType]]:
     from genievm_core.builtin import image, verifiers
 
     return [("image", image), ("verifiers", verifiers)]
-
-
-def _entry_points() -> list[importlib.metadata.EntryPoint]:
-    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-
-
-class _EntryPointManager(NamedExtensionManager[Any]):
-    """stevedore's manager, listing entry points afresh from importlib.metadata.
-
-    stevedore's own on-disk cache keys on file times rounded to about two
-    minutes, so a plugin reinstalled within that time could load stale entry
-    points; importlib.metadata also gives each entry point its distribution.
-    """
-
-    def list_entry_points(self) -> list[importlib.metadata.EntryPoint]:
-        return _entry_points()

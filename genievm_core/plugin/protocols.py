@@ -12,15 +12,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.extents import Extent
+from genievm_core.models.manifest import BackupManifest, DiskRecord
 from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
-
-if TYPE_CHECKING:
-    from genievm_core.models.manifest import BackupManifest
-    from genievm_core.repository import Repository
 
 __all__ = [
     "BackupRequest",
@@ -32,6 +29,7 @@ __all__ = [
     "Problem",
     "Provider",
     "ProviderFactory",
+    "RepositoryReader",
     "RestoreRequest",
     "RestoreSession",
     "StorageFactory",
@@ -240,7 +238,32 @@ class VerifyReport:
         return not self.problems
 
 
+class RepositoryReader(Protocol):
+    """What a verifier may read of a repository; the core passes its own, read-only to verifiers.
+
+    Chunk ids are the 32-byte ids of the repository format; ``ZERO_ID``
+    (32 zero bytes) in an index stands for a chunk that is all zeros and not stored.
+    """
+
+    @property
+    def chunk_size(self) -> int:
+        """The repository's chunk size in bytes."""
+
+    def disk_index(self, disk: DiskRecord) -> Iterable[bytes]:
+        """The chunk ids of one disk of a manifest, in disk order, one per chunk.
+
+        Raise CorruptionError when the index is missing, corrupt, or does not
+        fit the disk's size, chunk size and checksum in the manifest.
+        """
+
+    def has_chunk(self, chunk_id: bytes) -> bool:
+        """Whether the chunk is stored (without reading it)."""
+
+    def get_chunk(self, chunk_id: bytes) -> bytes:
+        """The chunk's content, its id checked; raise CorruptionError when it is missing or corrupt."""
+
+
 class Verifier(Protocol):
     name: str
 
-    def verify(self, repository: Repository, manifest: BackupManifest) -> VerifyReport: ...
+    def verify(self, repository: RepositoryReader, manifest: BackupManifest) -> VerifyReport: ...

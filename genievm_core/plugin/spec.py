@@ -82,13 +82,15 @@ def genievm_register_cbt_sources(registry: CBTSourceRegistry) -> None:
 def genievm_register_verifiers(registry: VerifierRegistry) -> None:
     """Register backup verifiers.
 
-    :param registry: call ``registry.add(verifier)``; ``verifier.verify(repo,
+    :param registry: call ``registry.add(verifier)``; ``verifier.verify(repository,
         manifest)`` returns a ``VerifyReport`` naming every problem found.
-        The core registers ``manifest`` (indexes load and match their
+        ``repository`` is a ``RepositoryReader`` (``chunk_size``,
+        ``disk_index``, ``has_chunk``, ``get_chunk``): rely on nothing else of
+        it. The core registers ``manifest`` (indexes load and match their
         checksums), ``chunks`` (every referenced chunk exists) and ``data``
         (every chunk is read, decrypted and its id checked).
 
-    Since 0.1.
+    Since 0.1; ``repository`` is typed ``RepositoryReader`` since 0.2.
     """
 
 

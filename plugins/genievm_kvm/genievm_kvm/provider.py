@@ -1,14 +1,7 @@
 """The ``kvm`` provider: VMs of one libvirt connection.
 
-Options (``providerOptions``)::
-
-    {"uri": "qemu:///system",          # or qemu+ssh://user@host/system (SSH keys)
-     "mode": "auto",                   # auto | backup-api | internal-snapshot
-     "readOnly": false,                # a read-only connection: list and describe VMs only
-     "runDir": "/run/genievm",         # NBD sockets and scratch files (short path: sockets)
-     "nbdHost": "<the URI's host>",    # remote URIs: where the backup job serves NBD over TCP
-     "nbdPort": 10809,
-     "scratchDir": "/var/tmp"}         # the backup job's scratch files, on the VM's host
+Options (``providerOptions``): :class:`genievm_kvm.options.KVMOptions` (``uri``, ``mode``,
+``readOnly``, ``runDir``, ``nbdHost``, ``nbdPort``, ``scratchDir``), checked when it connects.
 
 A running or paused VM is backed up through libvirt's backup API (``mode`` auto or
 backup-api), or through an internal qcow2 snapshot where the backup API is missing
@@ -31,9 +24,10 @@ from urllib.parse import urlparse
 import libvirt
 import structlog
 
-from genievm_core.errors import ConfigError, ProviderError
+from genievm_core.errors import ProviderError
 from genievm_core.logging import redact_url
 from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
+from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
 from genievm_kvm.cbt import RUNNING, LibvirtCheckpointCBT, Qcow2BitmapCBT, choose
 from genievm_kvm.connection import connect, find_domain, libvirt_errors
@@ -41,6 +35,7 @@ from genievm_kvm.domain import describe, state, vm_ref
 from genievm_kvm.live import JobPlace, live_backup
 from genievm_kvm.lvm_thin import LVMThinCBT
 from genievm_kvm.offline import offline_backup
+from genievm_kvm.options import KVMOptions
 from genievm_kvm.restore import KVMRestore
 from genievm_kvm.snapshot import snapshot_backup
 from genievm_kvm.source import Session
@@ -48,20 +43,19 @@ from genievm_kvm.source import Session
 __all__ = ["KVMProvider"]
 
 log = structlog.get_logger("genievm.kvm")
-MODES = ("auto", "backup-api", "internal-snapshot")
 CBT_SOURCES = (LibvirtCheckpointCBT(), Qcow2BitmapCBT(), LVMThinCBT())
 
 
 class KVMProvider:
     name = "kvm"
+    options_model = KVMOptions
 
     def __init__(self, options: Mapping[str, Any]) -> None:
-        self.uri = str(options.get("uri", "qemu:///system"))
-        self.mode = str(options.get("mode", "auto"))
-        if self.mode not in MODES:
-            raise ConfigError(f"invalid providerOptions: mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        self.place = job_place(self.uri, options)
-        self.conn = connect(self.uri, read_only=str(options.get("readOnly", "false")).lower() in ("true", "1", "yes"))
+        checked = parse_options(KVMOptions, options, "providerOptions")
+        self.uri = checked.uri
+        self.mode = checked.mode
+        self.place = job_place(self.uri, checked)
+        self.conn = connect(self.uri, read_only=checked.read_only)
 
     def list_vms(self) -> list[VMRef]:
         with libvirt_errors(f"listing VMs of {redact_url(self.uri)}"):
@@ -154,22 +148,22 @@ def _has_backup_api(conn: libvirt.virConnect) -> bool:
     return hasattr(libvirt.virDomain, "backupBegin") and conn.getLibVersion() >= 6_000_000
 
 
-def job_place(uri: str, options: Mapping[str, Any]) -> JobPlace:
-    """Where backup jobs of ``uri`` serve NBD: a local socket, or TCP on the remote host."""
+def job_place(uri: str, options: KVMOptions | Mapping[str, Any]) -> JobPlace:
+    """Where backup jobs of ``uri`` serve NBD: a local socket, or TCP on the remote host.
+
+    ``options`` as checked, or as given (cbt.py passes ``{}``: the defaults).
+    """
+    if not isinstance(options, KVMOptions):
+        options = parse_options(KVMOptions, options, "providerOptions")
     host = urlparse(uri).hostname
-    remote = str(options.get("nbdHost") or host) if host else None
-    try:
-        port = int(options.get("nbdPort", 10809))
-    except ValueError:
-        raise ConfigError(f"invalid providerOptions: nbdPort {options.get('nbdPort')!r} is not a port number") from None
-    scratch = Path(str(options.get("scratchDir") or "/var/tmp"))
-    return JobPlace(run_dir(options.get("runDir")), remote, port, scratch)
+    remote = (options.nbd_host or host) if host else None
+    return JobPlace(run_dir(options.run_dir), remote, options.nbd_port, options.scratch_dir)
 
 
-def run_dir(configured: object) -> Path:
+def run_dir(configured: Path | None) -> Path:
     """Where NBD sockets and scratch files go: short paths, since a unix socket path has 107 bytes at most."""
     if configured:
-        folder = Path(str(configured))
+        folder = configured
     elif os.geteuid() == 0:
         folder = Path("/run/genievm")
     else:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
+from genievm_core.engine import CountingDiskSource, DiskSources
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
-from genievm_core.plugin.protocols import ChangedExtents, DiskSource
+from genievm_core.plugin.protocols import ChangedExtents
 from genievm_kvm.nbd_export import NBDClient
 
 __all__ = ["Changes", "NBDDiskSource", "Session"]
@@ -30,22 +30,13 @@ class Changes:
     known: ChangedExtents | None = None
 
 
-class NBDDiskSource:
-    """Reads one export; counts what it read so tests and logs can tell."""
+class NBDDiskSource(CountingDiskSource):
+    """Reads one export; its extents and changes come from the export's block status."""
 
     def __init__(self, info: DiskInfo, client: NBDClient, changes: Changes) -> None:
-        self._info = info
+        super().__init__(info, client.pread, client.close)
         self._client = client
         self._changes = changes
-        self.bytes_read = 0
-
-    @property
-    def info(self) -> DiskInfo:
-        return self._info
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.bytes_read += length
-        return self._client.pread(offset, length)
 
     def allocated_extents(self) -> list[Extent]:
         return self._client.allocated()
@@ -65,22 +56,5 @@ class NBDDiskSource:
     def next_token(self) -> str | None:
         return self._changes.next_token
 
-    def close(self) -> None:
-        self._client.close()
 
-
-class Session:
-    """What ``open_backup`` yields: one source per disk."""
-
-    def __init__(self, sources: Mapping[str, NBDDiskSource]) -> None:
-        self._sources = dict(sources)
-
-    def add(self, name: str, source: NBDDiskSource) -> None:
-        self._sources[name] = source
-
-    def sources(self) -> Mapping[str, DiskSource]:
-        return self._sources
-
-    def close(self) -> None:
-        for source in self._sources.values():
-            source.close()
+Session = DiskSources  # what open_backup yields: one source per disk

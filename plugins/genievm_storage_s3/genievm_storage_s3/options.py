@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from genievm_core.engine import default_workers
 from genievm_core.errors import ConfigError
+from genievm_core.plugin.options import parse_options as check_options
 
 __all__ = ["MIN_PART_SIZE", "S3Location", "S3Options", "parse_options", "parse_url"]
 
@@ -120,11 +121,4 @@ class S3Options(BaseModel):
 
 def parse_options(options: Mapping[str, Any]) -> S3Options:
     """Validate the storage options; one line naming the option (never its value) when one is wrong."""
-    try:
-        return S3Options.model_validate(dict(options))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_input=False):
-            where = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{where}: {err['msg']}" if where else err["msg"])
-        raise ConfigError("invalid configuration: S3 storage options: " + "; ".join(problems)) from None
+    return check_options(S3Options, options, "configuration: S3 storage options")

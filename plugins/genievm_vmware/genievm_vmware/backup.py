@@ -8,6 +8,7 @@ from contextlib import ExitStack, contextmanager
 import structlog
 from pyVmomi import vim
 
+from genievm_core.engine import DiskSources
 from genievm_core.errors import ProviderError
 from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.protocols import BackupRequest
@@ -16,7 +17,7 @@ from genievm_vmware.connection import vsphere_errors
 from genievm_vmware.describe import vm_disks
 from genievm_vmware.inventory import datacenter_of, datacenter_path
 from genievm_vmware.snapshot import genievm_snapshot, sweep_stale
-from genievm_vmware.source import SnapshotDisk, VMwareDiskSource, VMwareSession
+from genievm_vmware.source import SnapshotDisk, VMwareDiskSource
 from genievm_vmware.transport import DiskLocation, DiskTransport
 
 __all__ = ["snapshot_backup"]
@@ -30,7 +31,7 @@ def snapshot_backup(
     desc: VMDescription,
     request: BackupRequest,
     open_transport: Callable[[], DiskTransport],
-) -> Iterator[VMwareSession]:
+) -> Iterator[DiskSources]:
     sweep_stale(vm)
     if request.enable_cbt and not cbt_enabled(vm):
         enable_cbt(vm)
@@ -59,4 +60,4 @@ def snapshot_backup(
             at = SnapshotDisk(vm, snapshot, disk, cbt and disk.change_id is not None)
             sources[name] = VMwareDiskSource(infos[name], handle, at)
             log.info("vmware.disk_open", vm=vm.name, disk=name, transport=transport.name, cbt=at.cbt)
-        yield VMwareSession(sources)
+        yield DiskSources(sources)

@@ -27,6 +27,7 @@ from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
 from genievm_core.errors import AuthenticationError, ConfigError, ProviderError
+from genievm_vmware.options import VMwareOptions
 
 __all__ = [
     "Endpoint",
@@ -43,7 +44,6 @@ __all__ = [
 log = structlog.get_logger("genievm.vmware")
 PASSWORD_ENV = "GENIEVM_VMWARE_PASSWORD"
 USER_ENV = "GENIEVM_VMWARE_USER"
-_TRUE = ("true", "1", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -62,40 +62,33 @@ class Endpoint:
         return self.host if self.port == 443 else f"{self.host}:{self.port}"
 
 
-def flag(options: Mapping[str, Any], key: str) -> bool:
-    return str(options.get(key, "false")).strip().lower() in _TRUE
-
-
-def endpoint(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Endpoint:
+def endpoint(options: VMwareOptions, environ: Mapping[str, str] | None = None) -> Endpoint:
     """The endpoint the provider options name (``host``, ``port``, ``user``, ``caFile``, ``insecure``)."""
     env = os.environ if environ is None else environ
-    raw = str(options.get("host") or env.get("GENIEVM_VMWARE_HOST") or "").strip()
+    raw = (options.host or env.get("GENIEVM_VMWARE_HOST") or "").strip()
     if not raw:
         raise ConfigError("invalid providerOptions: host: give the vCenter or ESXi host (-o host=vcenter.example.com)")
     parsed = urlparse(raw if "//" in raw else f"//{raw}")
     host = parsed.hostname or ""
     try:
-        port = int(options.get("port") or parsed.port or 443)
+        port = options.port or parsed.port or 443
     except ValueError:
-        raise ConfigError(f"invalid providerOptions: port {options.get('port')!r} is not a port number") from None
-    user = str(options.get("user") or env.get(USER_ENV) or "")
+        raise ConfigError(f"invalid providerOptions: host: {raw!r} has no valid port") from None
+    user = options.user or env.get(USER_ENV) or ""
     if not user:
         raise ConfigError(f"invalid providerOptions: user: give the vSphere user (-o user=NAME or {USER_ENV})")
-    ca = options.get("caFile")
-    ca_file = Path(str(ca)) if ca else None
-    if ca_file is not None and not ca_file.is_file():
-        raise ConfigError(f"invalid providerOptions: caFile: {ca_file} is not a file")
-    insecure = flag(options, "insecure")
-    return Endpoint(host, port, user, _password(options, env, user, host), ca_file, insecure)
+    if options.ca_file is not None and not options.ca_file.is_file():
+        raise ConfigError(f"invalid providerOptions: caFile: {options.ca_file} is not a file")
+    return Endpoint(host, port, user, _password(options, env, user, host), options.ca_file, options.insecure)
 
 
-def _password(options: Mapping[str, Any], env: Mapping[str, str], user: str, host: str) -> str:
-    if options.get("password"):
-        return str(options["password"])
+def _password(options: VMwareOptions, env: Mapping[str, str], user: str, host: str) -> str:
+    if options.password is not None and options.password.get_secret_value():
+        return options.password.get_secret_value()
     if env.get(PASSWORD_ENV):
         return env[PASSWORD_ENV]
-    if options.get("passwordFile"):
-        path = Path(str(options["passwordFile"]))
+    if options.password_file is not None:
+        path = options.password_file
         try:
             return path.read_text().rstrip("\r\n")
         except OSError as exc:

@@ -8,7 +8,6 @@ there, and for each network the network of the same name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,9 @@ from pyVmomi import vim
 from genievm_core.errors import ConfigError
 from genievm_vmware.connection import vsphere_errors
 from genievm_vmware.inventory import find_place, retrieve
+from genievm_vmware.options import VMwareOptions
 
-__all__ = ["Placement", "network_map", "placement"]
+__all__ = ["Placement", "placement"]
 
 
 @dataclass(frozen=True)
@@ -30,38 +30,19 @@ class Placement:
     networks: dict[str, vim.Network]  # every network of the datacenter by name
 
 
-def network_map(text: object) -> dict[str, str]:
-    """``networkMap``: ``SRC=DST,SRC2=DST2`` (or a mapping in a config file)."""
-    if isinstance(text, Mapping):
-        return {str(k): str(v) for k, v in text.items()}
-    pairs = {}
-    for item in str(text or "").split(","):
-        if not item.strip():
-            continue
-        src, sep, dst = item.partition("=")
-        if not sep or not src.strip() or not dst.strip():
-            raise ConfigError(f"invalid providerOptions: networkMap: {item.strip()!r} is not SOURCE=TARGET")
-        pairs[src.strip()] = dst.strip()
-    return pairs
-
-
-def placement(si: vim.ServiceInstance, options: Mapping[str, Any], source_datastore: str | None) -> Placement:
+def placement(si: vim.ServiceInstance, options: VMwareOptions, source_datastore: str | None) -> Placement:
     with vsphere_errors("finding where to restore"):
-        if options.get("datacenter"):
-            dc = find_place(si, vim.Datacenter, str(options["datacenter"]), option="datacenter")
+        if options.datacenter:
+            dc = find_place(si, vim.Datacenter, options.datacenter, option="datacenter")
         else:
             dcs = [obj for obj, _ in retrieve(si, vim.Datacenter, ["name"])]
             if len(dcs) != 1:
                 raise ConfigError(f"invalid providerOptions: datacenter: there are {len(dcs)}; give -o datacenter=NAME")
             dc = dcs[0]
-        folder = (
-            find_place(si, vim.Folder, str(options["folder"]), option="folder")
-            if options.get("folder")
-            else dc.vmFolder
-        )
+        folder = find_place(si, vim.Folder, options.folder, option="folder") if options.folder else dc.vmFolder
         pool = _pool(si, dc, options)
         datastores = {p["name"]: d for d, p in retrieve(si, vim.Datastore, ["name"], dc.datastoreFolder)}
-        wanted = str(options.get("datastore") or source_datastore or "")
+        wanted = options.datastore or source_datastore or ""
         if wanted not in datastores:
             raise ConfigError(
                 f"invalid providerOptions: datastore: {wanted or '(none given)'} is not one of datacenter "
@@ -71,14 +52,14 @@ def placement(si: vim.ServiceInstance, options: Mapping[str, Any], source_datast
         return Placement(dc, folder, pool, datastores[wanted], networks)
 
 
-def _pool(si: vim.ServiceInstance, dc: vim.Datacenter, options: Mapping[str, Any]) -> vim.ResourcePool:
-    if options.get("resourcePool"):
-        return find_place(si, vim.ResourcePool, str(options["resourcePool"]), option="resourcePool")
+def _pool(si: vim.ServiceInstance, dc: vim.Datacenter, options: VMwareOptions) -> vim.ResourcePool:
+    if options.resource_pool:
+        return find_place(si, vim.ResourcePool, options.resource_pool, option="resourcePool")
     compute: Any = None
-    if options.get("cluster"):
-        compute = find_place(si, vim.ClusterComputeResource, str(options["cluster"]), option="cluster")
-    elif options.get("esxHost"):
-        compute = find_place(si, vim.HostSystem, str(options["esxHost"]), option="esxHost").parent
+    if options.cluster:
+        compute = find_place(si, vim.ClusterComputeResource, options.cluster, option="cluster")
+    elif options.esx_host:
+        compute = find_place(si, vim.HostSystem, options.esx_host, option="esxHost").parent
     else:
         folder: Any = dc.hostFolder
         compute = next((c for c in folder.childEntity if isinstance(c, vim.ComputeResource)), None)

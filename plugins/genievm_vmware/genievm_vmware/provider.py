@@ -30,18 +30,19 @@ from typing import Any
 
 import structlog
 
-from genievm_core.errors import ConfigError
+from genievm_core.engine import DiskSources
 from genievm_core.models.vm import VMDescription, VMRef
+from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
 from genievm_vmware.backup import snapshot_backup
 from genievm_vmware.connection import connect, disconnect, endpoint, session_cookie, vsphere_errors, wait
 from genievm_vmware.describe import describe
 from genievm_vmware.inventory import find_vm, list_vms
-from genievm_vmware.keepalive import DEFAULT_INTERVAL, session_kept_alive
+from genievm_vmware.keepalive import session_kept_alive
+from genievm_vmware.options import VMwareOptions
 from genievm_vmware.restore import VMwareRestore
-from genievm_vmware.source import VMwareSession
 from genievm_vmware.transport import DiskTransport
-from genievm_vmware.transport.select import TRANSPORTS, choose_transport
+from genievm_vmware.transport.select import choose_transport
 
 __all__ = ["VMwareProvider"]
 
@@ -50,15 +51,12 @@ log = structlog.get_logger("genievm.vmware")
 
 class VMwareProvider:
     name = "vmware"
+    options_model = VMwareOptions
 
     def __init__(self, options: Mapping[str, Any]) -> None:
-        self.options = dict(options)
-        transport = str(options.get("transport", "auto")).strip().lower()
-        if transport not in TRANSPORTS:  # checked before any snapshot is made
-            raise ConfigError(
-                f"invalid providerOptions: transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}"
-            )
-        self.endpoint = endpoint(options)
+        self.given = dict(options)
+        self.options = parse_options(VMwareOptions, options, "providerOptions")  # before any snapshot is made
+        self.endpoint = endpoint(self.options)
         self.si = connect(self.endpoint)
 
     def open_transport(self, scratch_dir: Path | None = None) -> DiskTransport:
@@ -72,11 +70,11 @@ class VMwareProvider:
         with vsphere_errors(f"describing VM {vm_id}"):
             return describe(vm)
 
-    def open_backup(self, vm: VMDescription, request: BackupRequest) -> AbstractContextManager[VMwareSession]:
+    def open_backup(self, vm: VMDescription, request: BackupRequest) -> AbstractContextManager[DiskSources]:
         return self._backup(vm, request)
 
     @contextmanager
-    def _backup(self, desc: VMDescription, request: BackupRequest) -> Iterator[VMwareSession]:
+    def _backup(self, desc: VMDescription, request: BackupRequest) -> Iterator[DiskSources]:
         vm = find_vm(self.si, desc.id)
         with snapshot_backup(vm, desc, request, self.open_transport) as session, self._kept_alive():
             yield session
@@ -86,7 +84,7 @@ class VMwareProvider:
 
     @contextmanager
     def _restore(self, desc: VMDescription, request: RestoreRequest) -> Iterator[VMwareRestore]:
-        options = {**self.options, **request.options}
+        options = parse_options(VMwareOptions, {**self.given, **request.options}, "providerOptions")
         # https restores stage disks in scratchDir, else in --target (restorePath) when given
         session = VMwareRestore(self.si, desc, request, options, lambda: self.open_transport(request.restore_path))
         try:
@@ -97,13 +95,7 @@ class VMwareProvider:
             raise
 
     def _kept_alive(self) -> AbstractContextManager[None]:
-        try:
-            interval = float(self.options.get("keepAliveSeconds", DEFAULT_INTERVAL))
-        except ValueError:
-            raise ConfigError(
-                f"invalid providerOptions: keepAliveSeconds {self.options.get('keepAliveSeconds')!r} is not a number"
-            ) from None
-        return session_kept_alive(self.si, interval)
+        return session_kept_alive(self.si, self.options.keep_alive_seconds)
 
     def power_on(self, vm_id: str) -> None:
         vm = find_vm(self.si, vm_id)

@@ -10,7 +10,7 @@ VM must be powered off and have no snapshots.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -23,7 +23,8 @@ from genievm_core.plugin.protocols import DiskSink, RestoreRequest
 from genievm_vmware.connection import vsphere_errors, wait
 from genievm_vmware.describe import CONFIG_FORMAT, VMDisk, load_config, vm_disks
 from genievm_vmware.inventory import datacenter_of, datacenter_path, lookup_vm
-from genievm_vmware.placement import network_map, placement
+from genievm_vmware.options import VMwareOptions
+from genievm_vmware.placement import placement
 from genievm_vmware.transport import DiskHandle, DiskLocation, DiskTransport
 from genievm_vmware.vmspec import new_vm_spec, slot
 
@@ -61,7 +62,7 @@ class VMwareRestore:
         si: vim.ServiceInstance,
         desc: VMDescription,
         request: RestoreRequest,
-        options: Mapping[str, Any],
+        options: VMwareOptions,
         open_transport: Callable[[], DiskTransport],
     ) -> None:
         if desc.config_format != CONFIG_FORMAT or not desc.config:
@@ -82,7 +83,7 @@ class VMwareRestore:
             source_ds = next((stored[n].datastore for n in sorted(restored) if n in stored), None)
             where = placement(si, options, source_ds)
             capacities = {stored[n].device.key: sizes[n] for n in restored if n in stored}
-            spec = new_vm_spec(config, self.name, where, capacities, network_map(options.get("networkMap")))
+            spec = new_vm_spec(config, self.name, where, capacities, options.network_map)
             task = where.folder.CreateVM_Task(config=spec, pool=where.pool)
             self.vm = self.created = wait(task, f"creating VM {self.name}")
             log.info("vmware.vm_created", vm=self.name, moref=self.vm._moId, datastore=where.datastore.name)

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
 from pyVmomi import vim
 
+from genievm_core.engine import CountingDiskSource
 from genievm_core.errors import CBTError
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
-from genievm_core.plugin.protocols import ChangedExtents, DiskSource
+from genievm_core.plugin.protocols import ChangedExtents
 from genievm_vmware.cbt import ALL_AREAS, CBTRefused, changed_areas, is_reset
 from genievm_vmware.describe import VMDisk
 from genievm_vmware.transport import DiskHandle
 
-__all__ = ["SnapshotDisk", "VMwareDiskSource", "VMwareSession"]
+__all__ = ["SnapshotDisk", "VMwareDiskSource"]
 
 log = structlog.get_logger("genievm.vmware.source")
 SOURCE = "vsphere-cbt"
@@ -32,20 +32,13 @@ class SnapshotDisk:
     cbt: bool  # CBT is on and the snapshot's disk carries a changeId
 
 
-class VMwareDiskSource:
+class VMwareDiskSource(CountingDiskSource):
+    """Reads one disk of the snapshot through a transport; its changed areas come from vSphere CBT."""
+
     def __init__(self, info: DiskInfo, handle: DiskHandle, at: SnapshotDisk) -> None:
-        self._info = info
+        super().__init__(info, handle.read, handle.close)
         self._handle = handle
         self._at = at
-        self.bytes_read = 0
-
-    @property
-    def info(self) -> DiskInfo:
-        return self._info
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.bytes_read += length
-        return self._handle.read(offset, length)
 
     def _areas(self, change_id: str) -> list[Extent]:
         d = self._at.disk
@@ -77,16 +70,3 @@ class VMwareDiskSource:
 
     def next_token(self) -> str | None:
         return self._at.disk.change_id if self._at.cbt else None
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-class VMwareSession:
-    """What ``open_backup`` yields: one source per disk."""
-
-    def __init__(self, sources: Mapping[str, VMwareDiskSource]) -> None:
-        self._sources = dict(sources)
-
-    def sources(self) -> Mapping[str, DiskSource]:
-        return self._sources

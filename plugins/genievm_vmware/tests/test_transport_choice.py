@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import structlog
 from genievm_vmware.connection import Endpoint
+from genievm_vmware.options import VMwareOptions
 from genievm_vmware.transport.select import choose_transport
 
 from genievm_core.errors import ConfigError
+from genievm_core.plugin.options import parse_options
 
 
 @pytest.fixture
@@ -24,9 +26,13 @@ def no_vddk_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "genievm_vmware.transport.vddk", None)
 
 
+def checked(options):
+    return parse_options(VMwareOptions, options, "providerOptions")
+
+
 def choose(options, ep, **env):
     with structlog.testing.capture_logs() as logs:
-        transport = choose_transport(options, ep, "vmware_soap_session=x", environ=env)
+        transport = choose_transport(checked(options), ep, "vmware_soap_session=x", environ=env)
     transport.close()
     return transport.name, [e for e in logs if e["event"] == "vmware.transport"]
 
@@ -51,17 +57,17 @@ def test_auto_falls_back_to_https_when_vddk_cannot_be_used(ep, tmp_path, no_vddk
 
 def test_vddk_asked_for_without_a_folder_is_a_config_error(ep):
     with pytest.raises(ConfigError, match="transport vddk needs vddkLibDir"):
-        choose_transport({"transport": "vddk"}, ep, "c", environ={})
+        choose_transport(checked({"transport": "vddk"}), ep, "c", environ={})
 
 
 def test_vddk_asked_for_without_the_module_is_a_config_error(ep, no_vddk_module):
     with pytest.raises(ConfigError, match="this genievm-vmware has no VDDK transport"):
-        choose_transport({"transport": "vddk", "vddkLibDir": "/nonexistent"}, ep, "c", environ={})
+        choose_transport(checked({"transport": "vddk", "vddkLibDir": "/nonexistent"}), ep, "c", environ={})
 
 
 def test_unknown_transport_is_a_config_error(ep):
-    with pytest.raises(ConfigError, match="transport must be one of auto, https, vddk, not 'nfc'"):
-        choose_transport({"transport": "nfc"}, ep, "c", environ={})
+    with pytest.raises(ConfigError, match="transport: must be one of auto, https, vddk, not 'nfc'"):
+        choose_transport(checked({"transport": "nfc"}), ep, "c", environ={})
 
 
 def test_vddk_gets_the_thumbprint_of_the_verified_certificate(ep):

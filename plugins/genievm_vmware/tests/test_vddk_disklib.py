@@ -39,7 +39,8 @@ def params(password: str = PASSWORD, thumbprint: str | None = THUMBPRINT) -> Con
 
 
 def connect(lib: VixDiskLib, *, read_only: bool = True, password: str = PASSWORD) -> Connection:
-    return lib.connect(params(password), read_only=read_only, snapshot="snapshot-7" if read_only else None, modes="nbd")
+    snapshot = "snapshot-7" if read_only else None
+    return Connection(lib, params(password), read_only=read_only, snapshot=snapshot, modes="nbd")
 
 
 def test_initex_once_per_process_and_library(vddk: Double) -> None:
@@ -209,7 +210,7 @@ def test_password_hidden_even_if_the_library_logs_it(vddk: Double, monkeypatch: 
 def test_wrong_thumbprint_is_a_provider_error(vddk: Double) -> None:
     lib = VixDiskLib.initialize(vddk.libdir)
     with pytest.raises(ProviderError, match=r"thumbprint \(VIX_E_NET_HTTP_SSL_SECURITY, code 30201\)"):
-        lib.connect(params(thumbprint="00:11"), read_only=True)
+        Connection(lib, params(thumbprint="00:11"), read_only=True, snapshot=None, modes=None)
 
 
 def test_missing_disk_names_the_path_and_code(vddk: Double) -> None:

@@ -13,23 +13,22 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from genievm_core.errors import ConfigError, GenieVMError, ProviderError
 from genievm_vmware.connection import Endpoint, ssl_context
+from genievm_vmware.options import VMwareOptions
 from genievm_vmware.transport import DiskTransport
 from genievm_vmware.transport.https import HTTPSTransport
 
-__all__ = ["TRANSPORTS", "choose_transport", "server_thumbprint"]
+__all__ = ["choose_transport", "server_thumbprint"]
 
 log = structlog.get_logger("genievm.vmware.transport")
-TRANSPORTS = ("auto", "https", "vddk")
 
 
 def choose_transport(
-    options: Mapping[str, Any],
+    options: VMwareOptions,
     ep: Endpoint,
     cookie: str,
     *,
@@ -37,14 +36,12 @@ def choose_transport(
     environ: Mapping[str, str] | None = None,
 ) -> DiskTransport:
     env = os.environ if environ is None else environ
-    mode = str(options.get("transport", "auto")).strip().lower()
-    if mode not in TRANSPORTS:
-        raise ConfigError(f"invalid providerOptions: transport must be one of {', '.join(TRANSPORTS)}, not {mode!r}")
-    libdir = str(options.get("vddkLibDir") or env.get("VDDK_LIBDIR") or "")
+    mode = options.transport
+    libdir = str(options.vddk_lib_dir or env.get("VDDK_LIBDIR") or "")
 
     def https(reason: str) -> DiskTransport:
         log.info("vmware.transport", transport="https", reason=reason)
-        scratch = Path(str(options["scratchDir"])) if options.get("scratchDir") else scratch_dir
+        scratch = options.scratch_dir or scratch_dir
         return HTTPSTransport(host=ep.host, port=ep.port, cookie=cookie, context=ssl_context(ep), scratch_dir=scratch)
 
     if mode == "https":
@@ -65,15 +62,15 @@ def choose_transport(
     return transport
 
 
-def _vddk(options: Mapping[str, Any], ep: Endpoint, libdir: Path) -> DiskTransport:
+def _vddk(options: VMwareOptions, ep: Endpoint, libdir: Path) -> DiskTransport:
     try:
         from genievm_vmware.transport.vddk import VDDKTransport  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise ConfigError(
             f"invalid providerOptions: transport vddk: this genievm-vmware has no VDDK transport ({exc})"
         ) from exc
-    thumbprint = str(options.get("thumbprint") or "") or server_thumbprint(ep)
-    mode = str(options.get("vddkMode") or "nbdssl")
+    thumbprint = options.thumbprint or server_thumbprint(ep)
+    mode = options.vddk_mode or "nbdssl"
     transport: DiskTransport = VDDKTransport(
         libdir=libdir, host=ep.host, user=ep.user, password=ep.password, thumbprint=thumbprint, mode=mode
     )

@@ -138,7 +138,7 @@ class VDDKTransport:
             thumbprint=self.thumbprint,
             vmx_spec=f"moref={disk.vm}",
         )
-        connection = self._lib.connect(params, read_only=not writable, snapshot=disk.snapshot, modes=self._modes)
+        connection = Connection(self._lib, params, read_only=not writable, snapshot=disk.snapshot, modes=self._modes)
         try:
             opened = connection.open(datastore_path(disk), read_only=not writable)
             handle = VDDKDiskHandle(disk, connection, opened, on_close=self._forget)

@@ -7,7 +7,7 @@ A typical use::
     lib = VixDiskLib.initialize(Path("/opt/vmware-vix-disklib-distrib"))
     params = ConnectParams(server="vc.example", user="backup@vsphere.local", password=secret,
                            thumbprint="AA:BB:...", vmx_spec="moref=vm-42")
-    with lib.connect(params, read_only=True, snapshot="snapshot-7", modes="nbdssl") as conn:
+    with Connection(lib, params, read_only=True, snapshot="snapshot-7", modes="nbdssl") as conn:
         disk = conn.open("[datastore1] vm1/vm1.vmdk")
         data = disk.read(0, 1 << 20)
         extents = disk.allocated_blocks()

@@ -25,9 +25,9 @@ import structlog
 from genievm_core.errors import ProviderError
 
 from . import abi, logbridge
+from .disk import Disk
 
 if TYPE_CHECKING:
-    from .disk import Disk
     from .session import VixDiskLib
 
 __all__ = ["ConnectParams", "Connection"]
@@ -64,7 +64,11 @@ class ConnectParams:
 
 
 class Connection:
-    """One VixDiskLib connection; disks are opened through it and it closes them at :meth:`disconnect`."""
+    """One VixDiskLib connection (ConnectEx); disks are opened through it and it closes them at :meth:`disconnect`.
+
+    ``Connection(lib, params, read_only=..., snapshot=..., modes=...)`` connects
+    through ``lib``, an initialized :class:`~genievm_vmware.vddk.session.VixDiskLib`.
+    """
 
     def __init__(
         self, lib: VixDiskLib, params: ConnectParams, *, read_only: bool, snapshot: str | None, modes: str | None
@@ -152,8 +156,6 @@ class Connection:
 
         A connection made with ``read_only=True`` cannot open a disk for writing.
         """
-        from .disk import Disk
-
         if self._handle is None:
             raise ProviderError(f"provider vmware: VDDK connection to {self.host} is closed")
         flags = (abi.FLAG_OPEN_READ_ONLY if read_only else 0) | (abi.FLAG_OPEN_UNBUFFERED if unbuffered else 0)
@@ -162,9 +164,15 @@ class Connection:
             err = self.lib.library["VixDiskLib_Open"](self._handle, path.encode(), flags, ctypes.byref(handle))
             self.lib.check(err, "VixDiskLib_Open", host=self.host, user=self.user, subject=path)
         assert handle.value is not None
-        disk = Disk(self, handle.value, path, read_only=read_only)
+        disk = Disk(
+            self.lib, handle.value, path, read_only=read_only, host=self.host, user=self.user, on_close=self._forget
+        )
         self.disks.append(disk)
         return disk
+
+    def _forget(self, disk: Disk) -> None:
+        if disk in self.disks:
+            self.disks.remove(disk)
 
     def disconnect(self) -> None:
         """Close the disks still open, then VixDiskLib_Disconnect. Safe to call twice, also after errors."""

@@ -17,6 +17,7 @@ cannot be queried: it is reported as allocated.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from . import abi
 from .errors import VixErrorCode, error_code
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .session import VixDiskLib
 
 __all__ = ["DEFAULT_CHUNK_SECTORS", "Disk", "DiskInfo"]
 
@@ -51,14 +52,30 @@ class DiskInfo:
 
 
 class Disk:
-    """A disk opened with VixDiskLib_Open; get one from :meth:`Connection.open`."""
+    """A disk opened with VixDiskLib_Open; get one from :meth:`Connection.open`.
 
-    def __init__(self, connection: Connection, handle: int, path: str, *, read_only: bool) -> None:
-        self.connection = connection
+    ``host`` and ``user`` are the connection's, for error messages; ``on_close``
+    tells the connection the disk is closed.
+    """
+
+    def __init__(
+        self,
+        lib: VixDiskLib,
+        handle: int,
+        path: str,
+        *,
+        read_only: bool,
+        host: str,
+        user: str,
+        on_close: Callable[[Disk], None],
+    ) -> None:
         self.path = path
         self.read_only = read_only
+        self.host = host
+        self.user = user
+        self._on_close = on_close
         self._handle: int | None = handle
-        self._lib = connection.lib
+        self._lib = lib
         self._info: DiskInfo | None = None
 
     # -- helpers
@@ -70,7 +87,7 @@ class Disk:
         self._check(err, name)
 
     def _check(self, err: int, call: str) -> None:
-        self._lib.check(err, call, host=self.connection.host, user=self.connection.user, subject=self.path)
+        self._lib.check(err, call, host=self.host, user=self.user, subject=self.path)
 
     # -- information
 
@@ -214,8 +231,7 @@ class Disk:
         if self._handle is None:
             return
         handle, self._handle = self._handle, None
-        if self in self.connection.disks:
-            self.connection.disks.remove(self)
+        self._on_close(self)
         with self._lib.lock:
             err = self._lib.library["VixDiskLib_Close"](handle)
         self._check(err, "VixDiskLib_Close")

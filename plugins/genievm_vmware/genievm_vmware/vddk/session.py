@@ -16,7 +16,6 @@ import atexit
 import ctypes
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,9 +25,6 @@ from .abi import API_VERSION
 from .errors import translate
 from .library import LoadedLibrary, load_library
 from .logbridge import LOG_CALLBACKS
-
-if TYPE_CHECKING:
-    from .connection import Connection, ConnectParams
 
 __all__ = ["VixDiskLib", "shutdown"]
 
@@ -104,14 +100,6 @@ class VixDiskLib:
         """VixDiskLib_ListTransportModes: the modes this library knows, in its default order."""
         modes = self.library["VixDiskLib_ListTransportModes"]()
         return modes.decode().split(":") if modes else []
-
-    def connect(
-        self, params: ConnectParams, *, read_only: bool, snapshot: str | None = None, modes: str | None = None
-    ) -> Connection:
-        """VixDiskLib_ConnectEx; see :class:`~genievm_vmware.vddk.connection.Connection`."""
-        from .connection import Connection
-
-        return Connection(self, params, read_only=read_only, snapshot=snapshot, modes=modes)
 
     def exit(self) -> None:
         """VixDiskLib_Exit. The library cannot be initialized again in this process afterwards."""
