@@ -25,6 +25,7 @@ from genievm_core.engine import (
     default_workers,
     results_or_cancel,
 )
+from genievm_core.engine.cbt_choice import changed_since
 from genievm_core.errors import CBTError, ConfigError, CorruptionError, GenieVMError, JobInterruptedError, ProviderError
 from genievm_core.jobs.job import Job
 from genievm_core.jobs.prune import prune_vms, retention_policy
@@ -39,7 +40,7 @@ from genievm_core.models.manifest import (
 )
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin import PluginHost
-from genievm_core.plugin.protocols import BackupRequest, ChangedExtents, DiskSource
+from genievm_core.plugin.protocols import BackupRequest, CBTSource, ChangedExtents, DiskSource
 from genievm_core.repository import ChunkIndex, Damaged, Repository, new_backup_id
 
 __all__ = ["BackupJob", "run_backup"]
@@ -126,7 +127,11 @@ def run_backup(
                 )
                 with provider.open_backup(vm, request) as session:
                     sources = session.sources()
-                    plans = {d.name: _plan(d, sources[d.name], parent_disks, parent_indexes, config) for d in disks}
+                    cbt_sources = host.cbt_sources.by_priority()
+                    plans = {
+                        d.name: _plan(d, sources[d.name], parent_disks, parent_indexes, config, cbt_sources)
+                        for d in disks
+                    }
                     with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
                         futures = {d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in disks}
                         results = dict(results_or_cancel(futures, control))
@@ -216,6 +221,7 @@ def _plan(
     parent_disks: dict[str, DiskRecord],
     parent_indexes: dict[str, ChunkIndex],
     config: BackupConfig,
+    cbt_sources: list[CBTSource],
 ) -> DiskPlan:
     if disk.name not in parent_disks:
         return DiskPlan(CBTRecord(mode="full", reason="no parent backup of this disk"))
@@ -227,7 +233,7 @@ def _plan(
     token = parent_disks[disk.name].cbt.token
     failed = False
     try:
-        changed = source.changed_extents(token)
+        changed = changed_since(source, token, cbt_sources)  # the CBT source the core chooses for the disk
     except CBTError as exc:  # e.g. the token was rejected: compare chunk ids instead
         changed, failed = ChangedExtents.unavailable(f"changed-block tracking failed: {exc}"), True
     if changed.extents is None:

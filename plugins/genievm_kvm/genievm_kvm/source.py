@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
-from genievm_core.plugin.protocols import ChangedExtents, DiskSource
+from genievm_core.plugin.protocols import BoundCBTSource, CBTSource, ChangedExtents, DiskSource
 from genievm_kvm.nbd_export import NBDClient
 
 __all__ = ["Changes", "NBDDiskSource", "Session"]
@@ -37,6 +37,7 @@ class NBDDiskSource:
         self._info = info
         self._client = client
         self._changes = changes
+        self.offered: tuple[CBTSource, ...] = ()  # the plugin's CBT sources, bound to this export by cbt_sources
         self.bytes_read = 0
 
     @property
@@ -62,6 +63,10 @@ class NBDDiskSource:
             return ChangedExtents.unavailable(f"the NBD export offers no {c.context}")
         return ChangedExtents(self._client.dirty(c.context), c.source)
 
+    def cbt_sources(self) -> Sequence[CBTSource]:
+        """The plugin's CBT sources bound to this backup (``OffersCBTSources``): the core asks these."""
+        return [BoundCBTSource(source, self.changed_extents) for source in self.offered]
+
     def next_token(self) -> str | None:
         return self._changes.next_token
 
@@ -77,6 +82,11 @@ class Session:
 
     def add(self, name: str, source: NBDDiskSource) -> None:
         self._sources[name] = source
+
+    def offer(self, cbt_sources: Iterable[CBTSource]) -> None:
+        """Offer ``cbt_sources`` to the core for every disk, answered from this session's exports."""
+        for source in self._sources.values():
+            source.offered = tuple(cbt_sources)
 
     def sources(self) -> Mapping[str, DiskSource]:
         return self._sources

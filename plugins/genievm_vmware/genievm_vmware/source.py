@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -11,15 +11,16 @@ from pyVmomi import vim
 from genievm_core.errors import CBTError
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
-from genievm_core.plugin.protocols import ChangedExtents, DiskSource
+from genievm_core.plugin.protocols import BoundCBTSource, CBTSource, ChangedExtents, DiskSource
 from genievm_vmware.cbt import ALL_AREAS, CBTRefused, changed_areas, is_reset
+from genievm_vmware.cbt_source import VSPHERE_CBT
 from genievm_vmware.describe import VMDisk
 from genievm_vmware.transport import DiskHandle
 
 __all__ = ["SnapshotDisk", "VMwareDiskSource", "VMwareSession"]
 
 log = structlog.get_logger("genievm.vmware.source")
-SOURCE = "vsphere-cbt"
+SOURCE = VSPHERE_CBT.name
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class VMwareDiskSource:
             return ChangedExtents(self._areas(token), SOURCE)
         except CBTRefused as exc:
             return ChangedExtents.unavailable(str(exc))
+
+    def cbt_sources(self) -> Sequence[CBTSource]:
+        """``vsphere-cbt`` bound to this backup's snapshot (``OffersCBTSources``): the core asks it."""
+        return [BoundCBTSource(VSPHERE_CBT, self.changed_extents)]
 
     def next_token(self) -> str | None:
         return self._at.disk.change_id if self._at.cbt else None
