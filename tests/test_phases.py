@@ -48,7 +48,8 @@ def test_the_phases_compose_and_nothing_is_visible_before_the_commit(tmp_path: P
         vm, disks = describe_for_backup(provider, config)
         with repo.lock("shared", "test"):
             plan = plan_backup(repo, config, vm, disks)
-            transfers = transfer_backup(plan, provider, repo, config, None, JobControl(), 2)
+            cbt_sources = genievm.host.cbt_sources.by_priority()
+            transfers = transfer_backup(plan, provider, repo, config, cbt_sources, None, JobControl(), 2)
             assert repo.backup_ids() == []  # chunks are stored, but no backup exists yet
             manifest = commit_backup(plan, transfers, repo)
         provider.close()

@@ -33,6 +33,7 @@ from genievm_core.engine import (
     default_workers,
     results_or_cancel,
 )
+from genievm_core.engine.cbt_choice import changed_since
 from genievm_core.errors import CBTError, ConfigError, CorruptionError, GenieVMError, JobInterruptedError, ProviderError
 from genievm_core.jobs.job import Job
 from genievm_core.jobs.prune import prune_vms, retention_policy
@@ -47,7 +48,7 @@ from genievm_core.models.manifest import (
 )
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin import PluginHost
-from genievm_core.plugin.protocols import BackupRequest, ChangedExtents, DiskSource, Provider
+from genievm_core.plugin.protocols import BackupRequest, CBTSource, ChangedExtents, DiskSource, Provider
 from genievm_core.repository import ChunkIndex, Damaged, Repository, new_backup_id
 
 __all__ = [
@@ -153,7 +154,9 @@ def run_backup(
         with repo.lock("shared", f"backup of {vm.id}"):
             plan = plan_backup(repo, config, vm, disks)
             phase("transfer")
-            transfers = transfer_backup(plan, provider, repo, config, progress, control or JobControl(), workers)
+            transfers = transfer_backup(
+                plan, provider, repo, config, host.cbt_sources.by_priority(), progress, control or JobControl(), workers
+            )
             phase("commit")
             manifest = commit_backup(plan, transfers, repo)
         log.info(
@@ -208,11 +211,15 @@ def transfer_backup(
     provider: Provider,
     repo: Repository,
     config: BackupConfig,
+    cbt_sources: list[CBTSource],
     progress: ProgressCallback | None,
     control: JobControl,
     workers: int | None,
 ) -> dict[str, DiskTransfer]:
     """Phase 2: open the provider's point in time, choose each disk's changed extents, copy every disk.
+
+    ``cbt_sources`` are the registered CBT sources, highest priority first (``host.cbt_sources.by_priority()``);
+    the core asks the first that supports each disk (``genievm_core.engine.cbt_choice``).
 
     The provider's snapshot or backup job exists only inside this phase; nothing is
     visible in the repository yet (chunks no manifest names, until the commit).
@@ -228,7 +235,8 @@ def transfer_backup(
         with provider.open_backup(plan.vm, plan.request) as session:
             sources = session.sources()
             plans = {
-                d.name: _plan(d, sources[d.name], plan.parent_disks, plan.parent_indexes, config) for d in plan.disks
+                d.name: _plan(d, sources[d.name], plan.parent_disks, plan.parent_indexes, config, cbt_sources)
+                for d in plan.disks
             }
             with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
                 futures = {d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in plan.disks}
@@ -315,6 +323,7 @@ def _plan(
     parent_disks: dict[str, DiskRecord],
     parent_indexes: dict[str, ChunkIndex],
     config: BackupConfig,
+    cbt_sources: list[CBTSource],
 ) -> DiskPlan:
     if disk.name not in parent_disks:
         return DiskPlan(CBTRecord(mode="full", reason="no parent backup of this disk"))
@@ -326,7 +335,7 @@ def _plan(
     token = parent_disks[disk.name].cbt.token
     failed = False
     try:
-        changed = source.changed_extents(token)
+        changed = changed_since(source, token, cbt_sources)  # the CBT source the core chooses for the disk
     except CBTError as exc:  # e.g. the token was rejected: compare chunk ids instead
         changed, failed = ChangedExtents.unavailable(f"changed-block tracking failed: {exc}"), True
     if changed.extents is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
 from typing import Any
 
@@ -21,6 +22,7 @@ from genievm_core.plugin import protocols, registry, spec
 __all__ = ["api_lines", "hookspecs", "protocol_members"]
 
 _PROTOCOL_BASES = {"Protocol", "Generic", "object"}
+_SINCE = re.compile(r"\(since (\d+\.\d+)\)")
 
 
 def _sig(obj: Any) -> str:
@@ -51,7 +53,10 @@ def _members(cls: type) -> dict[str, str]:
 
 
 def protocol_members() -> dict[str, dict[str, str]]:
-    """Every class of ``protocols.__all__`` -> its public members and their signatures."""
+    """Every class of ``protocols.__all__`` -> its public members and their signatures.
+
+    A class whose docstring says ``(since X.Y)`` has that noted on each of its lines.
+    """
     members = {}
     for name in protocols.__all__:
         cls: type = getattr(protocols, name)
@@ -60,6 +65,9 @@ def protocol_members() -> dict[str, dict[str, str]]:
             members[name] = fields | {k: v for k, v in _members(cls).items() if k not in fields}
         else:
             members[name] = _members(cls)
+        since = _SINCE.search(cls.__doc__ or "")
+        if since:
+            members[name] = {k: f"{v}  (since {since[1]})" for k, v in members[name].items()}
     return members
 
 

@@ -8,7 +8,7 @@ with ``raise ... from exc``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +22,12 @@ from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
 __all__ = [
     "BackupRequest",
     "BackupSession",
+    "BoundCBTSource",
     "CBTSource",
     "ChangedExtents",
     "DiskSink",
     "DiskSource",
+    "OffersCBTSources",
     "Problem",
     "Provider",
     "ProviderFactory",
@@ -77,7 +79,11 @@ class DiskSource(Protocol):
         """
 
     def changed_extents(self, token: str | None) -> ChangedExtents:
-        """Extents written since the backup that returned ``token`` from ``next_token``."""
+        """Extents written since the backup that returned ``token`` from ``next_token``.
+
+        Asked only when no CBT source supports the disk (the core chooses one first: see
+        ``CBTSource`` and ``OffersCBTSources``).
+        """
 
     def next_token(self) -> str | None:
         """The token to store in the manifest and pass to the next backup, or None."""
@@ -163,7 +169,14 @@ class ProviderFactory(Protocol):
 
 
 class CBTSource(Protocol):
-    """A way of finding a disk's changed extents (qcow2 bitmaps, thin_delta, vSphere CBT)."""
+    """A way of finding a disk's changed extents (qcow2 bitmaps, thin_delta, vSphere CBT).
+
+    During a backup the core chooses one per disk: among the registered sources (and those the
+    disk source offers, see ``OffersCBTSources``) whose ``supports(disk)`` is true, the one of
+    highest ``priority``; it calls ``changed_extents`` with the open disk source's ``info`` and
+    the parent's token. A ``CBTError`` or an answer "not available" makes the backup compare
+    chunk ids with the parent's index instead, with the reason in the manifest.
+    """
 
     name: str
     priority: int  # higher is tried first
@@ -171,6 +184,41 @@ class CBTSource(Protocol):
     def supports(self, disk: DiskInfo) -> bool: ...
 
     def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents: ...
+
+
+@runtime_checkable
+class OffersCBTSources(Protocol):
+    """What a ``DiskSource`` may also implement (since 0.2): CBT sources bound to its point in time.
+
+    A CBT source that needs the backup's live handle (an NBD export's dirty bitmap, a vSphere
+    snapshot) cannot work from a ``DiskInfo`` alone; the disk source offers it bound to that
+    handle. An offered source takes the place of the registered source of the same name for
+    this disk (same tracking, answered from the point in time), and one of a new name competes
+    with the registered ones by priority and ``supports``.
+    """
+
+    def cbt_sources(self) -> Sequence[CBTSource]: ...
+
+
+class BoundCBTSource:
+    """A registered CBT source bound to one backup (since 0.2): its name, priority and ``supports``,
+    answered by ``answer(token)``, which reads the backup's point in time.
+
+    What an ``OffersCBTSources.cbt_sources`` usually returns:
+    ``[BoundCBTSource(REGISTERED, self.changed_extents)]``.
+    """
+
+    def __init__(self, registered: CBTSource, answer: Callable[[str | None], ChangedExtents]) -> None:
+        self.name = registered.name
+        self.priority = registered.priority
+        self.registered = registered
+        self.answer = answer
+
+    def supports(self, disk: DiskInfo) -> bool:
+        return self.registered.supports(disk)
+
+    def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
+        return self.answer(token)
 
 
 class StorageTarget(Protocol):

@@ -70,11 +70,20 @@ def genievm_register_providers(registry: ProviderRegistry) -> None:
 def genievm_register_cbt_sources(registry: CBTSourceRegistry) -> None:
     """Register changed-block tracking sources.
 
-    :param registry: call ``registry.add(source)``; ``source.name`` keys it and
-        ``source.priority`` orders the sources a provider's CBT factory tries
-        (higher first) among those whose ``supports(disk)`` is true.
+    :param registry: call ``registry.add(source)``; ``source.name`` keys it (and is
+        recorded in manifests as ``cbt.source``), ``source.priority`` orders it.
 
-    Since 0.1.
+    For each disk of a backup the core chooses one source among all installed
+    plugins': the highest ``priority`` whose ``supports(disk)`` is true, where a
+    source the disk source offers bound to the backup's point in time
+    (``OffersCBTSources``, ``BoundCBTSource``) takes the place of the registered
+    one of its name. It calls ``changed_extents(disk, parent_token)``; "not
+    available" or a ``CBTError`` makes the disk a hash compare, with the reason
+    in the manifest. A disk no source supports is answered by its disk source.
+    ``genievm_core.testing.CBTSourceContract`` holds the tests every source must pass.
+
+    Since 0.1. Since 0.2 the core makes this choice (before, only a provider's own
+    code called its sources) and disk sources may offer bound sources.
     """
 
 

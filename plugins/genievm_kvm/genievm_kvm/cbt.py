@@ -1,6 +1,6 @@
-"""Changed-block tracking for KVM disks, and the factory that picks a source per disk.
+"""Changed-block tracking for KVM disks: the CBT sources this plugin registers.
 
-Sources, highest priority first:
+Sources, highest priority first (the core chooses one per disk among those that support it):
 
 - ``libvirt-checkpoint`` (30): qcow2 disks of a running or paused VM. Each backup creates a
   libvirt checkpoint; the next reads the dirty bitmap of the backup job's NBD export.
@@ -8,35 +8,25 @@ Sources, highest priority first:
   with ``qemu-nbd -B``. A libvirt checkpoint's bitmap serves too.
 - ``lvm-thin`` (10): thin LVs, by ``thin_delta`` between two thin snapshots.
 
+During a backup each disk source offers these sources bound to its point in time
+(``BoundCBTSource``), so the core's choice is answered from the backup's own export; on
+their own (as registered), they open what they need from the disk's ``details``.
+
 Raw files, plain block devices and network disks have none: the engine compares chunk ids
 with the parent's index (hash compare), and the manifest says why.
-
-Checkpoint and bitmap names are ``genievm-<repository id>-<time>``: they belong to GenieVM
-and to one repository, so two backup chains of one VM never touch each other's.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-import structlog
-
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin.protocols import CBTSource, ChangedExtents
+from genievm_kvm.chain import BITMAP_SOURCE, CHECKPOINT_SOURCE, RUNNING
+from genievm_kvm.connection import connect, find_domain
+from genievm_kvm.live import checkpoint_changes, job_place
+from genievm_kvm.lvm_thin import LVMThinCBT
+from genievm_kvm.offline import bitmap_changes
 
-__all__ = ["LibvirtCheckpointCBT", "Qcow2BitmapCBT", "choose", "chain_prefix", "new_checkpoint_name"]
-
-log = structlog.get_logger("genievm.kvm.cbt")
-
-RUNNING = ("running", "paused")
-
-
-def chain_prefix(chain_id: str) -> str:
-    return f"genievm-{chain_id[:16]}-"
-
-
-def new_checkpoint_name(chain_id: str) -> str:
-    return chain_prefix(chain_id) + datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+__all__ = ["CBT_SOURCES", "LibvirtCheckpointCBT", "Qcow2BitmapCBT"]
 
 
 class LibvirtCheckpointCBT:
@@ -46,17 +36,13 @@ class LibvirtCheckpointCBT:
     source starts a short job for one disk to export the bitmap of checkpoint ``token``.
     """
 
-    name = "libvirt-checkpoint"
+    name = CHECKPOINT_SOURCE
     priority = 30
 
     def supports(self, disk: DiskInfo) -> bool:
         return disk.storage_kind == "qcow2-file" and disk.details.get("vm_state") in RUNNING
 
     def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
-        from genievm_kvm.connection import connect, find_domain
-        from genievm_kvm.live import checkpoint_changes
-        from genievm_kvm.provider import job_place
-
         if not token:
             return ChangedExtents.unavailable("no checkpoint to compare with")
         conn = connect(disk.details["uri"])
@@ -74,23 +60,14 @@ class LibvirtCheckpointCBT:
 class Qcow2BitmapCBT:
     """Persistent dirty bitmaps in qcow2 images of stopped VMs (see ``offline.py``)."""
 
-    name = "qcow2-bitmap"
+    name = BITMAP_SOURCE
     priority = 20
 
     def supports(self, disk: DiskInfo) -> bool:
         return disk.storage_kind == "qcow2-file" and disk.details.get("vm_state") not in RUNNING
 
     def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
-        from genievm_kvm.offline import bitmap_changes
-
         return bitmap_changes(disk, token)
 
 
-def choose(disk: DiskInfo, sources: list[CBTSource]) -> CBTSource | None:
-    """The highest-priority source that supports ``disk``; logs the choice."""
-    for source in sorted(sources, key=lambda s: -s.priority):
-        if source.supports(disk):
-            log.info("kvm.cbt_source", disk=disk.name, kind=disk.storage_kind, source=source.name)
-            return source
-    log.info("kvm.cbt_source", disk=disk.name, kind=disk.storage_kind, source=None)
-    return None
+CBT_SOURCES: tuple[CBTSource, ...] = (LibvirtCheckpointCBT(), Qcow2BitmapCBT(), LVMThinCBT())

@@ -14,10 +14,12 @@ import os
 import secrets
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import libvirt
 import structlog
@@ -25,18 +27,20 @@ import structlog
 from genievm_core.errors import ProviderError
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import VMDescription
+from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest
-from genievm_kvm.cbt import LibvirtCheckpointCBT, chain_prefix, new_checkpoint_name
+from genievm_kvm.chain import CHECKPOINT_SOURCE, chain_prefix, new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import disk_specs
 from genievm_kvm.nbd_export import ALLOCATION, Address, NBDClient
+from genievm_kvm.options import KVMOptions
 from genievm_kvm.quiesce import frozen
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
-__all__ = ["JobPlace", "abort_stale_job", "checkpoint_changes", "live_backup"]
+__all__ = ["JobPlace", "abort_stale_job", "checkpoint_changes", "job_place", "live_backup", "run_dir"]
 
 log = structlog.get_logger("genievm.kvm.live")
-SOURCE = LibvirtCheckpointCBT.name
+SOURCE = CHECKPOINT_SOURCE
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,30 @@ class JobPlace:
         if self.remote_host:
             return server.get("transport") == "tcp" and server.get("port") == str(self.nbd_port)
         return Path(server.get("socket", "")).parent == self.run_dir
+
+
+def job_place(uri: str, options: KVMOptions | Mapping[str, Any]) -> JobPlace:
+    """Where backup jobs of ``uri`` serve NBD: a local socket, or TCP on the remote host.
+
+    ``options`` as checked, or as given (cbt.py passes ``{}``: the defaults).
+    """
+    if not isinstance(options, KVMOptions):
+        options = parse_options(KVMOptions, options, "providerOptions")
+    host = urlparse(uri).hostname
+    remote = (options.nbd_host or host) if host else None
+    return JobPlace(run_dir(options.run_dir), remote, options.nbd_port, options.scratch_dir)
+
+
+def run_dir(configured: Path | None) -> Path:
+    """Where NBD sockets and scratch files go: short paths, since a unix socket path has 107 bytes at most."""
+    if configured:
+        folder = configured
+    elif os.geteuid() == 0:
+        folder = Path("/run/genievm")
+    else:
+        folder = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/genievm-{os.geteuid()}")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
 
 
 @contextmanager

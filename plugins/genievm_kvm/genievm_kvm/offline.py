@@ -23,7 +23,7 @@ import structlog
 from genievm_core.errors import ProviderError
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import BackupRequest, ChangedExtents
-from genievm_kvm.cbt import Qcow2BitmapCBT, chain_prefix, new_checkpoint_name
+from genievm_kvm.chain import BITMAP_SOURCE, chain_prefix, new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors
 from genievm_kvm.lvm_thin import (
     DETAIL_LV,
@@ -39,7 +39,7 @@ from genievm_kvm.source import Changes, NBDDiskSource, Session
 __all__ = ["bitmap_changes", "bitmaps", "offline_backup"]
 
 log = structlog.get_logger("genievm.kvm.offline")
-SOURCE = Qcow2BitmapCBT.name
+SOURCE = BITMAP_SOURCE
 
 
 def bitmaps(image: Path) -> dict[str, list[str]]:

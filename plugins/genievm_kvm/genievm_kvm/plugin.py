@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from genievm_core.plugin import CBTSourceRegistry, ProviderRegistry, hookimpl
-from genievm_kvm.provider import CBT_SOURCES, KVMProvider
+from genievm_kvm.cbt import CBT_SOURCES
+from genievm_kvm.provider import KVMProvider
 
 
 @hookimpl

@@ -13,37 +13,34 @@ host; only running VMs can be backed up that way, and restores run on the host i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import libvirt
 import structlog
 
+from genievm_core.engine.cbt_choice import choose_cbt_source
 from genievm_core.errors import ProviderError
 from genievm_core.logging import redact_url
 from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
 from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
-from genievm_kvm.cbt import RUNNING, LibvirtCheckpointCBT, Qcow2BitmapCBT, choose
+from genievm_kvm.cbt import CBT_SOURCES
+from genievm_kvm.chain import RUNNING
 from genievm_kvm.connection import connect, find_domain, libvirt_errors
 from genievm_kvm.domain import describe, state, vm_ref
-from genievm_kvm.live import JobPlace, live_backup
-from genievm_kvm.lvm_thin import LVMThinCBT
+from genievm_kvm.live import job_place, live_backup, run_dir
 from genievm_kvm.offline import offline_backup
 from genievm_kvm.options import KVMOptions
 from genievm_kvm.restore import KVMRestore
 from genievm_kvm.snapshot import snapshot_backup
 from genievm_kvm.source import Session
 
-__all__ = ["KVMProvider"]
+__all__ = ["CBT_SOURCES", "KVMProvider", "job_place", "run_dir"]
 
 log = structlog.get_logger("genievm.kvm")
-CBT_SOURCES = (LibvirtCheckpointCBT(), Qcow2BitmapCBT(), LVMThinCBT())
 
 
 class KVMProvider:
@@ -62,7 +59,8 @@ class KVMProvider:
             return sorted((vm_ref(d) for d in self.conn.listAllDomains()), key=lambda r: r.name)
 
     def describe_vm(self, vm_id: str) -> VMDescription:
-        """The VM, with the CBT source the factory picks for each disk (in ``details`` and the summary)."""
+        """The VM, with the CBT source the core would choose among this plugin's for each disk (in ``details``
+        and the summary); a backup records the one it did choose in each disk's ``cbt.source``."""
         vm = describe(self.conn, find_domain(self.conn, vm_id))
         vm_state = str(vm.summary["state"])
         where = {"vm_state": vm_state, "uri": self.uri, "vm_uuid": vm.id}  # cbt.py connects with it
@@ -104,6 +102,7 @@ class KVMProvider:
                 f"provider kvm: VM {vm.name} is {vm_state}; it can be backed up running, paused or stopped"
             )
         with how as session:
+            session.offer(CBT_SOURCES)  # answered from this backup's exports when the core chooses them
             yield session
 
     def open_restore(self, vm: VMDescription, request: RestoreRequest) -> AbstractContextManager[KVMRestore]:
@@ -139,34 +138,10 @@ class KVMProvider:
 
 
 def _with_cbt_source(disk: DiskInfo) -> DiskInfo:
-    """The disk, noting which CBT source the factory picks for it (also logged)."""
-    source = choose(disk, list(CBT_SOURCES))
+    """The disk, noting which of this plugin's CBT sources the core's rule picks for it."""
+    source = choose_cbt_source(disk, CBT_SOURCES)
     return replace(disk, details={**disk.details, "cbt_source": source.name if source else "hash-compare"})
 
 
 def _has_backup_api(conn: libvirt.virConnect) -> bool:
     return hasattr(libvirt.virDomain, "backupBegin") and conn.getLibVersion() >= 6_000_000
-
-
-def job_place(uri: str, options: KVMOptions | Mapping[str, Any]) -> JobPlace:
-    """Where backup jobs of ``uri`` serve NBD: a local socket, or TCP on the remote host.
-
-    ``options`` as checked, or as given (cbt.py passes ``{}``: the defaults).
-    """
-    if not isinstance(options, KVMOptions):
-        options = parse_options(KVMOptions, options, "providerOptions")
-    host = urlparse(uri).hostname
-    remote = (options.nbd_host or host) if host else None
-    return JobPlace(run_dir(options.run_dir), remote, options.nbd_port, options.scratch_dir)
-
-
-def run_dir(configured: Path | None) -> Path:
-    """Where NBD sockets and scratch files go: short paths, since a unix socket path has 107 bytes at most."""
-    if configured:
-        folder = configured
-    elif os.geteuid() == 0:
-        folder = Path("/run/genievm")
-    else:
-        folder = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/genievm-{os.geteuid()}")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder

@@ -20,7 +20,7 @@ import structlog
 from genievm_core.errors import ProviderError
 from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.protocols import BackupRequest
-from genievm_kvm.cbt import new_checkpoint_name
+from genievm_kvm.chain import new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors
 from genievm_kvm.nbd_export import NBDClient, qemu_nbd
 from genievm_kvm.quiesce import frozen

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from genievm_core.engine import CountingDiskSource, DiskSources
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
-from genievm_core.plugin.protocols import ChangedExtents
+from genievm_core.plugin.protocols import BoundCBTSource, CBTSource, ChangedExtents
 from genievm_kvm.nbd_export import NBDClient
 
 __all__ = ["Changes", "NBDDiskSource", "Session"]
@@ -37,6 +38,7 @@ class NBDDiskSource(CountingDiskSource):
         super().__init__(info, client.pread, client.close)
         self._client = client
         self._changes = changes
+        self.offered: tuple[CBTSource, ...] = ()  # the plugin's CBT sources, bound to this export by cbt_sources
 
     def allocated_extents(self) -> list[Extent]:
         return self._client.allocated()
@@ -53,8 +55,19 @@ class NBDDiskSource(CountingDiskSource):
             return ChangedExtents.unavailable(f"the NBD export offers no {c.context}")
         return ChangedExtents(self._client.dirty(c.context), c.source)
 
+    def cbt_sources(self) -> Sequence[CBTSource]:
+        """The plugin's CBT sources bound to this backup (``OffersCBTSources``): the core asks these."""
+        return [BoundCBTSource(source, self.changed_extents) for source in self.offered]
+
     def next_token(self) -> str | None:
         return self._changes.next_token
 
 
-Session = DiskSources  # what open_backup yields: one source per disk
+class Session(DiskSources):
+    """What ``open_backup`` yields: one source per disk."""
+
+    def offer(self, cbt_sources: Iterable[CBTSource]) -> None:
+        """Offer ``cbt_sources`` to the core for every disk, answered from this session's exports."""
+        for source in self.sources().values():
+            assert isinstance(source, NBDDiskSource)
+            source.offered = tuple(cbt_sources)

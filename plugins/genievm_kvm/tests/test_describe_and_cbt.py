@@ -1,4 +1,4 @@
-"""Listing and describing VMs, the CBT factory's choices, and the CBT sources on their own."""
+"""Listing and describing VMs, the core's choice of CBT source, and the KVM CBT sources on their own."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import xml.etree.ElementTree as ET
 from genievm_kvm.provider import CBT_SOURCES, KVMProvider
 from kvm_support import PASSPHRASE, URI, MiB, guest_write
 
+from genievm_core.jobs import run_backup
+from genievm_core.models.config import BackupConfig
 from genievm_core.models.extents import Extent
-from genievm_core.plugin import PluginHost
+from genievm_core.models.vm import DiskInfo
+from genievm_core.plugin import CBTSourceRegistry, PluginHost, hookimpl
+from genievm_core.plugin.protocols import ChangedExtents
 from genievm_core.repository import Repository
 from genievm_core.repository.storage import open_storage
 
@@ -78,3 +82,37 @@ def test_cbt_sources_are_registered_and_work_on_their_own(make_vm, cli, repo, li
     offline = registered.get("qcow2-bitmap")
     assert offline.supports(stopped) and not live.supports(stopped)
     assert offline.changed_extents(stopped, token).extents == [Extent(3 * MiB, 64 * 1024), Extent(9 * MiB, 64 * 1024)]
+
+
+class _SiteArrayCBT:
+    """Another plugin's source for one disk, above KVM's priorities."""
+
+    name = "site-array"
+    priority = 99
+
+    def supports(self, disk: DiskInfo) -> bool:
+        return disk.name == "vda"
+
+    def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
+        return ChangedExtents.unavailable(f"site-array has no snapshot {token}")
+
+
+class _SitePlugin:
+    @hookimpl
+    def genievm_register_cbt_sources(self, registry: CBTSourceRegistry) -> None:
+        registry.add(_SiteArrayCBT())
+
+
+def test_the_core_chooses_between_kvm_sources_and_other_plugins(make_vm, cli, repo):
+    vm = make_vm()
+    full = cli("backup", "--vm", vm.name, "--repo", repo, *OPT, "--json").json()
+    token = full["disks"][0]["cbt"]["token"]
+    guest_write(vm, 1, 0x22, 2 * MiB, 64 * 1024)
+    host = PluginHost(extra_plugins=[("site", _SitePlugin())])
+    repository = Repository.open(open_storage(host, repo), passphrase=lambda: PASSPHRASE)
+    config = BackupConfig(vm_id=vm.uuid, backup_path=repo, provider="kvm", provider_options={"uri": URI})
+    cbt = {d.name: d for d in run_backup(host, config, repository, workers=2).disks}
+    assert (cbt["vda"].cbt.mode, cbt["vda"].cbt.reason) == ("hash-compare", f"site-array has no snapshot {token}")
+    # vdb: libvirt-checkpoint, answered from this backup's own export
+    assert (cbt["vdb"].cbt.mode, cbt["vdb"].cbt.source) == ("cbt", "libvirt-checkpoint")
+    assert cbt["vdb"].stats.bytes_scanned == MiB and cbt["vdb"].cbt.token != token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -11,15 +12,16 @@ from genievm_core.engine import CountingDiskSource
 from genievm_core.errors import CBTError
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
-from genievm_core.plugin.protocols import ChangedExtents
+from genievm_core.plugin.protocols import BoundCBTSource, CBTSource, ChangedExtents
 from genievm_vmware.cbt import ALL_AREAS, CBTRefused, changed_areas, is_reset
+from genievm_vmware.cbt_source import VSPHERE_CBT
 from genievm_vmware.describe import VMDisk
 from genievm_vmware.transport import DiskHandle
 
 __all__ = ["SnapshotDisk", "VMwareDiskSource"]
 
 log = structlog.get_logger("genievm.vmware.source")
-SOURCE = "vsphere-cbt"
+SOURCE = VSPHERE_CBT.name
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class VMwareDiskSource(CountingDiskSource):
             return ChangedExtents(self._areas(token), SOURCE)
         except CBTRefused as exc:
             return ChangedExtents.unavailable(str(exc))
+
+    def cbt_sources(self) -> Sequence[CBTSource]:
+        """``vsphere-cbt`` bound to this backup's snapshot (``OffersCBTSources``): the core asks it."""
+        return [BoundCBTSource(VSPHERE_CBT, self.changed_extents)]
 
     def next_token(self) -> str | None:
         return self._at.disk.change_id if self._at.cbt else None
