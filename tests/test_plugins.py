@@ -64,9 +64,11 @@ def plugins_json(result: CLIResult) -> dict[str, dict[str, Any]]:
 
 
 def site_env(site: Path, cache: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a run with ``site`` on PYTHONPATH and a private entry-point cache."""
+    """The environment of a run with ``site`` on PYTHONPATH, a private entry-point cache and job registry
+    (never the host's own ``/var/lib/genievm``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENIEVM_")}
-    return env | {"PYTHONPATH": str(site), "XDG_CACHE_HOME": str(cache)} | dict(extra or {})
+    private = {"PYTHONPATH": str(site), "XDG_CACHE_HOME": str(cache), "GENIEVM_JOB_DB": str(cache / "jobs.sqlite")}
+    return env | private | dict(extra or {})
 
 
 def run_all(runs: Mapping[str, tuple[list[str], dict[str, str]]]) -> dict[str, CLIResult]:
