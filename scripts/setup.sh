@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # openssh-server for the tests of qemu+ssh:// connections (a private sshd on 127.0.0.1); golang-go and govmomi's
 # sources build the vSphere API simulator (vcsim) the VMware plugin's tests talk to (scripts/services/vcsim.sh).
 APT_PACKAGES=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
-  pkg-config gcc libnbd-bin python3-libnbd nbdkit thin-provisioning-tools openssh-server
+  pkg-config gcc libnbd-bin python3-libnbd nbdkit nbdkit-plugin-python thin-provisioning-tools openssh-server
   golang-go golang-github-vmware-govmomi-dev)
 
 missing=()

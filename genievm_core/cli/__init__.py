@@ -17,6 +17,7 @@ import typer
 
 from genievm_core.cli import backups, jobs, plugins, prune, repo, transfer, verify, vms
 from genievm_core.cli.common import State, err_console, parse_storage_options
+from genievm_core.cli.extra import add_plugin_commands
 from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
 from genievm_core.logging import configure_logging
@@ -92,6 +93,7 @@ def main() -> None:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _interrupt)
     try:
+        add_plugin_commands(app)  # here, not at import: a plugin's command module may import genievm_core.cli
         # the click command itself: Typer's own __call__ sets an attribute on every escaping exception,
         # which SDK errors that refuse new attributes (pyVmomi's faults) turn into an AttributeError
         typer.main.get_command(app)(standalone_mode=True)
