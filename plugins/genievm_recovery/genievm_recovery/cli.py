@@ -31,6 +31,10 @@ def serve(
     writable: Annotated[
         bool, typer.Option("--writable", help="accept writes into a local overlay (the repository never changes)")
     ] = False,
+    keep_overlay: Annotated[
+        Path | None,
+        typer.Option("--keep-overlay", help="with --writable: save what was written there, as qcow2, at the end"),
+    ] = None,
     cache_mib: Annotated[int, typer.Option("--cache-mib", min=1, help="chunk cache size in MiB")] = DEFAULT_CACHE >> 20,
     cleanup: Annotated[
         bool, typer.Option("--cleanup", help="only remove what exports whose process died left behind")
@@ -65,6 +69,10 @@ def serve(
     disks = list(dict.fromkeys(disk)) if disk else names
     if writable and len(disks) > 1:  # nbdkit 1.32's cow filter keeps one overlay for all exports
         raise ConfigError("invalid configuration: --writable: serves one disk; choose it with --disk")
+    if keep_overlay is not None and not writable:
+        raise ConfigError("invalid configuration: --keep-overlay: needs --writable")
+    if keep_overlay is not None and keep_overlay.exists():
+        raise ConfigError(f"invalid configuration: --keep-overlay: {keep_overlay} exists")
     export = Export(
         url=repository.url,
         backup=manifest,
@@ -76,6 +84,7 @@ def serve(
         cache=cache_mib << 20,
         passphrase=secret,
         storage_options={**_storage_options_env(), **st.storage_options} or None,
+        keep_overlay=keep_overlay.absolute() if keep_overlay is not None else None,
     )
     job = ServeJob(repository, export, on_ready=_announce)
     export.folder = root / job.id

@@ -22,7 +22,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class Export:
     cache: int = 64 << 20
     passphrase: str | None = None
     storage_options: dict[str, Any] | None = None
+    keep_overlay: Path | None = None  # with ``writable``: what was written, saved there as qcow2 at the end
 
     @property
     def socket_path(self) -> Path:
@@ -106,16 +107,20 @@ class ServeJob(Job):
                         time.sleep(0.2)
                     raise ExportError(f"export of {export.backup.backup_id}: nbdkit stopped ({_last_line(export)})")
                 finally:
-                    _stop(process)
+                    try:
+                        if export.keep_overlay is not None and process.poll() is None:
+                            _save_overlay(export)
+                    finally:
+                        _stop(process)
             finally:
                 _remove(export)
 
 
-def _start(export: Export) -> subprocess.Popen[bytes]:
+def _start(export: Export, name: str = "nbdkit") -> subprocess.Popen[bytes]:
     if shutil.which(NBDKIT) is None:
         raise ExportError(f"export of {export.backup.backup_id}: nbdkit is not installed (apt-get install nbdkit "
                           "nbdkit-plugin-python)")  # fmt: skip
-    pidfile = export.folder / "nbdkit.pid"
+    pidfile = export.folder / f"{name}.pid"
     command = [NBDKIT, "-f", "--exit-with-parent", "-P", str(pidfile), "-t", "4"]
     if export.port is not None:
         command += ["-i", "127.0.0.1", "-p", str(export.port)]
@@ -142,7 +147,7 @@ def _start(export: Export) -> subprocess.Popen[bytes]:
         os.close(write_end)
         command.append(f"passphrase_fd={read_end}")
         pass_fds = (read_end,)
-    log_file = open(export.folder / "nbdkit.log", "wb")  # noqa: SIM115 (closed below; nbdkit keeps its copy)
+    log_file = open(export.folder / f"{name}.log", "wb")  # noqa: SIM115 (closed below; nbdkit keeps its copy)
     try:
         process = subprocess.Popen(command, env=env, pass_fds=pass_fds, stdin=subprocess.DEVNULL,
                                    stdout=log_file, stderr=log_file)  # fmt: skip
@@ -158,6 +163,36 @@ def _start(export: Export) -> subprocess.Popen[bytes]:
         time.sleep(0.05)
     log.info("serve.started", backup=export.backup.backup_id, disks=list(export.disks), pid=process.pid)
     return process
+
+
+def _save_overlay(export: Export) -> None:
+    """Save what the cow filter holds as a qcow2 of the written clusters alone, with no backing file.
+
+    nbdkit's documented way (nbdkit-cow-filter(1), NOTES): a qcow2 over the writable export,
+    rebased onto the unchanged disk (a second, read-only nbdkit) keeps only the clusters
+    that differ; its backing reference, an address that ends with the export, is then dropped.
+    """
+    assert export.keep_overlay is not None
+    base = replace(export, writable=False, socket=export.folder / "base.sock", port=None, keep_overlay=None)
+    partial = export.keep_overlay.with_name(export.keep_overlay.name + ".genievm-partial")
+    process = _start(base, "base")
+    try:
+        for command in (
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", export.uris()[0], str(partial)],
+            ["qemu-img", "rebase", "-q", "-f", "qcow2", "-F", "raw", "-b", base.uris()[0], str(partial)],
+            ["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", "", str(partial)],
+        ):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise ExportError(
+                    f"export of {export.backup.backup_id}: cannot save the overlay to {export.keep_overlay}: "
+                    f"{done.stderr.strip() or 'qemu-img failed'}"
+                )
+        partial.rename(export.keep_overlay)
+    finally:
+        partial.unlink(missing_ok=True)
+        _stop(process)
+    log.info("serve.overlay_kept", path=str(export.keep_overlay))
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

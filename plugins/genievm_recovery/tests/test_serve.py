@@ -108,7 +108,8 @@ def test_writable_export_writes_into_an_overlay_never_the_repository(tmp_path: P
     backed_up(tmp_path, encrypted=True)
     source = (tmp_path / "vda-source.img").read_bytes()
     before = sorted(p.relative_to(tmp_path / "repo") for p in (tmp_path / "repo").rglob("*") if "locks" not in p.parts)
-    with serving("--repo", "repo", "--vm", "web01", "--writable", cwd=tmp_path, passphrase=PASSPHRASE) as s:
+    args = ["--repo", "repo", "--vm", "web01", "--writable", "--keep-overlay", "kept.qcow2"]
+    with serving(*args, cwd=tmp_path, passphrase=PASSPHRASE) as s:
         h = nbd.NBD()
         h.connect_uri(s.uris["vda"])
         assert not h.is_read_only()
@@ -119,8 +120,21 @@ def test_writable_export_writes_into_an_overlay_never_the_repository(tmp_path: P
         assert h.pread(8192, 0) == b"\xcd" * 4096 + source[4096:8192]
         h.shutdown()
         folder = export_folders(tmp_path)[0]
-    s.stop()
-    assert not folder.exists()  # the overlay (in the export's folder) went with it
+    code, err = s.stop()  # SIGTERM, as Ctrl-C
+    assert code == 130 and not folder.exists(), err  # the cow filter's overlay (in the export's folder) went with it
+    kept = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "kept.qcow2"], cwd=tmp_path,
+                                     capture_output=True, check=True).stdout)  # fmt: skip
+    assert kept["format"] == "qcow2" and "backing-filename" not in kept and kept["virtual-size"] == SIZE
+    mapped = json.loads(subprocess.run(["qemu-img", "map", "--output=json", "kept.qcow2"], cwd=tmp_path,
+                                       capture_output=True, check=True).stdout)  # fmt: skip
+    written = [(m["start"], m["length"]) for m in mapped if m["data"]]
+    assert written == [(0, 65536), (2 * MiB, 65536)]  # the two clusters written, nothing else
+    raw = subprocess.run(["qemu-img", "convert", "-O", "raw", "kept.qcow2", "kept.raw"], cwd=tmp_path, check=True)
+    assert raw.returncode == 0
+    with open(tmp_path / "kept.raw", "rb") as f:
+        assert f.read(8192) == b"\xcd" * 4096 + source[4096:8192]
+        f.seek(2 * MiB)
+        assert f.read(65536) == b"\xab" * 65536
     after = sorted(p.relative_to(tmp_path / "repo") for p in (tmp_path / "repo").rglob("*") if "locks" not in p.parts)
     assert after == before
     verified = genievm("verify", "--repo", "repo", "--vm", "web01", "--read-data", cwd=tmp_path, passphrase=PASSPHRASE)
