@@ -138,6 +138,7 @@ def _start(export: Export, name: str = "nbdkit") -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "GENIEVM_PASSPHRASE"}
     env["GENIEVM_SITE_DIRS"] = os.pathsep.join(_site_dirs())
     env["TMPDIR"] = str(export.folder)  # the cow filter's overlay
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # per-thread arenas would each keep freed chunk buffers
     if export.storage_options:
         env["GENIEVM_STORAGE_OPTIONS"] = json.dumps(export.storage_options)
     pass_fds: tuple[int, ...] = ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serve_support import PASSPHRASE, genievm, random_bytes, serving, write_image  # noqa: E402
+from genievm_recovery import ExportError  # noqa: E402
+from serve_support import GENIEVM, PASSPHRASE, genievm, random_bytes, serving, write_image  # noqa: E402
 
+from genievm_core import errors  # noqa: E402
 from genievm_core.cli.extra import COMMANDS_GROUP, add_plugin_commands  # noqa: E402
 
 MiB = 1 << 20
@@ -55,13 +58,14 @@ def test_export_reads_back_the_image_byte_for_byte_and_shows_its_holes(tmp_path:
     source = (tmp_path / "vda-source.img").read_bytes()
     passphrase = PASSPHRASE if encrypted else None
     with serving("--repo", "repo", "--vm", "web01", "--socket", "web01.sock", cwd=tmp_path, passphrase=passphrase) as s:
-        uri = s.uris["vda"]
-        assert uri == f"nbd+unix:///vda?socket={tmp_path / 'web01.sock'}"
+        assert s.uris["vda"] == f"nbd+unix:///vda?socket={tmp_path / 'web01.sock'}"
+        uri = "nbd+unix:///vda?socket=web01.sock"  # as docs/user-guide.md shows it, relative to the folder
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, "vda.img"], cwd=tmp_path, check=True)
         assert (tmp_path / "vda.img").read_bytes() == source
         subprocess.run(["nbdcopy", uri, "vda-copy.img"], cwd=tmp_path, check=True)
         assert (tmp_path / "vda-copy.img").read_bytes() == source
-        mapped = subprocess.run(["nbdinfo", "--map", uri], capture_output=True, text=True, check=True).stdout
+        mapped = subprocess.run(["nbdinfo", "--map", uri], cwd=tmp_path, capture_output=True, text=True,
+                                check=True).stdout  # fmt: skip
         text_end = 5 * MiB + 4 * 65536  # the text's four chunks of 64 KiB
         assert holes(mapped) == [(MiB, 4 * MiB), (text_end, SIZE - 65536 - text_end)]
         nbdkit = int((export_folders(tmp_path)[0] / "nbdkit.pid").read_text())
@@ -222,3 +226,23 @@ def test_serve_comes_through_the_commands_entry_point_group_only() -> None:
     assert not [p for p in core.rglob("*.py") if "genievm_recovery" in p.read_text()]
     helped = subprocess.run([sys.executable, "-m", "genievm_core", "--help"], capture_output=True, text=True)
     assert " serve " in helped.stdout
+
+
+def test_without_nbdkit_serve_exits_29_in_one_line(tmp_path: Path) -> None:
+    backed_up(tmp_path, encrypted=False)
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    done = subprocess.run([GENIEVM, "serve", "--repo", "repo", "--vm", "web01"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("genievm: warning: ")]
+    assert done.returncode == ExportError.exit_code == 29
+    assert (
+        len(lines) == 1 and lines[0].startswith("genievm: error: export of ") and "nbdkit is not installed" in lines[0]
+    )
+    assert export_folders(tmp_path) == []
+
+
+def test_export_error_is_documented_with_its_own_exit_code() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "errors.md").read_text()
+    assert re.search(r"^\| 29 \| `ExportError` \|", doc, re.M)
+    core = [c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GenieVMError)]
+    assert ExportError.exit_code not in core
