@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -82,10 +83,16 @@ def test_export_reads_back_the_image_byte_for_byte_and_shows_its_holes(tmp_path:
     assert genievm("jobs", "show", s.job, "--json", cwd=tmp_path).stdout.count('"cancelled"') == 1
 
 
-def test_two_clients_at_once_read_the_same_disk(tmp_path: Path) -> None:
+def test_two_clients_at_once_read_the_same_disk_over_tcp(tmp_path: Path) -> None:
     backed_up(tmp_path, encrypted=False)
     source = (tmp_path / "vda-source.img").read_bytes()
-    with serving("--repo", "repo", "--vm", "web01", cwd=tmp_path) as s:
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serving("--repo", "repo", "--vm", "web01", "--port", str(port), cwd=tmp_path) as s:
+        assert s.uris["vda"] == f"nbd://127.0.0.1:{port}/vda"
+        gc = genievm("gc", "--repo", "repo", "--lock-wait", "0", cwd=tmp_path)  # the export holds the shared lock
+        assert gc.returncode == 19 and "is locked by serve" in gc.stderr, gc.stderr
         results: dict[int, bytes] = {}
 
         def read_all(client: int) -> None:
