@@ -21,7 +21,7 @@ from genievm_core.errors import GenieVMError, JobInterruptedError
 if TYPE_CHECKING:
     from typer import _click as click  # the click typer vendors (its types; nothing imported at run time)
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "load_command", "main"]
 
 _debug = False
 
