@@ -23,9 +23,11 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# GenieVM supports Python 3.11-3.13 (scripts/check_pythons.sh checks 3.12 and 3.13); this machine's
+# environment, and so CI, is 3.11, the Python Debian 12's python3-libnbd is built for.
 PYTHON=${GENIEVM_PYTHON:-$(command -v python3.11 || command -v python3)}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-  echo "setup: GenieVM needs Python 3.11; $PYTHON is $("$PYTHON" --version)" >&2
+  echo "setup: the development environment is Python 3.11; $PYTHON is $("$PYTHON" --version)" >&2
   exit 1
 fi
 # the interpreter itself, not a shim (pyenv): uv recreates a venv whose Python is not the one asked for
@@ -48,10 +50,12 @@ export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
 "${UV[@]}" pip install -q --python .venv/bin/python -e docs/examples/genievm-dirvm
 .venv/bin/python -m compileall -q -j 0 genievm_core plugins docs/examples/genievm-dirvm/genievm_dirvm >/dev/null
 
-# libnbd's Python binding exists only as Debian's python3-libnbd (CPython 3.11 ABI): link it into the venv.
+# libnbd's Python binding exists only as Debian's python3-libnbd, built for the system Python (3.11 on
+# Debian 12, 3.12 on Ubuntu 24.04, 3.13 on Debian 13): link it into the venv, whose Python must be that one.
 nbd_dir=.venv/debian-libnbd
 mkdir -p "$nbd_dir"
-for f in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod.cpython-311-*.so; do
+abi=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+for f in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod.cpython-"$abi"-*.so; do
   ln -sf "$f" "$nbd_dir/"
 done
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

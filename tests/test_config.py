@@ -282,3 +282,61 @@ def test_a_pipe_within_the_bound_is_read(tmp_path: Path) -> None:
     config = load_config(BackupConfig, path=fifo, environ={})
     writer.join(10)
     assert (config.vm_id, config.backup_path) == ("web01", "/srv/backups")
+
+
+# ---------------------------------------------------------------- TOML files
+
+
+def test_a_toml_file_is_the_lowest_layer(tmp_path: Path) -> None:
+    file = tmp_path / "job.toml"
+    file.write_text(
+        'vmId = "from-toml"\nbackupPath = "/toml"\ncompressionLevel = 5\nexcludedDisks = ["vdz"]\nenableCBT = false\n'
+        '\n[providerOptions]\nuri = "qemu:///system"\n'
+    )
+    only_file = load_config(BackupConfig, path=file, environ={})
+    assert (only_file.vm_id, only_file.compression_level, only_file.excluded_disks) == ("from-toml", 5, ("vdz",))
+    assert only_file.enable_cbt is False and only_file.provider_options == {"uri": "qemu:///system"}
+
+    layered = load_config(
+        BackupConfig, path=file, environ={"GENIEVM_COMPRESSION_LEVEL": "7"}, overrides={"vm_id": "from-option"}
+    )
+    assert (layered.vm_id, layered.compression_level, layered.backup_path) == ("from-option", 7, "/toml")
+
+
+def test_a_toml_restore_config_with_disk_configs(tmp_path: Path) -> None:
+    file = tmp_path / "restore.toml"
+    file.write_text('vmId = "web01"\nbackupPath = "/b"\n\n[[diskConfigs]]\nname = "vda"\nformat = "qcow2"\n')
+    config = load_config(RestoreConfig, path=file, environ={})
+    assert config.disk_configs == (DiskConfig(name="vda", format="qcow2"),)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ('vmId = "x', "is not TOML: "),
+        ('vmId = "x"\nvmID = "x"\nbackupPath = "/b"', "invalid BackupConfig: vmID: Extra inputs are not permitted"),
+        ('vmId = "x"\nbackupPath = "/b"\ncompressionLevel = 99', "compressionLevel: Input should be less than or"),
+    ],
+)
+def test_bad_toml_files(tmp_path: Path, content: str, match: str) -> None:
+    file = tmp_path / "job.toml"
+    file.write_text(content)
+    message = one_line_error(lambda: load_config(BackupConfig, path=file, environ={}))
+    assert match in message
+
+
+def test_cli_backup_from_a_toml_config(cli: Callable[..., CLIResult], tmp_path: Path) -> None:
+    file = tmp_path / "job.toml"
+    file.write_text(f'vmId = "web01"\nbackupPath = "{tmp_path / "r"}"\nmaxBackups = 0\n')
+    result = cli("backup", "--config", str(file))
+    assert result.code == 3 and len(result.err_lines) == 1
+    assert result.err_lines == [
+        "genievm: error: invalid BackupConfig: maxBackups: Input should be greater than or equal to 1"
+    ]
+
+
+def test_variables_are_upper_case_only() -> None:
+    """As before pydantic-settings: GENIEVM_COMPRESSION_LEVEL, never genievm_compression_level."""
+    config = load_config(BackupConfig, overrides=BASE, environ={"genievm_compression_level": "7"})
+    assert config.compression_level == 3
+    assert load_config(BackupConfig, overrides=BASE, environ={"GENIEVM_COMPRESSION_LEVEL": "7"}).compression_level == 7

@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from genievm_core.cli import extra
@@ -16,12 +15,13 @@ def test_a_command_that_fails_to_import_says_so_when_run(monkeypatch: pytest.Mon
     # a real entry point whose module does not exist; only the lookup in the installed metadata is replaced
     broken = EntryPoint(name="mount", value="genievm_no_such_module.cli:mount", group=extra.COMMANDS_GROUP)
     monkeypatch.setattr(extra, "entry_points", lambda group: [broken] if group == extra.COMMANDS_GROUP else [])
-    app = typer.Typer()
-    app.command("backup")(lambda: None)
-    assert extra.add_plugin_commands(app) == ["mount"]
-    result = CliRunner().invoke(app, ["mount"])
-    assert isinstance(result.exception, PluginError) and result.exception.exit_code == 4
-    assert str(result.exception) == (
+    assert extra.plugin_commands.__wrapped__(frozenset({"backup"})) == {"mount": "genievm_no_such_module.cli:mount"}
+    command = extra.load_plugin_command("mount")
+    assert command.name == "mount" and command.callback is not None
+    with pytest.raises(PluginError) as info:
+        command.callback()
+    assert info.value.exit_code == 4
+    assert str(info.value) == (
         "plugin command mount (genievm_no_such_module.cli:mount) failed to load: "
         "ModuleNotFoundError: No module named 'genievm_no_such_module'"
     )
@@ -30,7 +30,20 @@ def test_a_command_that_fails_to_import_says_so_when_run(monkeypatch: pytest.Mon
 def test_a_plugin_command_never_replaces_a_built_in_one(monkeypatch: pytest.MonkeyPatch) -> None:
     shadow = EntryPoint(name="backup", value="genievm_no_such_module.cli:backup", group=extra.COMMANDS_GROUP)
     monkeypatch.setattr(extra, "entry_points", lambda group: [shadow])
-    app = typer.Typer()
-    app.command("backup")(lambda: None)
-    assert extra.add_plugin_commands(app) == []
-    assert [c.name for c in app.registered_commands] == ["backup"]
+    assert extra.plugin_commands.__wrapped__(frozenset({"backup"})) == {}
+
+
+def test_the_root_command_lists_and_runs_plugin_commands_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``genievm --help`` lists a plugin's command without importing it; running it imports it."""
+    from genievm_core.cli import app
+
+    broken = EntryPoint(name="mount", value="genievm_no_such_module.cli:mount", group=extra.COMMANDS_GROUP)
+    monkeypatch.setattr(extra, "entry_points", lambda group: [broken] if group == extra.COMMANDS_GROUP else [])
+    extra.plugin_commands.cache_clear()
+    try:
+        helped = CliRunner().invoke(app, ["--help"])
+        assert helped.exit_code == 0 and "mount" in helped.output
+        ran = CliRunner().invoke(app, ["mount"])
+        assert isinstance(ran.exception, PluginError) and "failed to load" in str(ran.exception)
+    finally:
+        extra.plugin_commands.cache_clear()

@@ -10,6 +10,7 @@ package with its own pyproject.toml); its dist-info is built from that file.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -25,8 +26,9 @@ from typing import Any
 import pytest
 from support import CLIResult, genievm_path, open_repo, restore_vm
 
+from genievm_core import __version__
 from genievm_core.errors import PluginError
-from genievm_core.plugin import PluginHost, hookimpl, spec
+from genievm_core.plugin import ENTRY_POINT_GROUP, PLUGIN_API, PluginHost, hookimpl, spec
 from genievm_core.plugin.registry import ProviderRegistry, SelfCheckRegistry, StorageRegistry, VerifierRegistry
 from genievm_core.repository import Repository
 from genievm_core.repository.storage import open_storage
@@ -279,6 +281,37 @@ def test_entry_point_changes_are_seen(genievm_exe: Run, tmp_path: Path) -> None:
     second = genievm_exe("plugins", "--json", env=env)
     assert second.code == 0, f"stale entry point served after a reinstall: {second.stderr.strip()}"
     assert plugins_json(second)["dev"]["registers"] == {"provider": ["dev"]}
+
+
+def test_a_plugin_built_for_another_plugin_api_is_refused_in_one_line(genievm_exe: Run, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    plugin = "from genievm_core.plugin import hookimpl\nGENIEVM_PLUGIN_API = {api}\n" + (
+        "@hookimpl\ndef genievm_register_providers(registry):\n    registry.add('{name}', dict)\n"
+    )
+    for name, api in (("future", 2), ("current", PLUGIN_API)):
+        install(
+            site,
+            f"genievm-{name}",
+            "3.0",
+            {name: f"genievm_{name}.plugin"},
+            {f"genievm_{name}/__init__.py": "", f"genievm_{name}/plugin.py": plugin.format(api=api, name=name)},
+        )
+    refused = genievm_exe("plugins", "--json", env=site_env(site, tmp_path / "cache"))
+    assert refused.code == 4 and refused.stdout == ""
+    assert refused.err_lines == [
+        f"genievm: error: plugin future (genievm-future 3.0) is built for plugin API 2; genievm-core "
+        f"{__version__} has plugin API {PLUGIN_API} (install a genievm-future for it, or --disable-plugin future)"
+    ]
+    # the plugin of this API loads, and the operator's way around the other works
+    around = genievm_exe("--disable-plugin", "future", "plugins", "--json", env=site_env(site, tmp_path / "cache2"))
+    found = plugins_json(around)
+    assert found["current"]["registers"] == {"provider": ["current"]} and "future" not in found
+
+
+def test_every_plugin_here_declares_the_plugin_api() -> None:
+    for name in ("kvm", "vmware", "file", "s3", "dirvm"):
+        (entry_point,) = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
+        assert getattr(entry_point.load(), "GENIEVM_PLUGIN_API", None) == PLUGIN_API, name
 
 
 # ---------------------------------------------------------------- the host in this process

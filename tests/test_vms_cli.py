@@ -26,3 +26,18 @@ def test_vms_of_an_uninstalled_provider(cli: Callable[..., CLIResult]) -> None:
     assert result.code == 4 and result.err_lines == [
         f"genievm: error: no provider named 'hyperv' is installed (installed: {installed})"
     ]
+
+
+def test_vms_reads_a_toml_job_config(cli: Callable[..., CLIResult], tmp_path: Path) -> None:
+    config = tmp_path / "job.toml"
+    config.write_text('vmId = "web01"\nbackupPath = "/r"\n\n[providerOptions.vms]\nweb01 = ["/srv/web01.img"]\n')
+    result = cli("vms", "--config", str(config), "--json")
+    assert result.code == 0, result.stderr
+    assert [vm["id"] for vm in json.loads(result.stdout)] == ["web01"]
+
+
+def test_vms_refuses_a_config_that_is_not_an_object(cli: Callable[..., CLIResult], tmp_path: Path) -> None:
+    config = tmp_path / "job.json"
+    config.write_text("[1]")
+    result = cli("vms", "--config", str(config))
+    assert result.code == 3 and result.err_lines == [f"genievm: error: config file {config} must hold a JSON object"]

@@ -7,41 +7,112 @@ traceback.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import structlog
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from genievm_core.cli import backups, jobs, plugins, prune, repo, transfer, verify, vms
-from genievm_core.cli.common import State, err_console, parse_storage_options
-from genievm_core.cli.extra import add_plugin_commands
-from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
-from genievm_core.logging import configure_logging
 
-__all__ = ["app", "main"]
+if TYPE_CHECKING:
+    from typer import _click as click  # the click typer vendors (its types; nothing imported at run time)
+
+__all__ = ["COMMANDS", "app", "load_command", "main"]
 
 _debug = False
+
+# Each command: its module under genievm_core.cli, the attribute (a Typer app or a command function) and the
+# summary `genievm --help` lists. A module is imported only when its command runs or shows its own help, so
+# `genievm --help` and `--version` import no plugin, no pydantic model, no engine (benchmarks/startup.py).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "repo": ("repo", "app", "Create and describe repositories."),
+    "backups": ("backups", "app", "List and show backups."),
+    "jobs": ("jobs", "app", "List, show, watch, pause, resume and cancel jobs."),
+    "backup": ("transfer", "backup", "Back up a VM into a repository (incremental when it has a parent)."),
+    "restore": ("transfer", "restore", "Restore a backup: its disks, and the VM where the provider can define one."),
+    "verify": (
+        "verify", "verify", "Check backups: indexes and chunk presence, or every chunk's data with --read-data."
+    ),
+    "prune": ("prune", "prune", "Delete the backups the retention rules do not keep, then the chunks no backup needs."),
+    "gc": ("prune", "gc", "Delete the chunks and indexes no backup needs (after the grace period)."),
+    "plugins": ("plugins", "plugins", "List the plugins: name, distribution, version and what each registers."),
+    "vms": ("vms", "vms", "List the VMs of a provider: id, name and state."),
+}
+
+_BUILTIN = frozenset(COMMANDS)
+
+
+def load_command(name: str) -> click.Command:
+    """The click command ``name`` of ``COMMANDS``, its module imported now."""
+    module, attribute, _summary = COMMANDS[name]
+    target = getattr(importlib.import_module(f"genievm_core.cli.{module}"), attribute)
+    holder = typer.Typer()
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+def plugin_commands(builtin: frozenset[str]) -> dict[str, str]:
+    from genievm_core.cli import extra  # importlib.metadata, about 20 ms: only to list or run a plugin's command
+
+    return extra.plugin_commands(builtin)
+
+
+def load_plugin_command(name: str) -> click.Command:
+    from genievm_core.cli import extra
+
+    command: click.Command = extra.load_plugin_command(name)
+    return command
+
+
+class _LazyGroup(TyperGroup):
+    """The root command: lists ``COMMANDS`` by their summaries and imports a command's module when it is used."""
+
+    _summaries_only = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS) + sorted(plugin_commands(_BUILTIN))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        extra = plugin_commands(_BUILTIN) if cmd_name not in COMMANDS else {}
+        if cmd_name not in COMMANDS and cmd_name not in extra:
+            return None
+        if cmd_name not in self.commands:
+            if self._summaries_only:  # the root's --help: the summary, not the command
+                summary = COMMANDS[cmd_name][2] if cmd_name in COMMANDS else f"(from {extra[cmd_name]})"
+                return TyperCommand(cmd_name, help=summary)
+            self.commands[cmd_name] = load_command(cmd_name) if cmd_name in COMMANDS else load_plugin_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._summaries_only = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._summaries_only = False
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in COMMANDS and args[0] not in plugin_commands(_BUILTIN):  # a typo: "Did you mean ..."
+            self.commands.update({name: load_command(name) for name in COMMANDS if name not in self.commands})
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
     name="genievm",
     help="Back up and restore whole virtual machines.",
+    cls=_LazyGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(repo.app, name="repo")
-app.add_typer(backups.app, name="backups")
-app.add_typer(jobs.app, name="jobs")
-app.command("backup")(transfer.backup)
-app.command("restore")(transfer.restore)
-app.command("verify")(verify.verify)
-app.command("prune")(prune.prune)
-app.command("gc")(prune.gc)
-app.command("plugins")(plugins.plugins)
-app.command("vms")(vms.vms)
 
 
 @app.callback()
@@ -71,8 +142,13 @@ def _root(
         typer.Option(min=1, max=100, envvar="GENIEVM_STORAGE_ATTEMPTS", help="tries of a storage operation that fails"),
     ] = 5,
 ) -> None:
+    from genievm_core.cli.common import State, parse_storage_options
+    from genievm_core.engine.memory import tune_allocator
+    from genievm_core.logging import configure_logging
+
     global _debug
     _debug = log_level.lower() == "debug"
+    tune_allocator()
     configure_logging(log_level, "json" if log_format == "json" else "console")
     ctx.obj = State(
         disabled_plugins=list(disable_plugin or []),
@@ -87,30 +163,31 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise JobInterruptedError(f"interrupted by {signal.Signals(signum).name}")
 
 
+def _say(line: str) -> None:
+    from genievm_core.cli.common import err_console  # imported on the way out: it brings in the library API
+
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    tune_allocator()
     for signum in (signal.SIGINT, signal.SIGTERM):  # stop between chunks and clean up, with one line
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _interrupt)
     try:
-        add_plugin_commands(app)  # here, not at import: a plugin's command module may import genievm_core.cli
         # the click command itself: Typer's own __call__ sets an attribute on every escaping exception,
         # which SDK errors that refuse new attributes (pyVmomi's faults) turn into an AttributeError
         typer.main.get_command(app)(standalone_mode=True)
     except GenieVMError as exc:
-        err_console.print(f"genievm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _say(f"genievm: error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("genievm: interrupted", markup=False)
+        _say("genievm: interrupted")
         sys.exit(130)
     except Exception as exc:
+        import structlog
+
         structlog.get_logger("genievm").debug("internal_error", exc_info=True)
-        err_console.print(
-            f"genievm: internal error: {type(exc).__name__}: {exc} (run with --log-level debug for the traceback)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        _say(f"genievm: internal error: {type(exc).__name__}: {exc} (run with --log-level debug for the traceback)")
         if _debug:
             raise
         sys.exit(1)

@@ -13,6 +13,7 @@ and says why when run (exit 4); the built-in commands are never replaced.
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -20,29 +21,37 @@ import typer
 
 from genievm_core.errors import PluginError
 
-__all__ = ["COMMANDS_GROUP", "add_plugin_commands"]
+__all__ = ["COMMANDS_GROUP", "load_plugin_command", "plugin_commands"]
 
 COMMANDS_GROUP = "genievm.commands"
 
 
-def add_plugin_commands(app: typer.Typer) -> list[str]:
-    """Add every command of the ``genievm.commands`` group to ``app``; their names."""
-    taken = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
-    added = []
+@functools.cache
+def plugin_commands(builtin: frozenset[str]) -> dict[str, str]:
+    """The commands of the ``genievm.commands`` group: name to the distribution that adds it (nothing imported).
+
+    A name in ``builtin`` (the core's own commands) is left out: the built-in commands are never replaced.
+    """
+    found = {}
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
-        if ep.name in taken:
-            continue
-        try:
-            target: Any = ep.load()
-        except Exception as exc:  # one broken distribution must not take the other commands with it
-            target = _broken(ep.name, ep.value, exc)
-        if isinstance(target, typer.Typer):
-            app.add_typer(target, name=ep.name)
-        else:
-            app.command(ep.name)(target)
-        taken.add(ep.name)
-        added.append(ep.name)
-    return added
+        if ep.name not in builtin and ep.name not in found:
+            found[ep.name] = ep.dist.name if ep.dist else ep.value
+    return found
+
+
+def load_plugin_command(name: str) -> Any:
+    """The click command ``name`` of the group, imported now; one that fails to import exits 4 when run."""
+    ep = next(e for e in entry_points(group=COMMANDS_GROUP) if e.name == name)
+    try:
+        target: Any = ep.load()
+    except Exception as exc:  # one broken distribution must not take the other commands with it
+        target = _broken(ep.name, ep.value, exc)
+    holder = typer.Typer()
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
 
 
 def _broken(name: str, value: str, exc: Exception) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +17,7 @@ from genievm_core.cli.common import (
     state,
 )
 from genievm_core.errors import ConfigError
+from genievm_core.models.config import read_config_file
 
 
 def vms(
@@ -30,9 +30,9 @@ def vms(
     """List the VMs of a provider: id, name and state."""
     options: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            options = dict(json.loads(config_file.read_text()).get("providerOptions", {}))
-        except (OSError, ValueError, AttributeError) as exc:
+        try:  # a job config, JSON or TOML, read as load_config reads it
+            options = dict(read_config_file(config_file).get("providerOptions", {}))
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid configuration: cannot read providerOptions from {config_file}: {exc}") from exc
     options = provider_options(options, provider_option)
     found = state(ctx).list_vms(provider, options)

@@ -1,9 +1,10 @@
 """Job configuration: what to back up or restore, and how.
 
-Field names follow the seed's camelCase in JSON (``vmId``, ``backupPath``) and
-snake_case in Python. ``load_config`` layers, lowest first: a JSON file,
-environment variables ``GENIEVM_<FIELD>`` (``GENIEVM_COMPRESSION_LEVEL=3``),
-then options given on the command line.
+Field names follow the seed's camelCase in JSON and TOML (``vmId``, ``backupPath``)
+and snake_case in Python. ``load_config`` layers, lowest first: a config file
+(JSON, or TOML when its name ends in ``.toml``), environment variables
+``GENIEVM_<FIELD>`` (``GENIEVM_COMPRESSION_LEVEL=3``), then options given on the
+command line; the layering is pydantic-settings' (its sources, in that order).
 """
 
 from __future__ import annotations
@@ -11,17 +12,26 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from genievm_core.errors import ConfigError
 from genievm_core.models.user_files import read_user_file, text_of
 
-__all__ = ["BackupConfig", "DiskConfig", "RestoreConfig", "load_config"]
+__all__ = ["BackupConfig", "DiskConfig", "RestoreConfig", "load_config", "read_config_file"]
 
 MAX_CONFIG = 4 << 20  # bytes of a job config file
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}\Z")
@@ -106,54 +116,92 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> _Config:
-    """Build ``model`` from a JSON file, then ``GENIEVM_*`` variables, then ``overrides``.
+    """Build ``model`` from a config file, then ``GENIEVM_*`` variables (``environ``, default the
+    process's), then ``overrides`` (None values left out).
 
     Raises ConfigError with one line naming the field and the problem.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = text_of(read_user_file(Path(path), what="config file", limit=MAX_CONFIG), path, what="config file")
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {path} is not JSON: {exc}") from exc
-        except RecursionError:  # arrays or objects nested beyond the parser's depth
-            raise ConfigError(f"config file {path} is nested too deeply") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
-        data.update({_python_name(model, key): value for key, value in loaded.items()})
+    from_file = {} if path is None else read_config_file(Path(path))
+    from_options = {k: v for k, v in (overrides or {}).items() if v is not None}
     env = os.environ if environ is None else environ
-    for name, field in model.model_fields.items():
-        value = env.get("GENIEVM_" + name.upper())
-        if value is not None:
-            data[name] = _parse_env(value, field.annotation)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+
+    class Layered(BaseSettings, model):  # type: ignore[misc,valid-type]  # model's fields, pydantic-settings' sources
+        model_config = SettingsConfigDict(env_prefix="GENIEVM_", case_sensitive=True)  # vmID is not vmId
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,  # the options: Layered(**from_options)
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:  # highest first
+            return init_settings, _Environment(settings_cls, env), _File(settings_cls, from_file)
+
     try:
-        return model.model_validate(data)
+        layered = Layered(**from_options)
     except ValidationError as exc:
         raise ConfigError(_one_line(model, exc)) from exc
+    return model.model_validate(dict(layered))
 
 
-def _python_name(model: type[_Model], key: str) -> str:
-    for name, field in model.model_fields.items():
-        if key in (name, field.alias):
-            return name
-    return key  # unknown: validation reports it
-
-
-def _parse_env(value: str, annotation: Any) -> Any:
-    """A list or mapping field takes JSON, or, for a list, comma-separated words."""
-    text = str(annotation)
-    if "tuple" not in text and "dict" not in text:
-        return value
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The object a job config file holds: TOML when its name ends in ``.toml``, else JSON (at most 4 MiB)."""
+    text = text_of(read_user_file(path, what="config file", limit=MAX_CONFIG), path, what="config file")
+    if path.suffix.lower() == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not TOML: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply") from None
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, (list, dict)):
-        return parsed
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not JSON: {exc}") from exc
+    except RecursionError:  # arrays or objects nested beyond the parser's depth
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return loaded
 
+
+class _Environment(EnvSettingsSource):
+    """``GENIEVM_<FIELD>`` from ``environ``; a list or mapping field takes JSON, or, for a list, comma-separated
+    words."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls, case_sensitive=False)  # field vm_id, variable GENIEVM_VM_ID
+        self.env_vars = {name.lower(): value for name, value in environ.items() if name.isupper()}
+
+    def __call__(self) -> dict[str, Any]:
+        # keyed by alias, as the other sources are: a field given under both its names is an error
+        fields = self.settings_cls.model_fields
+        found = {(fields[key].alias or key) if key in fields else key: v for key, v in super().__call__().items()}
+        return _below(self, found)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, (list, dict)):
+            return parsed
+        return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+class _File(InitSettingsSource):
+    """The config file's fields, those no higher layer gives."""
+
+    def __call__(self) -> dict[str, Any]:
+        return _below(self, super().__call__())
+
+
+def _below(source: PydanticBaseSettingsSource, found: dict[str, Any]) -> dict[str, Any]:
+    """``found`` less the fields a higher layer gave: a layer replaces a field whole, a mapping
+    (``storageOptions``) included, where pydantic-settings would merge the mappings."""
+    return {key: value for key, value in found.items() if key not in source.current_state}
 
 def _one_line(model: type[_Model], exc: ValidationError) -> str:
     problems = []

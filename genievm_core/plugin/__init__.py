@@ -17,12 +17,14 @@ the plugin's name::
     [project.entry-points.genievm]
     proxmox = "my_plugin.plugin"
 
-``genievm plugins`` then lists it. See docs/plugin-guide.md for each contract.
+``genievm plugins`` then lists it. The module may say which plugin API it is built for,
+``GENIEVM_PLUGIN_API = 1`` (``PLUGIN_API``); a core of another refuses it with one line.
+See docs/plugin-guide.md for each contract.
 """
 
 from __future__ import annotations
 
-from genievm_core.plugin.host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
+from genievm_core.plugin.host import ENTRY_POINT_GROUP, PLUGIN_API, PluginHost, PluginInfo
 from genievm_core.plugin.marker import hookimpl
 from genievm_core.plugin.registry import (
     CBTSourceRegistry,
@@ -34,6 +36,7 @@ from genievm_core.plugin.registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PLUGIN_API",
     "CBTSourceRegistry",
     "PluginHost",
     "PluginInfo",

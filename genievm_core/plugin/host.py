@@ -34,9 +34,14 @@ from genievm_core.plugin.registry import (
     VerifierRegistry,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginHost", "PluginInfo"]
+__all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API", "PLUGIN_API_ATTRIBUTE", "PluginHost", "PluginInfo"]
 
 ENTRY_POINT_GROUP = "genievm"
+# The hook API's generation (docs/plugin-guide.md, "Versions of the hook API"): it grows within one and
+# changes only when the API breaks. A plugin's entry-point module may say which one it was built for
+# (``GENIEVM_PLUGIN_API = 1``); one built for another is refused before its hooks are registered.
+PLUGIN_API = 1
+PLUGIN_API_ATTRIBUTE = "GENIEVM_PLUGIN_API"
 DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -131,6 +136,13 @@ class PluginHost:
         for ext in manager:  # in name order
             dist = ext.entry_point.dist
             name, version = (dist.metadata["Name"], dist.version) if dist else ("?", "?")
+            built_for = getattr(ext.plugin, PLUGIN_API_ATTRIBUTE, PLUGIN_API)  # undeclared: written for API 1
+            if built_for != PLUGIN_API:
+                raise PluginError(
+                    f"plugin {ext.name} ({name} {version}) is built for plugin API {built_for!r}; "
+                    f"genievm-core {__version__} has plugin API {PLUGIN_API} "
+                    f"(install a {name} for it, or --disable-plugin {ext.name})"
+                )
             self._register(ext.name, ext.plugin, PluginInfo(ext.name, name, version, "entry-point"))
 
     def _collect(self, hook_name: str, registry: Registry[Any]) -> None:

@@ -12,7 +12,9 @@ deletes, and a listing is retried as a whole.
 
 A target that retries by itself (``retries_itself = True``: the S3 plugin,
 through botocore) is used as it is; a second layer would multiply the tries
-and retry what its own layer already judged permanent.
+and retry what its own layer already judged permanent. Such a target retries
+what its own layer does not (the S3 plugin: a body whose connection broke
+while it came in) with ``retrying``, the policy ``RetryingStorage`` uses.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from genievm_core.errors import StorageError
 from genievm_core.plugin.protocols import StorageTarget
 
-__all__ = ["DEFAULT_ATTEMPTS", "RetryingStorage", "is_transient", "with_retries"]
+__all__ = ["DEFAULT_ATTEMPTS", "RetryingStorage", "is_transient", "retrying", "with_retries"]
 
 DEFAULT_ATTEMPTS = 5
 TRANSIENT_ERRNOS = frozenset(
@@ -72,6 +74,38 @@ def is_transient(exc: BaseException) -> bool:
     return True
 
 
+def retrying(
+    attempts: int,
+    *,
+    operation: str,
+    key: str,
+    transient: Callable[[BaseException], bool] = is_transient,
+    wait_initial: float = 0.5,
+    wait_max: float = 30,
+) -> Retrying:
+    """The retry policy of storage operations: up to ``attempts`` tries in all, while the error is
+    ``transient``, with exponential backoff and full jitter (``wait_initial`` seconds, doubling, at most
+    ``wait_max``); each retry logged as ``storage.retry``; the last error re-raised as it is.
+
+    Call it with the operation (``retrying(...)(fn)``) or iterate it (``for attempt in retrying(...):
+    with attempt: ...``; ``attempt.retry_state.attempt_number`` counts the tries).
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("storage.retry", operation=operation, key=key, attempt=state.attempt_number, error=str(exc))
+
+    return Retrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=wait_initial, max=wait_max),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
 def with_retries(storage: StorageTarget, attempts: int = DEFAULT_ATTEMPTS) -> StorageTarget:
     """``storage`` with retries on transient errors, unless it retries by itself."""
     if getattr(storage, "retries_itself", False):
@@ -95,21 +129,13 @@ class RetryingStorage:
         self.inner = storage
         self.url = storage.url
         self.attempts = attempts
-        self._wait = wait_random_exponential(multiplier=wait_initial, max=wait_max)
+        self.wait_initial, self.wait_max = wait_initial, wait_max
 
     def _call(self, operation: str, key: str, fn: Callable[[], T]) -> T:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning("storage.retry", operation=operation, key=key, attempt=state.attempt_number, error=str(exc))
-
-        retrying = Retrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.attempts),
-            wait=self._wait,
-            before_sleep=before_sleep,
-            reraise=True,
+        policy = retrying(
+            self.attempts, operation=operation, key=key, wait_initial=self.wait_initial, wait_max=self.wait_max
         )
-        return retrying(fn)
+        return policy(fn)
 
     def put(self, key: str, data: bytes | bytearray) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))

@@ -6,6 +6,8 @@ from genievm_core.plugin import CBTSourceRegistry, ProviderRegistry, hookimpl
 from genievm_kvm.cbt import CBT_SOURCES
 from genievm_kvm.provider import KVMProvider
 
+GENIEVM_PLUGIN_API = 1  # the core's plugin API this plugin is built for (genievm_core.plugin.PLUGIN_API)
+
 
 @hookimpl
 def genievm_register_providers(registry: ProviderRegistry) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from genievm_core.plugin import SelfCheckRegistry, StorageRegistry, hookimpl
 from genievm_storage_fs.storage import open_filesystem_storage
 
+GENIEVM_PLUGIN_API = 1  # the core's plugin API this plugin is built for (genievm_core.plugin.PLUGIN_API)
+
 
 @hookimpl
 def genievm_register_storage(registry: StorageRegistry) -> None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from genievm_core.plugin import StorageRegistry, hookimpl
 
+GENIEVM_PLUGIN_API = 1  # the core's plugin API this plugin is built for (genievm_core.plugin.PLUGIN_API)
+
 if TYPE_CHECKING:
     from genievm_storage_s3.storage import S3Storage
 

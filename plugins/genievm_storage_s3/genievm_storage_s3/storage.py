@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import builtins
 import io
-import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +28,7 @@ import structlog
 from boto3.s3.transfer import TransferConfig
 
 from genievm_core.errors import ObjectLockedError, StorageError, StoragePermissionError
+from genievm_core.repository.retry import retrying
 from genievm_storage_s3.client import DENIED, NOT_FOUND, error_code, make_client, storage_error
 from genievm_storage_s3.options import S3Location, S3Options, parse_options, parse_url
 
@@ -37,6 +36,11 @@ __all__ = ["S3Storage", "open_s3_storage"]
 
 log = structlog.get_logger("genievm.storage.s3")
 STREAM_ERRORS = (bce.ResponseStreamingError, bce.IncompleteReadError, bce.ReadTimeoutError, bce.ConnectionClosedError)
+
+
+def _body_broke(exc: BaseException) -> bool:
+    """The one failure of a get that botocore does not retry: the connection broke while the body came in."""
+    return isinstance(exc, StorageError) and isinstance(exc.__cause__, STREAM_ERRORS)
 
 
 def open_s3_storage(url: str, options: Mapping[str, Any]) -> S3Storage:
@@ -86,20 +90,23 @@ class S3Storage:
             self._call(key, upload, io.BytesIO(data), self.bucket, s3key, ExtraArgs=extra, Config=self._transfer)
 
     def get(self, key: str) -> bytes:
+        """botocore retries the request; a body whose connection broke while it came in is asked for again
+        under the core's retry policy, up to ``max_attempts`` tries in all."""
         s3key = self._key(key)
-        for attempt in range(1, self.options.max_attempts + 1):
-            response = self._call(key, self._client.get_object, Bucket=self.bucket, Key=s3key)
-            body = response["Body"]  # its own read (not its context manager's raw stream) checks the length
-            try:
-                return bytes(body.read())
-            except STREAM_ERRORS as exc:  # the connection broke while the body came in: ask again
-                if attempt == self.options.max_attempts:
-                    raise storage_error(exc, self.url, self.bucket, key, attempts=attempt) from exc
-                log.debug("s3.get_retry", key=key, attempt=attempt, error=type(exc).__name__)
-                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
-            finally:
-                body.close()
-        raise AssertionError("unreachable")
+        for attempt in retrying(
+            self.options.max_attempts, operation="get", key=key, transient=_body_broke, wait_initial=0.05, wait_max=2.0
+        ):
+            with attempt:
+                response = self._call(key, self._client.get_object, Bucket=self.bucket, Key=s3key)
+                body = response["Body"]  # its own read (not its context manager's raw stream) checks the length
+                try:
+                    return bytes(body.read())
+                except STREAM_ERRORS as exc:
+                    tries = attempt.retry_state.attempt_number
+                    raise storage_error(exc, self.url, self.bucket, key, attempts=tries) from exc
+                finally:
+                    body.close()
+        raise AssertionError("unreachable")  # the last try's error is re-raised
 
     def exists(self, key: str) -> bool:
         s3key = self._key(key)

@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+import structlog.testing
 from faulty_network import FaultyNetwork, unused_port
 from genievm_storage_s3 import S3Storage, open_s3_storage, parse_options, parse_url
 from s3_testbed import KEYS, REGION
@@ -385,11 +386,16 @@ def test_connections_cut_mid_download_are_retried(store: S3Storage, s3_options: 
     try:
         through = open_s3_storage(store.url, s3_options | {"endpoint_url": with_faults.url})
         with_faults.cut_downloads(2, after=512 << 10)
-        assert through.get("chunks/ab/ab01") == data
+        with structlog.testing.capture_logs() as logs:
+            assert through.get("chunks/ab/ab01") == data
         assert with_faults.cuts == 2
+        # asked again under the core's retry policy (genievm_core.repository.retry), which logs each retry
+        retries = [(e["operation"], e["key"], e["attempt"]) for e in logs if e["event"] == "storage.retry"]
+        assert retries == [("get", "chunks/ab/ab01", 1), ("get", "chunks/ab/ab01", 2)]
         with_faults.cut_downloads(100, after=512 << 10)
         few_tries = open_s3_storage(store.url, s3_options | {"endpoint_url": with_faults.url, "max_attempts": 2})
-        with pytest.raises(StorageError, match="chunks/ab/ab01"):
+        with pytest.raises(StorageError, match=r"chunks/ab/ab01") as failed:
             few_tries.get("chunks/ab/ab01")
+        assert "after 2 tries" in str(failed.value) and type(failed.value) is StorageError
     finally:
         with_faults.close()

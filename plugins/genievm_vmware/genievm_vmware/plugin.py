@@ -5,6 +5,8 @@ from __future__ import annotations
 from genievm_core.plugin import CBTSourceRegistry, ProviderRegistry, hookimpl
 from genievm_vmware.cbt_source import VSPHERE_CBT
 
+GENIEVM_PLUGIN_API = 1  # the core's plugin API this plugin is built for (genievm_core.plugin.PLUGIN_API)
+
 
 @hookimpl
 def genievm_register_providers(registry: ProviderRegistry) -> None:

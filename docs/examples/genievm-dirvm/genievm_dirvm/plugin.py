@@ -8,6 +8,8 @@ from genievm_core.plugin import CBTSourceRegistry, ProviderRegistry, SelfCheckRe
 from genievm_dirvm.cbt import BlockHashCBT
 from genievm_dirvm.provider import DirVMProvider
 
+GENIEVM_PLUGIN_API = 1  # the core's plugin API this plugin is built for (genievm_core.plugin.PLUGIN_API)
+
 
 @hookimpl
 def genievm_register_providers(registry: ProviderRegistry) -> None:

@@ -1,0 +1,72 @@
+"""Start-up: ``genievm --help`` imports no command module, plugin or heavy library (issue 21)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from genievm_core.cli import COMMANDS, load_command
+from genievm_core.testing.cli import run_cli
+
+# what the root's --help must not pay for: each costs tens of milliseconds or more
+HEAVY = ["genievm_core.api", "genievm_core.engine", "genievm_core.cli.common", "pydantic", "structlog", "pluggy",
+         "stevedore", "importlib.metadata", "genievm_kvm", "genievm_vmware", "genievm_storage_s3", "boto3"]
+
+PROBE = """
+import json, sys
+sys.argv = ["genievm", *sys.argv[1:]]
+from genievm_core.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def imported_by(*args: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60)
+    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+def test_root_help_imports_nothing_heavy() -> None:
+    """Only what lists the commands other distributions add (``genievm serve``): their entry points, read with
+    importlib.metadata (about 50 ms) by genievm_core.cli.extra; none of them is imported."""
+    modules = imported_by("--help")
+    assert "typer" in modules  # the probe ran the command
+    listing = {"importlib.metadata", "genievm_core.cli.extra"}
+    assert sorted(m for m in HEAVY if m in modules and m not in listing) == []
+    assert sorted(m for m in modules if m.startswith("genievm_core.cli.") and m not in listing) == []
+    assert "genievm_recovery" not in modules and "genievm_recovery.cli" not in modules
+
+
+def test_a_command_imports_only_what_it_needs() -> None:
+    modules = imported_by("jobs", "--help")
+    assert "genievm_core.cli.jobs" in modules
+    assert {"genievm_core.cli.transfer", "genievm_core.cli.prune", "genievm_core.cli.verify"}.isdisjoint(modules)
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_listed_summary_is_the_commands_own(name: str) -> None:
+    """The root's --help lists COMMANDS' summaries: each must be the command's own first help line."""
+    command = load_command(name)
+    assert command.name == name
+    assert command.get_short_help_str(limit=300) == COMMANDS[name][2]
+
+
+def test_root_help_lists_every_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _err = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and line.split()[1] in COMMANDS]
+    assert listed == list(COMMANDS)
+
+
+def test_a_mistyped_command_is_still_suggested(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run_cli(monkeypatch, capsys, "bakup")
+    assert code == 2
+    assert "Did you mean 'backup', 'backups'?" in err
