@@ -10,4 +10,4 @@ __all__ = ["ExportError"]
 class ExportError(GenieVMError):
     """export of {backup_id}: {problem} (nbdkit missing, failed to start, or stopped)"""
 
-    exit_code = 29
+    exit_code = 30

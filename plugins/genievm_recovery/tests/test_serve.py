@@ -234,13 +234,13 @@ def test_serve_comes_through_the_commands_entry_point_group_only() -> None:
     assert " serve " in helped.stdout
 
 
-def test_without_nbdkit_serve_exits_29_in_one_line(tmp_path: Path) -> None:
+def test_without_nbdkit_serve_exits_30_in_one_line(tmp_path: Path) -> None:
     backed_up(tmp_path, encrypted=False)
     env = {**os.environ, "PATH": str(tmp_path / "empty")}
     done = subprocess.run([GENIEVM, "serve", "--repo", "repo", "--vm", "web01"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     lines = [line for line in done.stderr.splitlines() if not line.startswith("genievm: warning: ")]
-    assert done.returncode == ExportError.exit_code == 29
+    assert done.returncode == ExportError.exit_code == 30
     assert (
         len(lines) == 1 and lines[0].startswith("genievm: error: export of ") and "nbdkit is not installed" in lines[0]
     )
@@ -249,6 +249,6 @@ def test_without_nbdkit_serve_exits_29_in_one_line(tmp_path: Path) -> None:
 
 def test_export_error_is_documented_with_its_own_exit_code() -> None:
     doc = (Path(__file__).parents[3] / "docs" / "errors.md").read_text()
-    assert re.search(r"^\| 29 \| `ExportError` \|", doc, re.M)
+    assert re.search(r"^\| 30 \| `ExportError` \|", doc, re.M)
     core = [c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GenieVMError)]
     assert ExportError.exit_code not in core
