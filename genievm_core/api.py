@@ -60,6 +60,7 @@ from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import DEFAULT_CHUNK_SIZE, Damaged, Repository
 from genievm_core.repository.known import KnownRepositories
+from genievm_core.repository.lock import STALE_AFTER, LockPolicy, remove_locks
 from genievm_core.repository.retention import RetentionPolicy
 from genievm_core.repository.retry import DEFAULT_ATTEMPTS, with_retries
 from genievm_core.repository.storage import open_storage
@@ -109,6 +110,7 @@ class GenieVM:
     storage_attempts: int = DEFAULT_ATTEMPTS
     on_warning: Callable[[str], None] | None = None  # told each warning once (unencrypted repository, ...)
     max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    lock_stale_after: float = STALE_AFTER  # seconds without a refresh after which another host's lock is stale
     _host: PluginHost | None = None
     _registry: JobRegistry | None = None
     _manager: JobManager | None = None
@@ -145,21 +147,22 @@ class GenieVM:
 
     # storage and repositories
 
-    def open_storage(self, url: str, config_options: Mapping[str, Any] | None = None) -> StorageTarget:
-        """The storage target for ``url``; its options layered lowest first: ``GENIEVM_STORAGE_OPTIONS``
-        (a JSON object), a job config's ``storageOptions``, then this object's ``storage_options``."""
+    def open_storage(self, url: str | None, config_options: Mapping[str, Any] | None = None) -> StorageTarget:
+        """The storage target for ``url`` (or ``GENIEVM_BACKUP_PATH``); its options layered lowest first:
+        ``GENIEVM_STORAGE_OPTIONS`` (a JSON object), a job config's ``storageOptions``, then ``storage_options``."""
         options = {**_storage_options_env(), **(config_options or {}), **self.storage_options}
-        return open_storage(self.host, url, options)
+        return open_storage(self.host, _require_repo(url), options)
 
     def init_repository(
         self,
-        url: str,
+        url: str | None,
         *,
         passphrase: str | None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         storage_options: Mapping[str, Any] | None = None,
     ) -> Repository:
-        """Create a repository (encrypted unless ``passphrase`` is None) and remember it as this client's."""
+        """Create a repository at ``url`` (or ``GENIEVM_BACKUP_PATH``), encrypted unless ``passphrase`` is None,
+        and remember it as this client's."""
         repo = Repository.init(self.open_storage(url, storage_options), passphrase=passphrase, chunk_size=chunk_size)
         self.known_repositories.remember(repo.url, repo.config)
         return repo
@@ -173,6 +176,7 @@ class GenieVM:
         compression_level: int = 3,
         storage_options: Mapping[str, Any] | None = None,
         no_lock: bool = False,
+        lock_wait: float = 10.0,
     ) -> Repository:
         """Open ``url`` (or ``GENIEVM_BACKUP_PATH``), its storage wrapped in retries.
 
@@ -180,8 +184,9 @@ class GenieVM:
         else ``GENIEVM_PASSPHRASE``, else a prompt on a terminal. Giving one makes a
         config that claims to be unencrypted a refusal (it may have been replaced).
         ``no_lock`` (``--no-lock``): its reads (verify, restore) take no lock, with a warning.
+        ``lock_wait``: seconds its jobs wait for a conflicting lock to go.
         """
-        storage = with_retries(self.open_storage(_require_repo(url), storage_options), self.storage_attempts)
+        storage = with_retries(self.open_storage(url, storage_options), self.storage_attempts)
         given = passphrase is not None or passphrase_file is not None or bool(os.environ.get(PASSPHRASE_ENV))
         repo = Repository.open(
             storage,
@@ -191,6 +196,7 @@ class GenieVM:
             known=self.known_repositories,
         )
         repo.lock_reads = not no_lock
+        repo.locking = LockPolicy(wait=lock_wait, stale_after=self.lock_stale_after)
         for warning in repo.warnings:
             self._warn(warning)
         return repo
@@ -205,6 +211,12 @@ class GenieVM:
         if changed:  # what this client remembers follows the new format
             self.known_repositories.remember(repository.url, repository.config)
         return changed
+
+    def unlock(
+        self, repository: Repository, *, force: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Remove the repository's stale locks (every lock with ``force``): the removed ones and the kept ones."""
+        return remove_locks(repository.storage, stale_after=self.lock_stale_after, force=force)
 
     @property
     def known_repositories(self) -> KnownRepositories:

@@ -10,11 +10,29 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from enum import StrEnum
 from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging", "redact_secrets", "redact_url"]
+__all__ = ["LogFormat", "LogLevel", "configure_logging", "redact_secrets", "redact_url"]
+
+
+class LogLevel(StrEnum):
+    """The levels ``--log-level`` takes."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(StrEnum):
+    """The renderings ``--log-format`` takes: console lines or one JSON object a line."""
+
+    CONSOLE = "console"
+    JSON = "json"
+
 
 _SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token_key|api_key|credential|^key$", re.I)
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -35,7 +53,7 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", url)
 
 
-def configure_logging(level: str = "warning", fmt: Literal["console", "json"] = "console") -> None:
+def configure_logging(level: str = "warning", fmt: Literal["console", "json"] | LogFormat = "console") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

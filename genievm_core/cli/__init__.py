@@ -15,11 +15,14 @@ from typing import Annotated
 import structlog
 import typer
 
+from genievm_core import __version__
 from genievm_core.cli import backups, jobs, plugins, prune, repo, transfer, verify, vms
-from genievm_core.cli.common import State, err_console, parse_storage_options
+from genievm_core.cli.common import State, err_console, out_console, parse_storage_options
 from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
-from genievm_core.logging import configure_logging
+from genievm_core.logging import LogFormat, LogLevel, configure_logging
+from genievm_core.plugin import PluginHost
+from genievm_core.repository.lock import STALE_AFTER
 
 __all__ = ["app", "main"]
 
@@ -29,7 +32,7 @@ app = typer.Typer(
     help="Back up and restore whole virtual machines.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 app.add_typer(repo.app, name="repo")
 app.add_typer(backups.app, name="backups")
@@ -43,13 +46,38 @@ app.command("plugins")(plugins.plugins)
 app.command("vms")(vms.vms)
 
 
+def _print_version(value: bool) -> None:
+    """``genievm --version``: the core's version, then each plugin distribution's, with its plugins."""
+    if not value:
+        return
+    lines = [f"genievm-core {__version__}"]
+    by_distribution: dict[tuple[str, str], list[str]] = {}
+    for info in PluginHost().plugins():
+        if info.distribution != "genievm-core":
+            by_distribution.setdefault((info.distribution, info.version), []).append(info.name)
+    for (distribution, version), names in sorted(by_distribution.items()):
+        lines.append(f"{distribution} {version} ({', '.join(sorted(names))})")
+    out_console.print("\n".join(lines), highlight=False, markup=False)
+    raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     log_level: Annotated[
-        str, typer.Option(envvar="GENIEVM_LOG_LEVEL", help="debug, info, warning or error")
-    ] = "warning",
-    log_format: Annotated[str, typer.Option(envvar="GENIEVM_LOG_FORMAT", help="console or json")] = "console",
+        LogLevel,
+        typer.Option(envvar="GENIEVM_LOG_LEVEL", case_sensitive=False, help="the least severe events logged on stderr"),
+    ] = LogLevel.WARNING,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(envvar="GENIEVM_LOG_FORMAT", case_sensitive=False, help="log lines as console text or JSON"),
+    ] = LogFormat.CONSOLE,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="show the versions of GenieVM and its plugins"
+        ),
+    ] = False,
     disable_plugin: Annotated[
         list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)")
     ] = None,
@@ -69,15 +97,25 @@ def _root(
         int,
         typer.Option(min=1, max=100, envvar="GENIEVM_STORAGE_ATTEMPTS", help="tries of a storage operation that fails"),
     ] = 5,
+    lock_stale_after: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            envvar="GENIEVM_LOCK_STALE_AFTER",
+            help="a lock of another host not refreshed for this long is stale (locks are refreshed every sixth)",
+        ),
+    ] = STALE_AFTER,
 ) -> None:
     global _debug
-    _debug = log_level.lower() == "debug"
-    configure_logging(log_level, "json" if log_format == "json" else "console")
+    _debug = log_level is LogLevel.DEBUG
+    configure_logging(log_level.value, log_format)
     ctx.obj = State(
         disabled_plugins=list(disable_plugin or []),
         storage_options=parse_storage_options(storage_option),
         job_db=job_db,
         storage_attempts=storage_attempts,
+        lock_stale_after=lock_stale_after,
     )
     ctx.call_on_close(ctx.obj.close)
 

@@ -28,6 +28,7 @@ from genievm_core.errors import ConfigError
 __all__ = [
     "ConfigFileOption",
     "JsonOption",
+    "LockWaitOption",
     "NoLockOption",
     "PassphraseFileOption",
     "RepoOption",
@@ -37,10 +38,18 @@ __all__ = [
     "human_size",
     "parse_storage_options",
     "passphrase_source",
+    "repository_argument",
     "state",
 ]
 
-RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path or URL (backupPath; or {REPO_ENV})")]
+RepoOption = Annotated[
+    str | None,
+    typer.Option("--repo", metavar="URL", help=f"repository path or URL (backupPath; or {REPO_ENV})"),
+]
+LockWaitOption = Annotated[
+    float,
+    typer.Option("--lock-wait", min=0, metavar="SECONDS", help="seconds to wait for a conflicting lock to go"),
+]
 PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 NoLockOption = Annotated[
@@ -91,6 +100,15 @@ def state(ctx: typer.Context) -> State:
     obj = ctx.find_root().obj
     assert isinstance(obj, State)
     return obj
+
+
+def repository_argument(positional: str | None, option: str | None) -> str | None:
+    """The repository given as the argument or as ``--repo`` (None: ``GENIEVM_BACKUP_PATH``, checked later)."""
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError(
+            f"invalid configuration: --repo: {option!r} and the argument {positional!r} name two repositories"
+        )
+    return positional if positional is not None else option
 
 
 def parse_storage_options(values: list[str] | None) -> dict[str, str]:

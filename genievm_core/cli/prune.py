@@ -30,7 +30,8 @@ GraceOption = Annotated[
     ),
 ]
 LockWaitOption = Annotated[
-    float, typer.Option("--lock-wait", min=0, help="seconds to wait for running backups before deleting")
+    float,
+    typer.Option("--lock-wait", min=0, metavar="SECONDS", help="seconds to wait for running backups before deleting"),
 ]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="show what would be deleted; delete nothing")]
 Count = Annotated[int | None, typer.Option(min=1)]

@@ -11,6 +11,7 @@ import typer
 from genievm_core.cli.common import (
     ConfigFileOption,
     JsonOption,
+    LockWaitOption,
     NoLockOption,
     PassphraseFileOption,
     ProviderOptionOption,
@@ -67,6 +68,7 @@ def backup(
     provider_option: ProviderOptionOption = None,
     workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)")] = None,
     passphrase_file: PassphraseFileOption = None,
+    lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Back up a VM into a repository (incremental when it has a parent)."""
@@ -96,6 +98,7 @@ def backup(
         passphrase_file,
         compression_level=config.compression_level,
         storage_options=config.storage_options,
+        lock_wait=lock_wait,
     )
     started = time.monotonic()
     job = st.backup_job(config, repository, workers=workers)
@@ -158,6 +161,7 @@ def restore(
     workers: Annotated[int | None, typer.Option()] = None,
     passphrase_file: PassphraseFileOption = None,
     no_lock: NoLockOption = False,
+    lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: its disks, and the VM where the provider can define one."""
@@ -181,7 +185,11 @@ def restore(
         )
     st = state(ctx)
     repository = st.open_repository(
-        config.backup_path, passphrase_file, storage_options=config.storage_options, no_lock=no_lock
+        config.backup_path,
+        passphrase_file,
+        storage_options=config.storage_options,
+        no_lock=no_lock,
+        lock_wait=lock_wait,
     )
     started = time.monotonic()
     job = st.restore_job(config, repository, workers=workers)
