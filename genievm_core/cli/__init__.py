@@ -66,11 +66,21 @@ def _root(
     ctx: typer.Context,
     log_level: Annotated[
         LogLevel,
-        typer.Option(envvar="GENIEVM_LOG_LEVEL", case_sensitive=False, help="the least severe events logged on stderr"),
+        typer.Option(
+            envvar="GENIEVM_LOG_LEVEL",
+            case_sensitive=False,
+            help="the least severe events logged on stderr",
+            metavar="LEVEL",
+        ),
     ] = LogLevel.WARNING,
     log_format: Annotated[
         LogFormat,
-        typer.Option(envvar="GENIEVM_LOG_FORMAT", case_sensitive=False, help="log lines as console text or JSON"),
+        typer.Option(
+            envvar="GENIEVM_LOG_FORMAT",
+            case_sensitive=False,
+            help="log lines as console text or JSON",
+            metavar="FORMAT",
+        ),
     ] = LogFormat.CONSOLE,
     version: Annotated[
         bool,
@@ -79,7 +89,7 @@ def _root(
         ),
     ] = False,
     disable_plugin: Annotated[
-        list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)")
+        list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)", metavar="NAME")
     ] = None,
     storage_option: Annotated[
         list[str] | None,
@@ -91,11 +101,21 @@ def _root(
     ] = None,
     job_db: Annotated[
         Path | None,
-        typer.Option(envvar="GENIEVM_JOB_DB", help="job registry, SQLite (default ~/.local/state/genievm/jobs.sqlite)"),
+        typer.Option(
+            envvar="GENIEVM_JOB_DB",
+            help="job registry, SQLite (default ~/.local/state/genievm/jobs.sqlite)",
+            metavar="PATH",
+        ),
     ] = None,
     storage_attempts: Annotated[
         int,
-        typer.Option(min=1, max=100, envvar="GENIEVM_STORAGE_ATTEMPTS", help="tries of a storage operation that fails"),
+        typer.Option(
+            min=1,
+            max=100,
+            envvar="GENIEVM_STORAGE_ATTEMPTS",
+            help="tries of a storage operation that fails",
+            metavar="N",
+        ),
     ] = 5,
     lock_stale_after: Annotated[
         float,

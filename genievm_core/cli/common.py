@@ -50,7 +50,9 @@ LockWaitOption = Annotated[
     float,
     typer.Option("--lock-wait", min=0, metavar="SECONDS", help="seconds to wait for a conflicting lock to go"),
 ]
-PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
+PassphraseFileOption = Annotated[
+    Path | None, typer.Option(help="file holding the repository passphrase", metavar="PATH")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 NoLockOption = Annotated[
     bool,
@@ -59,10 +61,15 @@ NoLockOption = Annotated[
         help="read without the shared lock (read-only storage); automatic when the storage refuses writes",
     ),
 ]
-ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
+ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config", metavar="PATH")]
 ProviderOptionOption = Annotated[
     list[str] | None,
-    typer.Option("--provider-option", "-o", help="KEY=VALUE for providerOptions, e.g. uri=qemu:///system (repeatable)"),
+    typer.Option(
+        "--provider-option",
+        "-o",
+        help="KEY=VALUE for providerOptions, e.g. uri=qemu:///system (repeatable)",
+        metavar="KEY=VALUE",
+    ),
 ]
 
 

@@ -55,18 +55,25 @@ def _disk_configs(targets: dict[str, str], formats: dict[str, str]) -> tuple[dic
 def backup(
     ctx: typer.Context,
     config_file: ConfigFileOption = None,
-    vm: Annotated[str | None, typer.Option("--vm", help="VM id or name (vmId)")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="VM id or name (vmId)", metavar="VM")] = None,
     repo: RepoOption = None,
-    provider: Annotated[str | None, typer.Option(help="provider plugin (default image)")] = None,
-    disk: Annotated[list[str] | None, typer.Option("--disk", help="image provider: NAME=PATH (repeatable)")] = None,
+    provider: Annotated[str | None, typer.Option(help="provider plugin (default image)", metavar="NAME")] = None,
+    disk: Annotated[
+        list[str] | None, typer.Option("--disk", help="image provider: NAME=PATH (repeatable)", metavar="NAME=PATH")
+    ] = None,
     full: Annotated[bool, typer.Option("--full", help="read everything; no incremental")] = False,
-    compression_level: Annotated[int | None, typer.Option(help="zstd level 1-22")] = None,
-    max_concurrent_disks: Annotated[int | None, typer.Option()] = None,
-    exclude_disk: Annotated[list[str] | None, typer.Option("--exclude-disk")] = None,
+    compression_level: Annotated[int | None, typer.Option(help="zstd level 1-22", metavar="LEVEL")] = None,
+    max_concurrent_disks: Annotated[
+        int | None, typer.Option(metavar="N", help="disks copied at once (maxConcurrentDisks)")
+    ] = None,
+    exclude_disk: Annotated[
+        list[str] | None,
+        typer.Option("--exclude-disk", metavar="NAME", help="leave this disk out (excludedDisks; repeatable)"),
+    ] = None,
     no_cbt: Annotated[bool, typer.Option("--no-cbt", help="compare chunk ids instead of using CBT")] = False,
     quiesce: Annotated[bool, typer.Option("--quiesce", help="freeze guest filesystems (QEMU guest agent)")] = False,
     provider_option: ProviderOptionOption = None,
-    workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)")] = None,
+    workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)", metavar="N")] = None,
     passphrase_file: PassphraseFileOption = None,
     lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
@@ -142,23 +149,34 @@ def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
 def restore(
     ctx: typer.Context,
     config_file: ConfigFileOption = None,
-    vm: Annotated[str | None, typer.Option("--vm", help="VM whose backup is restored")] = None,
-    backup_id: Annotated[str | None, typer.Option("--backup", help="backup id or 'latest'")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="VM whose backup is restored", metavar="VM")] = None,
+    backup_id: Annotated[str | None, typer.Option("--backup", help="backup id or 'latest'", metavar="ID")] = None,
     repo: RepoOption = None,
-    target: Annotated[Path | None, typer.Option("--target", help="folder to restore into (restorePath)")] = None,
-    provider: Annotated[str | None, typer.Option()] = None,
-    new_name: Annotated[str | None, typer.Option()] = None,
+    target: Annotated[
+        Path | None, typer.Option("--target", help="folder to restore into (restorePath)", metavar="DIR")
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option(metavar="NAME", help="provider plugin that restores (default image)")
+    ] = None,
+    new_name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="restore the VM under this name (newVmName)")
+    ] = None,
     disk_target: Annotated[
-        list[str] | None, typer.Option("--disk-target", help="NAME=PATH for one disk (repeatable)")
+        list[str] | None, typer.Option("--disk-target", help="NAME=PATH for one disk (repeatable)", metavar="NAME=PATH")
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip reading the restored disks back")] = False,
     disk_format: Annotated[
-        list[str] | None, typer.Option("--disk-format", help="NAME=raw|qcow2 for one disk (default: as backed up)")
+        list[str] | None,
+        typer.Option(
+            "--disk-format", help="NAME=raw|qcow2 for one disk (default: as backed up)", metavar="NAME=FORMAT"
+        ),
     ] = None,
-    power_on: Annotated[bool, typer.Option("--power-on")] = False,
+    power_on: Annotated[
+        bool, typer.Option("--power-on", help="start the VM once restored (powerOnAfterRestore)")
+    ] = False,
     provider_option: ProviderOptionOption = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
-    workers: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int | None, typer.Option(metavar="N", help="chunk worker threads (default: CPUs)")] = None,
     passphrase_file: PassphraseFileOption = None,
     no_lock: NoLockOption = False,
     lock_wait: LockWaitOption = 10.0,
