@@ -319,3 +319,70 @@ def test_an_sdk_error_that_refuses_attributes_is_reported_as_itself(
     result = cli("plugins")
     assert result.code == 1
     assert result.stderr.startswith("genievm: internal error: SealedError: the SDK's own words"), result.stderr
+
+
+# ---------------------------------------------------------------- the CLI's surface (issue 21)
+
+
+def test_an_error_under_json_is_json_on_stdout_with_the_same_exit(cli: Run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert cli("repo", "init", "--repo", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)).code == 0
+    missing = "20200101T000000.000000Z-00000000"
+    result = cli("backups", "show", missing, "--repo", str(repo), "--json")
+    line = one_error_line(result, 20)
+    message = f"no backup {missing} in repository file://{repo}"
+    assert line == f"genievm: error: {message}"
+    assert json.loads(result.stdout) == {"error": {"code": "BackupNotFoundError", "exit": 20, "message": message}}
+    without = cli("backups", "show", missing, "--repo", str(repo))
+    assert without.code == 20 and without.stdout == "", "without --json, stdout stays empty"
+
+
+def test_version_names_the_core_and_each_plugin_distribution(genievm_exe: Run) -> None:
+    from genievm_core import __version__
+
+    result = genievm_exe("--version")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"genievm-core {__version__}"
+    assert "genievm-storage-fs 0.1.0 (file)" in lines and "genievm-kvm 0.1.0 (kvm)" in lines
+
+
+def test_log_options_take_only_their_values(genievm_exe: Run) -> None:
+    for option, value, choices in (
+        ("--log-level", "loud", "'debug', 'info', 'warning', 'error'"),
+        ("--log-format", "xml", "'console', 'json'"),
+    ):
+        result = genievm_exe(option, value, "plugins")
+        assert result.code == 2, result.stderr
+        assert f"'{value}' is not one of {choices}" in " ".join(result.stderr.split()).replace("│ ", "")
+    assert genievm_exe("--log-level", "DEBUG", "plugins").code == 0  # any case
+
+
+def test_job_log_lines_carry_the_job_id_and_the_last_one_its_result(genievm_exe: Run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    image = write_image(tmp_path / "vda.img", 2 * CHUNK, [(0, b"data")])
+    env = {"GENIEVM_JOB_DB": str(tmp_path / "jobs.sqlite")}
+    assert genievm_exe("repo", "init", str(repo), "--encryption", "none", env=env).code == 0
+    result = genievm_exe("--log-level", "info", "--log-format", "json", "backup", "--vm", "web01", "--repo",
+                         str(repo), "--disk", f"vda={image}", "--json", env=env)  # fmt: skip
+    assert result.code == 0, result.stderr
+    job_id = json.loads(result.stdout)["job_id"]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    done = next(e for e in events if e["event"] == "backup.done")
+    assert done["job_id"] == job_id
+    last = events[-1]
+    assert last["event"] == "job.ended" and last["job_id"] == job_id and last["result"] == "succeeded"
+    assert isinstance(last["duration_seconds"], float) and last["duration_seconds"] >= 0
+
+
+def test_repo_commands_take_repo_like_every_other(cli: Run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init = ok_json(cli("repo", "init", "--repo", str(repo), "--encryption", "none", "--json"))
+    assert isinstance(init, dict) and init["url"] == f"file://{repo}"
+    info = ok_json(cli("repo", "info", "--repo", str(repo), "--json"))
+    assert isinstance(info, dict) and info["repository_id"] == init["repository_id"]
+    line = one_error_line(cli("repo", "info", str(repo), "--repo", str(tmp_path / "other")), 3)
+    assert line == (
+        f"genievm: error: invalid configuration: --repo: '{tmp_path / 'other'}' and the argument '{repo}' "
+        "name two repositories"
+    )

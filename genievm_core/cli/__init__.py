@@ -17,7 +17,7 @@ import typer
 
 from genievm_core import __version__
 from genievm_core.cli import backups, jobs, plugins, prune, repo, transfer, verify, vms
-from genievm_core.cli.common import State, err_console, out_console, parse_storage_options
+from genievm_core.cli.common import State, emit_json, err_console, error_format, out_console, parse_storage_options
 from genievm_core.engine.memory import tune_allocator
 from genievm_core.errors import GenieVMError, JobInterruptedError
 from genievm_core.logging import LogFormat, LogLevel, configure_logging
@@ -144,7 +144,14 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise JobInterruptedError(f"interrupted by {signal.Signals(signum).name}")
 
 
+def _json_error(exc: Exception, exit_code: int, message: str) -> None:
+    """Under ``--json``, the error as JSON on stdout too (the line on stderr stays)."""
+    if error_format.json:
+        emit_json({"error": {"code": type(exc).__name__, "exit": exit_code, "message": message}})
+
+
 def main() -> None:
+    error_format.json = False
     tune_allocator()
     for signum in (signal.SIGINT, signal.SIGTERM):  # stop between chunks and clean up, with one line
         if signal.getsignal(signum) is not signal.SIG_IGN:
@@ -155,6 +162,7 @@ def main() -> None:
         typer.main.get_command(app)(standalone_mode=True)
     except GenieVMError as exc:
         err_console.print(f"genievm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _json_error(exc, exc.exit_code, str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("genievm: interrupted", markup=False)
@@ -167,6 +175,7 @@ def main() -> None:
             highlight=False,
             soft_wrap=True,
         )
+        _json_error(exc, 1, f"internal error: {type(exc).__name__}: {exc}")
         if _debug:
             raise
         sys.exit(1)

@@ -35,6 +35,7 @@ __all__ = [
     "State",
     "disk_progress",
     "emit_json",
+    "error_format",
     "human_size",
     "parse_storage_options",
     "passphrase_source",
@@ -53,7 +54,25 @@ LockWaitOption = Annotated[
 PassphraseFileOption = Annotated[
     Path | None, typer.Option(help="file holding the repository passphrase", metavar="PATH")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+class _ErrorFormat:
+    """Whether the command was given ``--json``: its error, if any, is then printed as JSON too."""
+
+    json = False
+
+
+error_format = _ErrorFormat()
+
+
+def _note_json(value: bool) -> bool:
+    error_format.json = error_format.json or value
+    return value
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="print the result as JSON (an error too, on stdout)", callback=_note_json)
+]
 NoLockOption = Annotated[
     bool,
     typer.Option(
