@@ -309,9 +309,7 @@ class SealedError(Exception):
         super().__setattr__(name, value)
 
 
-def test_an_sdk_error_that_refuses_attributes_is_reported_as_itself(
-    cli: Run, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_sdk_error_that_refuses_attributes_is_reported_as_itself(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(self: PluginHost) -> None:
         raise SealedError("the SDK's own words")
 
@@ -385,4 +383,28 @@ def test_repo_commands_take_repo_like_every_other(cli: Run, tmp_path: Path) -> N
     assert line == (
         f"genievm: error: invalid configuration: --repo: '{tmp_path / 'other'}' and the argument '{repo}' "
         "name two repositories"
+    )
+
+
+def test_a_passphrase_command_gives_the_passphrase_never_in_argv_or_logs(genievm_exe: Run, tmp_path: Path) -> None:
+    vault = tmp_path / "vault"
+    vault.write_text(f"{PASSPHRASE}\nuser: backup\n")  # as `pass show` prints: the passphrase is its first line
+    command = f"cat {vault}"
+    repo = tmp_path / "repo"
+    env = {"GENIEVM_JOB_DB": str(tmp_path / "jobs.sqlite")}
+    init = genievm_exe("--passphrase-command", command, "repo", "init", str(repo), "--json", env=env)
+    assert init.code == 0, init.stderr
+    info = genievm_exe("--log-level", "debug", "repo", "info", "--repo", str(repo), "--json",
+                       env=env | {"GENIEVM_PASSPHRASE_COMMAND": command})  # fmt: skip
+    assert info.code == 0, info.stderr
+    assert json.loads(info.stdout)["encryption"] == "aes-256-gcm"
+    assert PASSPHRASE not in info.stderr and PASSPHRASE not in info.stdout
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not it\n")
+    line = one_error_line(genievm_exe("--passphrase-command", f"cat {wrong}", "repo", "info", str(repo), env=env), 17)
+    assert line == f"genievm: error: wrong passphrase for repository file://{repo}"
+    flood = genievm_exe("--passphrase-command", "yes", "repo", "info", str(repo), env=env)  # bounded: 4 KiB read
+    assert (
+        one_error_line(flood, 3)
+        == "genievm: error: invalid configuration: --passphrase-command: yes printed more than 4 KiB"
     )

@@ -126,6 +126,14 @@ def _root(
             help="a lock of another host not refreshed for this long is stale (locks are refreshed every sixth)",
         ),
     ] = STALE_AFTER,
+    passphrase_command: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COMMAND",
+            envvar="GENIEVM_PASSPHRASE_COMMAND",
+            help="run COMMAND (no shell) and read the passphrase from its output, e.g. 'pass show genievm'",
+        ),
+    ] = None,
 ) -> None:
     global _debug
     _debug = log_level is LogLevel.DEBUG
@@ -136,6 +144,7 @@ def _root(
         job_db=job_db,
         storage_attempts=storage_attempts,
         lock_stale_after=lock_stale_after,
+        passphrase_command=passphrase_command,
     )
     ctx.call_on_close(ctx.obj.close)
 
@@ -159,7 +168,7 @@ def main() -> None:
     try:
         # the click command itself: Typer's own __call__ sets an attribute on every escaping exception,
         # which SDK errors that refuse new attributes (pyVmomi's faults) turn into an AttributeError
-        typer.main.get_command(app)(standalone_mode=True)
+        typer.main.get_command(app)(prog_name="genievm", standalone_mode=True)
     except GenieVMError as exc:
         err_console.print(f"genievm: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         _json_error(exc, exc.exit_code, str(exc))

@@ -13,7 +13,6 @@ from genievm_core.cli.common import (
     emit_json,
     err_console,
     out_console,
-    passphrase_source,
     repository_argument,
     state,
 )
@@ -47,7 +46,7 @@ def init(
     st = state(ctx)
     url = repository_argument(url, repo_option)
     st.open_storage(url)  # an unknown scheme or bad option is refused before the passphrase is asked
-    passphrase = passphrase_source(passphrase_file, confirm=True)() if encryption != "none" else None
+    passphrase = st.passphrase_source(passphrase_file, confirm=True)() if encryption != "none" else None
     repo = st.init_repository(url, passphrase=passphrase, chunk_size=chunk_size)
     if json_output:
         emit_json(repo.config.model_dump(mode="json", exclude={"encryption"}) | {"url": repo.url})
