@@ -408,3 +408,28 @@ def test_a_passphrase_command_gives_the_passphrase_never_in_argv_or_logs(genievm
         one_error_line(flood, 3)
         == "genievm: error: invalid configuration: --passphrase-command: yes printed more than 4 KiB"
     )
+
+
+def test_the_backup_summary_says_what_was_added_stored_and_saved(cli: Run, tmp_path: Path) -> None:
+    import re
+
+    repo = tmp_path / "repo"
+    text = text_bytes(CHUNK, 3)  # compresses well
+    image = write_image(
+        tmp_path / "vda.img", 4 * CHUNK, [(0, text), (CHUNK, text), (3 * CHUNK, random_bytes(CHUNK, 4))]
+    )
+    assert cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)).code == 0
+    result = cli("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={image}")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(
+        r"backup \S+ of web01: full, 1 disk, 256\.0 KiB examined in \d+\.\d s \(\d+\.\d (KiB|MiB|GiB)/s\)", lines[0]
+    ), lines[0]
+    added = re.fullmatch(
+        r"  added to the repository: 128\.0 KiB \((\d+\.\d) KiB stored, compression (\d+\.\d\d)x\); "
+        r"unchanged or deduplicated: 64\.0 KiB \(dedup 1\.50x\); zero: 64\.0 KiB",
+        lines[1],
+    )
+    assert added, lines[1]
+    assert float(added.group(1)) < 128 and float(added.group(2)) > 1, "the text chunk compressed"
+    assert lines[2] == "  vda: 256.0 KiB, full (no parent backup of this disk)", lines[2]

@@ -36,9 +36,12 @@ __all__ = [
     "disk_progress",
     "emit_json",
     "error_format",
+    "human_rate",
     "human_size",
     "parse_storage_options",
     "passphrase_source",
+    "plural",
+    "ratio",
     "repository_argument",
     "state",
 ]
@@ -184,3 +187,18 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def human_rate(n: float, seconds: float) -> str:
+    """``n`` bytes in ``seconds`` in the units of ``human_size``: ``6.7 MiB/s``."""
+    return f"{human_size(n / seconds)}/s" if seconds > 0 else "-"
+
+
+def ratio(whole: float, part: float) -> str:
+    """``whole / part`` as ``2.50x``; ``-`` when ``part`` is 0 (nothing to compare)."""
+    return f"{whole / part:.2f}x" if part > 0 else "-"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 disk``, ``2 disks``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -18,9 +18,12 @@ from genievm_core.cli.common import (
     RepoOption,
     disk_progress,
     emit_json,
+    human_rate,
     human_size,
     out_console,
+    plural,
     provider_options,
+    ratio,
     state,
 )
 from genievm_core.errors import ConfigError
@@ -135,15 +138,20 @@ def backup(
 def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
     s = manifest.stats
     out_console.print(
-        f"backup {manifest.backup_id} of {manifest.vm.id}: {manifest.kind}, {len(manifest.disks)} disks, "
-        f"{human_size(s.bytes_scanned)} examined, {human_size(s.bytes_new)} new ({human_size(s.bytes_stored)} stored), "
-        f"{human_size(s.bytes_deduplicated)} unchanged or deduplicated, {human_size(s.bytes_zero)} zero, "
-        f"in {elapsed:.1f} s",
+        f"backup {manifest.backup_id} of {manifest.vm.id}: {manifest.kind}, {plural(len(manifest.disks), 'disk')}, "
+        f"{human_size(s.bytes_scanned)} examined in {elapsed:.1f} s ({human_rate(s.bytes_scanned, elapsed)})",
+        highlight=False,
+    )
+    out_console.print(
+        f"  added to the repository: {human_size(s.bytes_new)} ({human_size(s.bytes_stored)} stored, "
+        f"compression {ratio(s.bytes_new, s.bytes_stored)}); unchanged or deduplicated: "
+        f"{human_size(s.bytes_deduplicated)} (dedup {ratio(s.bytes_new + s.bytes_deduplicated, s.bytes_new)}); "
+        f"zero: {human_size(s.bytes_zero)}",
         highlight=False,
     )
     for d in manifest.disks:
         why = f" ({d.cbt.reason})" if d.cbt.reason else ""
-        out_console.print(f"  {d.name}: {d.size} bytes, {d.cbt.mode}{why}", highlight=False)
+        out_console.print(f"  {d.name}: {human_size(d.size)}, {d.cbt.mode}{why}", highlight=False)
 
 
 def restore(
@@ -221,7 +229,7 @@ def restore(
     else:
         verified = ", verified" if result.verified else ""
         out_console.print(
-            f"restored backup {result.backup_id} as {result.vm_id}: disks {', '.join(result.disks)} "
-            f"into {config.restore_path or 'their targets'}{verified}, in {elapsed:.1f} s",
+            f"restored backup {result.backup_id} as {result.vm_id}: {plural(len(result.disks), 'disk')} "
+            f"({', '.join(result.disks)}) into {config.restore_path or 'their targets'}{verified}, in {elapsed:.1f} s",
             highlight=False,
         )
