@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from support import CHUNK, PASSPHRASE, CLIResult, open_repo, random_bytes, text_bytes, write_image
 
+from genievm_core.cli.common import human_size
 from genievm_core.plugin import PluginHost
 
 Run = Callable[..., CLIResult]
@@ -119,8 +120,33 @@ def test_repo_info(cli: Run, populated: tuple[Path, dict[str, Path], list[str]])
     assert isinstance(info, dict)
     assert (info["encryption"], info["backups"], info["chunk_size"], info["format_version"]) == ("none", 3, CHUNK, 2)
     assert info["url"] == f"file://{repo}"
+    chunk_files = [p for p in (repo / "chunks").rglob("*") if p.is_file()]
+    host = PluginHost()
+    manifests = open_repo(host, repo).manifests()
+    size = sum(d.size for m in manifests for d in m.disks)
+    stored = sum(m.stats.bytes_stored for m in manifests)
+    assert (info["chunk_objects"], info["backups_size"], info["stored_size"]) == (len(chunk_files), size, stored)
+    assert info["space_saved"] == round(1 - stored / size, 4) and 0 < info["space_saved"] < 1
     human = cli("repo", "info", env={"GENIEVM_BACKUP_PATH": str(repo)})
-    assert human.code == 0 and "backups: 3" in human.stdout
+    assert human.code == 0
+    lines = [line.strip() for line in human.stdout.splitlines()]
+    assert lines[-3:] == [
+        f"backups: 3 of {len({m.vm.id for m in manifests})} VMs",
+        f"chunks: {len(chunk_files)} stored",
+        f"size: {human_size(size)} of backups, {human_size(stored)} stored ({1 - stored / size:.1%} saved)",
+    ]
+
+    deep = ok_json(cli("repo", "stats", "--repo", str(repo), "--json"))
+    assert isinstance(deep, dict)
+    unique = {cid for m in manifests for d in m.disks for cid in open_repo(host, repo).disk_index(d).stored_ids()}
+    assert deep["unique_chunks"] == len(unique) and deep["backups_size"] == size
+    assert 0 < deep["unique_size"] <= size
+    stats = cli("repo", "stats", str(repo))
+    assert stats.code == 0
+    assert stats.stdout.splitlines()[-1].strip() == (
+        f"unique chunks: {len(unique)} ({human_size(deep['unique_size'])}); dedup {size / deep['unique_size']:.2f}x, "
+        f"compression {deep['unique_size'] / stored:.2f}x"
+    )
 
 
 def test_backups_list(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) -> None:

@@ -218,7 +218,10 @@ def test_a_plugin_whose_import_fails_exits_4_naming_it(runs: Runs) -> None:
     line = result.err_lines[0]
     assert line.startswith("genievm: error: plugin broken ")
     assert "genievm_broken.plugin" in line and "RuntimeError: the vendor SDK is missing" in line
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout) == {  # run with --json: the error is JSON on stdout too
+        "error": {"code": "PluginError", "exit": 4, "message": line.removeprefix("genievm: error: ")}
+    }
 
 
 def test_disable_plugin_skips_the_failing_plugin(runs: Runs) -> None:

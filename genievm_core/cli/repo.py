@@ -12,13 +12,17 @@ from genievm_core.cli.common import (
     RepoOption,
     emit_json,
     err_console,
+    human_size,
     out_console,
+    plural,
+    ratio,
     repository_argument,
     state,
 )
 from genievm_core.errors import ConfigError
 from genievm_core.repository import DEFAULT_CHUNK_SIZE
 from genievm_core.repository.lock import describe_lock
+from genievm_core.repository.stats import RepositoryStats, repository_stats
 
 app = typer.Typer(help="Create, describe, upgrade and unlock repositories.", no_args_is_help=True)
 UrlArgument = Annotated[
@@ -68,16 +72,53 @@ def info(
 ) -> None:
     """Show a repository's format, chunk size and encryption."""
     repo = state(ctx).open_repository(repository_argument(url, repo_option), passphrase_file)
+    stats = repository_stats(repo)
     data = repo.config.model_dump(mode="json", exclude={"encryption"}) | {
         "url": repo.url,
         "encryption": repo.config.encryption.algorithm if repo.config.encryption else "none",
-        "backups": len(repo.backup_ids()),
     }
     if json_output:
-        emit_json(data)
-    else:
-        for key, value in data.items():
-            out_console.print(f"{key:>16}: {value}", highlight=False)
+        emit_json(data | stats.to_json())
+        return
+    for key, value in data.items():
+        out_console.print(f"{key:>16}: {value}", highlight=False)
+    _print_stats(stats)
+
+
+@app.command("stats")
+def stats(
+    ctx: typer.Context,
+    url: UrlArgument = None,
+    repo_option: RepoOption = None,
+    passphrase_file: PassphraseFileOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show what the repository holds and saves: sizes, chunks, dedup and compression ratios (reads every index)."""
+    repo = state(ctx).open_repository(repository_argument(url, repo_option), passphrase_file)
+    with repo.read_lock("stats"):
+        numbers = repository_stats(repo, deep=True)
+    if json_output:
+        emit_json({"url": repo.url} | numbers.to_json())
+        return
+    _print_stats(numbers)
+    assert numbers.unique_chunks is not None and numbers.unique_size is not None
+    out_console.print(
+        f"{'unique chunks':>16}: {numbers.unique_chunks} ({human_size(numbers.unique_size)}); "
+        f"dedup {ratio(numbers.backups_size, numbers.unique_size)}, "
+        f"compression {ratio(numbers.unique_size, numbers.stored_size)}",
+        highlight=False,
+    )
+
+
+def _print_stats(numbers: RepositoryStats) -> None:
+    lines = {
+        "backups": f"{numbers.backups} of {plural(numbers.vms, 'VM')}",
+        "chunks": f"{numbers.chunk_objects} stored",
+        "size": f"{human_size(numbers.backups_size)} of backups, {human_size(numbers.stored_size)} stored "
+        f"({numbers.space_saved:.1%} saved)",
+    }
+    for key, value in lines.items():
+        out_console.print(f"{key:>16}: {value}", highlight=False)
 
 
 @app.command("upgrade")
