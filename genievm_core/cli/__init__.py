@@ -155,12 +155,12 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def _json_error(exc: Exception, exit_code: int, message: str) -> None:
     """Under ``--json``, the error as JSON on stdout too (the line on stderr stays)."""
-    if error_format.json:
+    if error_format.json and not error_format.result_printed:
         emit_json({"error": {"code": type(exc).__name__, "exit": exit_code, "message": message}})
 
 
 def main() -> None:
-    error_format.json = False
+    error_format.json = error_format.result_printed = False
     tune_allocator()
     for signum in (signal.SIGINT, signal.SIGTERM):  # stop between chunks and clean up, with one line
         if signal.getsignal(signum) is not signal.SIG_IGN:

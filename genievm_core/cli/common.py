@@ -60,9 +60,11 @@ PassphraseFileOption = Annotated[
 
 
 class _ErrorFormat:
-    """Whether the command was given ``--json``: its error, if any, is then printed as JSON too."""
+    """Whether the command was given ``--json``: its error, if any, is then printed as JSON too, unless it
+    has printed its result already (``verify``'s reports before its exit 22): stdout holds one JSON document."""
 
     json = False
+    result_printed = False
 
 
 error_format = _ErrorFormat()
@@ -152,6 +154,7 @@ def parse_storage_options(values: list[str] | None) -> dict[str, str]:
 
 
 def emit_json(data: Any) -> None:
+    error_format.result_printed = True
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
