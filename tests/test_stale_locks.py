@@ -136,29 +136,47 @@ with repository_lock(storage, "exclusive", "prune", policy=LockPolicy(stale_afte
 
 
 def test_a_running_holder_refreshes_its_lock_so_others_never_take_it_as_stale(tmp_path: Path) -> None:
+    """The holder runs on "another host": its own UTS namespace with its own host name, so this host judges
+    its lock by the heartbeat's age alone; killed (no clean-up), its lock goes stale and is broken."""
     repo = new_repo(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(repo)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env(tmp_path))  # fmt: skip
+    if subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a UTS namespace here (needs root)")
+    script = f'hostname lockholder.example && exec "{sys.executable}" -c "$0" "$1"'
+    holder = subprocess.Popen(["unshare", "--uts", "sh", "-c", script, HOLDER, str(repo)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env(tmp_path))  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         time.sleep(3)  # longer than stale_after: only the heartbeat keeps it
         (lock,) = locks(repo)
+        assert lock["host"] == "lockholder.example"
         created = datetime.fromisoformat(str(lock["created_at"]))
         refreshed = datetime.fromisoformat(str(lock["refreshed_at"]))
         assert refreshed - created > timedelta(seconds=2)
         assert datetime.now(UTC) - refreshed < timedelta(seconds=1.5)
-        lock_host = "otherhost"  # judged as another host would judge it: by the heartbeat's age alone
-        path = next((repo / "locks").iterdir())
-        path.write_text(json.dumps(lock | {"host": lock_host}))
-        time.sleep(0.6)  # the holder rewrites its own record at the next refresh
         gc = genievm(tmp_path, "--lock-stale-after", "2", "gc", "--repo", str(repo), "--lock-wait", "0")
         assert gc.returncode == 19, gc.stderr
-        assert "is locked by prune" in gc.stderr
+        assert "is locked by prune (pid " in gc.stderr and " on lockholder.example since " in gc.stderr
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        assert holder.wait(timeout=10) == 0
-    assert locks(repo) == [], "the holder removes its lock when it ends"
+        holder.kill()  # no finally of its own runs: the lock stays, no longer refreshed
+        holder.wait()
+    assert len(locks(repo)) == 1
+    time.sleep(2.5)
+    gc = genievm(tmp_path, "--lock-stale-after", "2", "gc", "--repo", str(repo), "--lock-wait", "0")
+    assert gc.returncode == 0, gc.stderr
+    assert "lock.stale_removed" in gc.stderr and "lockholder.example" in gc.stderr
+    assert locks(repo) == []
+
+
+def test_the_holder_removes_its_lock_when_it_ends(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(repo)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env(tmp_path))  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    assert [lock["pid"] for lock in locks(repo)] == [holder.pid]
+    assert holder.stdin is not None
+    holder.stdin.close()
+    assert holder.wait(timeout=10) == 0
+    assert locks(repo) == [], "the heartbeat stopped and the lock removed in finally"
 
 
 def test_a_lock_that_cannot_be_refreshed_is_lost_and_stops_the_writer(tmp_path: Path) -> None:
