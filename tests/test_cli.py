@@ -149,6 +149,20 @@ def test_repo_info(cli: Run, populated: tuple[Path, dict[str, Path], list[str]])
     )
 
 
+def test_repo_info_of_a_repository_with_an_unreadable_manifest(
+    cli: Run, populated: tuple[Path, dict[str, Path], list[str]]
+) -> None:
+    repo, _, ids = populated
+    manifest = repo / "manifests" / ids[0]
+    manifest.write_bytes(manifest.read_bytes()[:20])
+    info = ok_json(cli("repo", "info", str(repo), "--json"))
+    assert isinstance(info, dict) and (info["backups"], info["damaged_manifests"]) == (3, 1)
+    human = cli("repo", "info", str(repo))
+    assert human.code == 0, human.stderr
+    assert any(line.strip().startswith("backups: 3 of ") and line.endswith(", 1 unreadable (see genievm verify)")
+               for line in human.stdout.splitlines()), human.stdout  # fmt: skip
+
+
 def test_backups_list(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) -> None:
     repo, _, ids = populated
     listed = ok_json(cli("backups", "list", "--repo", str(repo), "--json"))

@@ -112,7 +112,8 @@ def stats(
 
 def _print_stats(numbers: RepositoryStats) -> None:
     lines = {
-        "backups": f"{numbers.backups} of {plural(numbers.vms, 'VM')}",
+        "backups": f"{numbers.backups} of {plural(numbers.vms, 'VM')}"
+        + (f", {numbers.damaged_manifests} unreadable (see genievm verify)" if numbers.damaged_manifests else ""),
         "chunks": f"{numbers.chunk_objects} stored",
         "size": f"{human_size(numbers.backups_size)} of backups, {human_size(numbers.stored_size)} stored "
         f"({numbers.space_saved:.1%} saved)",

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from genievm_core.repository.objects import ZERO_ID
-from genievm_core.repository.repo import Repository
+from genievm_core.repository.repo import Damaged, Repository
 
 __all__ = ["RepositoryStats", "repository_stats"]
 
@@ -20,6 +20,7 @@ __all__ = ["RepositoryStats", "repository_stats"]
 class RepositoryStats:
     backups: int
     vms: int
+    damaged_manifests: int  # manifests that cannot be read: their backups are in no size below
     chunk_objects: int  # objects under chunks/ (referenced, or waiting for garbage collection)
     backups_size: int  # the disks of every backup: what restoring each of them would write
     stored_size: int  # bytes the backups wrote for their new chunks (compressed, encrypted)
@@ -37,9 +38,11 @@ class RepositoryStats:
 
 def repository_stats(repo: Repository, *, deep: bool = False) -> RepositoryStats:
     """The repository's counts and sizes; ``deep`` also reads every index for the unique chunks."""
-    manifests = repo.manifests()
+    damaged: list[Damaged] = []
+    manifests = repo.manifests(damaged=damaged)
     stats = RepositoryStats(
-        backups=len(manifests),
+        backups=len(manifests) + len(damaged),
+        damaged_manifests=len(damaged),
         vms=len({m.vm.id for m in manifests}),
         chunk_objects=sum(1 for _ in repo.storage.list("chunks/")),
         backups_size=sum(d.size for m in manifests for d in m.disks),
