@@ -28,3 +28,9 @@ def test_every_option_has_help_and_a_readable_metavar() -> None:
             if not param.is_flag and (param.metavar is None or param.metavar.startswith("<")):
                 problems.append(f"{path} {param.opts[0]}: metavar {param.metavar!r}")
     assert problems == []
+
+
+def test_shell_completion_is_enabled(genievm_exe: Any) -> None:
+    result = genievm_exe("--show-completion", "bash")
+    assert result.code == 0, result.stderr
+    assert "_GENIEVM_COMPLETE=complete_bash" in result.stdout

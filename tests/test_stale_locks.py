@@ -209,3 +209,18 @@ def test_a_lock_removed_by_force_is_lost_by_its_holder(tmp_path: Path) -> None:
         time.sleep(0.4)
         with pytest.raises(LockLostError, match=r"its lock object was removed by another process"):
             held.check()
+
+
+def test_backup_and_restore_take_lock_wait(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    image = write_image(tmp_path / "vda.img", 2 * CHUNK, [(0, b"data")])
+    backup = ["backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={image}"]
+    genievm(tmp_path, *backup).check_returncode()
+    plant(repo, "otherhost", 4242, MONTHS_AGO, refreshed_at=datetime.now(UTC).isoformat())  # a prune, running
+    restore = ["restore", "--vm", "web01", "--repo", str(repo), "--target", str(tmp_path / "out")]
+    for args, wait in ((backup, "0"), (backup, "1.5"), (restore, "0")):
+        started = time.monotonic()
+        run = genievm(tmp_path, *args, "--lock-wait", wait)
+        took = time.monotonic() - started
+        assert run.returncode == 19, run.stderr
+        assert float(wait) <= took < float(wait) + 5, (args[0], wait, took)  # not the default 10 s
