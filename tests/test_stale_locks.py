@@ -224,3 +224,15 @@ def test_backup_and_restore_take_lock_wait(tmp_path: Path) -> None:
         took = time.monotonic() - started
         assert run.returncode == 19, run.stderr
         assert float(wait) <= took < float(wait) + 5, (args[0], wait, took)  # not the default 10 s
+
+
+def test_a_lock_declaring_a_longer_stale_time_is_judged_by_it(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    ten_minutes_ago = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    lock = plant(repo, "otherhost", 4242, MONTHS_AGO, refreshed_at=ten_minutes_ago)
+    lock.write_text(json.dumps(json.loads(lock.read_text()) | {"stale_after": 3600}))  # it refreshes every 10 min
+    kept = genievm(tmp_path, "--lock-stale-after", "60", "repo", "unlock", str(repo), "--json")
+    assert kept.returncode == 0 and json.loads(kept.stdout)["removed"] == [], kept.stderr
+    lock.write_text(json.dumps(json.loads(lock.read_text()) | {"stale_after": 300}))
+    removed = genievm(tmp_path, "--lock-stale-after", "60", "repo", "unlock", str(repo), "--json")
+    assert [h["host"] for h in json.loads(removed.stdout)["removed"]] == ["otherhost"]

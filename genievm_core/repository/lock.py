@@ -148,6 +148,7 @@ def repository_lock(
         "pid": os.getpid(),
         "created_at": now,
         "refreshed_at": now,
+        "stale_after": policy.stale_after,  # others wait at least this long for a refresh
     }
     deadline = time.monotonic() + timeout
     while True:
@@ -235,12 +236,16 @@ def describe_lock(holder: dict[str, Any]) -> str:
 
 
 def is_stale(holder: dict[str, Any], stale_after: float = STALE_AFTER, now: datetime | None = None) -> bool:
-    """A lock of this host whose process is gone, or one of another host not refreshed for ``stale_after`` s."""
+    """A lock of this host whose process is gone, or one of another host not refreshed for ``stale_after``
+    seconds (or the longer time the lock itself declares)."""
     if holder.get("host") == socket.gethostname():
         return not _process_runs(holder.get("pid"))
     beat = _when(holder.get("refreshed_at")) or _when(holder.get("created_at"))  # old locks: no heartbeat
     if beat is None:
         return False  # no time to judge by: only `genievm repo unlock --force` removes it
+    declared = holder.get("stale_after")  # the holder's own, when longer: it refreshes that seldom
+    if isinstance(declared, int | float) and not isinstance(declared, bool):
+        stale_after = max(stale_after, float(declared))
     return ((now or datetime.now(UTC)) - beat).total_seconds() > stale_after
 
 
