@@ -27,7 +27,10 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -60,6 +63,7 @@ from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import DEFAULT_CHUNK_SIZE, Damaged, Repository
 from genievm_core.repository.known import KnownRepositories
+from genievm_core.repository.lock import STALE_AFTER, LockPolicy, remove_locks
 from genievm_core.repository.retention import RetentionPolicy
 from genievm_core.repository.retry import DEFAULT_ATTEMPTS, with_retries
 from genievm_core.repository.storage import open_storage
@@ -77,6 +81,7 @@ __all__ = [
 ]
 
 PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
+PASSPHRASE_COMMAND_TIMEOUT = 120.0  # seconds a passphrase command may take (a secret manager may prompt)
 REPO_ENV = "GENIEVM_BACKUP_PATH"
 STORAGE_OPTIONS_ENV = "GENIEVM_STORAGE_OPTIONS"
 MAX_PASSPHRASE = 4 << 10  # bytes of a passphrase file
@@ -109,6 +114,8 @@ class GenieVM:
     storage_attempts: int = DEFAULT_ATTEMPTS
     on_warning: Callable[[str], None] | None = None  # told each warning once (unencrypted repository, ...)
     max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    lock_stale_after: float = STALE_AFTER  # seconds without a refresh after which another host's lock is stale
+    passphrase_command: str | None = None  # run (no shell) for the passphrase, e.g. "pass show backups/genievm"
     _host: PluginHost | None = None
     _registry: JobRegistry | None = None
     _manager: JobManager | None = None
@@ -145,21 +152,22 @@ class GenieVM:
 
     # storage and repositories
 
-    def open_storage(self, url: str, config_options: Mapping[str, Any] | None = None) -> StorageTarget:
-        """The storage target for ``url``; its options layered lowest first: ``GENIEVM_STORAGE_OPTIONS``
-        (a JSON object), a job config's ``storageOptions``, then this object's ``storage_options``."""
+    def open_storage(self, url: str | None, config_options: Mapping[str, Any] | None = None) -> StorageTarget:
+        """The storage target for ``url`` (or ``GENIEVM_BACKUP_PATH``); its options layered lowest first:
+        ``GENIEVM_STORAGE_OPTIONS`` (a JSON object), a job config's ``storageOptions``, then ``storage_options``."""
         options = {**_storage_options_env(), **(config_options or {}), **self.storage_options}
-        return open_storage(self.host, url, options)
+        return open_storage(self.host, _require_repo(url), options)
 
     def init_repository(
         self,
-        url: str,
+        url: str | None,
         *,
         passphrase: str | None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         storage_options: Mapping[str, Any] | None = None,
     ) -> Repository:
-        """Create a repository (encrypted unless ``passphrase`` is None) and remember it as this client's."""
+        """Create a repository at ``url`` (or ``GENIEVM_BACKUP_PATH``), encrypted unless ``passphrase`` is None,
+        and remember it as this client's."""
         repo = Repository.init(self.open_storage(url, storage_options), passphrase=passphrase, chunk_size=chunk_size)
         self.known_repositories.remember(repo.url, repo.config)
         return repo
@@ -173,6 +181,7 @@ class GenieVM:
         compression_level: int = 3,
         storage_options: Mapping[str, Any] | None = None,
         no_lock: bool = False,
+        lock_wait: float = 10.0,
     ) -> Repository:
         """Open ``url`` (or ``GENIEVM_BACKUP_PATH``), its storage wrapped in retries.
 
@@ -180,17 +189,24 @@ class GenieVM:
         else ``GENIEVM_PASSPHRASE``, else a prompt on a terminal. Giving one makes a
         config that claims to be unencrypted a refusal (it may have been replaced).
         ``no_lock`` (``--no-lock``): its reads (verify, restore) take no lock, with a warning.
+        ``lock_wait``: seconds its jobs wait for a conflicting lock to go.
         """
-        storage = with_retries(self.open_storage(_require_repo(url), storage_options), self.storage_attempts)
-        given = passphrase is not None or passphrase_file is not None or bool(os.environ.get(PASSPHRASE_ENV))
+        storage = with_retries(self.open_storage(url, storage_options), self.storage_attempts)
+        given = (
+            passphrase is not None
+            or passphrase_file is not None
+            or self.passphrase_command is not None
+            or bool(os.environ.get(PASSPHRASE_ENV))
+        )
         repo = Repository.open(
             storage,
-            passphrase=_source(passphrase, passphrase_file),
+            passphrase=self._source(passphrase, passphrase_file),
             compression_level=compression_level,
             expect_encrypted=given,
             known=self.known_repositories,
         )
         repo.lock_reads = not no_lock
+        repo.locking = LockPolicy(wait=lock_wait, stale_after=self.lock_stale_after)
         for warning in repo.warnings:
             self._warn(warning)
         return repo
@@ -201,10 +217,16 @@ class GenieVM:
     ) -> bool:  # fmt: skip
         """Bring an open repository's config to the current format under the exclusive lock; False if it was."""
         with repository.lock("exclusive", "upgrade", timeout=lock_wait):
-            changed = repository.upgrade(_source(passphrase, passphrase_file))
+            changed = repository.upgrade(self._source(passphrase, passphrase_file))
         if changed:  # what this client remembers follows the new format
             self.known_repositories.remember(repository.url, repository.config)
         return changed
+
+    def unlock(
+        self, repository: Repository, *, force: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Remove the repository's stale locks (every lock with ``force``): the removed ones and the kept ones."""
+        return remove_locks(repository.storage, stale_after=self.lock_stale_after, force=force)
 
     @property
     def known_repositories(self) -> KnownRepositories:
@@ -285,6 +307,13 @@ class GenieVM:
         """Ask the process that runs a job to pause, resume or cancel it (it acts within a second)."""
         return self.registry.request(job_id, action)
 
+    def passphrase_source(self, passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
+        """``passphrase_source`` with this client's ``passphrase_command``."""
+        return passphrase_source(passphrase_file, confirm=confirm, command=self.passphrase_command)
+
+    def _source(self, passphrase: str | None, passphrase_file: Path | None) -> Callable[[], str]:
+        return (lambda: passphrase) if passphrase is not None else self.passphrase_source(passphrase_file)
+
     def _warn(self, warning: str) -> None:
         if warning not in self._warned:
             self._warned.add(warning)
@@ -292,19 +321,22 @@ class GenieVM:
                 self.on_warning(warning)
 
 
-def _source(passphrase: str | None, passphrase_file: Path | None) -> Callable[[], str]:
-    return (lambda: passphrase) if passphrase is not None else passphrase_source(passphrase_file)
+def passphrase_source(
+    passphrase_file: Path | None, *, confirm: bool = False, command: str | None = None
+) -> Callable[[], str]:
+    """A callable that returns the passphrase: from a command, a file, the environment, or a prompt.
 
-
-def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
-    """A callable that returns the passphrase: from a file, the environment, or a prompt.
-
-    A passphrase file is a regular file or a pipe of at most 4 KiB; an empty passphrase from any
-    source is the same case as none at all.
+    A passphrase file is a regular file or a pipe of at most 4 KiB; a passphrase command (split as a
+    shell would, but run without one) prints at most 4 KiB, its first line the passphrase. An empty
+    passphrase from any source is the same case as none at all.
     """
+    if command is not None and passphrase_file is not None:
+        raise ConfigError("invalid configuration: --passphrase-command: give it or --passphrase-file, not both")
 
     def get() -> str:
-        if passphrase_file is not None:
+        if command is not None:
+            passphrase = _run_passphrase_command(command)
+        elif passphrase_file is not None:
             data = read_user_file(passphrase_file, what="passphrase file", limit=MAX_PASSPHRASE)
             passphrase = text_of(data, passphrase_file, what="passphrase file").rstrip("\n")
         elif os.environ.get(PASSPHRASE_ENV):
@@ -323,6 +355,43 @@ def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False) ->
         return passphrase
 
     return get
+
+
+def _run_passphrase_command(command: str) -> str:
+    """The first line the command prints; its failure is one line naming the command (never its output)."""
+    what = "invalid configuration: --passphrase-command"
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: cannot split {command!r}: {exc}") from None
+    if not argv:
+        raise ConfigError(f"{what}: empty")
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors)  # stdin: ours, for a prompt
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+        assert proc.stdout is not None
+        with proc:
+            out = proc.stdout.read(MAX_PASSPHRASE + 1)
+            if len(out) > MAX_PASSPHRASE:
+                proc.kill()
+                raise ConfigError(f"{what}: {argv[0]} printed more than 4 KiB")
+            try:
+                code = proc.wait(PASSPHRASE_COMMAND_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise ConfigError(f"{what}: {argv[0]} took more than {PASSPHRASE_COMMAND_TIMEOUT:.0f} s") from None
+        if code != 0:
+            errors.seek(0)
+            said = errors.read(MAX_PASSPHRASE).decode(errors="replace").strip().splitlines()
+            because = f": {said[-1][:200]}" if said else ""
+            raise ConfigError(f"{what}: {argv[0]} exited {code}{because}")
+    try:
+        text = out.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {argv[0]} printed something that is not UTF-8 text") from None
+    return text.split("\n", 1)[0].rstrip("\r")
 
 
 def _storage_options_env() -> dict[str, Any]:

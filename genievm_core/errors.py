@@ -22,6 +22,7 @@ Hierarchy (exit code in brackets)::
     │   ├── WrongPassphraseError [17]
     │   ├── PassphraseRequiredError [18]
     │   ├── RepositoryLockedError [19]
+    │   │   └── LockLostError [29]  this process's lock could not be refreshed, or was removed
     │   ├── BackupNotFoundError [20]
     │   └── CorruptionError [21] ... an object fails its checks (bad tag, bad id, truncated)
     ├── VerifyError [22] ........... verification found damage (the report names it)
@@ -48,6 +49,7 @@ __all__ = [
     "JobInterruptedError",
     "JobNotFoundError",
     "JobStateError",
+    "LockLostError",
     "ObjectLockedError",
     "ObjectNotFoundError",
     "PassphraseRequiredError",
@@ -187,6 +189,12 @@ class RepositoryLockedError(RepositoryError):
     """repository {url} is locked by {holder}"""
 
     exit_code = 19
+
+
+class LockLostError(RepositoryLockedError):
+    """repository {url}: lost this process's lock: {reason}; stopped before writing anything more"""
+
+    exit_code = 29
 
 
 class BackupNotFoundError(RepositoryError):

@@ -14,7 +14,10 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = ["configure_logging", "redact_secrets", "redact_url"]
+from genievm_core.choices import LogFormat, LogLevel
+
+__all__ = ["LogFormat", "LogLevel", "configure_logging", "redact_secrets", "redact_url"]
+
 
 _SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token_key|api_key|credential|^key$", re.I)
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -35,7 +38,7 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", url)
 
 
-def configure_logging(level: str = "warning", fmt: Literal["console", "json"] = "console") -> None:
+def configure_logging(level: str = "warning", fmt: Literal["console", "json"] | LogFormat = "console") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from support import CHUNK, PASSPHRASE, CLIResult, open_repo, random_bytes, text_bytes, write_image
 
+from genievm_core.cli.common import human_size
 from genievm_core.plugin import PluginHost
 
 Run = Callable[..., CLIResult]
@@ -119,8 +120,47 @@ def test_repo_info(cli: Run, populated: tuple[Path, dict[str, Path], list[str]])
     assert isinstance(info, dict)
     assert (info["encryption"], info["backups"], info["chunk_size"], info["format_version"]) == ("none", 3, CHUNK, 2)
     assert info["url"] == f"file://{repo}"
+    chunk_files = [p for p in (repo / "chunks").rglob("*") if p.is_file()]
+    host = PluginHost()
+    manifests = open_repo(host, repo).manifests()
+    size = sum(d.size for m in manifests for d in m.disks)
+    stored = sum(m.stats.bytes_stored for m in manifests)
+    assert (info["chunk_objects"], info["backups_size"], info["stored_size"]) == (len(chunk_files), size, stored)
+    assert info["space_saved"] == round(1 - stored / size, 4) and 0 < info["space_saved"] < 1
     human = cli("repo", "info", env={"GENIEVM_BACKUP_PATH": str(repo)})
-    assert human.code == 0 and "backups: 3" in human.stdout
+    assert human.code == 0
+    lines = [line.strip() for line in human.stdout.splitlines()]
+    assert lines[-3:] == [
+        f"backups: 3 of {len({m.vm.id for m in manifests})} VMs",
+        f"chunks: {len(chunk_files)} stored",
+        f"size: {human_size(size)} of backups, {human_size(stored)} stored ({1 - stored / size:.1%} saved)",
+    ]
+
+    deep = ok_json(cli("repo", "stats", "--repo", str(repo), "--json"))
+    assert isinstance(deep, dict)
+    unique = {cid for m in manifests for d in m.disks for cid in open_repo(host, repo).disk_index(d).stored_ids()}
+    assert deep["unique_chunks"] == len(unique) and deep["backups_size"] == size
+    assert 0 < deep["unique_size"] <= size
+    stats = cli("repo", "stats", str(repo))
+    assert stats.code == 0
+    assert stats.stdout.splitlines()[-1].strip() == (
+        f"unique chunks: {len(unique)} ({human_size(deep['unique_size'])}); dedup {size / deep['unique_size']:.2f}x, "
+        f"compression {deep['unique_size'] / stored:.2f}x"
+    )
+
+
+def test_repo_info_of_a_repository_with_an_unreadable_manifest(
+    cli: Run, populated: tuple[Path, dict[str, Path], list[str]]
+) -> None:
+    repo, _, ids = populated
+    manifest = repo / "manifests" / ids[0]
+    manifest.write_bytes(manifest.read_bytes()[:20])
+    info = ok_json(cli("repo", "info", str(repo), "--json"))
+    assert isinstance(info, dict) and (info["backups"], info["damaged_manifests"]) == (3, 1)
+    human = cli("repo", "info", str(repo))
+    assert human.code == 0, human.stderr
+    assert any(line.strip().startswith("backups: 3 of ") and line.endswith(", 1 unreadable (see genievm verify)")
+               for line in human.stdout.splitlines()), human.stdout  # fmt: skip
 
 
 def test_backups_list(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) -> None:
@@ -309,9 +349,7 @@ class SealedError(Exception):
         super().__setattr__(name, value)
 
 
-def test_an_sdk_error_that_refuses_attributes_is_reported_as_itself(
-    cli: Run, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_sdk_error_that_refuses_attributes_is_reported_as_itself(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(self: PluginHost) -> None:
         raise SealedError("the SDK's own words")
 
@@ -319,3 +357,119 @@ def test_an_sdk_error_that_refuses_attributes_is_reported_as_itself(
     result = cli("plugins")
     assert result.code == 1
     assert result.stderr.startswith("genievm: internal error: SealedError: the SDK's own words"), result.stderr
+
+
+# ---------------------------------------------------------------- the CLI's surface (issue 21)
+
+
+def test_an_error_under_json_is_json_on_stdout_with_the_same_exit(cli: Run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert cli("repo", "init", "--repo", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)).code == 0
+    missing = "20200101T000000.000000Z-00000000"
+    result = cli("backups", "show", missing, "--repo", str(repo), "--json")
+    line = one_error_line(result, 20)
+    message = f"no backup {missing} in repository file://{repo}"
+    assert line == f"genievm: error: {message}"
+    assert json.loads(result.stdout) == {"error": {"code": "BackupNotFoundError", "exit": 20, "message": message}}
+    without = cli("backups", "show", missing, "--repo", str(repo))
+    assert without.code == 20 and without.stdout == "", "without --json, stdout stays empty"
+
+
+def test_version_names_the_core_and_each_plugin_distribution(genievm_exe: Run) -> None:
+    from genievm_core import __version__
+
+    result = genievm_exe("--version")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"genievm-core {__version__}"
+    assert "genievm-storage-fs 0.1.0 (file)" in lines and "genievm-kvm 0.1.0 (kvm)" in lines
+
+
+def test_log_options_take_only_their_values(genievm_exe: Run) -> None:
+    for option, value, choices in (
+        ("--log-level", "loud", "'debug', 'info', 'warning', 'error'"),
+        ("--log-format", "xml", "'console', 'json'"),
+    ):
+        result = genievm_exe(option, value, "plugins")
+        assert result.code == 2, result.stderr
+        assert f"'{value}' is not one of {choices}" in " ".join(result.stderr.split()).replace("│ ", "")
+    assert genievm_exe("--log-level", "DEBUG", "plugins").code == 0  # any case
+
+
+def test_job_log_lines_carry_the_job_id_and_the_last_one_its_result(genievm_exe: Run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    image = write_image(tmp_path / "vda.img", 2 * CHUNK, [(0, b"data")])
+    env = {"GENIEVM_JOB_DB": str(tmp_path / "jobs.sqlite")}
+    assert genievm_exe("repo", "init", str(repo), "--encryption", "none", env=env).code == 0
+    result = genievm_exe("--log-level", "info", "--log-format", "json", "backup", "--vm", "web01", "--repo",
+                         str(repo), "--disk", f"vda={image}", "--json", env=env)  # fmt: skip
+    assert result.code == 0, result.stderr
+    job_id = json.loads(result.stdout)["job_id"]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    done = next(e for e in events if e["event"] == "backup.done")
+    assert done["job_id"] == job_id
+    last = events[-1]
+    assert last["event"] == "job.ended" and last["job_id"] == job_id and last["result"] == "succeeded"
+    assert isinstance(last["duration_seconds"], float) and last["duration_seconds"] >= 0
+
+
+def test_repo_commands_take_repo_like_every_other(cli: Run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init = ok_json(cli("repo", "init", "--repo", str(repo), "--encryption", "none", "--json"))
+    assert isinstance(init, dict) and init["url"] == f"file://{repo}"
+    info = ok_json(cli("repo", "info", "--repo", str(repo), "--json"))
+    assert isinstance(info, dict) and info["repository_id"] == init["repository_id"]
+    line = one_error_line(cli("repo", "info", str(repo), "--repo", str(tmp_path / "other")), 3)
+    assert line == (
+        f"genievm: error: invalid configuration: --repo: '{tmp_path / 'other'}' and the argument '{repo}' "
+        "name two repositories"
+    )
+
+
+def test_a_passphrase_command_gives_the_passphrase_never_in_argv_or_logs(genievm_exe: Run, tmp_path: Path) -> None:
+    vault = tmp_path / "vault"
+    vault.write_text(f"{PASSPHRASE}\nuser: backup\n")  # as `pass show` prints: the passphrase is its first line
+    command = f"cat {vault}"
+    repo = tmp_path / "repo"
+    env = {"GENIEVM_JOB_DB": str(tmp_path / "jobs.sqlite")}
+    init = genievm_exe("--passphrase-command", command, "repo", "init", str(repo), "--json", env=env)
+    assert init.code == 0, init.stderr
+    info = genievm_exe("--log-level", "debug", "repo", "info", "--repo", str(repo), "--json",
+                       env=env | {"GENIEVM_PASSPHRASE_COMMAND": command})  # fmt: skip
+    assert info.code == 0, info.stderr
+    assert json.loads(info.stdout)["encryption"] == "aes-256-gcm"
+    assert PASSPHRASE not in info.stderr and PASSPHRASE not in info.stdout
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not it\n")
+    line = one_error_line(genievm_exe("--passphrase-command", f"cat {wrong}", "repo", "info", str(repo), env=env), 17)
+    assert line == f"genievm: error: wrong passphrase for repository file://{repo}"
+    flood = genievm_exe("--passphrase-command", "yes", "repo", "info", str(repo), env=env)  # bounded: 4 KiB read
+    assert (
+        one_error_line(flood, 3)
+        == "genievm: error: invalid configuration: --passphrase-command: yes printed more than 4 KiB"
+    )
+
+
+def test_the_backup_summary_says_what_was_added_stored_and_saved(cli: Run, tmp_path: Path) -> None:
+    import re
+
+    repo = tmp_path / "repo"
+    text = text_bytes(CHUNK, 3)  # compresses well
+    image = write_image(
+        tmp_path / "vda.img", 4 * CHUNK, [(0, text), (CHUNK, text), (3 * CHUNK, random_bytes(CHUNK, 4))]
+    )
+    assert cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", str(CHUNK)).code == 0
+    result = cli("backup", "--vm", "web01", "--repo", str(repo), "--disk", f"vda={image}")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(
+        r"backup \S+ of web01: full, 1 disk, 256\.0 KiB examined in \d+\.\d s \(\d+\.\d (KiB|MiB|GiB)/s\)", lines[0]
+    ), lines[0]
+    added = re.fullmatch(
+        r"  added to the repository: 128\.0 KiB \((\d+\.\d) KiB stored, compression (\d+\.\d\d)x\); "
+        r"unchanged or deduplicated: 64\.0 KiB \(dedup 1\.50x\); zero: 64\.0 KiB",
+        lines[1],
+    )
+    assert added, lines[1]
+    assert float(added.group(1)) < 128 and float(added.group(2)) > 1, "the text chunk compressed"
+    assert lines[2] == "  vda: 256.0 KiB, full (no parent backup of this disk)", lines[2]

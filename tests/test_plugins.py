@@ -220,7 +220,10 @@ def test_a_plugin_whose_import_fails_exits_4_naming_it(runs: Runs) -> None:
     line = result.err_lines[0]
     assert line.startswith("genievm: error: plugin broken ")
     assert "genievm_broken.plugin" in line and "RuntimeError: the vendor SDK is missing" in line
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout) == {  # run with --json: the error is JSON on stdout too
+        "error": {"code": "PluginError", "exit": 4, "message": line.removeprefix("genievm: error: ")}
+    }
 
 
 def test_disable_plugin_skips_the_failing_plugin(runs: Runs) -> None:
@@ -297,7 +300,7 @@ def test_a_plugin_built_for_another_plugin_api_is_refused_in_one_line(genievm_ex
             {f"genievm_{name}/__init__.py": "", f"genievm_{name}/plugin.py": plugin.format(api=api, name=name)},
         )
     refused = genievm_exe("plugins", "--json", env=site_env(site, tmp_path / "cache"))
-    assert refused.code == 4 and refused.stdout == ""
+    assert refused.code == 4 and json.loads(refused.stdout)["error"]["code"] == "PluginError"  # --json: JSON too
     assert refused.err_lines == [
         f"genievm: error: plugin future (genievm-future 3.0) is built for plugin API 2; genievm-core "
         f"{__version__} has plugin API {PLUGIN_API} (install a genievm-future for it, or --disable-plugin future)"

@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from genievm_core.choices import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, LOCK_STALE_AFTER, LogFormat, LogLevel
 from genievm_core.errors import GenieVMError, JobInterruptedError
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ _debug = False
 # summary `genievm --help` lists. A module is imported only when its command runs or shows its own help, so
 # `genievm --help` and `--version` import no plugin, no pydantic model, no engine (benchmarks/startup.py).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "repo": ("repo", "app", "Create and describe repositories."),
+    "repo": ("repo", "app", "Create, describe, upgrade and unlock repositories."),
     "backups": ("backups", "app", "List and show backups."),
     "jobs": ("jobs", "app", "List, show, watch, pause, resume and cancel jobs."),
     "backup": ("transfer", "backup", "Back up a VM into a repository (incremental when it has a parent)."),
@@ -111,19 +113,61 @@ app = typer.Typer(
     cls=_LazyGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _print_version(value: bool) -> None:
+    """``genievm --version``: the core's version, then each plugin distribution's, with its plugins.
+
+    Read from the installed metadata (entry points), so no plugin is imported: it answers in a fifth of a second.
+    """
+    if not value:
+        return
+    from importlib.metadata import entry_points, version
+
+
+    lines = [f"genievm-core {version('genievm-core')}"]
+    by_distribution: dict[tuple[str, str], list[str]] = {}
+    if not os.environ.get(DISABLE_AUTOLOAD_ENV):
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            dist = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "?")
+            by_distribution.setdefault(dist, []).append(ep.name)
+    for (distribution, dist_version), names in sorted(by_distribution.items()):
+        lines.append(f"{distribution} {dist_version} ({', '.join(sorted(names))})")
+    sys.stdout.write("\n".join(lines) + "\n")
+    raise typer.Exit()
 
 
 @app.callback()
 def _root(
     ctx: typer.Context,
     log_level: Annotated[
-        str, typer.Option(envvar="GENIEVM_LOG_LEVEL", help="debug, info, warning or error")
-    ] = "warning",
-    log_format: Annotated[str, typer.Option(envvar="GENIEVM_LOG_FORMAT", help="console or json")] = "console",
+        LogLevel,
+        typer.Option(
+            envvar="GENIEVM_LOG_LEVEL",
+            case_sensitive=False,
+            help="the least severe events logged on stderr",
+            metavar="LEVEL",
+        ),
+    ] = LogLevel.WARNING,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar="GENIEVM_LOG_FORMAT",
+            case_sensitive=False,
+            help="log lines as console text or JSON",
+            metavar="FORMAT",
+        ),
+    ] = LogFormat.CONSOLE,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="show the versions of GenieVM and its plugins"
+        ),
+    ] = False,
     disable_plugin: Annotated[
-        list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)")
+        list[str] | None, typer.Option("--disable-plugin", help="do not load this plugin (repeatable)", metavar="NAME")
     ] = None,
     storage_option: Annotated[
         list[str] | None,
@@ -135,26 +179,55 @@ def _root(
     ] = None,
     job_db: Annotated[
         Path | None,
-        typer.Option(envvar="GENIEVM_JOB_DB", help="job registry, SQLite (default ~/.local/state/genievm/jobs.sqlite)"),
+        typer.Option(
+            envvar="GENIEVM_JOB_DB",
+            help="job registry, SQLite (default ~/.local/state/genievm/jobs.sqlite)",
+            metavar="PATH",
+        ),
     ] = None,
     storage_attempts: Annotated[
         int,
-        typer.Option(min=1, max=100, envvar="GENIEVM_STORAGE_ATTEMPTS", help="tries of a storage operation that fails"),
+        typer.Option(
+            min=1,
+            max=100,
+            envvar="GENIEVM_STORAGE_ATTEMPTS",
+            help="tries of a storage operation that fails",
+            metavar="N",
+        ),
     ] = 5,
+    lock_stale_after: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            envvar="GENIEVM_LOCK_STALE_AFTER",
+            help="a lock of another host not refreshed for this long is stale (locks are refreshed every sixth)",
+        ),
+    ] = LOCK_STALE_AFTER,
+    passphrase_command: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COMMAND",
+            envvar="GENIEVM_PASSPHRASE_COMMAND",
+            help="run COMMAND (no shell) and read the passphrase from its output, e.g. 'pass show genievm'",
+        ),
+    ] = None,
 ) -> None:
     from genievm_core.cli.common import State, parse_storage_options
     from genievm_core.engine.memory import tune_allocator
     from genievm_core.logging import configure_logging
 
     global _debug
-    _debug = log_level.lower() == "debug"
+    _debug = log_level is LogLevel.DEBUG
     tune_allocator()
-    configure_logging(log_level, "json" if log_format == "json" else "console")
+    configure_logging(log_level.value, log_format)
     ctx.obj = State(
         disabled_plugins=list(disable_plugin or []),
         storage_options=parse_storage_options(storage_option),
         job_db=job_db,
         storage_attempts=storage_attempts,
+        lock_stale_after=lock_stale_after,
+        passphrase_command=passphrase_command,
     )
     ctx.call_on_close(ctx.obj.close)
 
@@ -169,16 +242,28 @@ def _say(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _json_error(exc: Exception, exit_code: int, message: str) -> None:
+    """Under ``--json``, the error as JSON on stdout too (the line on stderr stays)."""
+    from genievm_core.cli.common import emit_json, error_format
+
+    if error_format.json and not error_format.result_printed:
+        emit_json({"error": {"code": type(exc).__name__, "exit": exit_code, "message": message}})
+
+
 def main() -> None:
+    common = sys.modules.get("genievm_core.cli.common")
+    if common is not None:  # a second run in this process (the tests): forget the last run's --json
+        common.error_format.json = common.error_format.result_printed = False
     for signum in (signal.SIGINT, signal.SIGTERM):  # stop between chunks and clean up, with one line
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _interrupt)
     try:
         # the click command itself: Typer's own __call__ sets an attribute on every escaping exception,
         # which SDK errors that refuse new attributes (pyVmomi's faults) turn into an AttributeError
-        typer.main.get_command(app)(standalone_mode=True)
+        typer.main.get_command(app)(prog_name="genievm", standalone_mode=True)
     except GenieVMError as exc:
         _say(f"genievm: error: {exc}")
+        _json_error(exc, exc.exit_code, str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _say("genievm: interrupted")
@@ -188,6 +273,7 @@ def main() -> None:
 
         structlog.get_logger("genievm").debug("internal_error", exc_info=True)
         _say(f"genievm: internal error: {type(exc).__name__}: {exc} (run with --log-level debug for the traceback)")
+        _json_error(exc, 1, f"internal error: {type(exc).__name__}: {exc}")
         if _debug:
             raise
         sys.exit(1)

@@ -27,7 +27,7 @@ app = typer.Typer(help="List and show backups.", no_args_is_help=True)
 def list_backups(
     ctx: typer.Context,
     repo: RepoOption = None,
-    vm: Annotated[str | None, typer.Option("--vm", help="only this VM's (its id, or its name)")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="only this VM's (its id, or its name)", metavar="VM")] = None,
     passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -85,7 +85,7 @@ def show(
     ctx: typer.Context,
     backup_id: Annotated[str, typer.Argument(help="backup id, or 'latest' with --vm")],
     repo: RepoOption = None,
-    vm: Annotated[str | None, typer.Option("--vm")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", metavar="VM", help="the VM whose 'latest' backup is shown")] = None,
     passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -28,21 +28,56 @@ from genievm_core.errors import ConfigError
 __all__ = [
     "ConfigFileOption",
     "JsonOption",
+    "LockWaitOption",
     "NoLockOption",
     "PassphraseFileOption",
     "RepoOption",
     "State",
     "disk_progress",
     "emit_json",
+    "error_format",
+    "human_rate",
     "human_size",
     "parse_storage_options",
     "passphrase_source",
+    "plural",
+    "ratio",
+    "repository_argument",
     "state",
 ]
 
-RepoOption = Annotated[str | None, typer.Option("--repo", help=f"repository path or URL (backupPath; or {REPO_ENV})")]
-PassphraseFileOption = Annotated[Path | None, typer.Option(help="file holding the repository passphrase")]
-JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+RepoOption = Annotated[
+    str | None,
+    typer.Option("--repo", metavar="URL", help=f"repository path or URL (backupPath; or {REPO_ENV})"),
+]
+LockWaitOption = Annotated[
+    float,
+    typer.Option("--lock-wait", min=0, metavar="SECONDS", help="seconds to wait for a conflicting lock to go"),
+]
+PassphraseFileOption = Annotated[
+    Path | None, typer.Option(help="file holding the repository passphrase", metavar="PATH")
+]
+
+
+class _ErrorFormat:
+    """Whether the command was given ``--json``: its error, if any, is then printed as JSON too, unless it
+    has printed its result already (``verify``'s reports before its exit 22): stdout holds one JSON document."""
+
+    json = False
+    result_printed = False
+
+
+error_format = _ErrorFormat()
+
+
+def _note_json(value: bool) -> bool:
+    error_format.json = error_format.json or value
+    return value
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="print the result as JSON (an error too, on stdout)", callback=_note_json)
+]
 NoLockOption = Annotated[
     bool,
     typer.Option(
@@ -50,10 +85,15 @@ NoLockOption = Annotated[
         help="read without the shared lock (read-only storage); automatic when the storage refuses writes",
     ),
 ]
-ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config")]
+ConfigFileOption = Annotated[Path | None, typer.Option("--config", "-c", help="JSON job config", metavar="PATH")]
 ProviderOptionOption = Annotated[
     list[str] | None,
-    typer.Option("--provider-option", "-o", help="KEY=VALUE for providerOptions, e.g. uri=qemu:///system (repeatable)"),
+    typer.Option(
+        "--provider-option",
+        "-o",
+        help="KEY=VALUE for providerOptions, e.g. uri=qemu:///system (repeatable)",
+        metavar="KEY=VALUE",
+    ),
 ]
 
 
@@ -93,6 +133,15 @@ def state(ctx: typer.Context) -> State:
     return obj
 
 
+def repository_argument(positional: str | None, option: str | None) -> str | None:
+    """The repository given as the argument or as ``--repo`` (None: ``GENIEVM_BACKUP_PATH``, checked later)."""
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError(
+            f"invalid configuration: --repo: {option!r} and the argument {positional!r} name two repositories"
+        )
+    return positional if positional is not None else option
+
+
 def parse_storage_options(values: list[str] | None) -> dict[str, str]:
     """``--storage-option KEY=VALUE`` (repeatable) as a mapping; values stay strings for the plugin to check."""
     options = {}
@@ -105,6 +154,7 @@ def parse_storage_options(values: list[str] | None) -> dict[str, str]:
 
 
 def emit_json(data: Any) -> None:
+    error_format.result_printed = True
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
@@ -140,3 +190,18 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def human_rate(n: float, seconds: float) -> str:
+    """``n`` bytes in ``seconds`` in the units of ``human_size``: ``6.7 MiB/s``."""
+    return f"{human_size(n / seconds)}/s" if seconds > 0 else "-"
+
+
+def ratio(whole: float, part: float) -> str:
+    """``whole / part`` as ``2.50x``; ``-`` when ``part`` is 0 (nothing to compare)."""
+    return f"{whole / part:.2f}x" if part > 0 else "-"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 disk``, ``2 disks``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -18,7 +18,10 @@ app = typer.Typer(help="List, show, watch, pause, resume and cancel jobs.", no_a
 
 JobIdArgument = Annotated[str, typer.Argument(help="job id (or a prefix that names one job)")]
 WaitOption = Annotated[
-    float, typer.Option("--wait", min=0, help="seconds to wait for the job's process to act on the request")
+    float,
+    typer.Option(
+        "--wait", min=0, help="seconds to wait for the job's process to act on the request", metavar="SECONDS"
+    ),
 ]
 _TARGET = {"pause": {JobState.PAUSED}, "resume": {JobState.RUNNING}, "cancel": {JobState.CANCELLED}}
 
@@ -33,9 +36,9 @@ def _registry(ctx: typer.Context) -> JobRegistry:
 def list_jobs(
     ctx: typer.Context,
     state_filter: Annotated[
-        list[JobState] | None, typer.Option("--state", help="only jobs in this state (repeatable)")
+        list[JobState] | None, typer.Option("--state", help="only jobs in this state (repeatable)", metavar="STATE")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first", metavar="N")] = 50,
     json_output: JsonOption = False,
 ) -> None:
     """Jobs of this host, running and past, newest first."""
@@ -121,7 +124,9 @@ def cancel(ctx: typer.Context, job_id: JobIdArgument, wait: WaitOption = 10.0, j
 def watch(
     ctx: typer.Context,
     job_id: JobIdArgument,
-    interval: Annotated[float, typer.Option(min=0.05, help="seconds between looks at the registry")] = 0.5,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="seconds between looks at the registry", metavar="SECONDS")
+    ] = 0.5,
     json_output: JsonOption = False,
 ) -> None:
     """Follow a job until it ends: progress bars on a terminal, else a line per change (JSON lines with --json)."""

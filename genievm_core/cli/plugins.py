@@ -20,7 +20,8 @@ def plugins(
         bool, typer.Option("--check", help="run the contract self-checks the installed plugins declare")
     ] = False,
     only: Annotated[
-        list[str] | None, typer.Option("--only", help="with --check: only this plugin's self-checks (repeatable)")
+        list[str] | None,
+        typer.Option("--only", help="with --check: only this plugin's self-checks (repeatable)", metavar="NAME"),
     ] = None,
 ) -> None:
     """List the plugins: name, distribution, version and what each registers."""

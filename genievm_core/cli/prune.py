@@ -26,14 +26,22 @@ from genievm_core.repository.retention import RetentionPolicy
 GraceOption = Annotated[
     str,
     typer.Option(
-        "--grace", help="keep unreferenced objects until they have been unreferenced this long: 0, 90s, 30m, 24h, 7d"
+        "--grace",
+        help="keep unreferenced objects until they have been unreferenced this long: 0, 90s, 30m, 24h, 7d",
+        metavar="DURATION",
     ),
 ]
 LockWaitOption = Annotated[
-    float, typer.Option("--lock-wait", min=0, help="seconds to wait for running backups before deleting")
+    float,
+    typer.Option("--lock-wait", min=0, metavar="SECONDS", help="seconds to wait for running backups before deleting"),
 ]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="show what would be deleted; delete nothing")]
-Count = Annotated[int | None, typer.Option(min=1)]
+
+
+def _count(help_text: str) -> Any:
+    return typer.Option(min=1, metavar="N", help=help_text)
+
+
 DEFAULT_GRACE_TEXT = f"{int(DEFAULT_GRACE.total_seconds() // 3600)}h"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -50,13 +58,15 @@ def prune(
     ctx: typer.Context,
     config_file: ConfigFileOption = None,
     repo: RepoOption = None,
-    vm: Annotated[list[str] | None, typer.Option("--vm", help="only this VM's backups (repeatable)")] = None,
-    keep_last: Count = None,
-    keep_daily: Count = None,
-    keep_weekly: Count = None,
-    keep_monthly: Count = None,
-    retention_days: Count = None,
-    max_backups: Count = None,
+    vm: Annotated[
+        list[str] | None, typer.Option("--vm", help="only this VM's backups (repeatable)", metavar="VM")
+    ] = None,
+    keep_last: Annotated[int | None, _count("keep the newest N backups of each VM")] = None,
+    keep_daily: Annotated[int | None, _count("keep the newest backup of each of the last N days")] = None,
+    keep_weekly: Annotated[int | None, _count("keep the newest backup of each of the last N weeks")] = None,
+    keep_monthly: Annotated[int | None, _count("keep the newest backup of each of the last N months")] = None,
+    retention_days: Annotated[int | None, _count("remove backups older than N days (retentionDays)")] = None,
+    max_backups: Annotated[int | None, _count("keep at most N backups of each VM (maxBackups)")] = None,
     grace: GraceOption = DEFAULT_GRACE_TEXT,
     lock_wait: LockWaitOption = 3600.0,
     dry_run: DryRunOption = False,

@@ -11,15 +11,19 @@ import typer
 from genievm_core.cli.common import (
     ConfigFileOption,
     JsonOption,
+    LockWaitOption,
     NoLockOption,
     PassphraseFileOption,
     ProviderOptionOption,
     RepoOption,
     disk_progress,
     emit_json,
+    human_rate,
     human_size,
     out_console,
+    plural,
     provider_options,
+    ratio,
     state,
 )
 from genievm_core.errors import ConfigError
@@ -54,19 +58,27 @@ def _disk_configs(targets: dict[str, str], formats: dict[str, str]) -> tuple[dic
 def backup(
     ctx: typer.Context,
     config_file: ConfigFileOption = None,
-    vm: Annotated[str | None, typer.Option("--vm", help="VM id or name (vmId)")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="VM id or name (vmId)", metavar="VM")] = None,
     repo: RepoOption = None,
-    provider: Annotated[str | None, typer.Option(help="provider plugin (default image)")] = None,
-    disk: Annotated[list[str] | None, typer.Option("--disk", help="image provider: NAME=PATH (repeatable)")] = None,
+    provider: Annotated[str | None, typer.Option(help="provider plugin (default image)", metavar="NAME")] = None,
+    disk: Annotated[
+        list[str] | None, typer.Option("--disk", help="image provider: NAME=PATH (repeatable)", metavar="NAME=PATH")
+    ] = None,
     full: Annotated[bool, typer.Option("--full", help="read everything; no incremental")] = False,
-    compression_level: Annotated[int | None, typer.Option(help="zstd level 1-22")] = None,
-    max_concurrent_disks: Annotated[int | None, typer.Option()] = None,
-    exclude_disk: Annotated[list[str] | None, typer.Option("--exclude-disk")] = None,
+    compression_level: Annotated[int | None, typer.Option(help="zstd level 1-22", metavar="LEVEL")] = None,
+    max_concurrent_disks: Annotated[
+        int | None, typer.Option(metavar="N", help="disks copied at once (maxConcurrentDisks)")
+    ] = None,
+    exclude_disk: Annotated[
+        list[str] | None,
+        typer.Option("--exclude-disk", metavar="NAME", help="leave this disk out (excludedDisks; repeatable)"),
+    ] = None,
     no_cbt: Annotated[bool, typer.Option("--no-cbt", help="compare chunk ids instead of using CBT")] = False,
     quiesce: Annotated[bool, typer.Option("--quiesce", help="freeze guest filesystems (QEMU guest agent)")] = False,
     provider_option: ProviderOptionOption = None,
-    workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)")] = None,
+    workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)", metavar="N")] = None,
     passphrase_file: PassphraseFileOption = None,
+    lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Back up a VM into a repository (incremental when it has a parent)."""
@@ -96,6 +108,7 @@ def backup(
         passphrase_file,
         compression_level=config.compression_level,
         storage_options=config.storage_options,
+        lock_wait=lock_wait,
     )
     started = time.monotonic()
     job = st.backup_job(config, repository, workers=workers)
@@ -125,39 +138,56 @@ def backup(
 def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
     s = manifest.stats
     out_console.print(
-        f"backup {manifest.backup_id} of {manifest.vm.id}: {manifest.kind}, {len(manifest.disks)} disks, "
-        f"{human_size(s.bytes_scanned)} examined, {human_size(s.bytes_new)} new ({human_size(s.bytes_stored)} stored), "
-        f"{human_size(s.bytes_deduplicated)} unchanged or deduplicated, {human_size(s.bytes_zero)} zero, "
-        f"in {elapsed:.1f} s",
+        f"backup {manifest.backup_id} of {manifest.vm.id}: {manifest.kind}, {plural(len(manifest.disks), 'disk')}, "
+        f"{human_size(s.bytes_scanned)} examined in {elapsed:.1f} s ({human_rate(s.bytes_scanned, elapsed)})",
+        highlight=False,
+    )
+    out_console.print(
+        f"  added to the repository: {human_size(s.bytes_new)} ({human_size(s.bytes_stored)} stored, "
+        f"compression {ratio(s.bytes_new, s.bytes_stored)}); unchanged or deduplicated: "
+        f"{human_size(s.bytes_deduplicated)} (dedup {ratio(s.bytes_new + s.bytes_deduplicated, s.bytes_new)}); "
+        f"zero: {human_size(s.bytes_zero)}",
         highlight=False,
     )
     for d in manifest.disks:
         why = f" ({d.cbt.reason})" if d.cbt.reason else ""
-        out_console.print(f"  {d.name}: {d.size} bytes, {d.cbt.mode}{why}", highlight=False)
+        out_console.print(f"  {d.name}: {human_size(d.size)}, {d.cbt.mode}{why}", highlight=False)
 
 
 def restore(
     ctx: typer.Context,
     config_file: ConfigFileOption = None,
-    vm: Annotated[str | None, typer.Option("--vm", help="VM whose backup is restored")] = None,
-    backup_id: Annotated[str | None, typer.Option("--backup", help="backup id or 'latest'")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="VM whose backup is restored", metavar="VM")] = None,
+    backup_id: Annotated[str | None, typer.Option("--backup", help="backup id or 'latest'", metavar="ID")] = None,
     repo: RepoOption = None,
-    target: Annotated[Path | None, typer.Option("--target", help="folder to restore into (restorePath)")] = None,
-    provider: Annotated[str | None, typer.Option()] = None,
-    new_name: Annotated[str | None, typer.Option()] = None,
+    target: Annotated[
+        Path | None, typer.Option("--target", help="folder to restore into (restorePath)", metavar="DIR")
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option(metavar="NAME", help="provider plugin that restores (default image)")
+    ] = None,
+    new_name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="restore the VM under this name (newVmName)")
+    ] = None,
     disk_target: Annotated[
-        list[str] | None, typer.Option("--disk-target", help="NAME=PATH for one disk (repeatable)")
+        list[str] | None, typer.Option("--disk-target", help="NAME=PATH for one disk (repeatable)", metavar="NAME=PATH")
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip reading the restored disks back")] = False,
     disk_format: Annotated[
-        list[str] | None, typer.Option("--disk-format", help="NAME=raw|qcow2 for one disk (default: as backed up)")
+        list[str] | None,
+        typer.Option(
+            "--disk-format", help="NAME=raw|qcow2 for one disk (default: as backed up)", metavar="NAME=FORMAT"
+        ),
     ] = None,
-    power_on: Annotated[bool, typer.Option("--power-on")] = False,
+    power_on: Annotated[
+        bool, typer.Option("--power-on", help="start the VM once restored (powerOnAfterRestore)")
+    ] = False,
     provider_option: ProviderOptionOption = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
-    workers: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int | None, typer.Option(metavar="N", help="chunk worker threads (default: CPUs)")] = None,
     passphrase_file: PassphraseFileOption = None,
     no_lock: NoLockOption = False,
+    lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: its disks, and the VM where the provider can define one."""
@@ -181,7 +211,11 @@ def restore(
         )
     st = state(ctx)
     repository = st.open_repository(
-        config.backup_path, passphrase_file, storage_options=config.storage_options, no_lock=no_lock
+        config.backup_path,
+        passphrase_file,
+        storage_options=config.storage_options,
+        no_lock=no_lock,
+        lock_wait=lock_wait,
     )
     started = time.monotonic()
     job = st.restore_job(config, repository, workers=workers)
@@ -195,7 +229,7 @@ def restore(
     else:
         verified = ", verified" if result.verified else ""
         out_console.print(
-            f"restored backup {result.backup_id} as {result.vm_id}: disks {', '.join(result.disks)} "
-            f"into {config.restore_path or 'their targets'}{verified}, in {elapsed:.1f} s",
+            f"restored backup {result.backup_id} as {result.vm_id}: {plural(len(result.disks), 'disk')} "
+            f"({', '.join(result.disks)}) into {config.restore_path or 'their targets'}{verified}, in {elapsed:.1f} s",
             highlight=False,
         )

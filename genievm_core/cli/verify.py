@@ -23,8 +23,8 @@ from genievm_core.repository import Damaged
 def verify(
     ctx: typer.Context,
     repo: RepoOption = None,
-    vm: Annotated[str | None, typer.Option("--vm", help="only this VM's backups")] = None,
-    backup_id: Annotated[str | None, typer.Option("--backup", help="one backup id, or 'latest'")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="only this VM's backups", metavar="VM")] = None,
+    backup_id: Annotated[str | None, typer.Option("--backup", help="one backup id, or 'latest'", metavar="ID")] = None,
     read_data: Annotated[bool, typer.Option("--read-data", help="read and authenticate every chunk")] = False,
     passphrase_file: PassphraseFileOption = None,
     no_lock: NoLockOption = False,

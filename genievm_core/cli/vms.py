@@ -22,7 +22,7 @@ from genievm_core.models.config import read_config_file
 
 def vms(
     ctx: typer.Context,
-    provider: Annotated[str, typer.Option(help="provider plugin")] = "image",
+    provider: Annotated[str, typer.Option(help="provider plugin", metavar="NAME")] = "image",
     config_file: ConfigFileOption = None,
     provider_option: ProviderOptionOption = None,
     json_output: JsonOption = False,

@@ -100,7 +100,8 @@ class Job(ABC):
         self.started_at = datetime.now(UTC)
         self._notify()
         try:
-            result = self.execute()
+            with structlog.contextvars.bound_contextvars(job_id=self.id):  # on every line the job logs
+                result = self.execute()
         except (JobCancelledError, JobInterruptedError) as exc:
             self._finish(JobState.CANCELLED, exc)
         except BaseException as exc:  # the job fails; whoever waits for it sees the exception
@@ -199,7 +200,15 @@ class Job(ABC):
         if exc is not None:
             self.error = str(exc) or type(exc).__name__
             self.exit_code = exc.exit_code if isinstance(exc, GenieVMError) else 1
-            log.info("job.ended", job=self.id, kind=self.kind, state=state.value, error=self.error)
+        began = self.started_at or self.finished_at
+        log.info(  # a job's last line: its result and how long it took
+            "job.ended",
+            job_id=self.id,
+            kind=self.kind,
+            result=state.value,
+            duration_seconds=round((self.finished_at - began).total_seconds(), 3),
+            **({"error": self.error} if exc is not None else {}),
+        )
         self._notify()
         self._done.set()
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from stevedore import NamedExtensionManager
 
 from genievm_core import __version__
+from genievm_core.choices import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
 from genievm_core.errors import PluginError
 from genievm_core.plugin import spec
 from genievm_core.plugin.options import option_fields
@@ -36,13 +37,11 @@ from genievm_core.plugin.registry import (
 
 __all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API", "PLUGIN_API_ATTRIBUTE", "PluginHost", "PluginInfo"]
 
-ENTRY_POINT_GROUP = "genievm"
 # The hook API's generation (docs/plugin-guide.md, "Versions of the hook API"): it grows within one and
 # changes only when the API breaks. A plugin's entry-point module may say which one it was built for
 # (``GENIEVM_PLUGIN_API = 1``); one built for another is refused before its hooks are registered.
 PLUGIN_API = 1
 PLUGIN_API_ATTRIBUTE = "GENIEVM_PLUGIN_API"
-DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
 
 
 @dataclass

@@ -246,6 +246,7 @@ def _delete_all(repo: Repository, keys: list[str]) -> set[str]:
 
     A target with ``delete_many`` (S3: 1000 keys a request) gets them all at once.
     """
+    repo.check_locks()
     delete_many = getattr(repo.storage, "delete_many", None)
     if delete_many is None:
         return {key for key in keys if not _delete_one(repo, key)}
@@ -258,6 +259,7 @@ def _delete_all(repo: Repository, keys: list[str]) -> set[str]:
 
 
 def _delete_one(repo: Repository, key: str) -> bool:
+    repo.check_locks()
     try:
         repo.storage.delete(key)
     except ObjectLockedError as exc:

@@ -2,8 +2,19 @@
 
 Backups hold shared locks (several may run at once: chunks are
 content-addressed and puts are atomic); pruning and garbage collection hold
-an exclusive one. A lock left by a process that died on this host is detected
-by its pid and broken.
+an exclusive one. While a lock is held, a background thread rewrites its
+``refreshed_at`` every ``refresh_every`` seconds (the heartbeat).
+
+A lock is stale when its process is gone (a lock of this host, judged by its
+pid: a live process's lock is never stale), or, for a lock of another host,
+when it has not been refreshed for ``stale_after`` seconds (restic's rule:
+30 minutes, refreshed every 5). Stale locks are ignored and removed by the
+next lock taken; ``genievm repo unlock`` removes them on request.
+
+A holder that cannot refresh its lock for long enough that others may take
+it as stale has lost it: ``HeldLock.check`` then raises ``LockLostError``, and
+the repository calls it before every chunk, index, manifest and deletion, so
+the job stops with that one line instead of writing on unprotected.
 """
 
 from __future__ import annotations
@@ -12,23 +23,110 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
 
-from genievm_core.errors import ObjectNotFoundError, RepositoryLockedError, StoragePermissionError
+from genievm_core.choices import LOCK_STALE_AFTER
+from genievm_core.errors import (
+    GenieVMError,
+    LockLostError,
+    ObjectNotFoundError,
+    RepositoryLockedError,
+    StoragePermissionError,
+)
 from genievm_core.plugin.protocols import StorageTarget
 
-__all__ = ["read_lock", "repository_lock"]
+__all__ = [
+    "STALE_AFTER",
+    "HeldLock",
+    "LockPolicy",
+    "describe_lock",
+    "is_stale",
+    "read_lock",
+    "remove_locks",
+    "repository_lock",
+]
 
 PREFIX = "locks/"
+STALE_AFTER = LOCK_STALE_AFTER  # seconds without a refresh after which another host's lock is stale
 RISK = "reading without a lock: a prune or gc running meanwhile may delete what is read"
 log = structlog.get_logger("genievm.lock")
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """How a repository's locks are taken: wait for a conflicting one, staleness, heartbeat."""
+
+    wait: float = 10.0  # seconds to wait for a conflicting lock to go
+    stale_after: float = STALE_AFTER
+    refresh_every: float | None = None  # None: stale_after / 6 (5 minutes for 30)
+
+    @property
+    def refresh_interval(self) -> float:
+        return self.refresh_every if self.refresh_every is not None else self.stale_after / 6
+
+
+class HeldLock:
+    """A lock this process holds, kept fresh by a heartbeat thread until ``release``."""
+
+    def __init__(self, storage: StorageTarget, key: str, record: dict[str, Any], policy: LockPolicy) -> None:
+        self.storage, self.key, self.record, self.policy = storage, key, record, policy
+        self.lost: str | None = None  # why the lock is lost, once it is
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name=f"genievm-lock-{key[-8:]}", daemon=True)
+
+    def start(self) -> HeldLock:
+        self._thread.start()
+        return self
+
+    def check(self) -> None:
+        """Raise ``LockLostError`` once the lock is lost: nothing more may be written under it."""
+        if self.lost is not None:
+            raise LockLostError(
+                f"repository {self.storage.url}: lost this process's lock ({self.record['operation']}): "
+                f"{self.lost}; stopped before writing anything more"
+            )
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock; a failure to remove it is a warning (it goes stale)."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.storage.delete(self.key)
+        except ObjectNotFoundError:
+            pass
+        except GenieVMError as exc:  # the job's own outcome stands; the lock is stale once this process ends
+            log.warning("lock.release_failed", key=self.key, error=str(exc))
+
+    def _heartbeat(self) -> None:
+        interval = self.policy.refresh_interval
+        last_refresh = time.monotonic()
+        while not self._stop.wait(interval):
+            try:
+                if not self.storage.exists(self.key):
+                    self._lose("its lock object was removed by another process (genievm repo unlock --force?)")
+                    return
+                self.record["refreshed_at"] = datetime.now(UTC).isoformat()
+                self.storage.put(self.key, json.dumps(self.record).encode())
+                last_refresh = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - any failure of the storage is a failed refresh
+                unrefreshed = time.monotonic() - last_refresh
+                log.warning("lock.refresh_failed", key=self.key, error=str(exc), unrefreshed_seconds=round(unrefreshed))
+                if unrefreshed + interval >= self.policy.stale_after:  # before others may take it as stale
+                    self._lose(f"it could not be refreshed for {unrefreshed:.0f} s ({exc})")
+                    return
+
+    def _lose(self, reason: str) -> None:
+        self.lost = reason
+        log.error("lock.lost", key=self.key, operation=self.record["operation"], reason=reason)
 
 
 @contextmanager
@@ -38,39 +136,52 @@ def repository_lock(
     operation: str,
     *,
     timeout: float = 10.0,
-) -> Iterator[None]:
-    """Hold a ``kind`` lock on the repository for the duration of the block."""
+    policy: LockPolicy | None = None,
+) -> Iterator[HeldLock]:
+    """Hold a ``kind`` lock on the repository for the duration of the block, refreshed meanwhile."""
+    policy = policy or LockPolicy()
     key = f"{PREFIX}{uuid.uuid4().hex}"
+    now = datetime.now(UTC).isoformat()
     me = {
         "kind": kind,
         "operation": operation,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "created_at": datetime.now(UTC).isoformat(),
+        "created_at": now,
+        "refreshed_at": now,
+        "stale_after": policy.stale_after,  # others wait at least this long for a refresh
     }
     deadline = time.monotonic() + timeout
     while True:
-        blocker = _conflict(storage, kind, exclude=None)
+        blocker = _conflict(storage, kind, None, policy.stale_after)
         if blocker is None:
             storage.put(key, json.dumps(me).encode())
-            blocker = _conflict(storage, kind, exclude=key)
+            blocker = _conflict(storage, kind, key, policy.stale_after)
             if blocker is None:
                 break
             storage.delete(key)
         if time.monotonic() >= deadline:
             raise RepositoryLockedError(
-                f"repository {storage.url} is locked by {blocker['operation']} "
-                f"(pid {blocker['pid']} on {blocker['host']} since {blocker['created_at']})"
+                f"repository {storage.url} is locked by {describe_lock(blocker)}; "
+                "if that process is gone, run `genievm repo unlock`"
             )
         time.sleep(random.uniform(0.05, 0.3))
+    held = HeldLock(storage, key, me, policy).start()
     try:
-        yield
+        yield held
     finally:
-        storage.delete(key)
+        held.release()
 
 
 @contextmanager
-def read_lock(storage: StorageTarget, operation: str, *, take: bool = True, timeout: float = 10.0) -> Iterator[None]:
+def read_lock(
+    storage: StorageTarget,
+    operation: str,
+    *,
+    take: bool = True,
+    timeout: float = 10.0,
+    policy: LockPolicy | None = None,
+) -> Iterator[HeldLock | None]:
     """The shared lock of a command that only reads (list, verify, restore, serve), or none, after a warning.
 
     None when ``take`` is false (``--no-lock``) or when the storage refuses the
@@ -79,11 +190,12 @@ def read_lock(storage: StorageTarget, operation: str, *, take: bool = True, time
     delete what it is about to read (it then fails, as on a missing object).
     """
     with ExitStack() as held:
+        lock: HeldLock | None = None
         if not take:
             log.warning("lock.skipped", repository=storage.url, operation=operation, reason="--no-lock", risk=RISK)
         else:
             try:
-                held.enter_context(repository_lock(storage, "shared", operation, timeout=timeout))
+                lock = held.enter_context(repository_lock(storage, "shared", operation, timeout=timeout, policy=policy))
             except StoragePermissionError as exc:
                 log.warning(
                     "lock.skipped",
@@ -92,32 +204,93 @@ def read_lock(storage: StorageTarget, operation: str, *, take: bool = True, time
                     reason=f"the storage refuses writes ({exc})",
                     risk=RISK,
                 )
-        yield
+        yield lock
 
 
-def _conflict(storage: StorageTarget, kind: str, exclude: str | None) -> dict[str, Any] | None:
+def remove_locks(
+    storage: StorageTarget, *, stale_after: float = STALE_AFTER, force: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Remove the stale locks (every lock with ``force``); the removed and the kept ones, each with its key."""
+    removed, kept = [], []
+    for key, holder in _holders(storage):
+        holder = {"key": key} | holder
+        if force or is_stale(holder, stale_after):
+            try:
+                storage.delete(key)
+            except ObjectNotFoundError:
+                continue
+            log.info("lock.removed", key=key, holder=describe_lock(holder), forced=force)
+            removed.append(holder)
+        else:
+            kept.append(holder)
+    return removed, kept
+
+
+def describe_lock(holder: dict[str, Any]) -> str:
+    """``prune (pid 4242 on host1 since ..., refreshed ...)``; old locks (no heartbeat) without the last part."""
+    refreshed = holder.get("refreshed_at")
+    beat = f", refreshed {refreshed}" if refreshed and refreshed != holder.get("created_at") else ""
+    return (
+        f"{holder.get('operation')} (pid {holder.get('pid')} on {holder.get('host')} "
+        f"since {holder.get('created_at')}{beat})"
+    )
+
+
+def is_stale(holder: dict[str, Any], stale_after: float = STALE_AFTER, now: datetime | None = None) -> bool:
+    """A lock of this host whose process is gone, or one of another host not refreshed for ``stale_after``
+    seconds (or the longer time the lock itself declares)."""
+    if holder.get("host") == socket.gethostname():
+        return not _process_runs(holder.get("pid"))
+    beat = _when(holder.get("refreshed_at")) or _when(holder.get("created_at"))  # old locks: no heartbeat
+    if beat is None:
+        return False  # no time to judge by: only `genievm repo unlock --force` removes it
+    declared = holder.get("stale_after")  # the holder's own, when longer: it refreshes that seldom
+    if isinstance(declared, int | float) and not isinstance(declared, bool):
+        stale_after = max(stale_after, float(declared))
+    return ((now or datetime.now(UTC)) - beat).total_seconds() > stale_after
+
+
+def _holders(storage: StorageTarget) -> Iterator[tuple[str, dict[str, Any]]]:
     for key in list(storage.list(PREFIX)):
-        if key == exclude:
-            continue
         try:
             holder = json.loads(storage.get(key))
         except (ObjectNotFoundError, ValueError):
             continue
-        if _stale(holder):
-            storage.delete(key)
+        if isinstance(holder, dict):
+            yield key, holder
+
+
+def _conflict(storage: StorageTarget, kind: str, exclude: str | None, stale_after: float) -> dict[str, Any] | None:
+    for key, holder in _holders(storage):
+        if key == exclude:
+            continue
+        if is_stale(holder, stale_after):
+            log.warning("lock.stale_removed", key=key, holder=describe_lock(holder))
+            try:
+                storage.delete(key)
+            except ObjectNotFoundError:
+                pass
             continue
         if kind == "exclusive" or holder.get("kind") == "exclusive":
-            return dict(holder)
+            return holder
     return None
 
 
-def _stale(holder: dict[str, Any]) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return False
+def _process_runs(pid: object) -> bool:
     try:
-        os.kill(int(holder.get("pid", 0)), 0)
+        os.kill(int(pid), 0)  # type: ignore[call-overload]
     except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
         return False
-    return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # another user's process, or no pid to judge by: not ours to break
+    return True
+
+
+def _when(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -48,7 +48,7 @@ from genievm_core.repository.config import check_tag, parse_config, seal_config
 from genievm_core.repository.index import ChunkIndex
 from genievm_core.repository.keys import Keys, WrongPassphrase, create_keys, rewrap_keys, unwrap_keys
 from genievm_core.repository.known import KnownRepositories
-from genievm_core.repository.lock import read_lock, repository_lock
+from genievm_core.repository.lock import HeldLock, LockPolicy, read_lock, repository_lock
 from genievm_core.repository.objects import EncryptionMismatch, ObjectCodec, ObjectDamaged
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Repository", "new_backup_id"]
@@ -76,6 +76,8 @@ class Repository:
         self.config = config
         self.codec = codec
         self.warnings: list[str] = []  # for the user, once: set by ``open``
+        self.locking = LockPolicy()  # waiting, staleness and heartbeat of the locks it takes
+        self._held: list[HeldLock] = []  # the locks held now, checked before each write
 
     @property
     def url(self) -> str:
@@ -185,13 +187,33 @@ class Repository:
     def read_lock(self, operation: str) -> AbstractContextManager[None]:
         """The shared lock of a command that only reads; none, with a warning, when ``lock_reads`` is off or
         the storage refuses writes (``genievm_core.repository.lock.read_lock``)."""
-        return read_lock(self.storage, operation, take=self.lock_reads)
+        return self._holding(
+            read_lock(self.storage, operation, take=self.lock_reads, timeout=self.locking.wait, policy=self.locking)
+        )
 
     def lock(
-        self, kind: Literal["shared", "exclusive"], operation: str, *, timeout: float = 10.0
+        self, kind: Literal["shared", "exclusive"], operation: str, *, timeout: float | None = None
     ) -> AbstractContextManager[None]:
-        """Hold a lock for the block; wait up to ``timeout`` seconds for a conflicting one to go."""
-        return repository_lock(self.storage, kind, operation, timeout=timeout)
+        """Hold a lock for the block, refreshed meanwhile; wait up to ``timeout`` seconds (default
+        ``locking.wait``) for a conflicting one to go."""
+        wait = self.locking.wait if timeout is None else timeout
+        return self._holding(repository_lock(self.storage, kind, operation, timeout=wait, policy=self.locking))
+
+    @contextmanager
+    def _holding(self, lock: AbstractContextManager[HeldLock | None]) -> Iterator[None]:
+        with lock as held:
+            if held is not None:
+                self._held.append(held)
+            try:
+                yield
+            finally:
+                if held is not None:
+                    self._held.remove(held)
+
+    def check_locks(self) -> None:
+        """Raise ``LockLostError`` when a lock held for this repository is lost (not refreshed, or removed)."""
+        for held in list(self._held):
+            held.check()
 
     # chunks
 
@@ -206,11 +228,13 @@ class Repository:
     def put_chunk(self, chunk_id: bytes, data: bytes) -> int:
         """Store a chunk; return the bytes written."""
         blob = self.codec.encode(chunk_id.hex(), data)
+        self.check_locks()
         self.storage.put(self.chunk_key(chunk_id), blob)
         return len(blob)
 
     def get_chunk(self, chunk_id: bytes) -> bytes:
         key = self.chunk_key(chunk_id)
+        self.check_locks()
         try:
             blob = self.storage.get(key)
         except ObjectNotFoundError:
@@ -224,6 +248,7 @@ class Repository:
 
     def put_index(self, backup_id: str, disk: str, index: ChunkIndex) -> str:
         key = f"indexes/{backup_id}/{disk}"
+        self.check_locks()
         self.storage.put(key, self.codec.encode(key, index.to_bytes()))
         return key
 
@@ -249,6 +274,7 @@ class Repository:
 
     def put_manifest(self, manifest: BackupManifest) -> None:
         key = f"manifests/{manifest.backup_id}"
+        self.check_locks()
         self.storage.put(key, self.codec.encode(key, manifest.model_dump_json(indent=1).encode()))
 
     def get_manifest(self, backup_id: str) -> BackupManifest:

@@ -249,6 +249,15 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
         "backups", "list", "--repo", str(b.enc), "--passphrase-file", str(b.t / "absent-pass")
     ),
     "passphrase-missing": lambda b: b.cli("repo", "info", str(b.enc)),
+    "passphrase-command-fails": lambda b: b.cli(
+        "--passphrase-command", "sh -c 'echo vault is sealed >&2; exit 3'", "repo", "info", str(b.enc)
+    ),
+    "passphrase-command-missing": lambda b: b.cli(
+        "--passphrase-command", "/absent/vault get", "repo", "info", str(b.enc)
+    ),
+    "passphrase-command-and-file": lambda b: b.cli(
+        "--passphrase-command", "cat x", "repo", "info", str(b.enc), "--passphrase-file", str(b.write("pass", "x\n"))
+    ),
     "passphrase-env-empty": lambda b: b.cli("repo", "info", str(b.enc), env={"GENIEVM_PASSPHRASE": ""}),
     "passphrase-file-empty": lambda b: b.cli("repo", "info", str(b.enc), "--passphrase-file", str(b.write("pass", ""))),
     "passphrase-file-device": lambda b: b.cli("repo", "info", str(b.enc), "--passphrase-file", "/dev/zero"),
@@ -256,14 +265,17 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
         "repo", "info", str(b.enc), "--passphrase-file", str(b.write("pass", "x" * (4 << 10) + "\n"))
     ),
     # repositories
+    "repository-given-twice": lambda b: b.cli("repo", "info", str(b.repo), "--repo", str(b.enc)),
+    "log-level-unknown": lambda b: b.cli("--log-level", "loud", "backups", "list", "--repo", str(b.repo)),
     "repository-missing": lambda b: b.cli("backups", "list", "--repo", str(b.t / "nothing")),
     "repository-is-a-file": lambda b: b.cli("backups", "list", "--repo", str(b.image)),
     "repository-newer-format": lambda b: b.cli("repo", "info", str(b.repo_config(format_version=3))),
     "repository-unknown-feature": lambda b: b.cli("repo", "info", str(b.repo_config(features=["dedup-v9"]))),
     "repository-config-corrupt": lambda b: b.cli("repo", "info", str(b.repo_config(chunk_size="big"))),
     "repository-config-downgraded": lambda b: b.cli("repo", "info", str(b.enc_config(encryption=None)), env=_PASS),
-    "repository-config-forged": lambda b: b.cli("repo", "info", str(b.enc_config(chunk_size=2 * CHUNK, reseal=True)),
-                                                env=_PASS),
+    "repository-config-forged": lambda b: b.cli(
+        "repo", "info", str(b.enc_config(chunk_size=2 * CHUNK, reseal=True)), env=_PASS
+    ),
     "passphrase-for-unencrypted": lambda b: b.cli("repo", "info", str(b.repo), env=_PASS),
     "repository-exists": lambda b: b.cli("repo", "init", str(b.repo), "--encryption", "none"),
     "repository-locked": _locked,
@@ -323,4 +335,3 @@ def test_bad_input(case: str, bed: Bed) -> None:
     if case != "restore-corrupt-chunk":  # the one case that damages the repository on purpose
         after = sorted(p.relative_to(bed.repo) for p in bed.repo.rglob("*") if p.is_file())
         assert after == before, "a refused command wrote into the repository"
-

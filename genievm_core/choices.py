@@ -1,0 +1,32 @@
+"""The values the root command's options take, in a module that imports nothing heavy.
+
+``genievm --help`` and ``--version`` must start fast (benchmarks/startup.py), so the
+option types and defaults they declare live here, not beside structlog or the lock code.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["DISABLE_AUTOLOAD_ENV", "ENTRY_POINT_GROUP", "LOCK_STALE_AFTER", "LogFormat", "LogLevel"]
+
+ENTRY_POINT_GROUP = "genievm"  # the entry points of plugins (genievm_core.plugin.host)
+DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
+
+LOCK_STALE_AFTER = 1800.0  # seconds without a refresh after which another host's lock is stale (restic's 30 min)
+
+
+class LogLevel(StrEnum):
+    """The levels ``--log-level`` takes."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(StrEnum):
+    """The renderings ``--log-format`` takes: console lines or one JSON object a line."""
+
+    CONSOLE = "console"
+    JSON = "json"
