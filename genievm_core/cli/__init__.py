@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -51,7 +51,11 @@ _BUILTIN = frozenset(COMMANDS)
 def load_command(name: str) -> click.Command:
     """The click command ``name`` of ``COMMANDS``, its module imported now."""
     module, attribute, _summary = COMMANDS[name]
-    target = getattr(importlib.import_module(f"genievm_core.cli.{module}"), attribute)
+    return _as_command(name, getattr(importlib.import_module(f"genievm_core.cli.{module}"), attribute))
+
+
+def _as_command(name: str, target: Any) -> click.Command:
+    """A typer command function or ``typer.Typer`` as the click command ``name``."""
     holder = typer.Typer()
     if isinstance(target, typer.Typer):
         holder.add_typer(target, name=name)
@@ -69,8 +73,7 @@ def plugin_commands(builtin: frozenset[str]) -> dict[str, str]:
 def load_plugin_command(name: str) -> click.Command:
     from genievm_core.cli import extra
 
-    command: click.Command = extra.load_plugin_command(name)
-    return command
+    return _as_command(name, extra.load_plugin_command(name))
 
 
 class _LazyGroup(TyperGroup):

@@ -17,8 +17,6 @@ import functools
 from importlib.metadata import entry_points
 from typing import Any
 
-import typer
-
 from genievm_core.errors import PluginError
 
 __all__ = ["COMMANDS_GROUP", "load_plugin_command", "plugin_commands"]
@@ -40,18 +38,13 @@ def plugin_commands(builtin: frozenset[str]) -> dict[str, str]:
 
 
 def load_plugin_command(name: str) -> Any:
-    """The click command ``name`` of the group, imported now; one that fails to import exits 4 when run."""
+    """The command ``name`` of the group (a typer command function or a ``typer.Typer``), imported now;
+    one that fails to import becomes a command that exits 4 when run."""
     ep = next(e for e in entry_points(group=COMMANDS_GROUP) if e.name == name)
     try:
-        target: Any = ep.load()
+        return ep.load()
     except Exception as exc:  # one broken distribution must not take the other commands with it
-        target = _broken(ep.name, ep.value, exc)
-    holder = typer.Typer()
-    if isinstance(target, typer.Typer):
-        holder.add_typer(target, name=name)
-    else:
-        holder.command(name)(target)
-    return typer.main.get_group(holder).commands[name]
+        return _broken(ep.name, ep.value, exc)
 
 
 def _broken(name: str, value: str, exc: Exception) -> Any:

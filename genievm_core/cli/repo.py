@@ -176,8 +176,4 @@ def unlock(
         out_console.print(f"removed lock {holder['key']}: {describe_lock(holder)}", highlight=False)
     for holder in kept:
         out_console.print(f"kept lock {holder['key']} (not stale): {describe_lock(holder)}", highlight=False)
-    out_console.print(f"{_locks(len(removed))} removed, {_locks(len(kept))} kept", highlight=False)
-
-
-def _locks(n: int) -> str:
-    return f"{n} lock" if n == 1 else f"{n} locks"
+    out_console.print(f"{plural(len(removed), 'lock')} removed, {plural(len(kept), 'lock')} kept", highlight=False)

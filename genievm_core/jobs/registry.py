@@ -32,6 +32,7 @@ from typing import Any
 
 from genievm_core.errors import ConfigError, JobNotFoundError, JobStateError
 from genievm_core.jobs.job import FINAL_STATES, Job, JobState
+from genievm_core.processes import process_alive, process_start
 
 __all__ = ["JOB_DB_ENV", "DiskRow", "JobRecord", "JobRegistry", "default_job_db"]
 
@@ -181,7 +182,7 @@ class JobRegistry:
                     job.repository,
                     socket.gethostname(),
                     os.getpid(),
-                    _process_start(os.getpid()),
+                    process_start(os.getpid()),
                     job.created_at.isoformat(),
                     now,
                 ),
@@ -282,7 +283,7 @@ class JobRegistry:
         dead = []
         for job_id, host, pid, pid_start, heartbeat in rows:
             if host == me:
-                gone = not _alive(pid, pid_start)
+                gone = not process_alive(pid, pid_start)
                 why = f"interrupted: its process {pid} ended while the job ran"
             else:
                 gone = datetime.fromisoformat(heartbeat) < limit
@@ -357,33 +358,3 @@ def _time(value: str | None) -> datetime | None:
 
 def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def _process_start(pid: int) -> str | None:
-    """The pid's start time in clock ticks since boot (Linux), to tell a reused pid from the owner."""
-    stat = _proc_stat(pid)
-    return stat[19] if stat else None
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None without /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rpartition(")")[2].split()
-
-
-def _alive(pid: int, pid_start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:  # gone since kill(0), or no /proc at all (then trust kill(0))
-        return not Path("/proc/self").exists()
-    if stat[0] in ("Z", "X"):  # killed, not yet reaped
-        return False
-    return pid_start is None or stat[19] == pid_start

@@ -43,6 +43,7 @@ from genievm_core.errors import (
     StoragePermissionError,
 )
 from genievm_core.plugin.protocols import StorageTarget
+from genievm_core.processes import process_alive
 
 __all__ = [
     "STALE_AFTER",
@@ -278,12 +279,10 @@ def _conflict(storage: StorageTarget, kind: str, exclude: str | None, stale_afte
 
 def _process_runs(pid: object) -> bool:
     try:
-        os.kill(int(pid), 0)  # type: ignore[call-overload]
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True  # another user's process, or no pid to judge by: not ours to break
-    return True
+        number = int(pid)  # type: ignore[call-overload]
+    except (ValueError, TypeError):
+        return True  # no pid to judge by: not ours to break
+    return number <= 0 or process_alive(number)
 
 
 def _when(text: object) -> datetime | None:

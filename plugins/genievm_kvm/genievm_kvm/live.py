@@ -29,6 +29,7 @@ from genievm_core.models.extents import Extent
 from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest
+from genievm_core.processes import process_alive
 from genievm_kvm.chain import CHECKPOINT_SOURCE, chain_prefix, new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import disk_specs
@@ -84,7 +85,7 @@ class JobPlace:
             fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pid = _pid_in(owner)
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 raise ProviderError(
                     f"provider kvm: VM {dom.name()} is being backed up by another GenieVM process (pid {pid})"
                 ) from None
@@ -304,16 +305,6 @@ def _pid_in(path: Path) -> int | None:
         return int(path.read_text() or 0) or None
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def abort_stale_job(dom: libvirt.virDomain, place: JobPlace) -> None:

@@ -30,6 +30,7 @@ import structlog
 
 from genievm_core.jobs import Job
 from genievm_core.models.manifest import BackupManifest
+from genievm_core.processes import process_alive
 from genievm_core.repository import Repository
 from genievm_recovery.errors import ExportError
 
@@ -235,10 +236,10 @@ def cleanup_stale(root: Path) -> list[str]:
             owner = int(record["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             record, owner = {}, 0
-        if owner and _alive(owner):
+        if owner and process_alive(owner):
             continue
         nbdkit_pid = _read_pid(folder / "nbdkit.pid")
-        if nbdkit_pid and _alive(nbdkit_pid) and _is_nbdkit(nbdkit_pid):
+        if nbdkit_pid and process_alive(nbdkit_pid) and _is_nbdkit(nbdkit_pid):
             os.kill(nbdkit_pid, signal.SIGTERM)
         if record.get("socket"):
             Path(record["socket"]).unlink(missing_ok=True)
@@ -252,20 +253,6 @@ def _read_pid(path: Path) -> int:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def _is_nbdkit(pid: int) -> bool:
