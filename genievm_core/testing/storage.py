@@ -169,20 +169,26 @@ class StorageContract:
         stop = threading.Event()
         seen: set[bytes] = set()
         torn: list[int] = []
+        reads = [0, 0]
 
-        def reader() -> None:
+        def reader(n: int) -> None:
             while not stop.is_set():
                 data = storage.get("big")
                 if data not in versions:
                     torn.append(len(data))
                 seen.add(data[:1])
+                reads[n] += 1
 
         with ThreadPoolExecutor(2) as pool:
-            readers = [pool.submit(reader) for _ in range(2)]
-            try:
-                for _ in range(4):
+            readers = [pool.submit(reader, n) for n in range(2)]
+            deadline = time.monotonic() + 30
+            rounds = 0
+            try:  # at least 4 rounds, and on until both readers have read many times (a busy machine may
+                # schedule them late: a fast store could otherwise finish every put before any read)
+                while rounds < 4 or (min(reads) < 20 and time.monotonic() < deadline):
                     for version in versions:
                         storage.put("big", version)
+                    rounds += 1
             finally:
                 stop.set()
             for r in readers:
