@@ -204,7 +204,8 @@ class GuestFiles:
         if not stat.S_ISDIR(self.stat(under)["st_mode"]):
             raise self.error(f"{under}: not a directory in {self.mounted}")
         found = self.handle.find(under)
-        return sorted(posixpath.join(under, p) for p in found if fnmatch.fnmatchcase(posixpath.basename(p), pattern))
+        paths = (posixpath.join(under, p.lstrip("/")) for p in found)  # libguestfs gives them as "/name"
+        return sorted(p for p in paths if fnmatch.fnmatchcase(posixpath.basename(p), pattern))
 
     def total_size(self, paths: Iterable[str]) -> int:
         """About how many bytes ``get`` of ``paths`` reads (the space their files take), for progress."""

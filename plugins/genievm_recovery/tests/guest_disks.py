@@ -99,11 +99,11 @@ def gpt_lvm_disk(path: Path, size: int, source: Path) -> Path:
     g.launch()
     try:
         g.part_init("/dev/sda", "gpt")
-        g.part_add("/dev/sda", "p", 2048, 2048 + 2 * 80 * 2048 - 1)  # 160 MiB
-        g.part_add("/dev/sda", "p", 2048 + 2 * 80 * 2048, -2048)
+        g.part_add("/dev/sda", "p", 2048, 2048 + 320 * 2048 - 1)  # 320 MiB: XFS needs 300 at least
+        g.part_add("/dev/sda", "p", 2048 + 320 * 2048, -2048)
         g.pvcreate("/dev/sda1")
         g.vgcreate("guestvg", ["/dev/sda1"])
-        g.lvcreate("data", "guestvg", 150)
+        g.lvcreate("data", "guestvg", 312)
         g.mkfs("xfs", "/dev/guestvg/data")
         g.mkfs("btrfs", "/dev/sda2")
         for device in ("/dev/guestvg/data", "/dev/sda2"):
