@@ -150,6 +150,7 @@ class GuestFiles:
             wanted = next(iter(readable))
             self._mount(wanted, "/", readable[wanted])
         elif not readable:
+            found = self._probe(found)
             encrypted = [dev for dev, kind in found.items() if kind == "crypto_LUKS"]
             if encrypted:
                 raise self.error(f"{', '.join(encrypted)} is encrypted (LUKS): genievm files cannot read it")
@@ -166,6 +167,20 @@ class GuestFiles:
         self.mounted = wanted
         log.info("files.mounted", filesystem=wanted)
         return wanted
+
+    def _probe(self, found: dict[str, str]) -> dict[str, str]:
+        """``found`` and what every other partition, or disk without partitions, holds (LUKS is not listed)."""
+        g = self.handle
+        partitions: list[str] = g.list_partitions()
+        unpartitioned = [d for d in g.list_devices() if not any(p.startswith(d) for p in partitions)]
+        probed = dict(found)
+        for device in partitions + unpartitioned:
+            if device not in probed:
+                try:
+                    probed[device] = g.vfs_type(device) or "unknown"
+                except RuntimeError:
+                    probed[device] = "unknown"
+        return probed
 
     def _mount(self, device: str, point: str, kind: str) -> None:
         try:
