@@ -8,6 +8,7 @@ the demo ends by taking that file out of the latest backup with ``genievm files 
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def step(text: str) -> None:
 
 
 def genievm(*args: str) -> None:
-    print("$ genievm " + " ".join(args), flush=True)
+    print("$ " + shlex.join(["genievm", *args]), flush=True)
     subprocess.run([GENIEVM, *args], check=True)
 
 

@@ -226,7 +226,10 @@ def test_bad_input_is_one_line_and_its_exit_code(tmp_path: Path, args: list[str]
 
 def test_serve_comes_through_the_commands_entry_point_group_only() -> None:
     points = [ep for ep in distribution("genievm-recovery").entry_points if ep.group == COMMANDS_GROUP]
-    assert [(ep.name, ep.value) for ep in points] == [("serve", "genievm_recovery.cli:serve")]
+    assert {ep.name: ep.value for ep in points} == {
+        "serve": "genievm_recovery.cli:serve",
+        "files": "genievm_recovery.files_cli:files",
+    }
     assert "serve" in plugin_commands(frozenset(COMMANDS))
     core = Path(__import__("genievm_core").__file__).parent
     assert not [p for p in core.rglob("*.py") if "genievm_recovery" in p.read_text()]
