@@ -7,6 +7,7 @@ docs/user-guide.md ("File restore") shows these commands as they stand here; the
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -182,3 +183,23 @@ def test_guest_files_error_is_documented_with_its_own_exit_code() -> None:
     assert re.search(r"^\| 32 \| `GuestFilesError` \|", doc, re.M)
     core = [c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GenieVMError)]
     assert GuestFilesError.exit_code not in core and GuestFilesError.exit_code != ExportError.exit_code
+
+
+@pytest.mark.slow
+def test_on_a_terminal_each_phase_is_told_as_it_starts(backup: Path) -> None:
+    """Under a pseudo-terminal (util-linux ``script``), as a user sees it: the phases, then the result."""
+    command = shlex.join([GENIEVM, "files", "get", "--repo", "repo", "--vm", "web01", "/srv/data", "--to", "tty"])
+    env = {**os.environ, "GENIEVM_PASSPHRASE": PASSPHRASE, "TERM": "xterm"}
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=backup, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stdout)  # rich's cursor and colour codes
+    told = [line.strip() for line in re.split(r"[\r\n]+", screen) if line.strip().startswith("genievm: ")]
+    assert told[:4] == [
+        "genievm: serving the backup's disks",
+        "genievm: starting the libguestfs appliance (KVM, else TCG)",
+        "genievm: finding and mounting the filesystem",
+        "genievm: extracting",
+    ]
+    assert "restored 2 files, 1 folder, 0 links (1.5 MiB) to tty" in screen
+    assert (backup / "tty/data/random.bin").read_bytes() == (backup / "source/srv/data/random.bin").read_bytes()
