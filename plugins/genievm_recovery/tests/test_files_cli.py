@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -203,3 +204,43 @@ def test_on_a_terminal_each_phase_is_told_as_it_starts(backup: Path) -> None:
     ]
     assert "restored 2 files, 1 folder, 0 links (1.5 MiB) to tty" in screen
     assert (backup / "tty/data/random.bin").read_bytes() == (backup / "source/srv/data/random.bin").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_killed_files_command_leaves_nothing_after_cleanup(backup: Path) -> None:
+    """Killed while the appliance boots: nbdkit and QEMU follow it, the next command removes its export folder."""
+    env = {**os.environ, "GENIEVM_PASSPHRASE": PASSPHRASE}
+    process = subprocess.Popen([GENIEVM, "files", "ls", "--repo", "repo", "--vm", "web01", "/"], cwd=backup, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    exports = backup / "state" / "exports"
+    deadline = time.monotonic() + 60
+    while not list(exports.glob("*/nbdkit.pid")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [folder] = [p.parent for p in exports.glob("*/nbdkit.pid")]
+    time.sleep(3)  # into the appliance's launch
+    assert _holding(folder), "nbdkit serves from the export's folder"
+    process.kill()
+    process.wait(10)
+    deadline = time.monotonic() + 30
+    while _holding(folder) and time.monotonic() < deadline:  # libguestfs's recovery process stops QEMU
+        time.sleep(0.5)
+    assert _holding(folder) == []
+    cleaned = genievm("serve", "--cleanup", cwd=backup)
+    assert cleaned.returncode == 0 and cleaned.stdout.strip() == "removed 1 stale exports"
+    assert not folder.exists()
+    job = json.loads(genievm("jobs", "show", folder.name, "--json", cwd=backup).stdout)
+    assert (job["kind"], job["state"]) == ("files", "failed") and "interrupted" in job["error"]
+
+
+def _holding(folder: Path) -> list[int]:
+    """The processes whose command line names ``folder`` (nbdkit's socket is in it; QEMU's drive names it)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if str(folder).encode() in cmdline and state not in ("Z", "X"):
+            found.append(int(proc.name))
+    return found
