@@ -218,7 +218,7 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     "disk-name-traversal": lambda b: b.cli("backup", "--vm", "vm1", "--repo", str(b.repo), "--disk", f"../x={b.image}"),
     "excluded-disk-unknown": lambda b: b.backup("--exclude-disk", "vdq"),
     "no-repository-given": lambda b: b.cli("backups", "list"),
-    "chunk-size": lambda b: b.cli("repo", "init", str(b.t / "new"), "--encryption", "none", "--chunk-size", "1000"),
+    "chunk-size": lambda b: b.cli("repo", "init", str(b.t / "new"), "--encryption", "none", "--chunk-size", "5000"),
     "encryption-name": lambda b: b.cli("repo", "init", str(b.t / "new"), "--encryption", "rot13"),
     "prune-no-rule": lambda b: b.cli("prune", "--repo", str(b.repo)),
     "prune-grace": lambda b: b.cli("prune", "--repo", str(b.repo), "--keep-last", "1", "--grace", "5x"),
