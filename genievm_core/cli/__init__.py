@@ -98,10 +98,14 @@ def numeric_params(command: click.Command) -> list[_Param]:
 
 
 def range_text(low: float | None, high: float | None) -> str:
-    """``1 to 256``, ``at least 0``, ``at most 100``."""
+    """``1 to 256``, ``at least 0.05``, ``at most 100``."""
+
+    def number(value: float) -> str:
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
     if low is not None and high is not None:
-        return f"{low:g} to {high:g}" if isinstance(low, float) or isinstance(high, float) else f"{low} to {high}"
-    return f"at least {low:g}" if low is not None else f"at most {high:g}"
+        return f"{number(low)} to {number(high)}"
+    return f"at least {number(low)}" if low is not None else f"at most {number(high)}"  # type: ignore[arg-type]
 
 
 def check_ranges(command: click.Command) -> click.Command:
