@@ -9,6 +9,7 @@ would finish in a fraction of it), too slow means the limiter sleeps too much.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import threading
 import time
@@ -23,6 +24,7 @@ from genievm_core.api import GenieVM
 from genievm_core.engine import Bandwidth, DiskProgress, JobControl
 from genievm_core.engine.limits import MB
 from genievm_core.jobs import JobRegistry, run_backup, run_restore
+from genievm_core.jobs.registry import SCHEMA_VERSION
 from genievm_core.models.config import BackupConfig, RestoreConfig
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
@@ -233,3 +235,19 @@ def test_the_limits_come_from_the_config_file_and_the_environment(tmp_path: Path
     file.write_text('{"vmId": "vm1", "backupPath": "/srv/b", "bandwidthLimitRead": 20}')
     config = load_config(BackupConfig, path=file, environ={"GENIEVM_BANDWIDTH_LIMIT_WRITE": "7.5"})
     assert (config.bandwidth_limit_read, config.bandwidth_limit_write) == (20.0, 7.5)
+
+
+def test_a_registry_of_schema_2_gains_the_limits(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite"
+    JobRegistry(db).close()
+    with sqlite3.connect(db) as conn:  # as GenieVM 0.2 left it
+        conn.execute("ALTER TABLE jobs DROP COLUMN limits")
+        conn.execute("ALTER TABLE jobs DROP COLUMN limits_requested")
+        conn.execute("PRAGMA user_version = 2")
+    with GenieVM(job_db=db) as genievm:
+        repo = genievm.init_repository(str(tmp_path / "repo"), passphrase=None, chunk_size=CHUNK)
+        disks = _images(tmp_path, {"vda": CHUNK})
+        job = genievm.run(genievm.backup_job(_backup_config(repo, disks, bandwidth_limit_write=40), repo))
+        assert genievm.job(job.id).limits == {"read": None, "write": 40.0}
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

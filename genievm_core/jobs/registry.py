@@ -48,6 +48,7 @@ _ACTIONS = {
     "resume": ({JobState.PAUSED}, "resumed"),
     "cancel": ({JobState.PENDING, JobState.RUNNING, JobState.PAUSED}, "cancelled"),
 }
+_ADDED_COLUMNS = ("phase", "limits", "limits_requested")  # since schema 1, in the order they came
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -162,11 +163,10 @@ class JobRegistry:
             if version > SCHEMA_VERSION:
                 raise ConfigError(f"job registry {self.path} has schema {version}; this GenieVM knows {SCHEMA_VERSION}")
             with self._db:
-                if version == 1:  # 2 added the phase a job is in
-                    self._db.execute("ALTER TABLE jobs ADD COLUMN phase TEXT")
-                if version in (1, 2):  # 3 added the bandwidth limits
-                    self._db.execute("ALTER TABLE jobs ADD COLUMN limits TEXT")
-                    self._db.execute("ALTER TABLE jobs ADD COLUMN limits_requested TEXT")
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+                for added in _ADDED_COLUMNS if columns else ():  # an older registry: 2 added phase, 3 the limits
+                    if added not in columns:
+                        self._db.execute(f"ALTER TABLE jobs ADD COLUMN {added} TEXT")
                 self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"invalid configuration: jobDb: cannot open job registry {self.path}: {exc}") from exc
