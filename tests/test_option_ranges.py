@@ -137,3 +137,11 @@ def test_every_numeric_config_field_is_bounded_and_checked(model: type[Any], nam
             load_config(model, overrides=required | {name: value}, environ={})
         assert str(caught.value).startswith(f"invalid {model.__name__}: {field.alias}: "), str(caught.value)
         assert "\n" not in str(caught.value)
+
+
+def test_a_duration_too_long_for_the_clock_is_one_line(cli: Cli) -> None:
+    result = cli("gc", "--repo", "/nonexistent", "--grace", "99999999999d")
+    assert (result.code, result.err_lines) == (
+        3,
+        ["genievm: error: invalid configuration: --grace: '99999999999d' is longer than 36500d"],
+    )

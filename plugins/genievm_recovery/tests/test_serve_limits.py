@@ -19,7 +19,8 @@ RATE = 6.0
 
 def test_an_export_reads_at_its_limit_and_follows_genievm_jobs_limit(tmp_path: Path) -> None:
     image = write_image(tmp_path / "vda-source.img", SIZE, [(0, random_bytes(SIZE, 5))])
-    assert genievm("repo", "init", "repo", "--chunk-size", "65536", "--encryption", "none", cwd=tmp_path).returncode == 0
+    init = genievm("repo", "init", "repo", "--chunk-size", "65536", "--encryption", "none", cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
     done = genievm("backup", "--vm", "web01", "--repo", "repo", "--disk", f"vda={image}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     with serving("--repo", "repo", "--vm", "web01", "--limit-read", "0.5", cwd=tmp_path) as s:  # 48 s as it is
