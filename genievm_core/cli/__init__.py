@@ -2,7 +2,7 @@
 
 Exit codes are those of ``genievm_core.errors`` (docs/errors.md); usage errors
 exit 2, an interrupt 130. A GenieVMError is one line on stderr, never a
-traceback.
+traceback; so is a number outside its option's range (``check_ranges``, exit 3).
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ def _with_ranges(command: click.Command) -> click.Command:
 _Param = TyperOption | TyperArgument
 
 
-
 def numeric_params(command: click.Command) -> list[_Param]:
     """The parameters of ``command`` (not of its subcommands) that take one int or float."""
     found = []
@@ -105,7 +104,7 @@ def range_text(low: float | None, high: float | None) -> str:
 
     if low is not None and high is not None:
         return f"{number(low)} to {number(high)}"
-    return f"at least {number(low)}" if low is not None else f"at most {number(high)}"  # type: ignore[arg-type]
+    return f"at least {number(low)}" if low is not None else f"at most {number(high or 0)}"
 
 
 def check_ranges(command: click.Command) -> click.Command:
