@@ -61,7 +61,8 @@ class Bandwidth:
     def __init__(
         self, mbps: float | None = None, *, burst: float = BURST, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._rate = _check(mbps)
+        self._rate = _check(mbps)  # bytes per second
+        self._mbps = mbps or None  # as given, for whoever shows it
         self._burst = burst
         self._clock = clock
         self._cond = threading.Condition()
@@ -72,7 +73,7 @@ class Bandwidth:
 
     @property
     def mbps(self) -> float | None:
-        return None if self._rate is None else self._rate / MB
+        return self._mbps
 
     def set(self, mbps: float | None) -> None:
         """A new rate, at once: what is owed is paid at the new rate (0 or None: no limit)."""
@@ -81,7 +82,7 @@ class Bandwidth:
             self._earn(self._clock())
             if self._rate is None:  # limited from now on: no credit from the unlimited time
                 self._paid = self._reserved
-            self._rate = rate
+            self._rate, self._mbps = rate, mbps or None
             self._cond.notify_all()
 
     def take(self, n: int) -> None:
