@@ -19,7 +19,8 @@ restore, verify and prune jobs the commands run::
 
 A job run with ``run`` (in the calling thread) or ``start`` (in the
 background) is recorded in the job registry, so ``genievm jobs`` in another
-process sees, pauses and cancels it, and ``request`` does the same from here.
+process sees, pauses and cancels it (and changes its bandwidth limits), and ``request`` and
+``limit`` do the same from here.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class RunningJob:
 
     def cancel(self) -> None:
         self.job.cancel()
+
+    def limit(self, read: float | None = None, write: float | None = None) -> None:
+        """Change the job's bandwidth limits at once, in MB/s (None: as it is; 0: no limit)."""
+        self.job.limit(read, write)
 
 
 @dataclass
@@ -306,6 +311,10 @@ class GenieVM:
     def request(self, job_id: str, action: Literal["pause", "resume", "cancel"]) -> JobRecord:
         """Ask the process that runs a job to pause, resume or cancel it (it acts within a second)."""
         return self.registry.request(job_id, action)
+
+    def limit(self, job_id: str, *, read: float | None = None, write: float | None = None) -> JobRecord:
+        """Ask the process that runs a job to change its bandwidth limits, in MB/s (None: as it is; 0: no limit)."""
+        return self.registry.request_limits(job_id, read=read, write=write)
 
     def passphrase_source(self, passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
         """``passphrase_source`` with this client's ``passphrase_command``."""

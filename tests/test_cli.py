@@ -296,7 +296,7 @@ def test_error_exit_codes(cli: Run, tmp_path: Path, host: PluginHost) -> None:
     assert "backupPath" in one_error_line(cli("backups", "list"), 3)
     assert "encryption" in one_error_line(cli("repo", "init", str(repo), "--encryption", "rot13"), 3)
     assert "chunk_size" in one_error_line(
-        cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", "1000"), 3
+        cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", "5000"), 3
     )
     assert not (repo / "config").exists()
     assert "no GenieVM repository" in one_error_line(cli("backups", "list", "--repo", str(repo)), 14)

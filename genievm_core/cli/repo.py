@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from genievm_core.choices import MAX_SECONDS
 from genievm_core.cli.common import (
     JsonOption,
     PassphraseFileOption,
@@ -39,7 +40,8 @@ def init(
         str, typer.Option(metavar="aes-256-gcm|none", help="encrypt chunks, indexes and manifests, or not")
     ] = "aes-256-gcm",
     chunk_size: Annotated[
-        int, typer.Option(metavar="BYTES", help="chunk size: a power of two from 4 KiB to 64 MiB")
+        int,
+        typer.Option(min=4096, max=64 << 20, metavar="BYTES", help="chunk size: a power of two from 4 KiB to 64 MiB"),
     ] = DEFAULT_CHUNK_SIZE,
     passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
@@ -129,7 +131,8 @@ def upgrade(
     repo_option: RepoOption = None,
     passphrase_file: PassphraseFileOption = None,
     lock_wait: Annotated[
-        float, typer.Option(min=0, metavar="SECONDS", help="seconds to wait for running jobs to finish")
+        float,
+        typer.Option(min=0, max=MAX_SECONDS, metavar="SECONDS", help="seconds to wait for running jobs to finish"),
     ] = 10.0,
     json_output: JsonOption = False,
 ) -> None:

@@ -60,9 +60,11 @@ class RestoreEngine:
         zero = bytes(index.chunk_size)
         inflight: deque[tuple[int, Future[tuple[bytes, list[tuple[int, int]]]]]] = deque()
         sparse = sink.zeroed
+        limits = self.control.limits
 
         def fetch(cid: bytes) -> tuple[bytes, list[tuple[int, int]]]:
             data = self.repo.get_chunk(cid)
+            limits.read.take(len(data))
             return data, nonzero_runs(data) if sparse else [(0, len(data))]
 
         def write(item: tuple[int, Future[tuple[bytes, list[tuple[int, int]]]]]) -> None:
@@ -71,6 +73,7 @@ class RestoreEngine:
             base = i * index.chunk_size
             for start, end in runs:
                 sink.write(base + start, data if (start, end) == (0, len(data)) else data[start:end])
+            limits.write.take(sum(end - start for start, end in runs))
             progress.scanned += len(data)
             progress.read += len(data)
             self.progress(progress)
@@ -82,6 +85,7 @@ class RestoreEngine:
                     length = index.chunk_length(i)
                     if not sink.zeroed:
                         sink.write(i * index.chunk_size, zero[:length])
+                        limits.write.take(length)
                     progress.scanned += length
                     progress.zero += length
                     continue
