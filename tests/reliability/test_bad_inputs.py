@@ -296,6 +296,9 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     ),
     "restore-corrupt-chunk": _corrupt_chunk_restore,
     "unknown-job": lambda b: b.cli("jobs", "show", "feedfacecafe"),
+    "forget-unknown-backup": lambda b: b.cli(
+        "backups", "forget", "20200101T000000.000000Z-00000000", "--repo", str(b.repo)
+    ),
 }
 
 
