@@ -6,6 +6,7 @@ The S3 plugin's tests run the same through a real S3 server (plugins/genievm_sto
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def test_stray_objects_are_reported_skipped_and_never_collected(cli: Cli, tmp_pa
     for key, data in STRAYS.items():
         (repo / key).parent.mkdir(parents=True, exist_ok=True)
         (repo / key).write_bytes(data)
+
+    counted = cli("repo", "stats", str(repo), "--json")
+    assert counted.code == 0, counted.stderr
+    assert json.loads(counted.stdout)["chunk_objects"] == 2, "strays under chunks/ are no chunks"
 
     listed = cli("backups", "list", "--repo", str(repo))
     assert listed.code == 0, listed.stderr
