@@ -81,7 +81,7 @@ def new_vm_spec(
     name: str,
     where: Placement,
     disks: Mapping[int, int],  # stored device key → capacity in bytes, of the disks restored
-    nics: VMwareOptions,
+    options: VMwareOptions,  # networkMap, defaultNetwork, noNics
     recorded: Mapping[str, str] | None = None,  # device key → the network name the backup recorded
 ) -> vim.vm.ConfigSpec:
     hardware: Any = config.hardware
@@ -124,8 +124,8 @@ def new_vm_spec(
             )
             changes.append(vim.vm.device.VirtualDeviceSpec(operation=add, fileOperation="create", device=disk))
         elif isinstance(device, vim.vm.device.VirtualEthernetCard):
-            on = "" if nics.no_nics else (recorded or {}).get(str(device.key), "")
-            network = None if nics.no_nics else _nic_backing(device, where, nics, on)
+            on = (recorded or {}).get(str(device.key), "")
+            network = None if options.no_nics else _nic_backing(device, where, options, on)
             if network is None:
                 log.warning("vmware.nic_left_out", vm=name, nic=str(device.key), reason="noNics or networkMap")
                 continue
