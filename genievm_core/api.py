@@ -214,18 +214,20 @@ class GenieVM:
         repo.locking = LockPolicy(wait=lock_wait, stale_after=self.lock_stale_after)
         for warning in repo.warnings:
             self._warn(warning)
+        repo.on_warning = self._warn
         return repo
 
     def upgrade_repository(
         self, repository: Repository, passphrase_file: Path | None = None, *, passphrase: str | None = None,
         lock_wait: float = 10.0,
-    ) -> bool:  # fmt: skip
-        """Bring an open repository's config to the current format under the exclusive lock; False if it was."""
+    ) -> tuple[bool, int]:  # fmt: skip
+        """Bring an open repository's config to the current format under the exclusive lock, and enter the
+        backups made before its backup log existed: whether the config changed, and how many were entered."""
         with repository.lock("exclusive", "upgrade", timeout=lock_wait):
             changed = repository.upgrade(self._source(passphrase, passphrase_file))
-        if changed:  # what this client remembers follows the new format
-            self.known_repositories.remember(repository.url, repository.config)
-        return changed
+            if changed:  # what this client remembers follows the new format
+                self.known_repositories.remember(repository.url, repository.config)
+            return changed, repository.log_unlisted()
 
     def unlock(
         self, repository: Repository, *, force: bool = False
@@ -268,9 +270,17 @@ class GenieVM:
         return RestoreJob(self.host, config, repo, workers=workers)
 
     def verify_job(
-        self, repository: Repository, manifests: Iterable[BackupManifest], *, read_data: bool = False
+        self,
+        repository: Repository,
+        manifests: Iterable[BackupManifest],
+        *,
+        read_data: bool = False,
+        whole_repository: bool = False,
     ) -> VerifyJob:
-        return VerifyJob(self.host, repository, list(manifests), read_data=read_data)
+        """The verifiers over ``manifests``; ``whole_repository``: also its unknown objects and backup log."""
+        return VerifyJob(
+            self.host, repository, list(manifests), read_data=read_data, whole_repository=whole_repository
+        )
 
     def prune_job(
         self,

@@ -41,7 +41,7 @@ _debug = False
 # `genievm --help` and `--version` import no plugin, no pydantic model, no engine (benchmarks/startup.py).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "repo": ("repo", "app", "Create, describe, upgrade and unlock repositories."),
-    "backups": ("backups", "app", "List and show backups."),
+    "backups": ("backups", "app", "List, show and forget backups."),
     "jobs": ("jobs", "app", "List, show, watch, pause, resume, cancel and limit jobs."),
     "backup": ("transfer", "backup", "Back up a VM into a repository (incremental when it has a parent)."),
     "restore": ("transfer", "restore", "Restore a backup: its disks, and the VM where the provider can define one."),

@@ -136,18 +136,27 @@ def upgrade(
     ] = 10.0,
     json_output: JsonOption = False,
 ) -> None:
-    """Bring a repository's config to the current format (format 2: authenticated, NFC passphrases)."""
+    """Bring a repository's config to the current format (format 2: authenticated, NFC passphrases).
+
+    Also enters the backups made before the repository had a backup log into it.
+    """
     st = state(ctx)
     repo = st.open_repository(repository_argument(url, repo_option), passphrase_file)
     before = repo.config.format_version
-    changed = st.upgrade_repository(repo, passphrase_file, lock_wait=lock_wait)
+    changed, logged = st.upgrade_repository(repo, passphrase_file, lock_wait=lock_wait)
     after = repo.config.format_version
     if json_output:
-        emit_json({"url": repo.url, "format_version_before": before, "format_version": after, "upgraded": changed})
-    elif changed:
+        emit_json(
+            {"url": repo.url, "format_version_before": before, "format_version": after, "upgraded": changed,
+             "backups_logged": logged}  # fmt: skip
+        )
+        return
+    if changed:
         out_console.print(f"upgraded repository {repo.url} from format {before} to {after}", highlight=False)
     else:
         out_console.print(f"repository {repo.url} is already at format {after}", highlight=False)
+    if logged:
+        out_console.print(f"entered {plural(logged, 'backup')} in the backup log", highlight=False)
 
 
 @app.command("unlock")

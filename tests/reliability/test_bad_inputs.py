@@ -302,6 +302,13 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     ),
     "restore-corrupt-chunk": _corrupt_chunk_restore,
     "unknown-job": lambda b: b.cli("jobs", "show", "feedfacecafe"),
+    "restore-qcow2-without-qemu-img": lambda b: b.cli(
+        "restore", "--vm", "vm1", "--repo", str(b.repo), "--target", str(b.t / "out"), "--disk-format", "vda=qcow2",
+        env={"PATH": str(b.t)},  # a PATH where no qemu-img is
+    ),
+    "forget-unknown-backup": lambda b: b.cli(
+        "backups", "forget", "20200101T000000.000000Z-00000000", "--repo", str(b.repo)
+    ),
 }
 
 
