@@ -96,7 +96,7 @@ def install(target: list[str], reqs: list[str], wheel_files: list[Path], work: P
     listing.unlink()
 
 
-def stage_core(src: Path, settings: dict[str, object], wheels: Path, man: Path, completions: Path) -> set[str]:
+def stage_core(src: Path, settings: dict[str, object], wheels: Path, completions: Path) -> set[str]:
     """The genievm package's tree; the requirement names its environment holds."""
     tree = src / "stage/genievm"
     venv = tree / VENV.lstrip("/")
@@ -186,9 +186,14 @@ def maintainer_scripts(debian: Path, name: str) -> None:
         f"find {folder} -depth -type d -name __pycache__ -exec rm -rf {{}} + 2>/dev/null || true\n"
         "#DEBHELPER#\nexit 0\n"
     )
-    if name == "genievm":  # the job registry the units keep (StateDirectory=genievm)
+    if name == "genievm":
+        # base-files makes /opt, owned by no package: dpkg removes it with the last package that had a file in it.
+        # Purge removes the job registry the units keep (StateDirectory=genievm).
         (debian / f"{name}.postrm").write_text(
-            '#!/bin/sh\nset -e\nif [ "$1" = purge ]; then\n    rm -rf /var/lib/genievm\nfi\n#DEBHELPER#\nexit 0\n'
+            "#!/bin/sh\nset -e\n"
+            'if [ "$1" = remove ] || [ "$1" = purge ]; then\n    [ -d /opt ] || install -d -m 0755 /opt\nfi\n'
+            'if [ "$1" = purge ]; then\n    rm -rf /var/lib/genievm\nfi\n'
+            "#DEBHELPER#\nexit 0\n"
         )
 
 
@@ -199,7 +204,7 @@ def main() -> None:
         shutil.copy(HERE / file, debian / file)
     pkgs = packages(workspace())
     (debian / "control").write_text(control(pkgs))
-    core = stage_core(src, pkgs["genievm"], wheels, man, completions)
+    core = stage_core(src, pkgs["genievm"], wheels, completions)
     for name, settings in pkgs.items():
         if name != "genievm":
             stage_plugin(src, name, settings, wheels, core)
