@@ -40,9 +40,10 @@ trap 'rm -rf "$work"' EXIT
 .venv/bin/python packaging/manpages.py "$work/man" --version "$version" --date "$date" >/dev/null
 mkdir "$work/completions"
 _GENIEVM_COMPLETE=source_bash .venv/bin/genievm >"$work/completions/genievm.bash"
-# autoloaded by zsh's compinit: the file's body runs at each completion, so it ends by completing
-_GENIEVM_COMPLETE=source_zsh .venv/bin/genievm | sed 's/^compdef _genievm_completion genievm$/_genievm_completion "$@"/' \
-  >"$work/completions/_genievm"
+# autoloaded by zsh's compinit: "#compdef" on the first line, and the file's body runs at each completion, so
+# it ends by completing
+_GENIEVM_COMPLETE=source_zsh .venv/bin/genievm |
+  sed -e '/./,$!d' -e 's/^compdef _genievm_completion genievm$/_genievm_completion "$@"/' >"$work/completions/_genievm"
 packages=$(python3 packaging/debian/stage.py "$work/src" "$work/wheels" "$work/man" "$work/completions")
 echo "build.sh: building $packages ($debian_version; ${SECONDS}s so far)" >&2
 (cd "$work/src" && dpkg-buildpackage -b -us -uc -j1 >"$work/dpkg-buildpackage.log" 2>&1) || {
