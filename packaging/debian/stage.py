@@ -30,7 +30,7 @@ ROOT = HERE.parent.parent
 PYTHON = "/usr/bin/python3.11"  # Debian 12's interpreter: the one python3-libnbd and python3-libvirt are built for
 VENV = "/opt/genievm"
 SITE = f"{VENV}/lib/python3.11/site-packages"
-UV = [os.environ.get("GENIEVM_UV", sys.executable), "-m", "uv"] if not shutil.which("uv") else ["uv"]
+UV = ["uv"] if shutil.which("uv") else [sys.executable, "-m", "uv"]  # as scripts/setup.sh finds it
 
 
 def normalize(name: str) -> str:
