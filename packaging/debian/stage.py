@@ -53,14 +53,18 @@ def packages(dists: dict[str, dict[str, str]]) -> dict[str, dict[str, object]]:
     known = tomllib.loads((HERE / "packages.toml").read_text())
     included = {normalize(d) for d in known["genievm"].get("include", [])}
     by_dist = {normalize(str(v["distribution"])): k for k, v in known.items()}
+    package = {d: "genievm" if d in included or d == "genievm-core" else by_dist.get(d, d) for d in dists}
     result: dict[str, dict[str, object]] = {}
     for dist, project in dists.items():
         if dist in included:
             continue
-        name = by_dist.get(dist, dist)
+        name = package[dist]
         settings = dict(known.get(name, {}))
         settings.setdefault("distribution", dist)
         settings.setdefault("description", project.get("description", dist))
+        # another workspace distribution it requires (a server needing recovery, say): that one's package
+        required = {package[r] for r in map(requirement_name, project.get("dependencies", [])) if r in package}
+        settings["requires"] = sorted(required - {"genievm", name})
         result[name] = settings
     return result
 
@@ -157,6 +161,7 @@ def control(pkgs: dict[str, dict[str, object]]) -> str:
         # a plugin's folder holds what the core's environment lacks: it needs exactly the genievm built with it
         base = ["python3.11" if name == "genievm" else "genievm (= ${binary:Version})", "${misc:Depends}",
                 "${shlibs:Depends}"]
+        base += [f"{p} (= ${{binary:Version}})" for p in settings["requires"]]  # type: ignore[attr-defined]
         fields = {"Depends": base + list(settings.get("depends", []))}  # type: ignore[call-overload]
         for field in ("recommends", "suggests"):
             if settings.get(field):
