@@ -46,7 +46,7 @@ from genievm_core.models.manifest import BackupManifest
 from genievm_core.processes import process_alive
 from genievm_recovery.errors import InstantBootError
 
-__all__ = ["Instance", "abort", "cleanup_stale", "finish", "instances", "instant_root", "start"]
+__all__ = ["Instance", "abort", "cleanup_stale", "find", "finish", "instances", "instant_root", "serve_again", "start"]
 
 OWNER_START_TIMEOUT = 60.0
 OWNER_STOP_TIMEOUT = 30.0
@@ -146,12 +146,12 @@ def start(
     storage_options: Mapping[str, Any] | None,
 ) -> Instance:
     """Serve the backup, make the overlays, define and start the VM ``name``; the running instance."""
+    _local_only(uri)
     if manifest.vm.config_format != "libvirt-domain-xml" or not manifest.vm.config:
         raise InstantBootError(
             f"instant boot of {manifest.backup_id}: not a KVM backup (its VM configuration is "
             f"{manifest.vm.config_format or 'absent'}); instant boot needs the libvirt domain of a kvm backup"
         )
-    _local_only(uri)
     conn = connect(uri)
     try:
         if _lookup(conn, name) is not None:
@@ -175,6 +175,7 @@ def start(
                 name,
                 {disk: (instance.overlay(disk), "qcow2") for disk in instance.disks},
             )
+            (folder / "domain.xml").write_text(xml)  # what an offline finish defines the VM from
             with libvirt_errors(f"instant {instance_id}: starting VM {name}"):
                 dom = conn.createXML(_stop_on_io_errors(xml), 0)
         except BaseException:
@@ -197,6 +198,12 @@ def _stop_on_io_errors(xml: str) -> str:
         driver.set("error_policy", "stop")
         driver.set("rerror_policy", "stop")
     return ET.tostring(root, encoding="unicode")
+
+
+def serve_again(instance: Instance, job_db: Path, passphrase: str | None) -> None:
+    """Start the instance's export again (its process died), on the same socket."""
+    request = json.loads((instance.folder / "owner-request.json").read_text())
+    _spawn_owner(instance, job_db, int(request["cache"]), passphrase, request.get("storage_options"))
 
 
 def _spawn_owner(
@@ -238,11 +245,20 @@ def _last_line(instance: Instance) -> str:
 # finish
 
 
-def finish(instance: Instance, migrate_to: Path, registry: JobRegistry, progress: CopyProgress) -> dict[str, str]:
+def finish(
+    instance: Instance,
+    migrate_to: Path,
+    registry: JobRegistry,
+    progress: CopyProgress,
+    restart_export: Callable[[], None],
+) -> dict[str, str]:
     """Move the running VM's disks to ``migrate_to``, define it persistently, stop the export; disk -> file.
 
     Run again after a failure or a kill: a disk already moved is kept, a copy still under way for the
-    same file is waited for, any other is cancelled and made again.
+    same file is waited for, any other is cancelled and made again. When the export is gone (its
+    process died: QEMU's NBD client does not reconnect), ``restart_export`` serves the backup again
+    and the disks move offline: the VM is powered off (what the guest wrote is in its overlays),
+    each overlay with its backing is converted into its file, and the VM starts again on them.
     """
     if instance.state == "starting":
         raise InstantBootError(f"instant {instance.id}: VM {instance.name} has not started")
@@ -252,20 +268,59 @@ def finish(instance: Instance, migrate_to: Path, registry: JobRegistry, progress
         instance.migrate_to = str(migrate_to)
         instance.state = "migrating"
         instance.save()
-        with _domain(instance) as (conn, dom):
-            if dom is None:
-                raise InstantBootError(f"instant {instance.id}: VM {instance.name} is gone; genievm instant abort "
-                                       f"{instance.id} removes what is left")  # fmt: skip
-            for disk in instance.disks:
-                _move_disk(instance, dom, disk, migrate_to / f"{instance.name}-{disk}.qcow2", progress)
-            with libvirt_errors(f"instant {instance.id}: defining VM {instance.name}"):
-                conn.defineXML(_without_stop_policies(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
+        targets = {disk: migrate_to / f"{instance.name}-{disk}.qcow2" for disk in instance.disks}
+        if not instance.serving():
+            _stop_owner(instance, None)  # an nbdkit left behind, still holding QEMU's connection
+            instance.socket.unlink(missing_ok=True)
+            restart_export()
+            _move_offline(instance, targets, progress)
+        else:
+            with _domain(instance) as (conn, dom):
+                if dom is None:
+                    raise InstantBootError(f"instant {instance.id}: VM {instance.name} is gone; genievm instant "
+                                           f"abort {instance.id} removes what is left")  # fmt: skip
+                for disk, target in targets.items():
+                    _move_disk(instance, dom, disk, target, progress)
+                with libvirt_errors(f"instant {instance.id}: defining VM {instance.name}"):
+                    conn.defineXML(_without_stop_policies(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
         instance.state = "migrated"
         instance.save()
     _stop_owner(instance, registry)
-    targets = dict(instance.targets)
+    moved = dict(instance.targets)
     shutil.rmtree(instance.folder, ignore_errors=True)
-    return targets
+    return moved
+
+
+def _move_offline(instance: Instance, targets: Mapping[str, Path], progress: CopyProgress) -> None:
+    with _domain(instance) as (conn, dom):
+        if dom is not None and dom.isActive():
+            with libvirt_errors(f"instant {instance.id}: powering off VM {instance.name}"):
+                dom.destroy()
+        for disk, target in targets.items():
+            _claim(instance, disk, target)
+            partial = target.with_name(target.name + ".genievm-partial")
+            _run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(instance.overlay(disk)), str(partial)],
+                 f"instant {instance.id}: copying {disk} to {target}")  # fmt: skip
+            partial.rename(target)
+            size = target.stat().st_size
+            progress(disk, size, size)
+        xml = restored_domain_xml((instance.folder / "domain.xml").read_text(), instance.name,
+                                  {disk: (target, "qcow2") for disk, target in targets.items()})  # fmt: skip
+        with libvirt_errors(f"instant {instance.id}: defining and starting VM {instance.name}"):
+            dom = conn.defineXML(xml)
+            dom.create()
+        instance.uuid = str(dom.UUIDString())
+
+
+def _claim(instance: Instance, disk: str, target: Path) -> None:
+    """Make ``target`` this instance's copy of ``disk``: a file of an earlier run of it is removed, any other
+    file is never overwritten."""
+    if target.exists():
+        if instance.targets.get(disk) != str(target):
+            raise RestoreTargetExistsError(f"{target} exists; remove it or choose another --migrate-to")
+        target.unlink()  # the partial copy of an earlier run
+    instance.targets[disk] = str(target)
+    instance.save()
 
 
 def _move_disk(instance: Instance, dom: libvirt.virDomain, disk: str, target: Path, progress: CopyProgress) -> None:
@@ -283,12 +338,7 @@ def _move_disk(instance: Instance, dom: libvirt.virDomain, disk: str, target: Pa
                 f"instant {instance.id}: its export is gone (its process died), so {disk} cannot be copied; "
                 f"the VM keeps its writes in {instance.overlay(disk)}"
             )
-        if target.exists():
-            if instance.targets.get(disk) != str(target):
-                raise RestoreTargetExistsError(f"{target} exists; remove it or choose another --migrate-to")
-            target.unlink()  # the partial copy of an earlier run
-        instance.targets[disk] = str(target)
-        instance.save()
+        _claim(instance, disk, target)
         dest = f"<disk type='file'><driver type='qcow2'/><source file={quoteattr(str(target))}/></disk>"
         with libvirt_errors(f"instant {instance.id}: copying {disk} to {target}"):
             dom.blockCopy(disk, dest, None, 0)  # the whole chain into one file: not shallow
@@ -390,9 +440,33 @@ def cleanup_stale(root: Path) -> list[str]:
 
 
 def _stop_owner(instance: Instance, registry: JobRegistry | None) -> None:
+    """Stop the export's process, through the registry when it can; then any nbdkit it left behind (one
+    whose owner was killed does not exit while a client is connected)."""
     job, pid = instance.owner()
-    if not process_alive(pid):
-        return
+    if process_alive(pid):
+        _stop_process(pid, job, registry)
+    nbdkit = _read_pid(instance.folder / "export" / "nbdkit.pid")
+    if process_alive(nbdkit) and _command_name(nbdkit) == "nbdkit":
+        os.kill(nbdkit, signal.SIGKILL)
+        _wait(lambda: not process_alive(nbdkit))
+    shutil.rmtree(instance.folder / "export", ignore_errors=True)  # its stale pid file would pass for a new one
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _stop_process(pid: int, job: str | None, registry: JobRegistry | None) -> None:
     if registry is not None and job is not None:
         try:
             registry.request(job, "cancel")

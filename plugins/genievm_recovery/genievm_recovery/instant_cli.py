@@ -23,6 +23,7 @@ from genievm_core.cli.common import (
 )
 from genievm_core.errors import ConfigError, GenieVMError
 from genievm_core.jobs import default_job_db
+from genievm_core.repository import Repository
 from genievm_recovery.instant import (
     CopyProgress,
     Instance,
@@ -32,6 +33,7 @@ from genievm_recovery.instant import (
     finish,
     instances,
     instant_root,
+    serve_again,
     start,
 )
 from genievm_recovery.reader import DEFAULT_CACHE
@@ -74,12 +76,7 @@ def start_command(
     if vm is None and backup_id == "latest":
         raise ConfigError("invalid configuration: --vm: give the VM whose backup boots (or --backup ID)")
     st = state(ctx)
-    secret = None
-    if passphrase_file is not None or os.environ.get(PASSPHRASE_ENV):
-        secret = passphrase_source(passphrase_file)()
-    repository = st.open_repository(repo, passphrase=secret)
-    if repository.config.encryption is not None and secret is None:  # typed at the prompt: once more, for nbdkit
-        secret = passphrase_source(None)()
+    repository, secret = _open(ctx, repo, passphrase_file)
     manifest = repository.find_backup(vm, backup_id)
     began = time.monotonic()
     instance = start(job_db, manifest, repo_url=repository.url, name=new_name, uri=uri, cache=cache_mib << 20,
@@ -93,7 +90,7 @@ def start_command(
             out_console.print(f"{disk} {instance.overlay(disk)} on {instance.export_uri(disk)}", highlight=False)
     if migrate_to is not None:
         try:
-            result["migrated"] = _finish(ctx, instance, migrate_to, json_output)
+            result["migrated"] = _finish(ctx, instance, migrate_to, passphrase_file, json_output)
         except GenieVMError:
             if json_output:  # the instance is up: say so before the error
                 emit_json(result)
@@ -107,20 +104,42 @@ def finish_command(
     ctx: typer.Context,
     instance_id: InstantArgument,
     migrate_to: MigrateToOption = None,
+    passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Move a running instant VM to its own qcow2 disks (block copy, then pivot), define it, stop the export."""
     instance = find(instant_root(_job_db(ctx)), instance_id)
-    moved = _finish(ctx, instance, migrate_to, json_output)
+    moved = _finish(ctx, instance, migrate_to, passphrase_file, json_output)
     if json_output:
         emit_json(_describe(instance) | {"migrated": moved})
 
 
-def _finish(ctx: typer.Context, instance: Instance, migrate_to: Path | None, json_output: bool) -> dict[str, str]:
+def _open(ctx: typer.Context, repo: str | None, passphrase_file: Path | None) -> tuple[Repository, str | None]:
+    """The repository, and its passphrase for nbdkit (asked for once more when it was typed at the prompt)."""
+    secret = None
+    if passphrase_file is not None or os.environ.get(PASSPHRASE_ENV):
+        secret = passphrase_source(passphrase_file)()
+    repository = state(ctx).open_repository(repo, passphrase=secret)
+    if repository.config.encryption is not None and secret is None:
+        secret = passphrase_source(None)()
+    return repository, secret
+
+
+def _finish(
+    ctx: typer.Context, instance: Instance, migrate_to: Path | None, passphrase_file: Path | None, json_output: bool
+) -> dict[str, str]:
     folder = migrate_to or (Path(instance.migrate_to) if instance.migrate_to else None)
     if folder is None:
         raise ConfigError("invalid configuration: --migrate-to: give the folder the VM's disks move to")
-    moved = finish(instance, folder, state(ctx).registry, _progress(not json_output))
+    st = state(ctx)
+
+    def restart_export() -> None:
+        if not json_output:
+            err_console.print(f"instant {instance.id}: its export is gone; serving the backup again, moving the "
+                              "disks offline (the VM restarts on them)", highlight=False, markup=False)  # fmt: skip
+        serve_again(instance, st.job_db or default_job_db(), _open(ctx, instance.repo, passphrase_file)[1])
+
+    moved = finish(instance, folder, st.registry, _progress(not json_output), restart_export)
     if not json_output:
         out_console.print(f"instant {instance.id}: VM {instance.name} runs on its own disks, export stopped",
                           highlight=False)  # fmt: skip

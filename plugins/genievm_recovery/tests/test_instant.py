@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,9 +40,16 @@ from serve_support import GENIEVM, PASSPHRASE, genievm  # noqa: E402
 
 from genievm_core.cli import app, extra  # noqa: E402
 from genievm_core.errors import ConfigError  # noqa: E402
+from genievm_core.processes import process_alive  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 GUIDE = (ROOT / "docs" / "user-guide.md").read_text()
+# the commands of docs/user-guide.md, "Instant boot" (ID: the id that start prints), run in the folder of repo/
+START = "genievm instant start --repo repo --vm web01 --new-name web01-instant"
+LIST = "genievm instant list"
+FINISH = "genievm instant finish ID --migrate-to final"
+ABORT = "genievm instant abort ID"
+RESTORE = "genievm restore --instant --repo repo --vm web01 --new-name web01-instant"
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +65,9 @@ def conn() -> Iterator[libvirt.virConnect]:
 
 
 @pytest.fixture
-def backed_up(conn: libvirt.virConnect, tmp_path: Path) -> Iterator[BackedUp]:
-    name = f"genievm-test-{secrets.token_hex(3)}"
+def backed_up(conn: libvirt.virConnect, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackedUp]:
+    name = getattr(request, "param", f"genievm-test-{secrets.token_hex(3)}")
+    remove_named(conn, name, f"{name}-instant")  # left by a run killed outright
     made = back_up_and_delete(conn, tmp_path, name)
     yield made
     for listed in json.loads(run("instant", "list", "--json", cwd=tmp_path).stdout or "[]"):
@@ -99,11 +109,19 @@ def assert_moved(conn: libvirt.virConnect, b: BackedUp, new_name: str, final: Pa
     assert str(final / f"{new_name}-vda.qcow2") in inactive and "error_policy" not in inactive
 
 
+def guide_command(line: str, instance: object = "ID") -> list[str]:
+    assert f"    {line}\n" in GUIDE, f"docs/user-guide.md does not show {line!r}"
+    return [arg.replace("ID", str(instance)) for arg in shlex.split(line)[1:]]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("backed_up", ["web01"], indirect=True)
 def test_boot_write_migrate_and_compare_bit_for_bit(conn: libvirt.virConnect, backed_up: BackedUp) -> None:
-    b, new_name = backed_up, f"{backed_up.name}-instant"
+    b, new_name = backed_up, "web01-instant"
     began = time.monotonic()
-    started = start(b, new_name)
+    done = run(*guide_command(START), "--json", cwd=b.folder)
+    assert done.returncode == 0, done.stderr
+    started = json.loads(done.stdout)
     assert time.monotonic() - began < 15
     dom = conn.lookupByName(new_name)
     assert dom.isActive() and not dom.isPersistent() and dom.UUIDString() == started["uuid"]
@@ -115,10 +133,10 @@ def test_boot_write_migrate_and_compare_bit_for_bit(conn: libvirt.virConnect, ba
     assert [(j["id"], j["kind"], j["state"]) for j in listed if j["kind"] == "instant"] == [
         (started["export_job"], "instant", "running")
     ]
-    shown = run("instant", "list", cwd=b.folder).stdout.split()
+    shown = run(*guide_command(LIST), cwd=b.folder).stdout.split()
     assert shown == [str(started["instant"]), new_name, str(started["backup"]), "running", "serving"]
     final = b.folder / "final"
-    finished = run("instant", "finish", str(started["instant"]), "--migrate-to", str(final), cwd=b.folder)
+    finished = run(*guide_command(FINISH, started["instant"]), cwd=b.folder)
     assert finished.returncode == 0, finished.stderr
     assert "vda: 64.0 MiB of 64.0 MiB copied (100%)" in finished.stderr  # progress on stderr
     first = finished.stdout.splitlines()[0]
@@ -129,6 +147,9 @@ def test_boot_write_migrate_and_compare_bit_for_bit(conn: libvirt.virConnect, ba
     assert job_state(b.folder, str(started["export_job"])) == "succeeded"
     assert instant_folders(b.folder) == []
     assert run("verify", "--repo", "repo", cwd=b.folder).returncode == 0
+    again = run(*guide_command(START), cwd=b.folder)
+    assert again.returncode == 23
+    assert again.stderr == "genievm: error: VM web01-instant exists; give the instant VM another --new-name\n"
 
 
 @pytest.mark.slow
@@ -162,6 +183,32 @@ def test_a_migration_to_a_full_disk_keeps_every_write_and_can_be_retried(
 
 
 @pytest.mark.slow
+def test_when_the_export_dies_finish_serves_it_again_and_keeps_every_write(
+    conn: libvirt.virConnect, backed_up: BackedUp
+) -> None:
+    b, new_name = backed_up, f"{backed_up.name}-instant"
+    started = start(b, new_name)
+    dom = conn.lookupByName(new_name)
+    b.write(dom, "vda", 0x6B, 2 * MiB, MiB)
+    b.write(dom, "vdb", 0x6C, 20 * MiB, MiB)
+    folder = instant_folders(b.folder)[0]
+    owner = json.loads((folder / "owner.json").read_text())
+    nbdkit = int((folder / "export" / "nbdkit.pid").read_text())
+    os.kill(owner["pid"], signal.SIGKILL)  # its nbdkit is told to exit, but lingers while QEMU is connected
+    deadline = time.monotonic() + 30
+    while process_alive(owner["pid"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert json.loads(run("instant", "list", "--json", cwd=b.folder).stdout)[0]["serving"] is False
+    finished = run("instant", "finish", str(started["instant"]), "--migrate-to", "final", cwd=b.folder)
+    assert finished.returncode == 0, finished.stderr
+    assert f"instant {started['instant']}: its export is gone; serving the backup again" in finished.stderr
+    assert_moved(conn, b, new_name, b.folder / "final")
+    assert not process_alive(nbdkit)
+    assert job_state(b.folder, owner["job"]) == "failed"  # the registry marks the killed export's job failed
+
+
+@pytest.mark.slow
 def test_kills_at_each_step_leave_the_repository_intact_and_are_cleaned_up(
     conn: libvirt.virConnect, backed_up: BackedUp
 ) -> None:
@@ -180,9 +227,9 @@ def test_kills_at_each_step_leave_the_repository_intact_and_are_cleaned_up(
     assert json.loads(run("instant", "list", "--json", cwd=b.folder).stdout) == []
     assert instant_folders(b.folder) == [] and lookup(conn, f"{b.name}-killed") is None
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{owner['pid']}").exists() and time.monotonic() < deadline:
+    while process_alive(owner["pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not Path(f"/proc/{owner['pid']}").exists()
+    assert not process_alive(owner["pid"])
     assert job_state(b.folder, owner["job"]) == "cancelled"
     # killed while moving the disks: the VM runs on; finish again completes the move
     new_name = f"{b.name}-instant"
@@ -203,7 +250,7 @@ def test_kills_at_each_step_leave_the_repository_intact_and_are_cleaned_up(
     # abort: the VM and everything it made go; the repository stays as it was
     other = f"{b.name}-aborted"
     aborted_start = start(b, other)
-    aborted = run("instant", "abort", str(aborted_start["instant"]), cwd=b.folder)
+    aborted = run(*guide_command(ABORT, aborted_start["instant"]), cwd=b.folder)
     assert aborted.returncode == 0, aborted.stderr
     assert lookup(conn, other) is None and instant_folders(b.folder) == []
     assert job_state(b.folder, str(aborted_start["export_job"])) == "cancelled"
@@ -212,8 +259,8 @@ def test_kills_at_each_step_leave_the_repository_intact_and_are_cleaned_up(
 
 def run_restore_instant(b: BackedUp, new_name: str) -> dict[str, object]:
     """The same through the core's ``restore --instant``, which hands over to ``instant start``."""
-    done = run("restore", "--instant", "--repo", "repo", "--vm", b.name, "--new-name", new_name, "--json",
-               cwd=b.folder)  # fmt: skip
+    args = [arg.replace("web01", b.name) for arg in guide_command(RESTORE)]  # its VM, named at random
+    done = run(*args, "--json", cwd=b.folder)
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 
@@ -245,6 +292,10 @@ def test_bad_inputs_are_one_line(tmp_path: Path) -> None:
     assert unknown.returncode == InstantBootError.exit_code
     assert unknown.stderr == "genievm: error: instant nosuch: no such instant VM (genievm instant list shows them)\n"
     assert json.loads(unknown.stdout)["error"]["code"] == "InstantBootError"
+    remote = run("instant", "start", "--repo", "repo", "--vm", "web01", "--new-name", "x", "--uri",
+                 "qemu+ssh://root@h/system", cwd=tmp_path)  # fmt: skip
+    assert remote.returncode == ConfigError.exit_code
+    assert remote.stderr.startswith("genievm: error: invalid configuration: --uri: qemu+ssh://root@h/system is not")
     mixed = run("restore", "--instant", "--repo", "repo", "--vm", "web01", "--target", "t", cwd=tmp_path)
     assert mixed.returncode == ConfigError.exit_code
     assert mixed.stderr == (
