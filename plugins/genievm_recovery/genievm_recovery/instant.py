@@ -36,6 +36,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import libvirt
+import structlog
 from genievm_kvm.connection import connect, libvirt_errors
 from genievm_kvm.restore import restored_domain_xml
 
@@ -52,6 +53,7 @@ OWNER_START_TIMEOUT = 60.0
 OWNER_STOP_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 107  # sun_path
 CopyProgress = Callable[[str, int, int], None]  # disk, bytes copied, bytes to copy
+log = structlog.get_logger("genievm.instant")
 
 
 def instant_root(job_db: Path) -> Path:
@@ -167,6 +169,7 @@ def start(
         instance.save()
         try:
             _spawn_owner(instance, job_db, cache, passphrase, storage_options)
+            log.info("instant.serving", instant=instance_id, socket=str(instance.socket))
             for disk in instance.disks:
                 _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", instance.export_uri(disk),
                       str(instance.overlay(disk))], f"instant {instance_id}: overlay of {disk}")  # fmt: skip
@@ -176,12 +179,14 @@ def start(
                 {disk: (instance.overlay(disk), "qcow2") for disk in instance.disks},
             )
             (folder / "domain.xml").write_text(xml)  # what an offline finish defines the VM from
+            log.info("instant.overlays_made", instant=instance_id, disks=instance.disks)
             with libvirt_errors(f"instant {instance_id}: starting VM {name}"):
                 dom = conn.createXML(_stop_on_io_errors(xml), 0)
         except BaseException:
             abort(instance, None)  # nothing ran in the VM yet: nothing to keep
             raise
         instance.uuid = str(dom.UUIDString())
+        log.info("instant.vm_started", instant=instance_id, vm=name, uuid=instance.uuid)
         instance.state = "running"
         instance.starter_pid = 0
         instance.save()

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from genievm_core.api import GenieVM
+from genievm_core.choices import LogFormat
 from genievm_core.errors import GenieVMError, JobCancelledError, JobInterruptedError
 from genievm_core.jobs import default_job_db
+from genievm_core.logging import configure_logging
 from genievm_core.repository import Repository
 from genievm_recovery.export import Export, ServeJob
 
@@ -65,6 +67,8 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         with os.fdopen(int(argv[1]), "r", encoding="utf-8") as pipe:
             passphrase = pipe.read()
+    configure_logging(os.environ.get("GENIEVM_LOG_LEVEL", "warning"), LogFormat(os.environ.get("GENIEVM_LOG_FORMAT",
+                      "console")))  # into owner.log; the variables are those of every genievm command  # fmt: skip
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # detached: a Ctrl-C in the starting terminal is not for it
     options = request.get("storage_options") or {}
