@@ -126,6 +126,7 @@ def test_boot_write_migrate_and_compare_bit_for_bit(conn: libvirt.virConnect, ba
     dom = conn.lookupByName(new_name)
     assert dom.isActive() and not dom.isPersistent() and dom.UUIDString() == started["uuid"]
     assert disk_source(dom, "vda") == started["disks"]["vda"]["overlay"]  # type: ignore[index]
+    assert dom.XMLDesc(0).count("error_policy='stop' rerror_policy='stop'") == 2  # a dead export pauses the VM
     assert lookup(conn, b.name) is None  # the original is gone; the new name never collides with it
     b.write(dom, "vda", 0x5A, 3 * MiB, 256 << 10)  # over backed-up random data
     b.write(dom, "vdb", 0xA5, 30 * MiB, 64 << 10)  # into a hole
@@ -231,6 +232,14 @@ def test_kills_at_each_step_leave_the_repository_intact_and_are_cleaned_up(
         time.sleep(0.1)
     assert not process_alive(owner["pid"])
     assert job_state(b.folder, owner["job"]) == "cancelled"
+    # restore --instant --migrate-to: booted, then moved at once (before any guest write)
+    moved_name = f"{b.name}-moved"
+    moved = run("restore", "--instant", "--repo", "repo", "--vm", b.name, "--new-name", moved_name, "--migrate-to",
+                "moved", "--json", cwd=b.folder)  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["migrated"] == {d: str(b.folder / "moved" / f"{moved_name}-{d}.qcow2")
+                                                    for d in b.expected}  # fmt: skip
+    assert_moved(conn, b, moved_name, b.folder / "moved")
     # killed while moving the disks: the VM runs on; finish again completes the move
     new_name = f"{b.name}-instant"
     started = run_restore_instant(b, new_name)
