@@ -10,11 +10,9 @@ An *instance* has a folder ``instant/<id>/`` beside the job registry::
 
 The VM is transient (``createXML``) while it runs on its overlays: everything the guest writes goes
 into them, never into the repository. Its disks stop the VM on an I/O error (``error_policy`` and
-``rerror_policy`` ``stop``) instead of failing the guest's reads if the export dies. ``finish`` moves
-each disk to a permanent qcow2 file with libvirt's block copy (full, not shallow: the overlay and its
-backing flattened into one file), pivots onto it, defines the VM persistently, then stops the export.
-A copy that fails leaves the VM on its overlay with every write kept; ``finish`` can be run again.
-States: ``starting`` (until the VM runs), ``running``, ``migrating``, ``migrated``.
+``rerror_policy`` ``stop``) instead of failing the guest's reads if the export dies. ``finish``
+(``migrate.py``) moves it to its own disks, then stops the export. States: ``starting`` (until the
+VM runs), ``running``, ``migrating``, ``migrated``.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 import libvirt
 import structlog
@@ -47,12 +44,25 @@ from genievm_core.models.manifest import BackupManifest
 from genievm_core.processes import process_alive
 from genievm_recovery.errors import InstantBootError
 
-__all__ = ["Instance", "abort", "cleanup_stale", "find", "finish", "instances", "instant_root", "serve_again", "start"]
+__all__ = [
+    "Instance",
+    "abort",
+    "cleanup_stale",
+    "disk_source",
+    "domain_of",
+    "find",
+    "instances",
+    "instant_root",
+    "run_tool",
+    "serve_again",
+    "start",
+    "stop_export",
+    "wait_until",
+]
 
 OWNER_START_TIMEOUT = 60.0
 OWNER_STOP_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 107  # sun_path
-CopyProgress = Callable[[str, int, int], None]  # disk, bytes copied, bytes to copy
 log = structlog.get_logger("genievm.instant")
 
 
@@ -171,7 +181,7 @@ def start(
             _spawn_owner(instance, job_db, cache, passphrase, storage_options)
             log.info("instant.serving", instant=instance_id, socket=str(instance.socket))
             for disk in instance.disks:
-                _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", instance.export_uri(disk),
+                run_tool(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", instance.export_uri(disk),
                       str(instance.overlay(disk))], f"instant {instance_id}: overlay of {disk}")  # fmt: skip
             xml = restored_domain_xml(
                 base64.b64decode(manifest.vm.config).decode(),
@@ -247,138 +257,7 @@ def _last_line(instance: Instance) -> str:
     return lines[-1].strip() if lines else "no message"
 
 
-# finish
-
-
-def finish(
-    instance: Instance,
-    migrate_to: Path,
-    registry: JobRegistry,
-    progress: CopyProgress,
-    restart_export: Callable[[], None],
-) -> dict[str, str]:
-    """Move the running VM's disks to ``migrate_to``, define it persistently, stop the export; disk -> file.
-
-    Run again after a failure or a kill: a disk already moved is kept, a copy still under way for the
-    same file is waited for, any other is cancelled and made again. When the export is gone (its
-    process died: QEMU's NBD client does not reconnect), ``restart_export`` serves the backup again
-    and the disks move offline: the VM is powered off (what the guest wrote is in its overlays),
-    each overlay with its backing is converted into its file, and the VM starts again on them.
-    """
-    if instance.state == "starting":
-        raise InstantBootError(f"instant {instance.id}: VM {instance.name} has not started")
-    if instance.state != "migrated":
-        migrate_to = migrate_to.absolute()
-        migrate_to.mkdir(parents=True, exist_ok=True)
-        instance.migrate_to = str(migrate_to)
-        instance.state = "migrating"
-        instance.save()
-        targets = {disk: migrate_to / f"{instance.name}-{disk}.qcow2" for disk in instance.disks}
-        if not instance.serving():
-            _stop_owner(instance, None)  # an nbdkit left behind, still holding QEMU's connection
-            instance.socket.unlink(missing_ok=True)
-            restart_export()
-            _move_offline(instance, targets, progress)
-        else:
-            with _domain(instance) as (conn, dom):
-                if dom is None:
-                    raise InstantBootError(f"instant {instance.id}: VM {instance.name} is gone; genievm instant "
-                                           f"abort {instance.id} removes what is left")  # fmt: skip
-                for disk, target in targets.items():
-                    _move_disk(instance, dom, disk, target, progress)
-                with libvirt_errors(f"instant {instance.id}: defining VM {instance.name}"):
-                    conn.defineXML(_without_stop_policies(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
-        instance.state = "migrated"
-        instance.save()
-    _stop_owner(instance, registry)
-    moved = dict(instance.targets)
-    shutil.rmtree(instance.folder, ignore_errors=True)
-    return moved
-
-
-def _move_offline(instance: Instance, targets: Mapping[str, Path], progress: CopyProgress) -> None:
-    with _domain(instance) as (conn, dom):
-        if dom is not None and dom.isActive():
-            with libvirt_errors(f"instant {instance.id}: powering off VM {instance.name}"):
-                dom.destroy()
-        for disk, target in targets.items():
-            _claim(instance, disk, target)
-            partial = target.with_name(target.name + ".genievm-partial")
-            _run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(instance.overlay(disk)), str(partial)],
-                 f"instant {instance.id}: copying {disk} to {target}")  # fmt: skip
-            partial.rename(target)
-            size = target.stat().st_size
-            progress(disk, size, size)
-        xml = restored_domain_xml((instance.folder / "domain.xml").read_text(), instance.name,
-                                  {disk: (target, "qcow2") for disk, target in targets.items()})  # fmt: skip
-        with libvirt_errors(f"instant {instance.id}: defining and starting VM {instance.name}"):
-            dom = conn.defineXML(xml)
-            dom.create()
-        instance.uuid = str(dom.UUIDString())
-
-
-def _claim(instance: Instance, disk: str, target: Path) -> None:
-    """Make ``target`` this instance's copy of ``disk``: a file of an earlier run of it is removed, any other
-    file is never overwritten."""
-    if target.exists():
-        if instance.targets.get(disk) != str(target):
-            raise RestoreTargetExistsError(f"{target} exists; remove it or choose another --migrate-to")
-        target.unlink()  # the partial copy of an earlier run
-    instance.targets[disk] = str(target)
-    instance.save()
-
-
-def _move_disk(instance: Instance, dom: libvirt.virDomain, disk: str, target: Path, progress: CopyProgress) -> None:
-    if _disk_source(dom, disk) == str(target):
-        return  # moved by an earlier run
-    job = _job_info(dom, disk)
-    if job and _mirror_target(dom, disk) != str(target):
-        with libvirt_errors(f"instant {instance.id}: cancelling the earlier copy of {disk}"):
-            dom.blockJobAbort(disk, 0)
-        _wait(lambda: not _job_info(dom, disk))
-        job = {}
-    if not job:
-        if not instance.serving():
-            raise InstantBootError(
-                f"instant {instance.id}: its export is gone (its process died), so {disk} cannot be copied; "
-                f"the VM keeps its writes in {instance.overlay(disk)}"
-            )
-        _claim(instance, disk, target)
-        dest = f"<disk type='file'><driver type='qcow2'/><source file={quoteattr(str(target))}/></disk>"
-        with libvirt_errors(f"instant {instance.id}: copying {disk} to {target}"):
-            dom.blockCopy(disk, dest, None, 0)  # the whole chain into one file: not shallow
-    while True:
-        info = _job_info(dom, disk)
-        if not info:
-            reason = _copy_failure(target)
-            target.unlink(missing_ok=True)
-            raise InstantBootError(
-                f"instant {instance.id}: the copy of {disk} to {target} failed ({reason}); "
-                f"VM {instance.name} runs on, its writes kept; run genievm instant finish {instance.id} again"
-            )
-        progress(disk, int(info["cur"]), int(info["end"]))
-        if info["end"] and info["cur"] == info["end"]:  # libvirt reports cur == end only once it is ready
-            break
-        time.sleep(0.2)
-    with libvirt_errors(f"instant {instance.id}: switching {disk} to {target}"):
-        dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-
-
-def _copy_failure(target: Path) -> str:
-    try:
-        if shutil.disk_usage(target.parent).free < 1 << 20:
-            return f"no space left on {target.parent}"
-    except OSError:
-        pass
-    return "QEMU stopped the block copy; libvirt's log of the VM says why"
-
-
-def _job_info(dom: libvirt.virDomain, disk: str) -> dict[str, int]:
-    with libvirt_errors(f"VM {dom.name()}: block job of {disk}"):
-        return dict(dom.blockJobInfo(disk, 0) or {})
-
-
-def _disk_element(dom: libvirt.virDomain, disk: str) -> ET.Element | None:
+def disk_element(dom: libvirt.virDomain, disk: str) -> ET.Element | None:
     for element in ET.fromstring(dom.XMLDesc(0)).iterfind("devices/disk"):
         target = element.find("target")
         if target is not None and target.get("dev") == disk:
@@ -386,24 +265,11 @@ def _disk_element(dom: libvirt.virDomain, disk: str) -> ET.Element | None:
     return None
 
 
-def _disk_source(dom: libvirt.virDomain, disk: str) -> str | None:
-    element = _disk_element(dom, disk)
+def disk_source(dom: libvirt.virDomain, disk: str) -> str | None:
+    element = disk_element(dom, disk)
     source = element.find("source") if element is not None else None
     return source.get("file") if source is not None else None
 
-
-def _mirror_target(dom: libvirt.virDomain, disk: str) -> str | None:
-    element = _disk_element(dom, disk)
-    source = element.find("mirror/source") if element is not None else None
-    return source.get("file") if source is not None else None
-
-
-def _without_stop_policies(xml: str) -> str:
-    root = ET.fromstring(xml)
-    for driver in root.iterfind("devices/disk/driver"):
-        driver.attrib.pop("error_policy", None)
-        driver.attrib.pop("rerror_policy", None)
-    return ET.tostring(root, encoding="unicode")
 
 
 # abort and cleanup
@@ -414,11 +280,11 @@ def abort(instance: Instance, registry: JobRegistry | None) -> None:
     if instance.state == "migrated":
         raise InstantBootError(f"instant {instance.id}: VM {instance.name} was moved to its own disks already; "
                                f"genievm instant finish {instance.id} ends it")  # fmt: skip
-    with _domain(instance) as (_conn, dom):
+    with domain_of(instance) as (_conn, dom):
         if dom is not None:
             with libvirt_errors(f"instant {instance.id}: destroying VM {instance.name}"):
                 dom.destroy()  # transient: gone with it
-    _stop_owner(instance, registry)
+    stop_export(instance, registry)
     for target in instance.targets.values():
         Path(target).unlink(missing_ok=True)
     shutil.rmtree(instance.folder, ignore_errors=True)
@@ -444,7 +310,7 @@ def cleanup_stale(root: Path) -> list[str]:
     return removed
 
 
-def _stop_owner(instance: Instance, registry: JobRegistry | None) -> None:
+def stop_export(instance: Instance, registry: JobRegistry | None) -> None:
     """Stop the export's process, through the registry when it can; then any nbdkit it left behind (one
     whose owner was killed does not exit while a client is connected)."""
     job, pid = instance.owner()
@@ -453,7 +319,7 @@ def _stop_owner(instance: Instance, registry: JobRegistry | None) -> None:
     nbdkit = _read_pid(instance.folder / "export" / "nbdkit.pid")
     if process_alive(nbdkit) and _command_name(nbdkit) == "nbdkit":
         os.kill(nbdkit, signal.SIGKILL)
-        _wait(lambda: not process_alive(nbdkit))
+        wait_until(lambda: not process_alive(nbdkit))
     shutil.rmtree(instance.folder / "export", ignore_errors=True)  # its stale pid file would pass for a new one
 
 
@@ -479,12 +345,12 @@ def _stop_process(pid: int, job: str | None, registry: JobRegistry | None) -> No
             os.kill(pid, signal.SIGTERM)
     else:
         os.kill(pid, signal.SIGTERM)
-    if not _wait(lambda: not process_alive(pid), OWNER_STOP_TIMEOUT):
+    if not wait_until(lambda: not process_alive(pid), OWNER_STOP_TIMEOUT):
         os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
-def _domain(instance: Instance) -> Iterator[tuple[libvirt.virConnect, libvirt.virDomain | None]]:
+def domain_of(instance: Instance) -> Iterator[tuple[libvirt.virConnect, libvirt.virDomain | None]]:
     """The instance's VM: by its UUID, or (killed before the UUID was saved) by name when its disks are ours."""
     conn = connect(instance.uri)
     try:
@@ -493,7 +359,7 @@ def _domain(instance: Instance) -> Iterator[tuple[libvirt.virConnect, libvirt.vi
             dom = _lookup(conn, instance.uuid, by_uuid=True)
         else:
             candidate = _lookup(conn, instance.name)
-            if candidate is not None and _disk_source(candidate, instance.disks[0]) == str(
+            if candidate is not None and disk_source(candidate, instance.disks[0]) == str(
                 instance.overlay(instance.disks[0])
             ):
                 dom = candidate
@@ -519,13 +385,13 @@ def _local_only(uri: str) -> None:
                           "on this host's unix socket: run GenieVM on the VM's host")  # fmt: skip
 
 
-def _run(command: list[str], what: str) -> None:
+def run_tool(command: list[str], what: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise InstantBootError(f"{what}: {done.stderr.strip() or 'failed'}")
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

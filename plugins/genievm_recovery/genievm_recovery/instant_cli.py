@@ -24,18 +24,8 @@ from genievm_core.cli.common import (
 from genievm_core.errors import ConfigError, GenieVMError
 from genievm_core.jobs import default_job_db
 from genievm_core.repository import Repository
-from genievm_recovery.instant import (
-    CopyProgress,
-    Instance,
-    abort,
-    cleanup_stale,
-    find,
-    finish,
-    instances,
-    instant_root,
-    serve_again,
-    start,
-)
+from genievm_recovery.instant import Instance, abort, cleanup_stale, find, instances, instant_root, serve_again, start
+from genievm_recovery.migrate import CopyProgress, finish
 from genievm_recovery.reader import DEFAULT_CACHE
 
 __all__ = ["app"]
