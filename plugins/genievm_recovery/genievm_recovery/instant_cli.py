@@ -172,6 +172,8 @@ def list_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
     if json_output:
         emit_json([_describe(instance) for instance in found])
         return
+    if not found:
+        out_console.print("no instant VMs", highlight=False)
     for instance in found:
         export = "serving" if instance.serving() else "export gone"
         out_console.print(f"{instance.id} {instance.name} {instance.backup} {instance.state} {export}",
