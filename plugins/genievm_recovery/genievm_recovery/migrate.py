@@ -65,13 +65,14 @@ def finish(
             _move_offline(instance, targets, progress)
         else:
             with domain_of(instance) as (conn, dom):
-                if dom is None:
-                    raise InstantBootError(f"instant {instance.id}: VM {instance.name} is gone; genievm instant "
-                                           f"abort {instance.id} removes what is left")  # fmt: skip
-                for disk, target in targets.items():
-                    _move_disk(instance, dom, disk, target, progress)
-                with libvirt_errors(f"instant {instance.id}: defining VM {instance.name}"):
-                    conn.defineXML(_without_stop_policies(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
+                live = dom is not None and dom.isActive()  # not: powered off by an offline move that was killed
+                if dom is not None and live:
+                    for disk, target in targets.items():
+                        _move_disk(instance, dom, disk, target, progress)
+                    with libvirt_errors(f"instant {instance.id}: defining VM {instance.name}"):
+                        conn.defineXML(_without_stop_policies(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
+            if not live:
+                _move_offline(instance, targets, progress)
         instance.state = "migrated"
         instance.save()
     stop_export(instance, registry)
@@ -89,16 +90,19 @@ def _move_offline(instance: Instance, targets: Mapping[str, Path], progress: Cop
             _claim(instance, disk, target)
             partial = target.with_name(target.name + ".genievm-partial")
             run_tool(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(instance.overlay(disk)), str(partial)],
-                 f"instant {instance.id}: copying {disk} to {target}")  # fmt: skip
+                     f"instant {instance.id}: copying {disk} to {target}")  # fmt: skip
             partial.rename(target)
             size = target.stat().st_size
             progress(disk, size, size)
         xml = restored_domain_xml((instance.folder / "domain.xml").read_text(), instance.name,
                                   {disk: (target, "qcow2") for disk, target in targets.items()})  # fmt: skip
-        with libvirt_errors(f"instant {instance.id}: defining and starting VM {instance.name}"):
+        with libvirt_errors(f"instant {instance.id}: defining VM {instance.name}"):
             dom = conn.defineXML(xml)
-            dom.create()
         instance.uuid = str(dom.UUIDString())
+        instance.state = "migrated"  # from here on, a run again never converts over the VM's disks
+        instance.save()
+        with libvirt_errors(f"instant {instance.id}: starting VM {instance.name}"):
+            dom.create()
 
 
 def _claim(instance: Instance, disk: str, target: Path) -> None:
