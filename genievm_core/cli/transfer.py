@@ -41,6 +41,21 @@ def _limit_option(help_text: str) -> Any:
     return typer.Option(min=0, max=MAX_MBPS, metavar="MBPS", help=f"{help_text}, MB/s; 0: no limit")
 
 
+def _restore_instant(ctx: typer.Context, instant: bool, args: list[str]) -> None:
+    """``restore --instant``: the command ``instant start`` of genievm-recovery, found through the
+    ``genievm.commands`` entry points (the core never imports that distribution)."""
+    from genievm_core.cli import COMMANDS, load_plugin_command, plugin_commands
+
+    if not instant:
+        raise ConfigError("invalid configuration: --migrate-to: needs --instant")
+    if "instant" not in plugin_commands(frozenset(COMMANDS)):
+        raise ConfigError("invalid configuration: --instant: needs the distribution genievm-recovery, "
+                          "which is not installed")  # fmt: skip
+    command = load_plugin_command("instant")
+    with command.make_context("genievm instant", ["start", *args], parent=ctx.find_root()) as instant_ctx:
+        command.invoke(instant_ctx)
+
+
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
     out = {}
     for value in values or []:
@@ -215,8 +230,26 @@ def restore(
     no_lock: NoLockOption = False,
     lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
+    instant: Annotated[
+        bool, typer.Option("--instant", help="boot the VM from the backup now (genievm instant start; KVM)")
+    ] = False,
+    migrate_to: Annotated[
+        Path | None, typer.Option("--migrate-to", help="with --instant: then move its disks here", metavar="DIR")
+    ] = None,
 ) -> None:
     """Restore a backup: its disks, and the VM where the provider can define one."""
+    if instant or migrate_to is not None:
+        unused = {"--config": config_file, "--target": target, "--disk-target": disk_target,
+                  "--disk-format": disk_format, "--power-on": power_on, "--force": force}  # fmt: skip
+        for option, value in unused.items():
+            if value:
+                raise ConfigError(f"invalid configuration: {option}: not with --instant (the VM runs on overlays)")
+        args = {"--repo": repo, "--vm": vm, "--backup": backup_id, "--new-name": new_name, "--migrate-to": migrate_to,
+                "--passphrase-file": passphrase_file}  # fmt: skip
+        args["--uri"] = provider_options({}, provider_option).get("uri")
+        flags = ["--json"] if json_output else []
+        _restore_instant(ctx, instant, [*(f"{k}={v}" for k, v in args.items() if v is not None), *flags])
+        return
     overrides: dict[str, Any] = {
         "vm_id": vm,
         "backup_id": backup_id,
