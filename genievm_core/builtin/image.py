@@ -270,10 +270,18 @@ class _ImageRestore:
         return sink
 
     def commit(self) -> str:
+        folders = set()
         for sink in self.sinks:
             sink.close()
             if sink.path != sink.final:
                 os.replace(sink.path, sink.final)
+                folders.add(sink.final.parent)
+        for folder in folders:  # the new names durable too, not only the data
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return self.request.new_name or self.vm.id
 
     def discard(self) -> None:
