@@ -1,20 +1,24 @@
 """The raw disk writer of restores: direct where the file system allows it, the same bytes either way.
 
-Real files on the test folder's file system (and a real 1 MiB tmpfs for a full device);
-every written file is compared with a model of what was written.
+Real files on the test folder's file system (a real 1 MiB tmpfs for a full device, a real
+loop device for a restore onto a block device); every written disk is compared with a
+model of what was written.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import random_bytes
+from support import CHUNK, RepoFactory, backup_vm, random_bytes, restore_vm, write_image
 
 from genievm_core.engine.rawdisk import DIRECT_ALIGN, RawDiskWriter
+from genievm_core.models.config import DiskConfig
+from genievm_core.plugin import PluginHost
 from genievm_core.testing.tmpfs import mounted_tmpfs
 
 MIB = 1 << 20
@@ -90,3 +94,27 @@ def test_a_full_device_fails_a_later_write_or_the_sync(tmp_path: Path) -> None:
         assert caught.value.errno == errno.ENOSPC
         writer.close()
         os.close(fd)
+
+
+def test_a_restore_onto_a_block_device_writes_every_chunk_zeros_included(
+    host: PluginHost, new_repo: RepoFactory, tmp_path: Path
+) -> None:
+    size = 24 * CHUNK + 4096  # a loop device's size is a multiple of 512: the last chunk is short but aligned
+    image = write_image(tmp_path / "vda.img", size, [(CHUNK, random_bytes(3 * CHUNK, 1)), (size - 4096, b"end")])
+    repo, _ = new_repo(encrypted=True)
+    backup_vm(host, repo, "vm1", {"vda": image})
+    backing = tmp_path / "device.img"
+    backing.write_bytes(random_bytes(size, 2))  # a device is not zeroed: the restore must write the zero chunks too
+    attach = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if attach.returncode != 0:
+        pytest.skip(f"cannot attach a loop device here (needs root): {attach.stderr.strip()}")
+    device = Path(attach.stdout.strip())
+    try:
+        restore_vm(
+            host, repo, "vm1", tmp_path / "out", disk_configs=(DiskConfig(name="vda", target=str(device)),), force=True
+        )
+        with open(device, "rb") as f:
+            assert f.read() == image.read_bytes()
+    finally:
+        subprocess.run(["losetup", "--detach", str(device)], check=True)
+    assert backing.read_bytes() == image.read_bytes()
