@@ -8,7 +8,7 @@ system allows it, aligned ranges go through a second descriptor opened with
 reads it straight from there (about a tenth of the CPU of a buffered write on
 the benchmark machine). What is not aligned (the tail of a disk whose size is
 not a multiple of ``DIRECT_ALIGN``), and everything where ``O_DIRECT`` is
-refused (tmpfs, some network file systems), is written buffered, with the
+refused (tmpfs before Linux 6.6, some FUSE file systems), is written buffered, with the
 kernel's writeback started every ``step`` bytes
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait) so that the
 final fsync waits only for the tail. ``sync`` is that one final flush.
