@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from genievm_core.builtin.qcow2 import require_qemu_img, to_qcow2
-from genievm_core.engine.writeback import Writeback
+from genievm_core.engine.rawdisk import RawDiskWriter
 from genievm_core.errors import (
     ConfigError,
     ProviderError,
@@ -193,7 +193,7 @@ class ImageDiskSource:
 
 
 class ImageDiskSink:
-    """A raw image being restored; new files start sparse and zeroed."""
+    """A raw image being restored; new files start sparse and zeroed. Written by a ``RawDiskWriter``."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.final = path
@@ -208,30 +208,46 @@ class ImageDiskSink:
                 os.ftruncate(self._fd, size)
         except OSError as exc:
             raise ProviderError(f"provider image: cannot write {path}: {exc.strerror}") from exc
-        self._writeback = Writeback(self._fd)
+        self._writer = RawDiskWriter(self._fd, self.path)
 
     @property
     def zeroed(self) -> bool:
         return not self.is_block
 
     def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self._fd, view, offset)
-                view, offset = view[n:], offset + n
-        except OSError as exc:
-            raise ProviderError(f"provider image: writing {self.final}: {exc.strerror}") from exc
-        self._writeback.wrote(len(data))
+        with self._writing():
+            self._writer.write(offset, data)
 
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+        with self._writing():  # a queued write that failed is raised here
+            return self._writer.read(offset, length)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.fsync(self._fd)
+        """Flush once (everything durable), then close."""
+        self._close(sync=True)
+
+    def abandon(self) -> None:
+        """Close without flushing, for a restore that failed: errors of queued writes are dropped."""
+        self._close(sync=False)
+
+    def _close(self, *, sync: bool) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if sync:
+                with self._writing():
+                    self._writer.sync()
+        finally:
+            self._writer.close()
             os.close(self._fd)
             self._fd = -1
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise ProviderError(f"provider image: writing {self.final}: {exc.strerror}") from exc
 
 
 class _ImageRestore:
@@ -266,6 +282,7 @@ class _ImageRestore:
         return sink
 
     def commit(self) -> str:
+        folders = set()
         for sink in self.sinks:
             sink.close()
         for sink in self.sinks:  # every conversion first: a failed one leaves no disk renamed into place
@@ -275,13 +292,21 @@ class _ImageRestore:
             if str(sink.final) in self.qcow2:
                 os.replace(_converted(sink), sink.final)
                 sink.path.unlink()
+                folders.add(sink.final.parent)
             elif sink.path != sink.final:
                 os.replace(sink.path, sink.final)
+                folders.add(sink.final.parent)
+        for folder in folders:  # the new names durable too, not only the data
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return self.request.new_name or self.vm.id
 
     def discard(self) -> None:
         for sink in self.sinks:
-            sink.close()
+            sink.abandon()
             if sink.path != sink.final:
                 sink.path.unlink(missing_ok=True)
                 _converted(sink).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +24,8 @@ def require_qemu_img(disk: str) -> str:
 
 
 def to_qcow2(raw: Path, qcow2: Path) -> None:
-    """Write ``qcow2`` from the sparse raw image ``raw`` (holes and zeros stay unallocated), then compare the two."""
+    """Write ``qcow2`` from the sparse raw image ``raw`` (holes and zeros stay unallocated), compare the two, and
+    flush it."""
     exe = require_qemu_img(raw.name)
     steps = (
         [exe, "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
@@ -38,3 +40,8 @@ def to_qcow2(raw: Path, qcow2: Path) -> None:
             qcow2.unlink(missing_ok=True)
             why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
             raise ProviderError(f"provider image: qemu-img {step[1]} of {raw.name} to qcow2 failed: {why}")
+    fd = os.open(qcow2, os.O_RDONLY)  # qemu-img convert flushes nothing: the qcow2 durable before its rename
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
