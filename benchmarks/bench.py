@@ -1,4 +1,4 @@
-"""Benchmark GenieVM's backup and restore against ``qemu-img convert``.
+"""Benchmark GenieVM's backup and restore against ``qemu-img convert`` and restic.
 
 It builds one synthetic raw image (default 4 GiB) of 4 MiB blocks in a seeded
 random order: 40 % holes, 30 % compressible bytes (files under /usr/share and
@@ -7,14 +7,19 @@ random order: 40 % holes, 30 % compressible bytes (files under /usr/share and
     baseline        qemu-img convert -O qcow2 IMG OUT.qcow2 (qemu-img's default
                     cache=unsafe for convert: nothing is flushed)
     baseline-flush  the same with -t writeback: flushed once at the end (for reference)
-    full            genievm backup into a fresh encrypted repository, zstd level 1
+    full            genievm backup into a fresh encrypted repository, default settings
     full-s3         the same backup into a repository in S3: a local moto server
                     (moto_server from the venv, over HTTP on 127.0.0.1), beside
                     ``full`` on the filesystem; both times and their ratio are shown
                     (``--no-s3`` leaves it out)
     incremental     1 % of the blocks rewritten with random data, then
                     genievm backup --no-cbt (chunk ids compared with the parent's)
-    restore         genievm restore --no-verify
+    convert-raw     qemu-img convert -O raw IMG OUT.raw of the modified image (cache=unsafe):
+                    the restore's yardstick
+    restic-backup   restic backup of the modified image into a fresh repository (restic's
+                    defaults: encrypted, compression auto; ``restic init`` is not timed)
+    restic-restore  restic restore latest --target DIR (restic's defaults)
+    restore         genievm restore --no-verify: a raw file, flushed once at the end
     restore+verify  genievm restore, verify-after-restore on (reads it all back)
     resumed         a full backup of the modified image into a second repository,
                     SIGKILLed once the job registry shows half of it examined, then
@@ -23,13 +28,15 @@ random order: 40 % holes, 30 % compressible bytes (files under /usr/share and
 
 Per step: wall seconds, CPU seconds and peak RSS (from ``os.wait4``: the
 child's own), the ratio to the baseline and to baseline-flush, and the targets
-(full <= 2.0x, incremental <= 1.5x, restore <= 1.5x the baseline; peak RSS <=
-256 MiB). With ``--repeat N`` the rounds start afresh (new image, repository)
-and each step's figures are the median round's (peak RSS: the highest). Each
-restored image is compared byte for byte with the modified source; a
-difference fails the run. The image is in the page cache for every step,
-baseline included; dirty pages are synced before each step and nothing is
-deleted until the round ends, so each step starts the same way.
+(full <= 2.0x, incremental <= 1.5x the baseline; peak RSS <= 256 MiB); for the
+restore: >= 2.5x faster than restic-restore and <= 2.0x convert-raw. With
+``--repeat N`` the rounds start afresh (new image, repository) and each step's
+figures are the median round's (peak RSS: the highest). Each restored image
+(restic's and convert-raw's too) is compared byte for byte with the modified
+source; a difference fails the run. The image is in the page cache for every
+step, baseline included; dirty pages are synced before each step and nothing is
+deleted until the round ends, so each step starts the same way. Missing Debian
+tools (qemu-utils, restic) are installed with apt-get when run as root.
 
     .venv/bin/python benchmarks/bench.py [--size 4G] [--repeat 3] [--workers N] [--no-s3] [--json] [--workdir DIR]
 """
@@ -63,7 +70,10 @@ MIB = 1 << 20
 PASSPHRASE = "genievm-bench-passphrase"
 POOL_SIZE, PER_FILE = 64 * MIB, MIB  # compressible bytes are sampled from this much of /usr
 SKIP_SUFFIXES = (".gz", ".xz", ".bz2", ".zst", ".zip", ".png", ".jpg", ".gif", ".ttf", ".otf", ".woff")
-TIME_TARGETS = {"full": 2.0, "incremental": 1.5, "restore": 1.5}
+TIME_TARGETS = {"full": 2.0, "incremental": 1.5}
+RESTORE_VS_RESTIC, RESTORE_VS_CONVERT = 2.5, 2.0  # restic-restore / restore >=; restore / convert-raw <=
+PEER_STEPS = ("baseline", "convert-raw", "restic-")  # not GenieVM's: no RSS target
+DEBIAN_TOOLS = {"qemu-img": "qemu-utils", "restic": "restic"}  # command: package
 RESUME_TARGET, KILL_AT = 0.6, 0.5  # resumed backup / full backup, after a kill at half way
 RSS_TARGET_MIB = 256.0
 
@@ -87,7 +97,7 @@ class Step:
 
     @property
     def rss_ok(self) -> bool | None:
-        return None if self.name.startswith("baseline") else self.rss_mib <= RSS_TARGET_MIB
+        return None if self.name.startswith(PEER_STEPS) else self.rss_mib <= RSS_TARGET_MIB
 
 
 def parse_size(text: str) -> int:
@@ -253,12 +263,47 @@ def kill_half_way(cmd: list[str], env: dict[str, str], db: Path, logs: Path) -> 
     return progress[0] / progress[1]
 
 
+def install_debian_tools() -> None:
+    """The peers' Debian packages (DEBIAN_TOOLS), installed with apt-get when missing, as root."""
+    missing = sorted({pkg for cmd, pkg in DEBIAN_TOOLS.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    if os.geteuid() != 0:
+        raise SystemExit(f"bench: {', '.join(missing)} missing: {' '.join(apt)} (as root)")
+    print(f"bench: installing {', '.join(missing)} from Debian", file=sys.stderr, flush=True)
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(apt, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq"], env=env, check=True)
+        subprocess.run(apt, env=env, stdout=subprocess.DEVNULL, check=True)
+
+
+def restore_verdicts(by_name: dict[str, Step]) -> dict[str, Any]:
+    """The restore against restic's (>= RESTORE_VS_RESTIC x faster) and convert-raw's (<= RESTORE_VS_CONVERT x)."""
+    restore, restic, convert = (by_name[n].seconds for n in ("restore", "restic-restore", "convert-raw"))
+    faster, slower = restic / restore, restore / convert
+    return {
+        "restore_seconds": restore,
+        "restic_restore_seconds": restic,
+        "convert_raw_seconds": convert,
+        "faster_than_restic": faster,
+        "faster_than_restic_target": RESTORE_VS_RESTIC,
+        "faster_than_restic_ok": faster >= RESTORE_VS_RESTIC,
+        "times_convert_raw": slower,
+        "times_convert_raw_target": RESTORE_VS_CONVERT,
+        "times_convert_raw_ok": slower <= RESTORE_VS_CONVERT,
+        "backup_faster_than_restic": by_name["restic-backup"].seconds / by_name["full"].seconds,
+    }
+
+
 def machine() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
     qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MIB
+    restic = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
     info = {"cpu": cpu, "cpus": os.cpu_count(), "memory_mib": memory, "kernel": platform.release(), "qemu_img": qemu}
+    info["restic"] = restic
     return info | {"python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
@@ -277,6 +322,7 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
     work, data = args.workdir.resolve(), args.workdir.resolve() / "data"
     img, repo, logs = data / "disk.img", data / "repo", work / "logs"
     outputs = [data / "base.qcow2", data / "flush.qcow2", data / "restore", data / "restore-verify"]
+    converted, restic_repo, restic_out = data / "convert.raw", data / "restic-repo", data / "restic-restore"
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(logs, ignore_errors=True)
     data.mkdir(parents=True)
@@ -285,6 +331,7 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env |= {"GENIEVM_PASSPHRASE": PASSPHRASE, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
     env |= {"GENIEVM_JOB_DB": str(data / "jobs.sqlite")}  # the resume step follows its backup there
+    env |= {"RESTIC_PASSWORD": PASSPHRASE, "RESTIC_CACHE_DIR": str(data / "restic-cache")}
     gv, workers = [str(args.genievm)], ["--workers", str(args.workers)] if args.workers else []
 
     started = time.perf_counter()
@@ -302,7 +349,7 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
         step.internal_seconds, step.stats = result.get("elapsed_seconds"), result.get("stats") or {}
         steps.append(step)
 
-    backup = ["backup", "--vm", "bench", "--repo", str(repo), "--disk", f"vda={img}", "--compression-level", "1"]
+    backup = ["backup", "--vm", "bench", "--repo", str(repo), "--disk", f"vda={img}"]
     genievm("full", backup)
     if args.s3_endpoint:  # the same backup of the same image into S3
         import boto3
@@ -331,14 +378,19 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
     genievm("incremental", backup + ["--no-cbt"])
     if steps[-1].stats.get("chunks_new") != len(changed):
         say(f"warning: the incremental stored {steps[-1].stats.get('chunks_new')} chunks; {len(changed)} changed")
+    steps.append(run("convert-raw", convert[:3] + ["raw", str(img), str(converted)], logs, env)[0])
+    restic = ["restic", "--repo", str(restic_repo)]
+    run("restic-init", restic + ["init"], logs, env)
+    steps.append(run("restic-backup", restic + ["backup", str(img)], logs, env)[0])
+    steps.append(run("restic-restore", restic + ["restore", "latest", "--target", str(restic_out)], logs, env)[0])
     restore = ["restore", "--vm", "bench", "--repo", str(repo), "--target"]
     genievm("restore", restore + [str(outputs[2]), "--no-verify"])
     genievm("restore+verify", restore + [str(outputs[3])])
-    for out in outputs[2:]:
-        forked(same_content, img, out / "vda.img")
+    for out in [converted, restic_out / img.relative_to("/"), *(o / "vda.img" for o in outputs[2:])]:
+        forked(same_content, img, out)
     repo2 = data / "repo-resume"
     run("repo-init-2", gv + ["repo", "init", str(repo2), "--json"], logs, env)
-    resume = ["backup", "--vm", "bench", "--repo", str(repo2), "--disk", f"vda={img}", "--compression-level", "1"]
+    resume = ["backup", "--vm", "bench", "--repo", str(repo2), "--disk", f"vda={img}"]
     reached = kill_half_way(gv + resume + workers, env, data / "jobs.sqlite", logs)
     genievm("resumed", resume)
     steps[-1].stats["killed_at"] = reached
@@ -362,8 +414,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    if shutil.which("qemu-img") is None:
-        raise SystemExit("bench: qemu-img is missing: apt-get install -y --no-install-recommends qemu-utils")
+    install_debian_tools()
     if not args.genievm.exists():
         raise SystemExit(f"bench: no genievm at {args.genievm} (run `uv sync`, or give --genievm)")
 
@@ -394,6 +445,7 @@ def main() -> int:
         s3_vs_fs = {"filesystem_seconds": fs, "s3_seconds": s3, "ratio": s3 / fs}
     full, resumed = (next(s for s in steps if s.name == name) for name in ("full", "resumed"))
     resume_ratio = resumed.seconds / full.seconds
+    verdicts = restore_verdicts(by_name)
     if args.json:
         figures = {"machine": machine(), "image_bytes": args.size, "blocks": layout, "changed_blocks": changed}
         ok = resume_ratio <= RESUME_TARGET
@@ -401,6 +453,7 @@ def main() -> int:
         figures |= {"workers": args.workers, "rounds": args.repeat, "restores_identical": True}
         figures["steps"] = [asdict(s) | {"time_ok": s.time_ok, "rss_ok": s.rss_ok} for s in steps]
         figures["s3_vs_filesystem"] = s3_vs_fs
+        figures["restore"] = verdicts
         print(json.dumps(figures, indent=2))
     else:
         print()
@@ -410,6 +463,17 @@ def main() -> int:
                 f"\nfull backup into S3 (local moto server) {s3_vs_fs['s3_seconds']:.2f} s, into the filesystem "
                 f"{s3_vs_fs['filesystem_seconds']:.2f} s: {s3_vs_fs['ratio']:.2f}x"
             )
+        mark = {True: "pass", False: "MISS"}
+        v = verdicts
+        print(
+            f"restore {v['restore_seconds']:.2f} s (a raw file, flushed once): restic's restore "
+            f"{v['restic_restore_seconds']:.2f} s, {v['faster_than_restic']:.2f}x faster "
+            f"(target >={RESTORE_VS_RESTIC}x: {mark[v['faster_than_restic_ok']]}); qemu-img convert -O raw "
+            f"{v['convert_raw_seconds']:.2f} s, {v['times_convert_raw']:.2f}x its time "
+            f"(target <={RESTORE_VS_CONVERT}x: {mark[v['times_convert_raw_ok']]})"
+        )
+        restic_backup = by_name["restic-backup"].seconds
+        print(f"restic backup {restic_backup:.2f} s: genievm's full {v['backup_faster_than_restic']:.2f}x faster")
         verdict = "pass" if resume_ratio <= RESUME_TARGET else "MISS"
         print(
             f"resumed backup after a kill at {resumed.stats.get('killed_at', 0):.0%}: {resumed.seconds:.2f} s = "

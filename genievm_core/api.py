@@ -19,7 +19,8 @@ restore, verify and prune jobs the commands run::
 
 A job run with ``run`` (in the calling thread) or ``start`` (in the
 background) is recorded in the job registry, so ``genievm jobs`` in another
-process sees, pauses and cancels it, and ``request`` does the same from here.
+process sees, pauses and cancels it (and changes its bandwidth limits), and ``request`` and
+``limit`` do the same from here.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class RunningJob:
 
     def cancel(self) -> None:
         self.job.cancel()
+
+    def limit(self, read: float | None = None, write: float | None = None) -> None:
+        """Change the job's bandwidth limits at once, in MB/s (None: as it is; 0: no limit)."""
+        self.job.limit(read, write)
 
 
 @dataclass
@@ -209,18 +214,20 @@ class GenieVM:
         repo.locking = LockPolicy(wait=lock_wait, stale_after=self.lock_stale_after)
         for warning in repo.warnings:
             self._warn(warning)
+        repo.on_warning = self._warn
         return repo
 
     def upgrade_repository(
         self, repository: Repository, passphrase_file: Path | None = None, *, passphrase: str | None = None,
         lock_wait: float = 10.0,
-    ) -> bool:  # fmt: skip
-        """Bring an open repository's config to the current format under the exclusive lock; False if it was."""
+    ) -> tuple[bool, int]:  # fmt: skip
+        """Bring an open repository's config to the current format under the exclusive lock, and enter the
+        backups made before its backup log existed: whether the config changed, and how many were entered."""
         with repository.lock("exclusive", "upgrade", timeout=lock_wait):
             changed = repository.upgrade(self._source(passphrase, passphrase_file))
-        if changed:  # what this client remembers follows the new format
-            self.known_repositories.remember(repository.url, repository.config)
-        return changed
+            if changed:  # what this client remembers follows the new format
+                self.known_repositories.remember(repository.url, repository.config)
+            return changed, repository.log_unlisted()
 
     def unlock(
         self, repository: Repository, *, force: bool = False
@@ -263,9 +270,17 @@ class GenieVM:
         return RestoreJob(self.host, config, repo, workers=workers)
 
     def verify_job(
-        self, repository: Repository, manifests: Iterable[BackupManifest], *, read_data: bool = False
+        self,
+        repository: Repository,
+        manifests: Iterable[BackupManifest],
+        *,
+        read_data: bool = False,
+        whole_repository: bool = False,
     ) -> VerifyJob:
-        return VerifyJob(self.host, repository, list(manifests), read_data=read_data)
+        """The verifiers over ``manifests``; ``whole_repository``: also its unknown objects and backup log."""
+        return VerifyJob(
+            self.host, repository, list(manifests), read_data=read_data, whole_repository=whole_repository
+        )
 
     def prune_job(
         self,
@@ -306,6 +321,10 @@ class GenieVM:
     def request(self, job_id: str, action: Literal["pause", "resume", "cancel"]) -> JobRecord:
         """Ask the process that runs a job to pause, resume or cancel it (it acts within a second)."""
         return self.registry.request(job_id, action)
+
+    def limit(self, job_id: str, *, read: float | None = None, write: float | None = None) -> JobRecord:
+        """Ask the process that runs a job to change its bandwidth limits, in MB/s (None: as it is; 0: no limit)."""
+        return self.registry.request_limits(job_id, read=read, write=write)
 
     def passphrase_source(self, passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
         """``passphrase_source`` with this client's ``passphrase_command``."""

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["DISABLE_AUTOLOAD_ENV", "ENTRY_POINT_GROUP", "LOCK_STALE_AFTER", "LogFormat", "LogLevel"]
+__all__ = [
+    "DISABLE_AUTOLOAD_ENV",
+    "ENTRY_POINT_GROUP",
+    "LOCK_STALE_AFTER",
+    "MAX_COUNT",
+    "MAX_SECONDS",
+    "LogFormat",
+    "LogLevel",
+]
 
 ENTRY_POINT_GROUP = "genievm"  # the entry points of plugins (genievm_core.plugin.host)
 DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
 
 LOCK_STALE_AFTER = 1800.0  # seconds without a refresh after which another host's lock is stale (restic's 30 min)
+MAX_SECONDS = 366 * 86400  # the longest wait an option takes: a year
+MAX_COUNT = 1_000_000  # the most of anything an option counts (backups kept, jobs listed)
 
 
 class LogLevel(StrEnum):

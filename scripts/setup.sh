@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc libnbd-bin python3-libnbd nbdkit nbdkit-plugin-python thin-provisioning-tools openssh-server
   golang-go golang-github-vmware-govmomi-dev)
+# the Debian packages' build, lint and install test (packaging/debian/build.sh, tests/test_debian_packages.py) and
+# systemd-analyze for the units' check (tests/test_systemd_units.py)
+APT_PACKAGES+=(debhelper lintian mmdebstrap systemd)
 # libguestfs for file-level restore (genievm files: its Python binding, a kernel for its appliance, XFS in it);
 # mtools and dosfstools make the FAT guest disks of its tests.
 APT_PACKAGES+=(python3-guestfs libguestfs-tools linux-image-amd64 libguestfs-xfs mtools dosfstools)

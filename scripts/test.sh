@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services/libvirtd.sh  # real libvirtd + QEMU/KVM for the KVM plugin's tests
-.venv/bin/ruff check genievm_core plugins tests docs/examples
+.venv/bin/ruff check genievm_core plugins tests docs/examples packaging benchmarks scripts
 .venv/bin/mypy
 .venv/bin/mypy docs/examples/genievm-dirvm/genievm_dirvm  # the example plugin, strict like the core
+.venv/bin/mypy --strict packaging/manpages.py packaging/debian/stage.py  # the packaging scripts
 # a real S3 server for the S3 plugin's tests (scripts/services/s3.sh) and the vSphere API simulator for the
 # VMware plugin's (scripts/services/vcsim.sh), stopped however pytest ends
 source scripts/services/s3.sh

@@ -203,10 +203,12 @@ def test_verify(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) ->
     reports = ok_json(cli("verify", "--repo", str(repo), "--json"))
     assert isinstance(reports, list)
     assert [(r["backup_id"], r["verifier"]) for r in reports] == [
-        (b, v) for b in sorted(ids) for v in ("manifest", "chunks")
+        *((b, v) for b in sorted(ids) for v in ("manifest", "chunks")), ("repository", "objects"),
+        ("repository", "backup-log"),
     ]
     assert all(r["problems"] == [] for r in reports)
     checked = {(r["backup_id"], r["verifier"]): r["checked"] for r in reports}
+    assert checked[("repository", "backup-log")] == 3
     assert checked[(ids[0], "chunks")] == 2 and checked[(ids[1], "chunks")] == 2 and checked[(ids[0], "manifest")] == 1
 
     data = ok_json(cli("verify", "--repo", str(repo), "--read-data", "--vm", "web01", "--json"))
@@ -216,7 +218,7 @@ def test_verify(cli: Run, populated: tuple[Path, dict[str, Path], list[str]]) ->
     one = ok_json(cli("verify", "--repo", str(repo), "--backup", ids[1], "--json"))
     assert isinstance(one, list) and {r["backup_id"] for r in one} == {ids[1]}
     human = cli("verify", "--repo", str(repo))
-    assert human.code == 0 and human.stdout.count(", ok") == 6
+    assert human.code == 0 and human.stdout.count(", ok") == 8  # 3 backups' two verifiers, the repository's two checks
 
 
 def test_restore_json(cli: Run, populated: tuple[Path, dict[str, Path], list[str]], tmp_path: Path) -> None:
@@ -296,7 +298,7 @@ def test_error_exit_codes(cli: Run, tmp_path: Path, host: PluginHost) -> None:
     assert "backupPath" in one_error_line(cli("backups", "list"), 3)
     assert "encryption" in one_error_line(cli("repo", "init", str(repo), "--encryption", "rot13"), 3)
     assert "chunk_size" in one_error_line(
-        cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", "1000"), 3
+        cli("repo", "init", str(repo), "--encryption", "none", "--chunk-size", "5000"), 3
     )
     assert not (repo / "config").exists()
     assert "no GenieVM repository" in one_error_line(cli("backups", "list", "--repo", str(repo)), 14)

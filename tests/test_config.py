@@ -220,7 +220,9 @@ def test_cli_config_error_exit_3_one_line(cli: Callable[..., CLIResult], tmp_pat
     result = cli("backup", "--vm", "web01", "--repo", str(tmp_path / "r"), "--compression-level", "30")
     assert result.code == 3
     assert len(result.err_lines) == 1, result.stderr
-    assert result.err_lines[0].startswith("genievm: error: invalid BackupConfig: compressionLevel: ")
+    assert result.err_lines == [
+        "genievm: error: invalid configuration: --compression-level: 30 is out of range (1 to 22)"
+    ]
     assert not (tmp_path / "r").exists()
 
 

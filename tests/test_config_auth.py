@@ -189,6 +189,7 @@ def test_format_1_opens_with_a_warning_and_upgrade_authenticates_it(
     upgraded = cli("repo", "upgrade", str(repo), "--json", env=ENV | fresh)
     assert json.loads(upgraded.stdout) == {
         "url": f"file://{repo}", "format_version_before": 1, "format_version": 2, "upgraded": True,
+        "backups_logged": 0,
     }, upgraded.stderr
     assert json.loads((repo / "config").read_text())["authentication"]["tag"]
     again = cli("repo", "upgrade", str(repo), "--json", env=ENV | fresh)

@@ -12,6 +12,7 @@ from genievm_core.api import BackupConfig, GenieVM, RestoreConfig, RetentionPoli
 from genievm_core.engine import JobControl
 from genievm_core.jobs import Job, JobRegistry, JobState
 from genievm_core.jobs.backup import commit_backup, describe_for_backup, plan_backup, transfer_backup
+from genievm_core.jobs.registry import SCHEMA_VERSION
 
 
 def phases_of(genievm: GenieVM, job: Job) -> list[str]:
@@ -61,7 +62,8 @@ def test_a_registry_of_schema_1_gains_the_phase_column(tmp_path: Path) -> None:
     db = tmp_path / "jobs.sqlite"
     JobRegistry(db).close()
     with sqlite3.connect(db) as conn:  # as GenieVM 0.1 left it
-        conn.execute("ALTER TABLE jobs DROP COLUMN phase")
+        for column in ("phase", "limits", "limits_requested"):
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 1")
     image = write_image(tmp_path / "vda.img", 4 * CHUNK, [(0, random_bytes(CHUNK, 3))])
     with GenieVM(job_db=db) as genievm:
@@ -70,4 +72,4 @@ def test_a_registry_of_schema_1_gains_the_phase_column(tmp_path: Path) -> None:
         job = genievm.run(genievm.backup_job(config, repo))
         assert genievm.job(job.id).phase == "commit"
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

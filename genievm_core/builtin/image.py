@@ -8,8 +8,9 @@ A disk source reports allocated extents with SEEK_DATA/SEEK_HOLE, so holes
 are never read; it has no changed-block tracking, so incrementals compare
 chunk ids with the parent's index. The images must not change during a
 backup: a change of size or modification time fails the backup. Restore
-writes sparse raw images, first under a ``.partial`` name, renamed into place
-only when every disk is complete.
+writes sparse raw images (or qcow2 ones, with ``qemu-img``), first under a
+``.partial`` name, renamed into place only when every disk is complete. It
+restores any provider's backup to files.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genievm_core.engine.writeback import Writeback
+from genievm_core.builtin.qcow2 import require_qemu_img, to_qcow2
+from genievm_core.engine.rawdisk import RawDiskWriter
 from genievm_core.errors import (
     ConfigError,
     ProviderError,
@@ -191,7 +193,7 @@ class ImageDiskSource:
 
 
 class ImageDiskSink:
-    """A raw image being restored; new files start sparse and zeroed."""
+    """A raw image being restored; new files start sparse and zeroed. Written by a ``RawDiskWriter``."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.final = path
@@ -206,62 +208,109 @@ class ImageDiskSink:
                 os.ftruncate(self._fd, size)
         except OSError as exc:
             raise ProviderError(f"provider image: cannot write {path}: {exc.strerror}") from exc
-        self._writeback = Writeback(self._fd)
+        self._writer = RawDiskWriter(self._fd, self.path)
 
     @property
     def zeroed(self) -> bool:
         return not self.is_block
 
     def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self._fd, view, offset)
-                view, offset = view[n:], offset + n
-        except OSError as exc:
-            raise ProviderError(f"provider image: writing {self.final}: {exc.strerror}") from exc
-        self._writeback.wrote(len(data))
+        with self._writing():
+            self._writer.write(offset, data)
 
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+        with self._writing():  # a queued write that failed is raised here
+            return self._writer.read(offset, length)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.fsync(self._fd)
+        """Flush once (everything durable), then close."""
+        self._close(sync=True)
+
+    def abandon(self) -> None:
+        """Close without flushing, for a restore that failed: errors of queued writes are dropped."""
+        self._close(sync=False)
+
+    def _close(self, *, sync: bool) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if sync:
+                with self._writing():
+                    self._writer.sync()
+        finally:
+            self._writer.close()
             os.close(self._fd)
             self._fd = -1
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise ProviderError(f"provider image: writing {self.final}: {exc.strerror}") from exc
+
 
 class _ImageRestore:
+    """Disks restored as files (or onto block devices): raw, or qcow2 (``--disk-format NAME=qcow2``), whatever
+    provider made the backup. A qcow2 disk is written raw and sparse first, then converted with ``qemu-img``
+    and compared with what was written, before anything is renamed into place."""
+
     def __init__(self, vm: VMDescription, request: RestoreRequest) -> None:
         self.vm = vm
         self.request = request
         self.sinks: list[ImageDiskSink] = []
+        self.qcow2: set[str] = set()  # final paths of the disks to convert
 
     def open_sink(self, disk: DiskInfo, config: DiskConfig) -> ImageDiskSink:
-        if config.format not in (None, "raw"):
-            raise ConfigError(f"invalid diskConfigs.{disk.name}: the image provider restores raw disks only")
+        fmt = config.format or "raw"
         if config.target:
             target = Path(config.target)
         elif self.request.restore_path is not None:
-            target = self.request.restore_path / f"{disk.name}.img"
+            target = self.request.restore_path / f"{disk.name}.{'qcow2' if fmt == 'qcow2' else 'img'}"
         else:
             raise ConfigError(f"invalid RestoreConfig: restorePath: give --target, or a target for disk {disk.name}")
         if target.exists() and not self.request.force:
             raise RestoreTargetExistsError(f"{target} exists; pass --force to overwrite it")
+        if fmt == "qcow2":
+            require_qemu_img(disk.name)
         sink = ImageDiskSink(target, disk.size)
+        if fmt == "qcow2":
+            if sink.is_block:
+                raise ConfigError(f"invalid diskConfigs.{disk.name}: a qcow2 disk goes to a file, not {target}")
+            self.qcow2.add(str(sink.final))
         self.sinks.append(sink)
         return sink
 
     def commit(self) -> str:
+        folders = set()
         for sink in self.sinks:
             sink.close()
-            if sink.path != sink.final:
+        for sink in self.sinks:  # every conversion first: a failed one leaves no disk renamed into place
+            if str(sink.final) in self.qcow2:
+                to_qcow2(sink.path, _converted(sink))
+        for sink in self.sinks:
+            if str(sink.final) in self.qcow2:
+                os.replace(_converted(sink), sink.final)
+                sink.path.unlink()
+                folders.add(sink.final.parent)
+            elif sink.path != sink.final:
                 os.replace(sink.path, sink.final)
+                folders.add(sink.final.parent)
+        for folder in folders:  # the new names durable too, not only the data
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return self.request.new_name or self.vm.id
 
     def discard(self) -> None:
         for sink in self.sinks:
-            sink.close()
+            sink.abandon()
             if sink.path != sink.final:
                 sink.path.unlink(missing_ok=True)
+                _converted(sink).unlink(missing_ok=True)
+
+
+def _converted(sink: ImageDiskSink) -> Path:
+    return sink.final.with_name(sink.final.name + PARTIAL + "-qcow2")

@@ -2,28 +2,37 @@
 
 Exit codes are those of ``genievm_core.errors`` (docs/errors.md); usage errors
 exit 2, an interrupt 130. A GenieVMError is one line on stderr, never a
-traceback.
+traceback; so is a number outside its option's range (``check_ranges``, exit 3).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from genievm_core.choices import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, LOCK_STALE_AFTER, LogFormat, LogLevel
-from genievm_core.errors import GenieVMError, JobInterruptedError
+from genievm_core.choices import (
+    DISABLE_AUTOLOAD_ENV,
+    ENTRY_POINT_GROUP,
+    LOCK_STALE_AFTER,
+    MAX_SECONDS,
+    LogFormat,
+    LogLevel,
+)
+from genievm_core.errors import ConfigError, GenieVMError, JobInterruptedError
 
 if TYPE_CHECKING:
     from typer import _click as click  # the click typer vendors (its types; nothing imported at run time)
 
-__all__ = ["COMMANDS", "app", "load_command", "main"]
+__all__ = ["COMMANDS", "app", "check_ranges", "load_command", "main", "numeric_params"]
 
 _debug = False
 
@@ -32,8 +41,8 @@ _debug = False
 # `genievm --help` and `--version` import no plugin, no pydantic model, no engine (benchmarks/startup.py).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "repo": ("repo", "app", "Create, describe, upgrade and unlock repositories."),
-    "backups": ("backups", "app", "List and show backups."),
-    "jobs": ("jobs", "app", "List, show, watch, pause, resume and cancel jobs."),
+    "backups": ("backups", "app", "List, show and forget backups."),
+    "jobs": ("jobs", "app", "List, show, watch, pause, resume, cancel and limit jobs."),
     "backup": ("transfer", "backup", "Back up a VM into a repository (incremental when it has a parent)."),
     "restore": ("transfer", "restore", "Restore a backup: its disks, and the VM where the provider can define one."),
     "verify": (
@@ -61,7 +70,88 @@ def _as_command(name: str, target: Any) -> click.Command:
         holder.add_typer(target, name=name)
     else:
         holder.command(name)(target)
-    return typer.main.get_group(holder).commands[name]
+    return _with_ranges(typer.main.get_group(holder).commands[name])
+
+
+def _with_ranges(command: click.Command) -> click.Command:
+    """``command`` and its subcommands with the one-line range check of their numeric options."""
+    check_ranges(command)
+    for sub in getattr(command, "commands", {}).values():
+        _with_ranges(sub)
+    return command
+
+
+# numeric options out of their range: one line and the bad-input exit code
+
+_Param = TyperOption | TyperArgument
+
+
+def numeric_params(command: click.Command) -> list[_Param]:
+    """The parameters of ``command`` (not of its subcommands) that take one int or float."""
+    found = []
+    for param in command.params:
+        if isinstance(param, _Param) and param.type_descriptor.annotation in (int, float) and not param.multiple:
+            if not (isinstance(param, TyperOption) and param.count):
+                found.append(param)
+    return found
+
+
+def range_text(low: float | None, high: float | None) -> str:
+    """``1 to 256``, ``at least 0.05``, ``at most 100``."""
+
+    def number(value: float) -> str:
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+    if low is not None and high is not None:
+        return f"{number(low)} to {number(high)}"
+    return f"at least {number(low)}" if low is not None else f"at most {number(high or 0)}"
+
+
+def check_ranges(command: click.Command) -> click.Command:
+    """Give each ranged numeric parameter of ``command`` the one-line check; ``command`` itself returned.
+
+    Every numeric option (and argument) of every command declares its range with typer's ``min``/``max``
+    (tests/test_option_ranges.py walks the command tree for ones that do not). A value out of that range, or
+    a float that is not finite, is then a ``ConfigError`` (exit 3, ``genievm: error: invalid configuration:
+    --workers: -3 is out of range (1 to 256)``) instead of typer's usage message (exit 2), wherever it came
+    from: the command line, an environment variable or a default. What is not a number stays a usage error.
+    """
+    for param in numeric_params(command):
+        if (param.min is not None or param.max is not None) and not getattr(param, "_genievm_checked", False):
+            param.process_value = _range_checked(param, param.process_value)  # type: ignore[method-assign,assignment]
+            param._genievm_checked = True  # type: ignore[union-attr]
+    return command
+
+
+def _range_checked(param: _Param, process: Callable[[click.Context, Any], Any]) -> Callable[[click.Context, Any], Any]:
+    kind = param.type_descriptor.annotation
+    low, high = param.min, param.max
+
+    def process_value(ctx: click.Context, value: Any) -> Any:
+        try:
+            number = kind(value) if value is not None else None
+        except (TypeError, ValueError):
+            number = None  # not a number: typer's usage error says so
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"invalid configuration: {_name(ctx, param)}: {value} is not a finite number")
+        if number is not None and ((low is not None and number < low) or (high is not None and number > high)):
+            raise ConfigError(
+                f"invalid configuration: {_name(ctx, param)}: {value} is out of range ({range_text(low, high)})"
+            )
+        return process(ctx, value)
+
+    return process_value
+
+
+def _name(ctx: click.Context, param: _Param) -> str:
+    """How the user gave the value: ``--workers``, ``GENIEVM_STORAGE_ATTEMPTS`` or the argument's name."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source is not None and source.name == "ENVIRONMENT" and param.envvar:
+        return param.envvar if isinstance(param.envvar, str) else param.envvar[0]
+    if isinstance(param, TyperOption):
+        longs = [opt for opt in param.opts if opt.startswith("--")]
+        return (longs or param.opts)[0]
+    return (param.name or "value").upper()
 
 
 def plugin_commands(builtin: frozenset[str]) -> dict[str, str]:
@@ -80,6 +170,10 @@ class _LazyGroup(TyperGroup):
     """The root command: lists ``COMMANDS`` by their summaries and imports a command's module when it is used."""
 
     _summaries_only = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _with_ranges(self)  # the root's own options (--storage-attempts, ...)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS) + sorted(plugin_commands(_BUILTIN))
@@ -202,6 +296,7 @@ def _root(
         float,
         typer.Option(
             min=1,
+            max=MAX_SECONDS,
             metavar="SECONDS",
             envvar="GENIEVM_LOCK_STALE_AFTER",
             help="a lock of another host not refreshed for this long is stale (locks are refreshed every sixth)",

@@ -16,11 +16,11 @@ from genievm_core.cli.common import (
     out_console,
     state,
 )
-from genievm_core.errors import CorruptionError
+from genievm_core.errors import BackupNotFoundError, CorruptionError
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.repository import Damaged
 
-app = typer.Typer(help="List and show backups.", no_args_is_help=True)
+app = typer.Typer(help="List, show and forget backups.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -111,3 +111,28 @@ def show(
             f"new {human_size(d.stats.bytes_new)}, checksum {d.checksum[:16]}",
             highlight=False,
         )
+
+
+@app.command("forget")
+def forget(
+    ctx: typer.Context,
+    backup_ids: Annotated[list[str], typer.Argument(help="backup ids", metavar="ID...")],
+    repo: RepoOption = None,
+    passphrase_file: PassphraseFileOption = None,
+) -> None:
+    """Delete backups on purpose, recorded in the backup log (also one whose manifest is already gone).
+
+    The chunks only they needed go at the next `genievm gc`.
+    """
+    repository = state(ctx).open_repository(repo, passphrase_file)
+    with repository.lock("shared", "forget"):
+        listed = repository.backup_log.read().listed
+        present = set(repository.backup_ids())
+        for backup_id in backup_ids:
+            if backup_id not in listed | present:
+                raise BackupNotFoundError(
+                    f"no backup {backup_id} in repository {repository.url} (neither a manifest nor in the backup log)"
+                )
+        for backup_id in backup_ids:
+            repository.forget(backup_id)
+            out_console.print(f"forgot backup {backup_id}", highlight=False)

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from genievm_core.api import REPO_ENV, GenieVM, passphrase_source
+from genievm_core.choices import MAX_SECONDS
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError
 
@@ -52,7 +53,9 @@ RepoOption = Annotated[
 ]
 LockWaitOption = Annotated[
     float,
-    typer.Option("--lock-wait", min=0, metavar="SECONDS", help="seconds to wait for a conflicting lock to go"),
+    typer.Option(
+        "--lock-wait", min=0, max=MAX_SECONDS, metavar="SECONDS", help="seconds to wait for a conflicting lock to go"
+    ),
 ]
 PassphraseFileOption = Annotated[
     Path | None, typer.Option(help="file holding the repository passphrase", metavar="PATH")

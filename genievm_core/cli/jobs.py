@@ -1,4 +1,5 @@
-"""``genievm jobs``: the job registry: list, show, watch, and pause, resume or cancel a job another process runs."""
+"""``genievm jobs``: the job registry: list, show, watch, and pause, resume, cancel or limit a job another process
+runs."""
 
 from __future__ import annotations
 
@@ -11,16 +12,24 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Column, Table
 
+from genievm_core.choices import MAX_COUNT, MAX_SECONDS
 from genievm_core.cli.common import JsonOption, emit_json, err_console, human_size, out_console, state
+from genievm_core.engine.limits import describe_rate
+from genievm_core.errors import ConfigError
 from genievm_core.jobs import JobRecord, JobRegistry, JobState
+from genievm_core.models.config import MAX_MBPS
 
-app = typer.Typer(help="List, show, watch, pause, resume and cancel jobs.", no_args_is_help=True)
+app = typer.Typer(help="List, show, watch, pause, resume, cancel and limit jobs.", no_args_is_help=True)
 
 JobIdArgument = Annotated[str, typer.Argument(help="job id (or a prefix that names one job)")]
 WaitOption = Annotated[
     float,
     typer.Option(
-        "--wait", min=0, help="seconds to wait for the job's process to act on the request", metavar="SECONDS"
+        "--wait",
+        min=0,
+        max=MAX_SECONDS,
+        help="seconds to wait for the job's process to act on the request",
+        metavar="SECONDS",
     ),
 ]
 _TARGET = {"pause": {JobState.PAUSED}, "resume": {JobState.RUNNING}, "cancel": {JobState.CANCELLED}}
@@ -38,7 +47,7 @@ def list_jobs(
     state_filter: Annotated[
         list[JobState] | None, typer.Option("--state", help="only jobs in this state (repeatable)", metavar="STATE")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first", metavar="N")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_COUNT, help="at most this many, newest first", metavar="N")] = 50,
     json_output: JsonOption = False,
 ) -> None:
     """Jobs of this host, running and past, newest first."""
@@ -68,6 +77,8 @@ def show(ctx: typer.Context, job_id: JobIdArgument, json_output: JsonOption = Fa
     for label, when in (("created", record.created_at), ("started", record.started_at), ("ended", record.finished_at)):
         if when is not None:
             out_console.print(f"  {label} {when.astimezone():%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+    if record.limits and not record.finished:
+        out_console.print(f"  limits: {_limits(record)}", highlight=False)
     if record.requested:
         out_console.print(f"  requested: {record.requested}", highlight=False)
     if record.error:
@@ -120,12 +131,58 @@ def cancel(ctx: typer.Context, job_id: JobIdArgument, wait: WaitOption = 10.0, j
     _request(ctx, job_id, "cancel", wait, json_output)
 
 
+@app.command("limit")
+def limit(
+    ctx: typer.Context,
+    job_id: JobIdArgument,
+    read: Annotated[
+        float | None,
+        typer.Option("--read", min=0, max=MAX_MBPS, metavar="MBPS", help="read at most this many MB/s; 0: no limit"),
+    ] = None,
+    write: Annotated[
+        float | None,
+        typer.Option(
+            "--write", min=0, max=MAX_MBPS, metavar="MBPS", help="write at most this many MB/s; 0: no limit"
+        ),
+    ] = None,
+    wait: WaitOption = 10.0,
+    json_output: JsonOption = False,
+) -> None:
+    """Change the bandwidth limits of a job while it runs (what it reads from its source, writes to its target)."""
+    if read is None and write is None:
+        raise ConfigError("invalid configuration: jobs limit: give --read MBPS, --write MBPS or both")
+    st = state(ctx)
+    record = st.limit(st.job(job_id).id, read=read, write=write)
+    wanted = {k: (v or None) for k, v in (("read", read), ("write", write)) if v is not None}
+    deadline = time.monotonic() + wait
+    while not _applied(record, wanted) and not record.finished and time.monotonic() < deadline:
+        time.sleep(0.1)
+        record = st.job(record.id)
+    if json_output:
+        emit_json(record.to_json())
+    elif _applied(record, wanted):
+        out_console.print(f"job {record.id}: {_limits(record)}", highlight=False)
+    else:
+        out_console.print(
+            f"job {record.id} is {record.state.value}; its process has not applied the limits yet", highlight=False
+        )
+
+
+def _applied(record: JobRecord, wanted: dict[str, float | None]) -> bool:
+    return record.limits is not None and all(record.limits.get(k) == v for k, v in wanted.items())
+
+
+def _limits(record: JobRecord) -> str:
+    limits = record.limits or {}
+    return f"read {describe_rate(limits.get('read'))}, write {describe_rate(limits.get('write'))}"
+
+
 @app.command("watch")
 def watch(
     ctx: typer.Context,
     job_id: JobIdArgument,
     interval: Annotated[
-        float, typer.Option(min=0.05, help="seconds between looks at the registry", metavar="SECONDS")
+        float, typer.Option(min=0.05, max=3600, help="seconds between looks at the registry", metavar="SECONDS")
     ] = 0.5,
     json_output: JsonOption = False,
 ) -> None:

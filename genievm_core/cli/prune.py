@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from genievm_core.choices import MAX_COUNT, MAX_SECONDS
 from genievm_core.cli.common import (
     ConfigFileOption,
     JsonOption,
@@ -19,7 +20,7 @@ from genievm_core.cli.common import (
 )
 from genievm_core.errors import ConfigError
 from genievm_core.jobs import DEFAULT_GRACE, retention_policy
-from genievm_core.models.config import BackupConfig, load_config
+from genievm_core.models.config import MAX_RETENTION_DAYS, BackupConfig, load_config
 from genievm_core.repository.gc import PruneReport
 from genievm_core.repository.retention import RetentionPolicy
 
@@ -33,25 +34,35 @@ GraceOption = Annotated[
 ]
 LockWaitOption = Annotated[
     float,
-    typer.Option("--lock-wait", min=0, metavar="SECONDS", help="seconds to wait for running backups before deleting"),
+    typer.Option(
+        "--lock-wait",
+        min=0,
+        max=MAX_SECONDS,
+        metavar="SECONDS",
+        help="seconds to wait for running backups before deleting",
+    ),
 ]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="show what would be deleted; delete nothing")]
 
 
-def _count(help_text: str) -> Any:
-    return typer.Option(min=1, metavar="N", help=help_text)
+def _count(help_text: str, most: int = MAX_COUNT) -> Any:
+    return typer.Option(min=1, max=most, metavar="N", help=help_text)
 
 
 DEFAULT_GRACE_TEXT = f"{int(DEFAULT_GRACE.total_seconds() // 3600)}h"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_GRACE = timedelta(days=MAX_RETENTION_DAYS)
 
 
 def parse_duration(text: str, option: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise ConfigError(f"invalid configuration: {option}: {text!r} is not a duration like 0, 90s, 30m, 24h or 7d")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_GRACE.total_seconds():
+        raise ConfigError(f"invalid configuration: {option}: {text!r} is longer than {MAX_GRACE.days}d")
+    return timedelta(seconds=seconds)
 
 
 def prune(
@@ -65,7 +76,9 @@ def prune(
     keep_daily: Annotated[int | None, _count("keep the newest backup of each of the last N days")] = None,
     keep_weekly: Annotated[int | None, _count("keep the newest backup of each of the last N weeks")] = None,
     keep_monthly: Annotated[int | None, _count("keep the newest backup of each of the last N months")] = None,
-    retention_days: Annotated[int | None, _count("remove backups older than N days (retentionDays)")] = None,
+    retention_days: Annotated[
+        int | None, _count("remove backups older than N days (retentionDays)", MAX_RETENTION_DAYS)
+    ] = None,
     max_backups: Annotated[int | None, _count("keep at most N backups of each VM (maxBackups)")] = None,
     grace: GraceOption = DEFAULT_GRACE_TEXT,
     lock_wait: LockWaitOption = 3600.0,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from genievm_core.choices import MAX_SECONDS
 from genievm_core.cli.common import (
     JsonOption,
     PassphraseFileOption,
@@ -39,7 +40,8 @@ def init(
         str, typer.Option(metavar="aes-256-gcm|none", help="encrypt chunks, indexes and manifests, or not")
     ] = "aes-256-gcm",
     chunk_size: Annotated[
-        int, typer.Option(metavar="BYTES", help="chunk size: a power of two from 4 KiB to 64 MiB")
+        int,
+        typer.Option(min=4096, max=64 << 20, metavar="BYTES", help="chunk size: a power of two from 4 KiB to 64 MiB"),
     ] = DEFAULT_CHUNK_SIZE,
     passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
@@ -129,22 +131,32 @@ def upgrade(
     repo_option: RepoOption = None,
     passphrase_file: PassphraseFileOption = None,
     lock_wait: Annotated[
-        float, typer.Option(min=0, metavar="SECONDS", help="seconds to wait for running jobs to finish")
+        float,
+        typer.Option(min=0, max=MAX_SECONDS, metavar="SECONDS", help="seconds to wait for running jobs to finish"),
     ] = 10.0,
     json_output: JsonOption = False,
 ) -> None:
-    """Bring a repository's config to the current format (format 2: authenticated, NFC passphrases)."""
+    """Bring a repository's config to the current format (format 2: authenticated, NFC passphrases).
+
+    Also enters the backups made before the repository had a backup log into it.
+    """
     st = state(ctx)
     repo = st.open_repository(repository_argument(url, repo_option), passphrase_file)
     before = repo.config.format_version
-    changed = st.upgrade_repository(repo, passphrase_file, lock_wait=lock_wait)
+    changed, logged = st.upgrade_repository(repo, passphrase_file, lock_wait=lock_wait)
     after = repo.config.format_version
     if json_output:
-        emit_json({"url": repo.url, "format_version_before": before, "format_version": after, "upgraded": changed})
-    elif changed:
+        emit_json(
+            {"url": repo.url, "format_version_before": before, "format_version": after, "upgraded": changed,
+             "backups_logged": logged}  # fmt: skip
+        )
+        return
+    if changed:
         out_console.print(f"upgraded repository {repo.url} from format {before} to {after}", highlight=False)
     else:
         out_console.print(f"repository {repo.url} is already at format {after}", highlight=False)
+    if logged:
+        out_console.print(f"entered {plural(logged, 'backup')} in the backup log", highlight=False)
 
 
 @app.command("unlock")

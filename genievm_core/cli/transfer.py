@@ -26,9 +26,34 @@ from genievm_core.cli.common import (
     ratio,
     state,
 )
+from genievm_core.engine.control import MAX_WORKERS
 from genievm_core.errors import ConfigError
-from genievm_core.models.config import BackupConfig, RestoreConfig, load_config
+from genievm_core.models.config import MAX_MBPS, BackupConfig, RestoreConfig, load_config
 from genievm_core.models.manifest import BackupManifest
+
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(min=1, max=MAX_WORKERS, help="chunk worker threads (default: CPUs)", metavar="N"),
+]
+
+
+def _limit_option(help_text: str) -> Any:
+    return typer.Option(min=0, max=MAX_MBPS, metavar="MBPS", help=f"{help_text}, MB/s; 0: no limit")
+
+
+def _restore_instant(ctx: typer.Context, instant: bool, args: list[str]) -> None:
+    """``restore --instant``: the command ``instant start`` of genievm-recovery, found through the
+    ``genievm.commands`` entry points (the core never imports that distribution)."""
+    from genievm_core.cli import COMMANDS, load_plugin_command, plugin_commands
+
+    if not instant:
+        raise ConfigError("invalid configuration: --migrate-to: needs --instant")
+    if "instant" not in plugin_commands(frozenset(COMMANDS)):
+        raise ConfigError("invalid configuration: --instant: needs the distribution genievm-recovery, "
+                          "which is not installed")  # fmt: skip
+    command = load_plugin_command("instant")
+    with command.make_context("genievm instant", ["start", *args], parent=ctx.find_root()) as instant_ctx:
+        command.invoke(instant_ctx)
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -65,9 +90,11 @@ def backup(
         list[str] | None, typer.Option("--disk", help="image provider: NAME=PATH (repeatable)", metavar="NAME=PATH")
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="read everything; no incremental")] = False,
-    compression_level: Annotated[int | None, typer.Option(help="zstd level 1-22", metavar="LEVEL")] = None,
+    compression_level: Annotated[
+        int | None, typer.Option(min=1, max=22, help="zstd level 1-22", metavar="LEVEL")
+    ] = None,
     max_concurrent_disks: Annotated[
-        int | None, typer.Option(metavar="N", help="disks copied at once (maxConcurrentDisks)")
+        int | None, typer.Option(min=1, max=64, metavar="N", help="disks copied at once (maxConcurrentDisks)")
     ] = None,
     exclude_disk: Annotated[
         list[str] | None,
@@ -76,7 +103,13 @@ def backup(
     no_cbt: Annotated[bool, typer.Option("--no-cbt", help="compare chunk ids instead of using CBT")] = False,
     quiesce: Annotated[bool, typer.Option("--quiesce", help="freeze guest filesystems (QEMU guest agent)")] = False,
     provider_option: ProviderOptionOption = None,
-    workers: Annotated[int | None, typer.Option(help="chunk worker threads (default: CPUs)", metavar="N")] = None,
+    workers: WorkersOption = None,
+    limit_read: Annotated[
+        float | None, _limit_option("at most this rate read from the VM's disks (bandwidthLimitRead)")
+    ] = None,
+    limit_write: Annotated[
+        float | None, _limit_option("at most this rate written to the repository (bandwidthLimitWrite)")
+    ] = None,
     passphrase_file: PassphraseFileOption = None,
     lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
@@ -92,6 +125,8 @@ def backup(
         "incremental": False if full else None,
         "enable_cbt": False if no_cbt else None,
         "quiesce": True if quiesce else None,
+        "bandwidth_limit_read": limit_read,
+        "bandwidth_limit_write": limit_write,
     }
     config = load_config(BackupConfig, path=config_file, overrides=overrides)
     if provider_option:
@@ -184,13 +219,37 @@ def restore(
     ] = False,
     provider_option: ProviderOptionOption = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
-    workers: Annotated[int | None, typer.Option(metavar="N", help="chunk worker threads (default: CPUs)")] = None,
+    workers: WorkersOption = None,
+    limit_read: Annotated[
+        float | None, _limit_option("at most this rate read from the repository (bandwidthLimitRead)")
+    ] = None,
+    limit_write: Annotated[
+        float | None, _limit_option("at most this rate written to the restored disks (bandwidthLimitWrite)")
+    ] = None,
     passphrase_file: PassphraseFileOption = None,
     no_lock: NoLockOption = False,
     lock_wait: LockWaitOption = 10.0,
     json_output: JsonOption = False,
+    instant: Annotated[
+        bool, typer.Option("--instant", help="boot the VM from the backup now (genievm instant start; KVM)")
+    ] = False,
+    migrate_to: Annotated[
+        Path | None, typer.Option("--migrate-to", help="with --instant: then move its disks here", metavar="DIR")
+    ] = None,
 ) -> None:
     """Restore a backup: its disks, and the VM where the provider can define one."""
+    if instant or migrate_to is not None:
+        unused = {"--config": config_file, "--target": target, "--disk-target": disk_target,
+                  "--disk-format": disk_format, "--power-on": power_on, "--force": force}  # fmt: skip
+        for option, value in unused.items():
+            if value:
+                raise ConfigError(f"invalid configuration: {option}: not with --instant (the VM runs on overlays)")
+        args = {"--repo": repo, "--vm": vm, "--backup": backup_id, "--new-name": new_name, "--migrate-to": migrate_to,
+                "--passphrase-file": passphrase_file}  # fmt: skip
+        args["--uri"] = provider_options({}, provider_option).get("uri")
+        flags = ["--json"] if json_output else []
+        _restore_instant(ctx, instant, [*(f"{k}={v}" for k, v in args.items() if v is not None), *flags])
+        return
     overrides: dict[str, Any] = {
         "vm_id": vm,
         "backup_id": backup_id,
@@ -203,6 +262,8 @@ def restore(
         "force": True if force else None,
         "disk_configs": _disk_configs(_pairs(disk_target, "--disk-target"), _pairs(disk_format, "--disk-format"))
         or None,
+        "bandwidth_limit_read": limit_read,
+        "bandwidth_limit_write": limit_write,
     }
     config = load_config(RestoreConfig, path=config_file, overrides=overrides)
     if provider_option:

@@ -7,14 +7,17 @@ from genievm_core.engine.control import (
     DiskProgress,
     JobControl,
     ProgressCallback,
+    chunk_workers,
     default_workers,
     results_or_cancel,
 )
+from genievm_core.engine.limits import Bandwidth, TransferLimits
 from genievm_core.engine.restore import RestoreEngine
 from genievm_core.engine.sources import CountingDiskSource, DiskSources
 
 __all__ = [
     "BackupEngine",
+    "Bandwidth",
     "CountingDiskSource",
     "DiskPlan",
     "DiskProgress",
@@ -22,6 +25,8 @@ __all__ = [
     "JobControl",
     "ProgressCallback",
     "RestoreEngine",
+    "TransferLimits",
+    "chunk_workers",
     "default_workers",
     "results_or_cancel",
 ]

@@ -107,6 +107,7 @@ class BackupEngine:
                     self._count(tally, progress, "zero", length, 0, 0)
                     continue
                 data, read = self._read(source, i * self._chunk, length, pieces)
+                self.control.limits.read.take(read)
                 parent_id = plan.parent[i] if plan.parent is not None and i < plan.parent.count else None
                 inflight.append((i, read, self.pool.submit(self._process, data, parent_id)))
                 if len(inflight) >= self.window:
@@ -178,7 +179,9 @@ class BackupEngine:
         try:
             if self.repo.has_chunk(cid):
                 return "deduplicated", cid, 0
-            return "new", cid, self.repo.put_chunk(cid, data)
+            stored = self.repo.put_chunk(cid, data)
+            self.control.limits.write.take(stored)
+            return "new", cid, stored
         except BaseException:
             with self._known_lock:
                 self._known.discard(cid)

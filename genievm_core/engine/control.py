@@ -9,11 +9,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
-from genievm_core.errors import JobCancelledError
+from genievm_core.engine.limits import TransferLimits
+from genievm_core.errors import ConfigError, JobCancelledError
 
-__all__ = ["DiskProgress", "JobControl", "ProgressCallback", "default_workers", "results_or_cancel"]
+__all__ = [
+    "MAX_WORKERS",
+    "DiskProgress",
+    "JobControl",
+    "ProgressCallback",
+    "chunk_workers",
+    "default_workers",
+    "results_or_cancel",
+]
 
 T = TypeVar("T")
+MAX_WORKERS = 256  # chunk workers of a job: each may hold a chunk in flight
 
 
 @dataclass
@@ -34,10 +44,11 @@ ProgressCallback = Callable[[DiskProgress], None]
 
 
 class JobControl:
-    """Pause, resume and cancel, honoured by the engine between chunks."""
+    """Pause, resume and cancel, honoured by the engine between chunks; the job's bandwidth ``limits``."""
 
     def __init__(self, job_id: str = "-") -> None:
         self.job_id = job_id
+        self.limits = TransferLimits()
         self._running = threading.Event()
         self._running.set()
         self._cancelled = threading.Event()
@@ -51,6 +62,7 @@ class JobControl:
     def cancel(self) -> None:
         self._cancelled.set()
         self._running.set()
+        self.limits.release()  # a thread asleep in a limit goes on to its next checkpoint
 
     @property
     def cancelled(self) -> bool:
@@ -79,3 +91,12 @@ def results_or_cancel(futures: Mapping[str, Future[T]], control: JobControl) -> 
 def default_workers() -> int:
     """Chunk workers: two per CPU, since a worker spends much of its time waiting on storage."""
     return 2 * (os.cpu_count() or 1)
+
+
+def chunk_workers(workers: int | None, default: int) -> int:
+    """The chunk workers a job runs: ``workers``, or ``default`` when None; ConfigError when out of range."""
+    if workers is None:
+        return default
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"invalid configuration: workers: {workers} is out of range (1 to {MAX_WORKERS})")
+    return workers

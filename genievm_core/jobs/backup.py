@@ -30,6 +30,7 @@ from genievm_core.engine import (
     DiskPlan,
     JobControl,
     ProgressCallback,
+    chunk_workers,
     default_workers,
     results_or_cancel,
 )
@@ -77,6 +78,7 @@ class BackupJob(Job):
         self.config = config
         self.repo = repo
         self.workers = workers
+        self.control.limits.change(config.bandwidth_limit_read, config.bandwidth_limit_write)
         self.manifest: BackupManifest | None = None
 
     def execute(self) -> dict[str, Any]:
@@ -154,8 +156,9 @@ def run_backup(
         with repo.lock("shared", f"backup of {vm.id}"):
             plan = plan_backup(repo, config, vm, disks)
             phase("transfer")
+            sources = host.cbt_sources.by_priority()
             transfers = transfer_backup(
-                plan, provider, repo, config, host.cbt_sources.by_priority(), progress, control or JobControl(), workers
+                plan, provider, repo, config, sources, progress, control or _control(config), workers
             )
             phase("commit")
             manifest = commit_backup(plan, transfers, repo)
@@ -226,7 +229,7 @@ def transfer_backup(
     """
     parent = plan.parent
     log.info("backup.start", vm=plan.vm.id, backup=plan.backup_id, parent=parent.backup_id if parent else None)
-    n_workers = workers or default_workers()
+    n_workers = chunk_workers(workers, default_workers())
     known: set[bytes] = set()
     for index in plan.parent_indexes.values():
         known |= index.stored_ids()
@@ -344,6 +347,13 @@ def _plan(
         (log.warning if warn else log.info)("backup.cbt_fallback", disk=disk.name, reason=changed.reason)
         return DiskPlan(CBTRecord(mode="hash-compare", reason=changed.reason), parent)
     return DiskPlan(CBTRecord(mode="cbt", source=changed.source), parent, changed.extents)
+
+
+def _control(config: BackupConfig) -> JobControl:
+    """The control of a backup run without a job: never paused, limited as its config says."""
+    control = JobControl()
+    control.limits.change(config.bandwidth_limit_read, config.bandwidth_limit_write)
+    return control
 
 
 def _sum(stats: object) -> BackupStats:

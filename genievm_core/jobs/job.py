@@ -135,6 +135,15 @@ class Job(ABC):
         if pending:
             self._finish(JobState.CANCELLED, JobCancelledError(f"job {self.id} was cancelled before it started"))
 
+    def limit(self, read: float | None = None, write: float | None = None) -> None:
+        """Change the bandwidth limits, in MB/s, at once, also while the job runs (None: as it is; 0: no limit)."""
+        with self._lock:
+            if self.finished:
+                raise JobStateError(f"job {self.id} is {self.state.value}; its limits cannot be changed")
+            self.control.limits.change(read, write)
+        log.info("job.limits", job=self.id, **self.control.limits.as_dict())
+        self._notify()
+
     def enter_phase(self, name: str) -> None:
         """The work moved to phase ``name`` (the registry shows it: ``genievm jobs show``)."""
         self.phase = name

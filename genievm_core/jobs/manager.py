@@ -1,8 +1,8 @@
 """JobManager: runs jobs, several at once up to a limit, and keeps the registry in step.
 
 A manager owns the jobs it runs. A monitor thread writes their progress to the
-registry a few times a second and applies the pause, resume and cancel
-requests other processes left there; every change of state is written at
+registry a few times a second and applies the pause, resume, cancel and
+bandwidth-limit requests other processes left there; every change of state is written at
 once. On start the manager sweeps the registry for jobs whose owner died.
 """
 
@@ -111,6 +111,10 @@ class JobManager:
                 if action is not None:
                     log.info("jobs.request", job=job.id, action=action)
                     getattr(job, action)()
+                limits = self.registry.take_limits(job.id)
+                if limits is not None:
+                    log.info("jobs.limits_request", job=job.id, **limits)
+                    job.limit(**limits)
             except JobStateError as exc:  # e.g. the job ended between the request and now
                 log.info("jobs.request_ignored", job=job.id, error=str(exc))
             except (GenieVMError, sqlite3.Error) as exc:

@@ -7,10 +7,14 @@ chunks. Each job records the owner's host, pid and the pid's start time, so a
 job whose owner died (SIGKILL, power loss) is found by the stale-job sweep and
 marked failed instead of staying running for ever.
 
-Schema (``PRAGMA user_version`` 2; version 1 lacked ``phase`` and is upgraded on open)::
+Bandwidth limits are the same kind of request: ``limits_requested`` holds the
+new limits (JSON, MB/s) until the owner takes them; ``limits`` the job's limits now.
+
+Schema (``PRAGMA user_version`` 3; 1 lacked ``phase``, 2 the limits; both are upgraded on open)::
 
     jobs(id, kind, state, requested, description, vm, repository, host, pid, pid_start,
-         created_at, started_at, finished_at, heartbeat_at, error, exit_code, result, phase)
+         created_at, started_at, finished_at, heartbeat_at, error, exit_code, result, phase,
+         limits, limits_requested)
     job_disks(job_id, disk, total, scanned, read, stored, deduplicated, zero, done)
 
 Times are ISO 8601 UTC; ``result`` is JSON. The database is in WAL mode, so
@@ -37,13 +41,14 @@ from genievm_core.processes import process_alive, process_start
 __all__ = ["JOB_DB_ENV", "DiskRow", "JobRecord", "JobRegistry", "default_job_db"]
 
 JOB_DB_ENV = "GENIEVM_JOB_DB"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STALE_HEARTBEAT = timedelta(minutes=10)  # a job of another host that has not written for this long is dead
 _ACTIONS = {
     "pause": ({JobState.RUNNING}, "paused"),
     "resume": ({JobState.PAUSED}, "resumed"),
     "cancel": ({JobState.PENDING, JobState.RUNNING, JobState.PAUSED}, "cancelled"),
 }
+_ADDED_COLUMNS = ("phase", "limits", "limits_requested")  # since schema 1, in the order they came
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -63,7 +68,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     exit_code INTEGER,
     result TEXT,
-    phase TEXT
+    phase TEXT,
+    limits TEXT,
+    limits_requested TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_disks (
@@ -125,6 +132,7 @@ class JobRecord:
     exit_code: int | None
     result: dict[str, Any] | None
     phase: str | None = None  # plan, transfer, verify or commit, while it runs; the last one after
+    limits: dict[str, float | None] | None = None  # MB/s {"read": ..., "write": ...}, None where unlimited
     disks: list[DiskRow] = field(default_factory=list)
 
     @property
@@ -155,8 +163,10 @@ class JobRegistry:
             if version > SCHEMA_VERSION:
                 raise ConfigError(f"job registry {self.path} has schema {version}; this GenieVM knows {SCHEMA_VERSION}")
             with self._db:
-                if version == 1:  # 2 added the phase a job is in
-                    self._db.execute("ALTER TABLE jobs ADD COLUMN phase TEXT")
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+                for added in _ADDED_COLUMNS if columns else ():  # an older registry: 2 added phase, 3 the limits
+                    if added not in columns:
+                        self._db.execute(f"ALTER TABLE jobs ADD COLUMN {added} TEXT")
                 self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"invalid configuration: jobDb: cannot open job registry {self.path}: {exc}") from exc
@@ -172,7 +182,7 @@ class JobRegistry:
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO jobs (id, kind, state, description, vm, repository, host, pid, pid_start, "
-                "created_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, heartbeat_at, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.kind,
@@ -185,6 +195,7 @@ class JobRegistry:
                     process_start(os.getpid()),
                     job.created_at.isoformat(),
                     now,
+                    json.dumps(job.control.limits.as_dict()),
                 ),
             )
 
@@ -193,11 +204,13 @@ class JobRegistry:
         result = json.dumps(job.result, default=str) if job.result is not None else None
         with self._lock, self._db:
             self._db.execute(
-                "UPDATE jobs SET state = ?, phase = ?, started_at = ?, finished_at = ?, heartbeat_at = ?, error = ?, "
-                "exit_code = ?, result = ?, requested = CASE WHEN ? THEN NULL ELSE requested END WHERE id = ?",
+                "UPDATE jobs SET state = ?, phase = ?, limits = ?, started_at = ?, finished_at = ?, "
+                "heartbeat_at = ?, error = ?, exit_code = ?, result = ?, "
+                "requested = CASE WHEN ? THEN NULL ELSE requested END WHERE id = ?",
                 (
                     job.state.value,
                     job.phase,
+                    json.dumps(job.control.limits.as_dict()),
                     job.started_at.isoformat() if job.started_at else None,
                     job.finished_at.isoformat() if job.finished_at else None,
                     _now(),
@@ -228,6 +241,20 @@ class JobRegistry:
                 raise
             self._db.execute("COMMIT")
             return None if row is None or row[0] is None else str(row[0])
+
+    def take_limits(self, job_id: str) -> dict[str, float] | None:
+        """The bandwidth limits another process asked for (MB/s by direction; 0: no limit), cleared as read."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT limits_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None and row[0] is not None:
+                    self._db.execute("UPDATE jobs SET limits_requested = NULL WHERE id = ?", (job_id,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
     # anyone's side
 
@@ -270,6 +297,21 @@ class JobRegistry:
         if not changed:  # its state changed since it was read
             raise JobStateError(f"job {record.id} is {record.state.value}; it cannot be {verb}")
         return record
+
+    def request_limits(self, job_id: str, *, read: float | None = None, write: float | None = None) -> JobRecord:
+        """Ask the job's owner to change its bandwidth limits (MB/s; None: as it is, 0: no limit); it does so
+        within a poll of its monitor (a fifth of a second)."""
+        wanted = {k: v for k, v in (("read", read), ("write", write)) if v is not None}
+        record = self.get(job_id)
+        if record.finished:
+            raise JobStateError(f"job {record.id} is {record.state.value}; its limits cannot be changed")
+        with self._lock, self._db:
+            row = self._db.execute("SELECT limits_requested FROM jobs WHERE id = ?", (record.id,)).fetchone()
+            pending = json.loads(row[0]) if row and row[0] else {}
+            self._db.execute(
+                "UPDATE jobs SET limits_requested = ? WHERE id = ?", (json.dumps(pending | wanted), record.id)
+            )
+        return self.get(record.id)
 
     def sweep_stale(self) -> list[str]:
         """Mark failed every unfinished job whose owner is gone; the ids of those jobs."""
@@ -337,13 +379,14 @@ class JobRegistry:
             exit_code=data["exit_code"],
             result=json.loads(data["result"]) if data["result"] else None,
             phase=data["phase"],
+            limits=json.loads(data["limits"]) if data["limits"] else None,
             disks=[DiskRow(d[0], d[1], d[2], d[3], d[4], d[5], d[6], bool(d[7])) for d in disks],
         )
 
 
 _COLUMN_NAMES = (
     "id kind state requested description vm repository host pid created_at started_at finished_at "
-    "heartbeat_at error exit_code result phase"
+    "heartbeat_at error exit_code result phase limits"
 ).split()
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 

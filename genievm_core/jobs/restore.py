@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, results_or_cancel
+from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, chunk_workers, results_or_cancel
 from genievm_core.errors import ConfigError, VerifyError
 from genievm_core.jobs.job import Job
 from genievm_core.models.config import DiskConfig, RestoreConfig
@@ -48,6 +48,7 @@ class RestoreJob(Job):
         self.config = config
         self.repo = repo
         self.workers = workers
+        self.control.limits.change(config.bandwidth_limit_read, config.bandwidth_limit_write)
         self.restored: RestoreResult | None = None
 
     def execute(self) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def run_restore(
     with repo.read_lock(f"restore of {config.vm_id}"):
         phase("plan")
         plan = plan_restore(config, repo)
-        return write_restore(host, plan, config, repo, progress, control or JobControl(), workers, phase)
+        return write_restore(host, plan, config, repo, progress, control or _control(config), workers, phase)
 
 
 def plan_restore(config: RestoreConfig, repo: Repository) -> RestorePlan:
@@ -145,7 +146,7 @@ def write_restore(
     """Phases 2 to 4: write every disk (transfer), read them back (verify), let the provider commit."""
     manifest, disks, indexes = plan.manifest, plan.disks, plan.indexes
     provider = host.providers.get(config.provider)(config.provider_options)
-    n_workers = workers or os.cpu_count() or 2
+    n_workers = chunk_workers(workers, os.cpu_count() or 2)
     try:
         log.info("restore.start", vm=manifest.vm.id, backup=manifest.backup_id)
         with (
@@ -181,6 +182,13 @@ def write_restore(
         provider.close()
     log.info("restore.done", vm=vm_id, backup=manifest.backup_id)
     return RestoreResult(manifest.backup_id, vm_id, [d.name for d in disks], config.verify_after_restore)
+
+
+def _control(config: RestoreConfig) -> JobControl:
+    """The control of a restore run without a job: never paused, limited as its config says."""
+    control = JobControl()
+    control.limits.change(config.bandwidth_limit_read, config.bandwidth_limit_write)
+    return control
 
 
 def _disk_threads(count: int) -> int:

@@ -6,6 +6,7 @@ from typing import Any
 
 from genievm_core.engine import JobControl
 from genievm_core.jobs.job import Job
+from genievm_core.jobs.repository_checks import check_backup_log, check_objects
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import VerifyReport
@@ -20,7 +21,13 @@ class VerifyJob(Job):
     kind = "verify"
 
     def __init__(
-        self, host: PluginHost, repo: Repository, manifests: list[BackupManifest], *, read_data: bool = False
+        self,
+        host: PluginHost,
+        repo: Repository,
+        manifests: list[BackupManifest],
+        *,
+        read_data: bool = False,
+        whole_repository: bool = False,
     ) -> None:
         vms = sorted({m.vm.id for m in manifests})
         super().__init__(
@@ -32,10 +39,18 @@ class VerifyJob(Job):
         self.repo = repo
         self.manifests = manifests
         self.read_data = read_data
+        self.whole_repository = whole_repository
         self.reports: list[VerifyReport] = []
 
     def execute(self) -> dict[str, Any]:
-        self.reports = run_verify(self.host, self.repo, self.manifests, read_data=self.read_data, control=self.control)
+        self.reports = run_verify(
+            self.host,
+            self.repo,
+            self.manifests,
+            read_data=self.read_data,
+            control=self.control,
+            whole_repository=self.whole_repository,
+        )
         return {
             "backups": len(self.manifests),
             "checked": sum(r.checked for r in self.reports),
@@ -50,18 +65,23 @@ def run_verify(
     *,
     read_data: bool = False,
     control: JobControl | None = None,
+    whole_repository: bool = False,
 ) -> list[VerifyReport]:
-    """Run ``manifest`` and ``chunks`` (or ``data`` with ``read_data``) on each backup.
+    """Run ``manifest`` and ``chunks`` (or ``data`` with ``read_data``) on each backup; with
+    ``whole_repository``, then the checks of the repository itself (``repository_checks``).
 
     Pause and cancel take effect between one verifier's run and the next.
     """
     names = ["manifest", "data" if read_data else "chunks"]
     verifiers = [host.verifiers.get(name) for name in names]
     control = control or JobControl()
-    reports = []
+    reports: list[VerifyReport] = []
     with repo.read_lock("verify"):
         for manifest in manifests:
             for v in verifiers:
                 control.checkpoint()
                 reports.append(v.verify(repo, manifest))
+        if whole_repository:
+            control.checkpoint()
+            reports += [check_objects(repo), check_backup_log(repo)]
     return reports

@@ -31,10 +31,27 @@ from pydantic_settings import (
 from genievm_core.errors import ConfigError
 from genievm_core.models.user_files import read_user_file, text_of
 
-__all__ = ["BackupConfig", "DiskConfig", "RestoreConfig", "load_config", "read_config_file"]
+__all__ = [
+    "MAX_KEPT",
+    "MAX_MBPS",
+    "MAX_RETENTION_DAYS",
+    "BackupConfig",
+    "DiskConfig",
+    "RestoreConfig",
+    "load_config",
+    "read_config_file",
+]
 
 MAX_CONFIG = 4 << 20  # bytes of a job config file
+MAX_RETENTION_DAYS = 36500  # a hundred years
+MAX_KEPT = 1_000_000  # backups a retention rule counts
+MAX_MBPS = 1_000_000  # the highest bandwidth limit, in MB/s (a TB/s)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}\Z")
+
+
+def _limit(what: str) -> Any:
+    """A bandwidth limit field: MB/s, 0 or none for no limit."""
+    return Field(default=None, ge=0, le=MAX_MBPS, allow_inf_nan=False, description=f"{what}; 0 or none: no limit")
 
 
 class _Model(BaseModel):
@@ -51,16 +68,26 @@ class BackupConfig(_Model):
     incremental: bool = Field(default=True, description="make an incremental when a parent exists")
     compression_level: int = Field(default=3, ge=1, le=22, description="zstd level")
     max_concurrent_disks: int = Field(default=2, ge=1, le=64)
-    retention_days: int | None = Field(default=None, ge=1, description="keep every backup of at most this age")
-    max_backups: int | None = Field(default=None, ge=1, description="keep at most this many backups of the VM")
-    keep_last: int | None = Field(default=None, ge=1, description="keep the newest N backups")
-    keep_daily: int | None = Field(default=None, ge=1, description="keep the newest backup of each of N days")
-    keep_weekly: int | None = Field(default=None, ge=1, description="keep the newest backup of each of N ISO weeks")
-    keep_monthly: int | None = Field(default=None, ge=1, description="keep the newest backup of each of N months")
+    retention_days: int | None = Field(
+        default=None, ge=1, le=MAX_RETENTION_DAYS, description="keep every backup of at most this age"
+    )
+    max_backups: int | None = Field(default=None, ge=1, le=MAX_KEPT, description="keep at most this many backups")
+    keep_last: int | None = Field(default=None, ge=1, le=MAX_KEPT, description="keep the newest N backups")
+    keep_daily: int | None = Field(
+        default=None, ge=1, le=MAX_KEPT, description="keep the newest backup of each of N days"
+    )
+    keep_weekly: int | None = Field(
+        default=None, ge=1, le=MAX_KEPT, description="keep the newest backup of each of N ISO weeks"
+    )
+    keep_monthly: int | None = Field(
+        default=None, ge=1, le=MAX_KEPT, description="keep the newest backup of each of N months"
+    )
     prune_after_backup: bool = Field(default=False, description="apply the retention rules after each backup")
     enable_cbt: bool = Field(default=True, alias="enableCBT", description="use changed-block tracking where it exists")
     excluded_disks: tuple[str, ...] = Field(default=(), description="disk names not backed up")
     quiesce: bool = Field(default=False, description="freeze guest filesystems (guest agent) around the point in time")
+    bandwidth_limit_read: float | None = _limit("MB/s read from the VM's disks")
+    bandwidth_limit_write: float | None = _limit("MB/s written to the storage target")
     provider_options: dict[str, Any] = Field(
         default_factory=dict, description="settings passed to the provider as they are"
     )
@@ -102,6 +129,8 @@ class RestoreConfig(_Model):
     power_on_after_restore: bool = False
     force: bool = Field(default=False, description="overwrite existing targets")
     disk_configs: tuple[DiskConfig, ...] = ()
+    bandwidth_limit_read: float | None = _limit("MB/s read from the repository")
+    bandwidth_limit_write: float | None = _limit("MB/s written to the restored disks")
     provider_options: dict[str, Any] = Field(default_factory=dict)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 

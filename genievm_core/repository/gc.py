@@ -30,6 +30,7 @@ import structlog
 
 from genievm_core.errors import CorruptionError, ObjectLockedError, ObjectNotFoundError, RepositoryLockedError
 from genievm_core.models.manifest import BackupManifest
+from genievm_core.repository.layout import is_chunk_key, is_index_key, unknown_keys
 from genievm_core.repository.objects import ObjectDamaged
 from genievm_core.repository.repo import Damaged, Repository
 
@@ -119,6 +120,8 @@ def mark_repository(repo: Repository, remove: Iterable[str], checkpoint: Checkpo
         staying = [m for m in manifests if m.backup_id not in doomed]
         referenced = _referenced(repo, staying, checkpoint)
         chunk_keys, index_keys = list(repo.storage.list("chunks/")), list(repo.storage.list("indexes/"))
+        for key in unknown_keys(chunk_keys + index_keys):
+            repo.warn(f"repository {repo.url}: {key} is not a GenieVM object; left alone (see genievm verify)")
         return Mark(manifests, doomed, staying, referenced, chunk_keys, index_keys)
 
 
@@ -152,7 +155,7 @@ def sweep_repository(
             referenced |= _referenced(repo, [manifest], checkpoint)
         for manifest in (m for m in mark.manifests if m.backup_id in mark.doomed):
             checkpoint()
-            if _delete(repo, f"manifests/{manifest.backup_id}", report):
+            if _forget(repo, manifest.backup_id, report):
                 log.info("prune.backup_removed", backup=manifest.backup_id, vm=manifest.vm.id)
             else:  # still there: it stays, and so does everything it names
                 staying.append(manifest)
@@ -229,15 +232,9 @@ def _referenced(repo: Repository, manifests: Iterable[BackupManifest], checkpoin
 
 
 def _candidates(chunk_keys: list[str], index_keys: list[str], referenced: set[bytes], staying: set[str]) -> set[str]:
-    found = set()
-    for key in chunk_keys:
-        try:
-            chunk_id = bytes.fromhex(key.rpartition("/")[2])
-        except ValueError:
-            continue  # not a chunk object: leave it alone
-        if chunk_id not in referenced:
-            found.add(key)
-    found.update(k for k in index_keys if k.split("/")[1] not in staying)
+    """The chunks and indexes no staying backup names; an object that is neither is never one."""
+    found = {k for k in chunk_keys if is_chunk_key(k) and bytes.fromhex(k.rpartition("/")[2]) not in referenced}
+    found.update(k for k in index_keys if is_index_key(k) and k.split("/")[1] not in staying)
     return found
 
 
@@ -268,11 +265,15 @@ def _delete_one(repo: Repository, key: str) -> bool:
     return True
 
 
-def _delete(repo: Repository, key: str, report: PruneReport) -> bool:
-    if _delete_one(repo, key):
-        return True
-    report.not_deletable.append(key)
-    return False
+def _forget(repo: Repository, backup_id: str, report: PruneReport) -> bool:
+    """Remove a pruned backup (its ``forget`` entry in the backup log, then its manifest); False if refused."""
+    try:
+        repo.forget(backup_id)
+    except ObjectLockedError as exc:
+        log.warning("gc.object_locked", key=f"manifests/{backup_id}", error=str(exc))
+        report.not_deletable.append(f"manifests/{backup_id}")
+        return False
+    return True
 
 
 def _load_ledger(repo: Repository) -> dict[str, datetime]:

@@ -1,9 +1,9 @@
 """Repository keys: a random master key, wrapped by a passphrase-derived key.
 
-The master key (32 random bytes) never leaves memory unwrapped. Three subkeys
+The master key (32 random bytes) never leaves memory unwrapped. Four subkeys
 are derived from it with HKDF-SHA256: one keys BLAKE3 for chunk ids, one is
 the AES-256-GCM key for every object, one keys the HMAC that authenticates
-the repository's ``config``. The passphrase is only ever passed to scrypt
+the repository's ``config``, one the HMAC of the backup log's entries. The passphrase is only ever passed to scrypt
 (NFC-normalised first in format 2 and later); it is never logged or stored.
 """
 
@@ -37,6 +37,7 @@ class Keys:
     id_key: bytes  # keys BLAKE3 chunk ids
     enc_key: bytes  # AES-256-GCM key for objects
     config_key: bytes  # HMAC-SHA256 key of the config's tag
+    log_key: bytes  # HMAC-SHA256 key of the backup log's tags
     _master: bytes  # kept only to wrap it again (``genievm repo upgrade``)
 
     def __repr__(self) -> str:
@@ -51,6 +52,7 @@ def _derive(master: bytes) -> Keys:
         id_key=sub(b"genievm chunk-id v1"),
         enc_key=sub(b"genievm object-encryption v1"),
         config_key=sub(b"genievm config-auth v1"),
+        log_key=sub(b"genievm backup-log v1"),
         _master=master,
     )
 

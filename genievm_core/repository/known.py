@@ -61,13 +61,30 @@ class KnownRepositories:
         """Record ``config`` as the state of the repository (best effort: never fails the caller)."""
         entries = self._load()
         old = entries.get(config.repository_id, {})
-        entry = {
+        entry = old | {
             "urls": sorted(set(old.get("urls", [])) | {url}),
             "encrypted": config.encryption is not None,
             "format_version": config.format_version,
         }
-        if old == entry:
-            return
+        if old != entry:
+            self._save(url, config, entries, entry)
+
+    def log_seen(self, config: RepositoryConfig) -> dict[str, str]:
+        """The backup log entries (id → backup id) that were the newest when this client last wrote or
+        verified the log."""
+        heads = self._load().get(config.repository_id, {}).get("log_heads", {})
+        return {str(k): str(v) for k, v in heads.items()} if isinstance(heads, dict) else {}
+
+    def remember_log(self, url: str, config: RepositoryConfig, heads: dict[str, str]) -> None:
+        """Record the newest entries of the repository's backup log (best effort)."""
+        entries = self._load()
+        old = entries.get(config.repository_id)
+        if old is not None and old.get("log_heads") != heads:
+            self._save(url, config, entries, old | {"log_heads": heads})
+
+    def _save(
+        self, url: str, config: RepositoryConfig, entries: dict[str, dict[str, Any]], entry: dict[str, Any]
+    ) -> None:
         entries = {k: v for k, v in entries.items() if k == config.repository_id or url not in v.get("urls", ())}
         entries[config.repository_id] = entry
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

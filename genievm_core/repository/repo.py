@@ -6,10 +6,12 @@ Object keys::
     chunks/<id[0:2]>/<id>                   chunk objects, id in hex
     indexes/<backup id>/<disk name>         binary chunk indexes
     manifests/<backup id>                   BackupManifest, JSON
+    log/<entry id>                          the backup log, one entry an object (backup_log.py)
     locks/<uuid>                            lock holders, JSON
     gc/pending                              garbage collection's ledger of unreferenced objects
 
-Every object but ``config`` and locks is in the envelope of ``objects.py``.
+Every object but ``config``, locks and log entries is in the envelope of ``objects.py``. Any other key is
+an unknown object (``layout.py``): skipped, reported, never deleted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
+import structlog
 from pydantic import ValidationError
 
 from genievm_core.errors import (
@@ -44,10 +47,12 @@ from genievm_core.models.manifest import (
     is_backup_id,
 )
 from genievm_core.plugin.protocols import StorageTarget
+from genievm_core.repository.backup_log import BackupLog
 from genievm_core.repository.config import check_tag, parse_config, seal_config
 from genievm_core.repository.index import ChunkIndex
 from genievm_core.repository.keys import Keys, WrongPassphrase, create_keys, rewrap_keys, unwrap_keys
 from genievm_core.repository.known import KnownRepositories
+from genievm_core.repository.layout import is_known_key, unknown_keys
 from genievm_core.repository.lock import HeldLock, LockPolicy, read_lock, repository_lock
 from genievm_core.repository.objects import EncryptionMismatch, ObjectCodec, ObjectDamaged
 
@@ -57,6 +62,7 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 MAX_MANIFEST = 16 << 20
 PassphraseSource = Callable[[], str]
 Damaged = tuple[str, RepositoryError]
+log = structlog.get_logger("genievm.repository")
 
 
 class _Downgraded(CorruptionError):
@@ -76,8 +82,11 @@ class Repository:
         self.config = config
         self.codec = codec
         self.warnings: list[str] = []  # for the user, once: set by ``open``
+        self.on_warning: Callable[[str], None] = lambda text: log.warning("repository.warning", warning=text)
         self.locking = LockPolicy()  # waiting, staleness and heartbeat of the locks it takes
         self._held: list[HeldLock] = []  # the locks held now, checked before each write
+        self.known: KnownRepositories | None = None  # this client's memory of repositories: set by ``open``
+        self.backup_log = BackupLog(storage, codec.keys)
 
     @property
     def url(self) -> str:
@@ -163,6 +172,7 @@ class Repository:
             known.remember(storage.url, config)
         repo = cls(storage, config, ObjectCodec(keys, compression_level=compression_level))
         repo.warnings = warnings
+        repo.known = known
         return repo
 
     def upgrade(self, passphrase: PassphraseSource | None) -> bool:
@@ -273,9 +283,34 @@ class Repository:
     # manifests
 
     def put_manifest(self, manifest: BackupManifest) -> None:
+        """Commit a backup: its manifest, then its entry in the backup log (a crash between the two leaves a
+        backup the log does not list, never a listed one that is missing)."""
         key = f"manifests/{manifest.backup_id}"
         self.check_locks()
         self.storage.put(key, self.codec.encode(key, manifest.model_dump_json(indent=1).encode()))
+        self._log("backup", manifest.backup_id)
+
+    def forget(self, backup_id: str) -> None:
+        """Delete a backup on purpose: its ``forget`` entry in the backup log, then its manifest (if still there).
+
+        Raises ``ObjectLockedError`` when the store refuses the delete (the entry stays: harmless)."""
+        self.check_locks()
+        self._log("forget", backup_id)
+        self.storage.delete(f"manifests/{backup_id}")
+
+    def log_unlisted(self) -> int:
+        """Enter in the backup log every backup it lacks (those made before it existed); return how many."""
+        state = self.backup_log.read()
+        entered = {e.backup_id for e in state.entries}
+        unlisted = [b for b in self.backup_ids() if b not in entered]
+        for backup_id in unlisted:
+            self._log("backup", backup_id)
+        return len(unlisted)
+
+    def _log(self, event: Literal["backup", "forget"], backup_id: str) -> None:
+        entry = self.backup_log.append(event, backup_id, new_backup_id())
+        if self.known is not None:  # what this client wrote last must still be there when it next looks
+            self.known.remember_log(self.url, self.config, {entry.entry_id: backup_id})
 
     def get_manifest(self, backup_id: str) -> BackupManifest:
         if not is_backup_id(backup_id):
@@ -316,8 +351,16 @@ class Repository:
             raise CorruptionError(f"manifest {backup_id} is corrupt: it names another backup or repository")
         return manifest
 
+    def warn(self, text: str) -> None:
+        """Tell the user of something found while working (``on_warning``: the client's, or the log)."""
+        self.on_warning(text)
+
     def backup_ids(self) -> list[str]:
-        return sorted(key.removeprefix("manifests/") for key in self.storage.list("manifests/"))
+        """The ids of the manifests; an object under ``manifests/`` that is no backup's is skipped, with a warning."""
+        keys = list(self.storage.list("manifests/"))
+        for key in unknown_keys(keys):
+            self.warn(f"repository {self.url}: {key} is not a GenieVM object; skipped (see genievm verify)")
+        return sorted(key.removeprefix("manifests/") for key in keys if is_known_key(key))
 
     def manifests(self, vm_id: str | None = None, *, damaged: list[Damaged] | None = None) -> list[BackupManifest]:
         """Every backup (of one VM when ``vm_id`` is given), oldest first by finish time.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from genievm_core.repository.layout import is_chunk_key
 from genievm_core.repository.objects import ZERO_ID
 from genievm_core.repository.repo import Damaged, Repository
 
@@ -44,7 +45,7 @@ def repository_stats(repo: Repository, *, deep: bool = False) -> RepositoryStats
         backups=len(manifests) + len(damaged),
         damaged_manifests=len(damaged),
         vms=len({m.vm.id for m in manifests}),
-        chunk_objects=sum(1 for _ in repo.storage.list("chunks/")),
+        chunk_objects=sum(1 for key in repo.storage.list("chunks/") if is_chunk_key(key)),
         backups_size=sum(d.size for m in manifests for d in m.disks),
         stored_size=sum(m.stats.bytes_stored for m in manifests),
     )

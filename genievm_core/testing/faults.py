@@ -302,7 +302,7 @@ class ImageFaultBed:
             repo = self.repository()
             older = [m.backup_id for m in repo.manifests("vm-b")][:-1]
             for backup_id in older:  # pruned without collecting: what only they named is garbage
-                repo.storage.delete(f"manifests/{backup_id}")
+                repo.forget(backup_id)
 
     def measure(self, kind: str) -> float:
         """How long ``kind`` takes when nothing kills it (prepared as for a kill)."""

@@ -213,12 +213,18 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     "config-compression": lambda b: b.cli("backup", "--config", str(b.config(compressionLevel=99))),
     "config-concurrency": lambda b: b.cli("backup", "--config", str(b.config(maxConcurrentDisks=0))),
     "config-retention": lambda b: b.cli("backup", "--config", str(b.config(retentionDays=-1))),
+    "config-bandwidth-limit": lambda b: b.cli("backup", "--config", str(b.config(bandwidthLimitRead=-5))),
+    "workers-out-of-range": lambda b: b.backup("--workers", "-3"),
+    "limit-out-of-range": lambda b: b.backup("--limit-read", "-1"),
+    "limit-not-finite": lambda b: b.cli("restore", "--vm", "vm1", "--repo", str(b.repo), "--limit-write", "nan"),
+    "option-out-of-range-env": lambda b: b.backup(env={"GENIEVM_STORAGE_ATTEMPTS": "0"}),
+    "jobs-limit-nothing": lambda b: b.cli("jobs", "limit", "feedfacecafe"),
     "env-compression": lambda b: b.backup(env={"GENIEVM_COMPRESSION_LEVEL": "fast"}),
     "vm-id-traversal": lambda b: b.cli("backup", "--vm", "../etc", "--repo", str(b.repo), "--disk", f"vda={b.image}"),
     "disk-name-traversal": lambda b: b.cli("backup", "--vm", "vm1", "--repo", str(b.repo), "--disk", f"../x={b.image}"),
     "excluded-disk-unknown": lambda b: b.backup("--exclude-disk", "vdq"),
     "no-repository-given": lambda b: b.cli("backups", "list"),
-    "chunk-size": lambda b: b.cli("repo", "init", str(b.t / "new"), "--encryption", "none", "--chunk-size", "1000"),
+    "chunk-size": lambda b: b.cli("repo", "init", str(b.t / "new"), "--encryption", "none", "--chunk-size", "5000"),
     "encryption-name": lambda b: b.cli("repo", "init", str(b.t / "new"), "--encryption", "rot13"),
     "prune-no-rule": lambda b: b.cli("prune", "--repo", str(b.repo)),
     "prune-grace": lambda b: b.cli("prune", "--repo", str(b.repo), "--keep-last", "1", "--grace", "5x"),
@@ -296,6 +302,13 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     ),
     "restore-corrupt-chunk": _corrupt_chunk_restore,
     "unknown-job": lambda b: b.cli("jobs", "show", "feedfacecafe"),
+    "restore-qcow2-without-qemu-img": lambda b: b.cli(
+        "restore", "--vm", "vm1", "--repo", str(b.repo), "--target", str(b.t / "out"), "--disk-format", "vda=qcow2",
+        env={"PATH": str(b.t)},  # a PATH where no qemu-img is
+    ),
+    "forget-unknown-backup": lambda b: b.cli(
+        "backups", "forget", "20200101T000000.000000Z-00000000", "--repo", str(b.repo)
+    ),
 }
 
 

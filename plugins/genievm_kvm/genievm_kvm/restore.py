@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 
 import libvirt
@@ -25,7 +26,7 @@ from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import DiskSpec, disk_specs, state
 from genievm_kvm.sink import Qcow2DiskSink
 
-__all__ = ["KVMRestore"]
+__all__ = ["KVMRestore", "restored_domain_xml"]
 
 log = structlog.get_logger("genievm.kvm.restore")
 Sink = ImageDiskSink | Qcow2DiskSink
@@ -107,26 +108,35 @@ class KVMRestore:
                     sink.path.unlink(missing_ok=True)
 
     def new_xml(self) -> str:
-        root = self.xml
-        _set_text(root, "name", self.name)
-        for tag in ("uuid", "title"):
-            for el in root.findall(tag):
-                root.remove(el)
-        for mac in root.iterfind("devices/interface/mac"):
-            mac.attrib.pop("address", None)
-        devices = root.find("devices")
-        for disk in list(devices.iterfind("disk")) if devices is not None else []:
-            target = disk.find("target")
-            name = target.get("dev", "") if target is not None else ""
-            if disk.get("device", "disk") != "disk":
-                continue
-            if name not in self.written:
-                log.warning("kvm.disk_left_out", vm=self.name, disk=name, reason="not in the backup")
-                devices.remove(disk)  # type: ignore[union-attr]
-                continue
-            path, fmt = self.written[name]
-            _point_disk(disk, path, fmt)
-        return ET.tostring(root, encoding="unicode")
+        return restored_domain_xml(ET.tostring(self.xml, encoding="unicode"), self.name, self.written)
+
+
+def restored_domain_xml(xml: str, name: str, disks: Mapping[str, tuple[Path, str]]) -> str:
+    """The backed-up domain ``xml`` as a new VM ``name``: no UUID, title or MAC addresses (libvirt makes
+    new ones), each disk of ``disks`` (target -> (path, format)) pointed at its file, the others left out.
+
+    The instant boot of genievm-recovery defines its VMs with this too.
+    """
+    root = ET.fromstring(xml)
+    _set_text(root, "name", name)
+    for tag in ("uuid", "title"):
+        for el in root.findall(tag):
+            root.remove(el)
+    for mac in root.iterfind("devices/interface/mac"):
+        mac.attrib.pop("address", None)
+    devices = root.find("devices")
+    for disk in list(devices.iterfind("disk")) if devices is not None else []:
+        target = disk.find("target")
+        target_name = target.get("dev", "") if target is not None else ""
+        if disk.get("device", "disk") != "disk":
+            continue
+        if target_name not in disks:
+            log.warning("kvm.disk_left_out", vm=name, disk=target_name, reason="not in the backup")
+            devices.remove(disk)  # type: ignore[union-attr]
+            continue
+        path, fmt = disks[target_name]
+        _point_disk(disk, path, fmt)
+    return ET.tostring(root, encoding="unicode")
 
 
 def _point_disk(disk: ET.Element, path: Path, fmt: str) -> None:

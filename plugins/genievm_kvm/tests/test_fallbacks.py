@@ -154,3 +154,21 @@ def test_lost_bitmap_falls_back_to_hash_compare(make_vm, cli, repo):
     assert vda["cbt"]["mode"] == "hash-compare" and "checkpoint broken" in vda["cbt"]["reason"], vda["cbt"]
     assert vda["stats"]["chunks_new"] == 1
     assert [c.getName() for c in vm.dom.listAllCheckpoints()] == [vda["cbt"]["token"]]
+
+
+def test_a_kvm_backup_restores_to_qcow2_files_without_a_provider(make_vm, cli, repo, tmp_path):
+    """Issue 15, defect 6: `restore --target DIR --disk-format vda=qcow2` of a KVM backup, no --provider: the
+    image provider writes the files, in either format, whichever provider made the backup."""
+    vm = make_vm(running=False)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 2M 1M", str(vm.disks["vda"])], check=True)
+    backup(cli, vm, repo)
+    target = tmp_path / "files"
+    restored = cli("restore", "--vm", vm.uuid, "--repo", repo, "--target", str(target),
+                   "--disk-format", "vda=qcow2", "--json").json()  # fmt: skip
+    assert restored["disks"] == ["vda", "vdb"] and restored["verified"]
+    assert sorted(p.name for p in target.iterdir()) == ["vda.qcow2", "vdb.img"]
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(target / "vda.qcow2")],
+                                     capture_output=True, check=True).stdout)  # fmt: skip
+    assert info["format"] == "qcow2" and info["virtual-size"] == 64 * MiB
+    assert same_content(target / "vda.qcow2", raw_copy(vm.disks["vda"], tmp_path / "vda.raw"))
+    assert same_content(target / "vdb.img", raw_copy(vm.disks["vdb"], tmp_path / "vdb.raw"))

@@ -14,6 +14,7 @@ from genievm_core.api import PASSPHRASE_ENV, passphrase_source
 from genievm_core.cli.common import PassphraseFileOption, RepoOption, err_console, state
 from genievm_core.errors import BackupNotFoundError, ConfigError, JobCancelledError
 from genievm_core.jobs import default_job_db
+from genievm_core.models.config import MAX_MBPS
 from genievm_recovery.export import Export, ServeJob, cleanup_stale, exports_root
 from genievm_recovery.reader import DEFAULT_CACHE
 
@@ -35,7 +36,20 @@ def serve(
         Path | None,
         typer.Option("--keep-overlay", help="with --writable: save what was written there, as qcow2, at the end"),
     ] = None,
-    cache_mib: Annotated[int, typer.Option("--cache-mib", min=1, help="chunk cache size in MiB")] = DEFAULT_CACHE >> 20,
+    cache_mib: Annotated[
+        int, typer.Option("--cache-mib", min=1, max=1 << 20, help="chunk cache size in MiB")
+    ] = DEFAULT_CACHE >> 20,
+    limit_read: Annotated[
+        float | None,
+        typer.Option(
+            "--limit-read",
+            min=0,
+            max=MAX_MBPS,
+            metavar="MBPS",
+            envvar="GENIEVM_BANDWIDTH_LIMIT_READ",
+            help="read at most this many MB/s of chunks from the repository, for all clients; 0: no limit",
+        ),
+    ] = None,
     cleanup: Annotated[
         bool, typer.Option("--cleanup", help="only remove what exports whose process died left behind")
     ] = False,
@@ -86,7 +100,7 @@ def serve(
         storage_options={**_storage_options_env(), **st.storage_options} or None,
         keep_overlay=keep_overlay.absolute() if keep_overlay is not None else None,
     )
-    job = ServeJob(repository, export, on_ready=_announce)
+    job = ServeJob(repository, export, on_ready=_announce, limit_read=limit_read)
     export.folder = root / job.id
     try:
         st.run(job)

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from genievm_core.engine.limits import save_limits
 from genievm_core.jobs import Job
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.processes import process_alive
@@ -65,6 +66,11 @@ class Export:
     keep_overlay: Path | None = None  # with ``writable``: what was written, saved there as qcow2 at the end
 
     @property
+    def limits_path(self) -> Path:
+        """The job's bandwidth limits, which the nbdkit plugin follows (``genievm_core.engine.limits``)."""
+        return self.folder / "limits.json"
+
+    @property
     def socket_path(self) -> Path:
         return self.socket or self.folder / "nbd.sock"
 
@@ -80,7 +86,14 @@ class ServeJob(Job):
 
     kind = "serve"
 
-    def __init__(self, repo: Repository, export: Export, *, on_ready: Callable[[Export], None] | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        export: Export,
+        *,
+        on_ready: Callable[[Export], None] | None = None,
+        limit_read: float | None = None,
+    ) -> None:
         mode = "writable" if export.writable else "read-only"
         super().__init__(
             description=f"serve {export.backup.backup_id} {','.join(export.disks)} ({mode})",
@@ -90,6 +103,7 @@ class ServeJob(Job):
         self.repo = repo
         self.export = export
         self.on_ready = on_ready
+        self.control.limits.change(read=limit_read)
 
     def execute(self) -> dict[str, Any]:
         export = self.export
@@ -99,6 +113,8 @@ class ServeJob(Job):
                 json.dumps({"job": self.id, "pid": os.getpid(), "socket": str(export.socket_path)})
             )
             try:
+                limits = self.control.limits.as_dict()
+                save_limits(export.limits_path, self.control.limits)
                 process = _start(export)
                 try:
                     self.enter_phase("serving")
@@ -106,6 +122,9 @@ class ServeJob(Job):
                         self.on_ready(export)
                     while process.poll() is None:
                         self.control.checkpoint()
+                        if self.control.limits.as_dict() != limits:  # genievm jobs limit: nbdkit follows the file
+                            limits = self.control.limits.as_dict()
+                            save_limits(export.limits_path, self.control.limits)
                         time.sleep(0.2)
                     raise ExportError(f"export of {export.backup.backup_id}: nbdkit stopped ({_last_line(export)})")
                 finally:
@@ -136,6 +155,7 @@ def _start(export: Export, name: str = "nbdkit") -> subprocess.Popen[bytes]:
         f"backup={export.backup.backup_id}",
         f"disks={','.join(export.disks)}",
         f"cache={export.cache}",
+        f"limits={export.limits_path}",
     ]
     env = {k: v for k, v in os.environ.items() if k != "GENIEVM_PASSPHRASE"}
     env["GENIEVM_SITE_DIRS"] = os.pathsep.join(_site_dirs())

@@ -2,7 +2,7 @@
 
 Run by ``genievm serve`` (never imported by GenieVM itself) as::
 
-    nbdkit -f python nbdkit_plugin.py repo=URL backup=ID disks=vda,vdb cache=BYTES [passphrase_fd=N]
+    nbdkit -f python nbdkit_plugin.py repo=URL backup=ID disks=vda,vdb cache=BYTES [passphrase_fd=N] [limits=PATH]
 
 It runs in nbdkit's embedded CPython 3.11, not GenieVM's virtual environment:
 ``GENIEVM_SITE_DIRS`` (in nbdkit's environment) names the site-packages folders
@@ -10,6 +10,8 @@ to add, with their ``.pth`` files, so that ``genievm_core`` imports. The
 passphrase arrives through the pipe ``passphrase_fd`` (read once, then closed),
 never in nbdkit's argv; storage options through ``GENIEVM_STORAGE_OPTIONS``.
 The export name is the disk's name; the default export is the first disk.
+``limits`` names the file of the job's bandwidth limits (``genievm_core.engine.limits``):
+the chunks fetched from the repository are read at most at its read rate.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ for _folder in filter(None, os.environ.get("GENIEVM_SITE_DIRS", "").split(os.pat
 sys.path[:] = [p for p in sys.path if p not in _before] + _before
 
 import errno  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import nbdkit  # noqa: E402
 
 from genievm_core.api import GenieVM  # noqa: E402
+from genievm_core.engine.limits import LimitsFile  # noqa: E402
 from genievm_recovery.reader import ChunkCache, DiskReader  # noqa: E402
 
 API_VERSION = 2
@@ -64,8 +68,18 @@ def get_ready() -> None:
     manifest = repo.find_backup(None, _config["backup"])
     cache = ChunkCache(int(_config["cache"]))
     disks = {d.name: d for d in manifest.disks}
+    limits = LimitsFile(Path(_config["limits"])) if "limits" in _config else None
+
+    def fetch(chunk_id: bytes) -> bytes:  # one bucket for every disk and client of the export
+        data = repo.get_chunk(chunk_id)
+        if limits is not None:
+            limits.refresh()
+            limits.limits.read.take(len(data))
+        return data
+
     for name in _config["disks"].split(","):
         _readers[name] = DiskReader(repo, repo.disk_index(disks[name]), cache)
+        _readers[name].fetch = fetch
         _names.append(name)
 
 

@@ -81,6 +81,7 @@ class DiskReader:
         self.repo = repo
         self.index = index
         self.cache = cache
+        self.fetch: Callable[[bytes], bytes] = repo.get_chunk  # a chunk the cache lacks, from the repository
 
     @property
     def size(self) -> int:
@@ -100,7 +101,7 @@ class DiskReader:
             if chunk_id == ZERO_ENTRY:
                 buf[done : done + n] = bytes(n)
             else:
-                data = self.cache.get(chunk_id, self.repo.get_chunk)
+                data = self.cache.get(chunk_id, self.fetch)
                 buf[done : done + n] = data[start : start + n]
             done += n
 

@@ -226,15 +226,16 @@ def test_bad_input_is_one_line_and_its_exit_code(tmp_path: Path, args: list[str]
 
 def test_serve_comes_through_the_commands_entry_point_group_only() -> None:
     points = [ep for ep in distribution("genievm-recovery").entry_points if ep.group == COMMANDS_GROUP]
-    assert {ep.name: ep.value for ep in points} == {
-        "serve": "genievm_recovery.cli:serve",
-        "files": "genievm_recovery.files_cli:files",
-    }
-    assert "serve" in plugin_commands(frozenset(COMMANDS))
+    assert sorted((ep.name, ep.value) for ep in points) == [
+        ("files", "genievm_recovery.files_cli:files"),
+        ("instant", "genievm_recovery.instant_cli:app"),
+        ("serve", "genievm_recovery.cli:serve"),
+    ]
+    assert {"files", "instant", "serve"} <= set(plugin_commands(frozenset(COMMANDS)))
     core = Path(__import__("genievm_core").__file__).parent
     assert not [p for p in core.rglob("*.py") if "genievm_recovery" in p.read_text()]
     helped = subprocess.run([sys.executable, "-m", "genievm_core", "--help"], capture_output=True, text=True)
-    assert " serve " in helped.stdout
+    assert " serve " in helped.stdout and " instant " in helped.stdout
 
 
 def test_without_nbdkit_serve_exits_30_in_one_line(tmp_path: Path) -> None:

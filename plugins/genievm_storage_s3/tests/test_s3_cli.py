@@ -110,7 +110,7 @@ def test_backup_incremental_restore_verify(
     assert "verified" in restored.stdout and incremental["backup_id"] in restored.stdout
     assert (tmp_path / "out" / "vda.img").read_bytes() == image.read_bytes()
     verify = cli("verify", "--repo", url, "--read-data", "--json", env=aws_env).json()
-    assert {r["backup_id"] for r in verify} == {full["backup_id"], incremental["backup_id"]}
+    assert {r["backup_id"] for r in verify} == {full["backup_id"], incremental["backup_id"], "repository"}
     assert all(r["problems"] == [] and r["checked"] > 0 for r in verify)
 
     keys = [o["Key"] for o in s3_admin.list_objects_v2(Bucket=s3_bucket)["Contents"]]
@@ -280,14 +280,14 @@ def test_prune_and_gc_respect_object_lock(
     assert report["not_deletable"] == 5 and report["deleted_objects"] == 0  # 4 chunks and the index of `old`
     assert all(k.startswith(("chunks/", "indexes/")) for k in report["not_deletable_keys"])
     verify = cli("verify", "--repo", url, "--read-data", "--json", env=aws_env).json()
-    assert {r["backup_id"] for r in verify} == {new} and all(not r["problems"] for r in verify)
+    assert {r["backup_id"] for r in verify} == {new, "repository"} and all(not r["problems"] for r in verify)
 
     url = f"s3://{bucket}/unlocked"  # the same bucket without retention: GC deletes, in one batch
     old, new = two_backups(url, [])
     report = prune(url, [])
     assert report["removed_backups"] == [old] and report["deleted_objects"] == 5 and report["not_deletable"] == 0
     verify = cli("verify", "--repo", url, "--read-data", "--json", env=aws_env).json()
-    assert {r["backup_id"] for r in verify} == {new} and all(not r["problems"] for r in verify)
+    assert {r["backup_id"] for r in verify} == {new, "repository"} and all(not r["problems"] for r in verify)
 
 
 def test_a_downgraded_config_on_s3_is_refused(
@@ -311,3 +311,32 @@ def test_a_downgraded_config_on_s3_is_refused(
         result = cli("backup", "--vm", "v", "--repo", url, "--disk", f"vda={image}", env=env)
         assert "does not match its checksum" in result.one_error_line(21)
     assert objects() == before
+
+
+def test_stray_objects_in_the_bucket_are_reported_skipped_and_never_collected(
+    cli: Run, aws_env: dict[str, str], s3_bucket: str, s3_admin: Any, tmp_path: Path
+) -> None:
+    """Issue 15, defect 1: objects GenieVM never wrote, under any prefix of the repository."""
+    url = f"s3://{s3_bucket}/site/repo"
+    image = write_image(tmp_path / "vda.img", [(0, os.urandom(3 * CHUNK))])
+    assert cli("repo", "init", url, "--chunk-size", str(CHUNK), env=aws_env).code == 0
+    assert cli("backup", "--vm", "v", "--repo", url, "--disk", f"vda={image}", env=aws_env).code == 0
+    strays = ["manifests/zzjunk", "chunks/ab/abcd", "indexes/zzjunk", "log/zzjunk", "zzjunk", "photos/cat.jpg"]
+    for key in strays:
+        s3_admin.put_object(Bucket=s3_bucket, Key=f"site/repo/{key}", Body=b"junk")
+
+    listed = cli("backups", "list", "--repo", url, "--json", env=aws_env)
+    assert [b["vm"] for b in listed.json()] == ["v"]
+    assert "manifests/zzjunk is not a GenieVM object" in listed.stderr
+    assert cli("backup", "--vm", "v", "--repo", url, "--disk", f"vda={image}", env=aws_env).code == 0
+    restored = cli("restore", "--vm", "v", "--repo", url, "--target", str(tmp_path / "out"), env=aws_env)
+    assert restored.code == 0, restored.stderr
+
+    verify = cli("verify", "--repo", url, "--json", env=aws_env)
+    assert verify.code == 22, verify.stderr
+    found = [p["detail"] for r in json.loads(verify.stdout) for p in r["problems"]]
+    assert sorted(d.split()[0] for d in found) == sorted(strays), found
+    gc = cli("gc", "--repo", url, "--grace", "0", "--json", env=aws_env)
+    assert gc.code == 0, gc.stderr
+    keys = {o["Key"] for o in s3_admin.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert {f"site/repo/{k}" for k in strays} <= keys

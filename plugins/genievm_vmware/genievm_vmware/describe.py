@@ -4,8 +4,9 @@ Each disk is named ``disk-<device key>``: the key vSphere gives a virtual device
 stable for the life of the VM, and safe as a file name. The size is
 ``capacityInBytes``, or ``capacityInKB`` × 1024 where the former is unset (older
 hosts, vcsim). The whole ``VirtualMachineConfigInfo`` is stored as vSphere's own
-SOAP XML (``config_format`` ``vsphere-configinfo+xml``), which pyvmomi reads back
-for a restore.
+SOAP XML (``config_format`` ``vsphere-configinfo+xml``) of the API version the
+server speaks, which pyvmomi reads back for a restore; the summary adds each
+network card's backing kind and network name (``networks.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pyVmomi import SoapAdapter, vim
 from genievm_core.errors import ProviderError
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_vmware.inventory import datacenter_of, vm_state
+from genievm_vmware.networks import nic_summary
 
 __all__ = ["CONFIG_FORMAT", "VMDisk", "describe", "disk_capacity", "load_config", "parse_datastore_path", "vm_disks"]
 
@@ -103,15 +105,24 @@ def describe(vm: vim.VirtualMachine) -> VMDescription:
         "firmware": config.firmware,
         "hardware_version": config.version,
         "cbt_enabled": bool(config.changeTrackingEnabled),
+        **nic_summary(devices, dc),
     }
     return VMDescription(
         id=str(config.instanceUuid or vm._moId),
         name=str(vm.name),
         disks=tuple(disks),
-        config=SoapAdapter.Serialize(config),
+        config=serialize_config(config, vm),
         config_format=CONFIG_FORMAT,
         summary=summary,
     )
+
+
+def serialize_config(config: vim.vm.ConfigInfo, vm: vim.VirtualMachine) -> bytes:
+    """``config`` as the API version the server speaks: pyvmomi's default, the version the ConfigInfo type
+    came with, leaves out every newer type (a distributed or opaque network card's backing among them)."""
+    version = getattr(getattr(vm, "_stub", None), "version", None)
+    blob: bytes = SoapAdapter.Serialize(config, version=version)
+    return blob
 
 
 def load_config(blob: bytes) -> vim.vm.ConfigInfo:

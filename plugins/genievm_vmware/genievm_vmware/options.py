@@ -68,8 +68,14 @@ class VMwareOptions(BaseModel):
     esx_host: str | None = Field(default=None, description="restores: a host, whose root pool is used")
     datastore: str | None = Field(default=None, description="restores: the datastore; default the disks' own")
     network_map: dict[str, str] = Field(
-        default_factory=dict, description="restores: `SOURCE=TARGET,...`, each card's network by name"
+        default_factory=dict,
+        description="restores: `SOURCE=TARGET,...`, each card's network by name; an empty SOURCE is a card that "
+        "names no network, an empty TARGET drops the cards",
     )
+    default_network: str | None = Field(
+        default=None, description="restores: the network of each card whose own is not mapped and not there"
+    )
+    no_nics: bool = Field(default=False, description="restores: the new VM gets no network cards")
 
     @field_validator("transport", mode="before")
     @classmethod
@@ -82,7 +88,8 @@ class VMwareOptions(BaseModel):
     @field_validator("network_map", mode="before")
     @classmethod
     def _network_map(cls, value: Any) -> Any:
-        """``SRC=DST,SRC2=DST2`` (from ``-o``), or a mapping (in a config file)."""
+        """``SRC=DST,SRC2=DST2`` (from ``-o``), or a mapping (in a config file). ``=DST``: the cards that name no
+        network; ``SRC=``: drop the cards on ``SRC``."""
         if isinstance(value, Mapping) or value is None:
             return value or {}
         pairs = {}
@@ -90,7 +97,7 @@ class VMwareOptions(BaseModel):
             if not item.strip():
                 continue
             src, sep, dst = item.partition("=")
-            if not sep or not src.strip() or not dst.strip():
+            if not sep:
                 raise ValueError(f"{item.strip()!r} is not SOURCE=TARGET")
             pairs[src.strip()] = dst.strip()
         return pairs

@@ -83,7 +83,8 @@ class VMwareRestore:
             source_ds = next((stored[n].datastore for n in sorted(restored) if n in stored), None)
             where = placement(si, options, source_ds)
             capacities = {stored[n].device.key: sizes[n] for n in restored if n in stored}
-            spec = new_vm_spec(config, self.name, where, capacities, options.network_map)
+            recorded = {k.split(".")[1]: str(v) for k, v in desc.summary.items() if k.endswith(".network") and v}
+            spec = new_vm_spec(config, self.name, where, capacities, options, recorded)
             task = where.folder.CreateVM_Task(config=spec, pool=where.pool)
             self.vm = self.created = wait(task, f"creating VM {self.name}")
             log.info("vmware.vm_created", vm=self.name, moref=self.vm._moId, datastore=where.datastore.name)

@@ -3,7 +3,9 @@
 Kept: guest OS, CPUs, memory, firmware, hardware version, annotation, the SCSI,
 SATA and NVMe controllers the restored disks hang on, the disks (new, thin,
 with the stored capacities and the same bus and unit), and the network cards
-(new MAC addresses, networks mapped by ``networkMap``). Left out: disks that
+(new MAC addresses, networks mapped by ``networkMap``, else the network of
+the same name, else ``defaultNetwork``; dropped with ``noNics`` or a
+``SOURCE=`` mapping). Left out: disks that
 are not restored, CD-ROMs, floppies, serial ports and other devices whose
 backings name files or hosts of the source site. Devices the VM always gets
 (IDE, PS/2, PCI, SIO controllers, video, VMCI) are not added.
@@ -18,6 +20,8 @@ import structlog
 from pyVmomi import vim
 
 from genievm_core.errors import ConfigError
+from genievm_vmware.networks import backing_networks
+from genievm_vmware.options import VMwareOptions
 from genievm_vmware.placement import Placement
 
 __all__ = ["DiskSlot", "new_vm_spec", "slot"]
@@ -41,24 +45,34 @@ def slot(devices: list[vim.vm.device.VirtualDevice], disk: vim.vm.device.Virtual
 
 
 def _nic_backing(
-    nic: vim.vm.device.VirtualEthernetCard, where: Placement, networks: Mapping[str, str]
-) -> vim.vm.device.VirtualDevice.BackingInfo:
-    backing = nic.backing
-    if isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
-        source = str(backing.port.portgroupKey)
-    else:
-        source = str(getattr(backing, "deviceName", "") or "")
-    target_name = networks.get(source, source)
-    target = where.networks.get(target_name)
+    nic: vim.vm.device.VirtualEthernetCard, where: Placement, options: VMwareOptions, recorded: str
+) -> vim.vm.device.VirtualDevice.BackingInfo | None:
+    """The backing of a restored card on the network its source maps to; None: the card is dropped."""
+    kind, names = backing_networks(nic.backing)
+    names = [recorded, *names] if recorded and recorded not in names else names or [""]
+    mapped = next((options.network_map[n] for n in names if n in options.network_map), None)
+    if mapped == "":
+        return None  # SOURCE= : dropped
+    target_name = mapped or next((n for n in names if n in where.networks), None) or options.default_network
+    target = where.networks.get(target_name or "")
     if target is None:
+        source = names[0]
+        card = nic.deviceInfo.label if nic.deviceInfo else nic.key
+        backing = f"{kind} backing on {source!r}" if source else "a backing that names no network"
         raise ConfigError(
-            f"invalid providerOptions: networkMap: network {target_name!r} (for {source!r}) is not in datacenter "
-            f"{where.datacenter.name}; map it with -o networkMap={source or 'SOURCE'}=TARGET"
+            f"invalid providerOptions: networkMap: network {target_name or source!r} (card {card}, {backing}) is "
+            f"not in datacenter {where.datacenter.name} ({', '.join(sorted(where.networks))}); map it with "
+            f"-o 'networkMap={source}=TARGET', give -o 'defaultNetwork=TARGET', or drop the cards with -o noNics=true"
         )
     if isinstance(target, vim.dvs.DistributedVirtualPortgroup):
         switch: Any = target.config.distributedVirtualSwitch
         port = vim.dvs.PortConnection(portgroupKey=target.key, switchUuid=switch.uuid)
         return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(port=port)
+    if isinstance(target, vim.OpaqueNetwork):
+        summary: Any = target.summary
+        return vim.vm.device.VirtualEthernetCard.OpaqueNetworkBackingInfo(
+            opaqueNetworkId=summary.opaqueNetworkId, opaqueNetworkType=summary.opaqueNetworkType
+        )
     return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=target.name, network=target)
 
 
@@ -67,7 +81,8 @@ def new_vm_spec(
     name: str,
     where: Placement,
     disks: Mapping[int, int],  # stored device key → capacity in bytes, of the disks restored
-    networks: Mapping[str, str],
+    options: VMwareOptions,  # networkMap, defaultNetwork, noNics
+    recorded: Mapping[str, str] | None = None,  # device key → the network name the backup recorded
 ) -> vim.vm.ConfigSpec:
     hardware: Any = config.hardware
     devices: list[Any] = list(hardware.device)
@@ -109,10 +124,15 @@ def new_vm_spec(
             )
             changes.append(vim.vm.device.VirtualDeviceSpec(operation=add, fileOperation="create", device=disk))
         elif isinstance(device, vim.vm.device.VirtualEthernetCard):
+            on = (recorded or {}).get(str(device.key), "")
+            network = None if options.no_nics else _nic_backing(device, where, options, on)
+            if network is None:
+                log.warning("vmware.nic_left_out", vm=name, nic=str(device.key), reason="noNics or networkMap")
+                continue
             nic = type(device)(
                 key=new_key(device.key),
                 addressType="generated",
-                backing=_nic_backing(device, where, networks),
+                backing=network,
                 connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True),
             )
             changes.append(vim.vm.device.VirtualDeviceSpec(operation=add, device=nic))

@@ -70,7 +70,8 @@ def test_unknown_network_in_a_restore_is_a_config_error(cli, opt, vcsim, si, mak
     restore = ["restore", "--vm", vm.uuid, "--repo", repo, *opt, "--new-name", new]
     result = cli(*restore, "-o", "networkMap=VM Network=No Such Net", check=False)
     assert result.code == 3, result.err
-    assert "network 'No Such Net' (for 'VM Network') is not in datacenter DC0" in result.err
+    assert "network 'No Such Net' (card " in result.err
+    assert "standard backing on 'VM Network') is not in datacenter DC0" in result.err
     result = cli(*restore, "-o", "datastore=NoSuchDS", check=False)
     assert result.code == 3 and "datastore: NoSuchDS is not one of datacenter DC0's datastores" in result.err
     assert lookup_vm(si, new) is None

@@ -66,6 +66,7 @@ def test_network_map_from_the_command_line_or_a_config_file() -> None:
 
     assert parsed("VM Network=Restore, DMZ = Lab ,") == {"VM Network": "Restore", "DMZ": "Lab"}
     assert parsed({"VM Network": "Restore"}) == {"VM Network": "Restore"}
+    assert parsed("=VM Network,DMZ=") == {"": "VM Network", "DMZ": ""}  # cards on no network; DMZ's dropped
 
 
 def test_plugins_json_lists_the_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -140,3 +140,87 @@ def test_https_restore_makes_a_missing_target_and_refuses_an_unusable_one(cli, o
     assert result.code == 5, result.err
     assert result.err.strip().startswith("genievm: error: provider vmware: cannot stage a disk in "), result.err
     assert lookup_vm(si, broken) is None  # the half-restored VM is removed
+
+
+# ---------------------------------------------------------------- network cards (issue 15, defect 7)
+
+
+def nics(vm):
+    """(backing kind, network) of each card of a live VM."""
+    from genievm_vmware.networks import backing_networks
+
+    return [backing_networks(d.backing) for d in vm.config.hardware.device if hasattr(d, "macAddress")]
+
+
+def restored_nics(cli, si, restore, new_name, *options):
+    """Restore as ``new_name`` with ``options``, then the new VM's cards; the VM is removed."""
+    cli(*restore, "--new-name", new_name, *options)
+    vm = lookup_vm(si, new_name)
+    assert vm is not None
+    try:
+        return nics(vm)
+    finally:
+        remove_vm(vm)
+
+
+def test_the_simulators_own_vm_on_a_distributed_port_group(cli, opt, vcsim, si, repo):
+    """The repro: vcsim's DC0_C0_RP0_VM0, its card on the distributed port group DC0_DVPG0."""
+    made = cli("backup", "--vm", "DC0_C0_RP0_VM0", "--repo", repo, *opt, "--json").json()
+    restore = ["restore", "--vm", "DC0_C0_RP0_VM0", "--repo", repo, *opt]
+    assert restored_nics(cli, si, restore, "r1-as-is") == [("distributed", ["dvportgroup-13"])]
+    summary = made["vm"]["summary"]
+    assert (summary["nic.4000.backing"], summary["nic.4000.network"]) == ("distributed", "DC0_DVPG0")
+    assert restored_nics(cli, si, restore, "r1-mapped", "-o", "networkMap=DC0_DVPG0=VM Network") == [
+        ("standard", ["VM Network"])
+    ]
+    assert restored_nics(cli, si, restore, "r1-no-nics", "-o", "noNics=true") == []
+    assert restored_nics(cli, si, restore, "r1-dropped", "-o", "networkMap=DC0_DVPG0=") == []
+
+
+def test_a_card_that_names_no_network_is_mapped_or_given_a_default(cli, opt, vcsim, si, repo, monkeypatch):
+    """A backup made before the fix (stored config of the ConfigInfo type's own API version, no cards in the
+    summary) kept a distributed card's backing empty, as a card whose network was deleted names none: the
+    restore says how to map it, and then maps it."""
+    from genievm_vmware import describe
+    from pyVmomi import SoapAdapter
+
+    monkeypatch.setattr(describe, "serialize_config", lambda config, vm: SoapAdapter.Serialize(config))
+    monkeypatch.setattr(describe, "nic_summary", lambda devices, dc: {})
+    cli("backup", "--vm", "DC0_C0_RP0_VM0", "--repo", repo, *opt)
+    restore = ["restore", "--vm", "DC0_C0_RP0_VM0", "--repo", repo, *opt]
+    refused = cli(*restore, "--new-name", "r2", check=False)
+    assert refused.code == 3, refused.err
+    assert "network '' (card ethernet-0, a backing that names no network) is not in datacenter DC0" in refused.err
+    assert "-o 'networkMap==TARGET'" in refused.err and "defaultNetwork" in refused.err and "noNics" in refused.err
+    assert lookup_vm(si, "r2") is None
+    assert restored_nics(cli, si, restore, "r2-mapped", "-o", "networkMap==VM Network") == [
+        ("standard", ["VM Network"])
+    ]
+    assert restored_nics(cli, si, restore, "r2-default", "-o", "defaultNetwork=DC0_DVPG0") == [
+        ("distributed", ["dvportgroup-13"])
+    ]
+
+
+def test_an_opaque_network_card_is_recorded_and_mapped(cli, opt, vcsim, si, make_vm, repo):
+    """An NSX segment's card (``OpaqueNetworkBackingInfo``; vcsim keeps it, though it has no NSX)."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    vm = make_vm([MiB])
+    backing = vim.vm.device.VirtualEthernetCard.OpaqueNetworkBackingInfo(
+        opaqueNetworkId="nsx-segment-7", opaqueNetworkType="nsx.LogicalSwitch"
+    )
+    card = vim.vm.device.VirtualVmxnet3(key=-101, addressType="generated", backing=backing)
+    add = vim.vm.device.VirtualDeviceSpec(operation="add", device=card)
+    WaitForTask(vm.vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[add])))
+    assert sorted(nics(vm.vm)) == [("opaque", ["nsx-segment-7"]), ("standard", ["VM Network"])]
+
+    summary = cli("backup", "--vm", vm.name, "--repo", repo, *opt, "--json").json()["vm"]["summary"]
+    assert sorted(v for k, v in summary.items() if k.endswith(".backing")) == ["opaque", "standard"]
+    assert sorted(v for k, v in summary.items() if k.endswith(".network")) == ["VM Network", "nsx-segment-7"]
+    restore = ["restore", "--vm", vm.uuid, "--repo", repo, *opt]
+    refused = cli(*restore, "--new-name", f"{vm.name}-r", check=False)
+    assert refused.code == 3 and "opaque backing on 'nsx-segment-7')" in refused.err, refused.err
+    assert restored_nics(cli, si, restore, f"{vm.name}-m", "-o", "networkMap=nsx-segment-7=VM Network") == [
+        ("standard", ["VM Network"]), ("standard", ["VM Network"])
+    ]
