@@ -14,6 +14,9 @@ APT_PACKAGES=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qe
 # the Debian packages' build, lint and install test (packaging/debian/build.sh, tests/test_debian_packages.py) and
 # systemd-analyze for the units' check (tests/test_systemd_units.py)
 APT_PACKAGES+=(debhelper lintian mmdebstrap systemd)
+# libguestfs for file-level restore (genievm files: its Python binding, a kernel for its appliance, XFS in it);
+# mtools and dosfstools make the FAT guest disks of its tests.
+APT_PACKAGES+=(python3-guestfs libguestfs-tools linux-image-amd64 libguestfs-xfs mtools dosfstools)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -58,7 +61,9 @@ export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
 nbd_dir=.venv/debian-libnbd
 mkdir -p "$nbd_dir"
 abi=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
-for f in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod.cpython-"$abi"-*.so; do
+# (libguestfs's likewise as python3-guestfs)
+for f in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod.cpython-"$abi"-*.so \
+  /usr/lib/python3/dist-packages/guestfs.py /usr/lib/python3/dist-packages/libguestfsmod.cpython-"$abi"-*.so; do
   ln -sf "$f" "$nbd_dir/"
 done
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -10,11 +10,14 @@ answers block status from the chunk index.
 new VM on qcow2 overlays over such an export, served by a detached process (``instant_owner.py``),
 and later moves the running VM to its own disks; it defines VMs with the kvm plugin's public
 ``genievm_kvm.restore.restored_domain_xml``.
+
+``genievm files`` (``files_cli.py``, ``files_job.py``) reads guest filesystems through libguestfs
+over such an export (``guest_files.py``), writing only below its target (``extract.py``).
 """
 
 from __future__ import annotations
 
-from genievm_recovery.errors import ExportError, InstantBootError
+from genievm_recovery.errors import ExportError, GuestFilesError, InstantBootError
 from genievm_recovery.reader import ChunkCache, DiskReader
 
-__all__ = ["ChunkCache", "DiskReader", "ExportError", "InstantBootError"]
+__all__ = ["ChunkCache", "DiskReader", "ExportError", "GuestFilesError", "InstantBootError"]

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from genievm_core.processes import process_alive
 from genievm_core.repository import Repository
 from genievm_recovery.errors import ExportError
 
-__all__ = ["Export", "ServeJob", "cleanup_stale", "exports_root"]
+__all__ = ["Export", "ServeJob", "cleanup_stale", "exports_root", "running"]
 
 NBDKIT = "nbdkit"
 PLUGIN = Path(__file__).with_name("nbdkit_plugin.py")  # a script for nbdkit, never imported here
@@ -280,3 +281,23 @@ def _is_nbdkit(pid: int) -> bool:
         return Path(f"/proc/{pid}/comm").read_text().strip() == "nbdkit"
     except OSError:
         return False
+
+
+@contextmanager
+def running(export: Export, owner: str) -> Iterator[None]:
+    """nbdkit serving ``export`` for the block's life, to a client in this process (``genievm files``).
+
+    Its folder holds ``export.json`` as a serve job's does (``owner`` is the job), so ``cleanup_stale``
+    removes what a killed client leaves; the folder and nbdkit go at the end.
+    """
+    export.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record = {"job": owner, "pid": os.getpid(), "socket": str(export.socket_path)}
+    (export.folder / "export.json").write_text(json.dumps(record))
+    try:
+        process = _start(export)
+        try:
+            yield
+        finally:
+            _stop(process)
+    finally:
+        _remove(export)

@@ -227,10 +227,11 @@ def test_bad_input_is_one_line_and_its_exit_code(tmp_path: Path, args: list[str]
 def test_serve_comes_through_the_commands_entry_point_group_only() -> None:
     points = [ep for ep in distribution("genievm-recovery").entry_points if ep.group == COMMANDS_GROUP]
     assert sorted((ep.name, ep.value) for ep in points) == [
+        ("files", "genievm_recovery.files_cli:files"),
         ("instant", "genievm_recovery.instant_cli:app"),
         ("serve", "genievm_recovery.cli:serve"),
     ]
-    assert {"instant", "serve"} <= set(plugin_commands(frozenset(COMMANDS)))
+    assert {"files", "instant", "serve"} <= set(plugin_commands(frozenset(COMMANDS)))
     core = Path(__import__("genievm_core").__file__).parent
     assert not [p for p in core.rglob("*.py") if "genievm_recovery" in p.read_text()]
     helped = subprocess.run([sys.executable, "-m", "genievm_core", "--help"], capture_output=True, text=True)
