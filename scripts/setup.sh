@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # sources build the vSphere API simulator (vcsim) the VMware plugin's tests talk to (scripts/services/vcsim.sh).
 APT_PACKAGES=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc libnbd-bin python3-libnbd nbdkit nbdkit-plugin-python thin-provisioning-tools openssh-server
-  golang-go golang-github-vmware-govmomi-dev)
+  golang-go golang-github-vmware-govmomi-dev
+  postgresql)  # the server's other database (scripts/services/postgres.sh)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
