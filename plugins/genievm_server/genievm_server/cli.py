@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,6 +61,8 @@ def server(
     from genievm_server.app import create_app
 
     app = create_app(settings, disabled_plugins=tuple(state(ctx).disabled_plugins))
+    for signum in (signal.SIGINT, signal.SIGTERM):  # uvicorn stops on them and raises them again after:
+        signal.signal(signum, lambda *_: None)  # a clean stop then, not the CLI's "interrupted"
     scheme = "https" if settings.cert else "http"
     err_console.print(f"genievm: server at {scheme}://{settings.host}:{settings.port}/api/v1", highlight=False)
     uvicorn.run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,7 +49,7 @@ class _Client:
         if not token:
             raise ConfigError(f"invalid configuration: token: set {TOKEN_ENV} or give --token-file")
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.verify: str | bool = str(cacert) if cacert is not None else True
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cacert) if cacert is not None else True
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         import httpx

@@ -78,7 +78,9 @@ def connect(url: str) -> Engine:
         engine = sa.create_engine(url, pool_pre_ping=True)
         migrate(engine)
     except sa.exc.SQLAlchemyError as exc:
-        raise ConfigError(f"invalid configuration: database: cannot open {_safe(url)}: {getattr(exc, 'orig', None) or exc}") from None
+        raise ConfigError(
+            f"invalid configuration: database: cannot open {_safe(url)}: {getattr(exc, 'orig', None) or exc}"
+        ) from None
     except ModuleNotFoundError as exc:  # e.g. psycopg for PostgreSQL
         raise ConfigError(f"invalid configuration: database: {_safe(url)} needs {exc.name} (not installed)") from None
     return engine

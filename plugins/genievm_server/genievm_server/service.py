@@ -67,7 +67,10 @@ class Service:
         except KeyError:
             raise UnknownNameError(f"no repository {name} in the server's settings") from None
         return self.genievm.open_repository(
-            settings.url, passphrase=self.settings.passphrase(name), storage_options=settings.storage_options
+            settings.url,
+            passphrase=self.settings.passphrase(name),
+            storage_options=settings.storage_options,
+            lock_wait=self.settings.lock_wait,
         )
 
     def list_vms(self, provider: str) -> list[VMRef]:

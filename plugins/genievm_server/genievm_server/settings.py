@@ -62,6 +62,7 @@ class ServerSettings(_Model):
     webhooks: tuple[WebhookSettings, ...] = ()
     max_concurrent_jobs: int = Field(default=2, ge=1, le=256)
     scheduler_interval: float = Field(default=30.0, gt=0, description="seconds between two looks at the schedules")
+    lock_wait: float = Field(default=600.0, ge=0, description="seconds a job waits for a conflicting repository lock")
     retry_backoff: float = Field(default=300.0, ge=0, description="seconds before a failed VM's first retry")
 
     @property
