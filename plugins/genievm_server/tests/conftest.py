@@ -58,8 +58,10 @@ def site(tmp_path: Path) -> Site:
     """Three image VMs and an encrypted repository made by the CLI, the passphrase in a file of the server."""
     images = tmp_path / "images"
     images.mkdir()
-    vms = {name: {"vda": str(write_image(images / f"{name}.img", 8 << 20, seed))}
-           for seed, name in enumerate(["web01", "web02", "db01"])}  # fmt: skip
+    vms = {
+        name: {"vda": str(write_image(images / f"{name}.img", 8 << 20, seed))}
+        for seed, name in enumerate(["web01", "web02", "db01"])
+    }
     passphrase = tmp_path / "passphrase"
     passphrase.write_text(PASSPHRASE + "\n")
     repo = tmp_path / "repo"

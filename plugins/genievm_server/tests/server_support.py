@@ -107,8 +107,9 @@ class ServerProcess:
 
     def token(self, role: str) -> str:
         if role not in self.tokens:
-            self.tokens[role] = genievm("server", "token", "create", "--role", role, "-c", str(self.site.config)
-                                        ).stdout.strip()  # fmt: skip
+            self.tokens[role] = genievm(
+                "server", "token", "create", "--role", role, "-c", str(self.site.config)
+            ).stdout.strip()
         return self.tokens[role]
 
     def client(self, role: str | None = "admin") -> httpx.Client:
@@ -127,8 +128,9 @@ def start_server(site: Site, *args: str, scheme: str = "http", cafile: Path | No
     site.settings["port"] = port
     log = site.root / f"server-{port}.log"
     with log.open("w") as out:
-        process = subprocess.Popen([*GENIEVM, "server", "-c", str(site.config), *args], stdout=out, stderr=out,
-                                   text=True)  # fmt: skip
+        process = subprocess.Popen(
+            [*GENIEVM, "server", "-c", str(site.config), *args], stdout=out, stderr=out, text=True
+        )
     server = ServerProcess(site, process, f"{scheme}://127.0.0.1:{port}", log, verify)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

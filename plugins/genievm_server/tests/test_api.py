@@ -98,8 +98,9 @@ def test_backup_restore_and_verify_through_the_api(server: ServerProcess, site: 
         assert (stats["backups"], stats["vms"]) == (1, 1)
 
         target = tmp_path / "restored"
-        restore = client.post("/api/v1/jobs/restore", json={"repository": "main", "vm": "web01",
-                                                            "restore_path": str(target)})  # fmt: skip
+        restore = client.post(
+            "/api/v1/jobs/restore", json={"repository": "main", "vm": "web01", "restore_path": str(target)}
+        )
         assert restore.status_code == 202, restore.text
         assert wait_job(client, restore.json()["id"])["state"] == "succeeded"
         original = Path(site.settings["providers"]["lab"]["options"]["vms"]["web01"]["vda"])
@@ -111,8 +112,13 @@ def test_backup_restore_and_verify_through_the_api(server: ServerProcess, site: 
 
         listed_jobs = client.get("/api/v1/jobs", params={"state": "succeeded"}).json()
         assert {j["kind"] for j in listed_jobs} == {"backup", "restore", "verify"}
-        for path in ("/api/v1/jobs", f"/api/v1/jobs/{job_id}", "/api/v1/repositories", "/api/v1/providers",
-                     "/api/v1/plugins"):  # fmt: skip
+        for path in (
+            "/api/v1/jobs",
+            f"/api/v1/jobs/{job_id}",
+            "/api/v1/repositories",
+            "/api/v1/providers",
+            "/api/v1/plugins",
+        ):
             answers.append(client.get(path).text)
     server.stop()
     # the passphrase came from the server's file: it is in no answer and no line the server wrote
@@ -132,15 +138,21 @@ def test_errors_are_json_with_a_stable_code(server: ServerProcess, tmp_path: Pat
 
         assert error(client.get("/api/v1/repositories/nope/stats"), 404)["code"] == "UnknownNameError"
         assert error(client.get("/api/v1/jobs/ffffffffffff"), 404) | {"message": ""} == {
-            "code": "JobNotFoundError", "exit": 26, "message": ""}  # fmt: skip
-        assert error(client.get("/api/v1/repositories/main/backups/latest", params={"vm": "web01"}), 404)[
-            "code"] == "BackupNotFoundError"  # fmt: skip
+            "code": "JobNotFoundError",
+            "exit": 26,
+            "message": "",
+        }
+        assert (
+            error(client.get("/api/v1/repositories/main/backups/latest", params={"vm": "web01"}), 404)["code"]
+            == "BackupNotFoundError"
+        )
         bad_json = client.post(
             "/api/v1/jobs/backup", content=b"{not json", headers={"content-type": "application/json"}
         )
         assert error(bad_json, 422)["code"] == "InvalidRequestError"
-        unknown = client.post("/api/v1/jobs/backup", json={"provider": "lab", "vm": "web01", "repository": "main",
-                                                           "passphrase": "x"})  # fmt: skip
+        unknown = client.post(
+            "/api/v1/jobs/backup", json={"provider": "lab", "vm": "web01", "repository": "main", "passphrase": "x"}
+        )
         assert "passphrase" in error(unknown, 422)["message"]
         assert error(client.get("/api/v1/nothing-here"), 404)["code"] == "UnknownNameError"
         # a backup of a VM the provider does not have: the job fails with the CLI's exit code for it
@@ -184,14 +196,34 @@ def test_a_non_loopback_address_needs_tls_or_insecure(site: Site) -> None:
 
 def test_tls_with_a_certificate_and_key(site: Site, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = start_server(site, "--cert", str(cert), "--key", str(key), scheme="https", cafile=cert)
     try:
         with server.client("read-only") as client:
-            assert client.get("/api/v1/repositories").json() == [{"name": "main", "url": site.settings[
-                "repositories"]["main"]["url"]}]  # fmt: skip
+            assert client.get("/api/v1/repositories").json() == [
+                {"name": "main", "url": site.settings["repositories"]["main"]["url"]}
+            ]
         with pytest.raises(httpx.ConnectError):  # a client that does not trust the certificate
             httpx.get(f"{server.url}/api/v1/health")
         with pytest.raises(httpx.HTTPError):  # no plain HTTP on that port

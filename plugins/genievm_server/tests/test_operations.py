@@ -20,8 +20,14 @@ from server_support import GENIEVM, PASSPHRASE, ServerProcess, Site, free_port, 
 from genievm_core.api import GenieVM
 from genievm_core.jobs import JobRegistry
 
-POLICY = {"name": "nightly", "provider": "lab", "repository": "main", "vms": ["web01"],
-          "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Berlin"}, "backup": {"keepLast": 3, "pruneAfterBackup": True}}  # fmt: skip
+POLICY = {
+    "name": "nightly",
+    "provider": "lab",
+    "repository": "main",
+    "vms": ["web01"],
+    "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Berlin"},
+    "backup": {"keepLast": 3, "pruneAfterBackup": True},
+}
 
 
 def policies(server: ServerProcess, role: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,8 +71,9 @@ def test_policies_through_the_cli(server: ServerProcess, tmp_path: Path) -> None
         assert client.get("/api/v1/policies").json() == []
 
 
-def test_a_killed_server_leaves_no_job_running(server_factory: Callable[..., ServerProcess], site: Site,
-                                                tmp_path: Path) -> None:  # fmt: skip
+def test_a_killed_server_leaves_no_job_running(
+    server_factory: Callable[..., ServerProcess], site: Site, tmp_path: Path
+) -> None:
     site.settings["lock_wait"] = 120
     server = server_factory()
     with server.client("operator") as client:
@@ -130,8 +137,9 @@ def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     httpd.server_close()
 
 
-def test_webhooks_and_metrics(server_factory: Callable[..., ServerProcess], site: Site,
-                              receiver: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:  # fmt: skip
+def test_webhooks_and_metrics(
+    server_factory: Callable[..., ServerProcess], site: Site, receiver: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
     url, received = receiver
     site.settings["webhooks"] = [{"url": url}, {"url": url, "on": ["success"]}]
     site.settings["providers"]["lab"]["options"]["vms"]["gone01"] = {"vda": str(tmp_path / "missing.img")}

@@ -22,16 +22,19 @@ from genievm_core.api import GenieVM
 
 @pytest.fixture
 def service(site: Site, database_url: str) -> Iterator[Service]:
-    settings = ServerSettings.model_validate(site.settings | {"database": database_url, "lock_wait": 60,
-                                                              "retry_backoff": 0})  # fmt: skip
+    settings = ServerSettings.model_validate(
+        site.settings | {"database": database_url, "lock_wait": 60, "retry_backoff": 0}
+    )
     service = Service(settings)
     yield service
     service.close()
 
 
 def _policy(service: Service, **fields: object) -> Policy:
-    policy = Policy.model_validate({"name": "hourly", "provider": "lab", "repository": "main",
-                                    "schedule": {"cron": "0 * * * *"}, "vms": ["web*"]} | fields)  # fmt: skip
+    policy = Policy.model_validate(
+        {"name": "hourly", "provider": "lab", "repository": "main", "schedule": {"cron": "0 * * * *"}, "vms": ["web*"]}
+        | fields
+    )
     service.store.add_policy(policy.name, policy.model_dump(mode="json", exclude={"enabled"}), True)
     return policy
 
@@ -106,8 +109,10 @@ def test_a_failed_vm_is_retried_with_back_off(site: Site, database_url: str, tmp
         runs = _settled(service, scheduler, 3)
         assert [(r.attempt, r.state) for r in runs] == [(1, "failed"), (2, "failed"), (3, "failed")]
         assert all("missing.img" in (r.error or "") for r in runs)
-        gaps = [datetime.fromisoformat(b.not_before or "") - datetime.fromisoformat(a.finished_at or "")
-                for a, b in zip(runs, runs[1:], strict=False)]  # fmt: skip
+        gaps = [
+            datetime.fromisoformat(b.not_before or "") - datetime.fromisoformat(a.finished_at or "")
+            for a, b in zip(runs, runs[1:], strict=False)
+        ]
         assert timedelta(seconds=0.4) < gaps[0] < timedelta(seconds=5)  # 0.5 s, then 1 s: doubled
         assert timedelta(seconds=0.9) < gaps[1] < timedelta(seconds=5)
         time.sleep(1.5)
