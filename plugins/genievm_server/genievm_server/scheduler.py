@@ -6,7 +6,8 @@ times were missed while the server was down, and notes that time as handled. It 
 whose VM has no backup running; a failed run is queued again after a back-off (``retry_backoff``
 doubled each attempt) while the policy's ``retries`` allow.
 
-On start it settles the runs a killed server left: a run whose job ended takes the job's result; a run
+A server that stops cleanly cancels its jobs and queues their runs again. On start it settles the runs
+a killed server left: a run whose job ended takes the job's result; a run
 whose job was interrupted (the core's registry marks such jobs failed) or never started is queued again.
 """
 
@@ -157,6 +158,9 @@ class Scheduler:
             self.store.update_run(run.id, job_id=job.id)
 
     def _ended(self, run: RunRow, policy: Policy, job: Job) -> None:
+        if job.state is JobState.CANCELLED and self._stop.is_set():  # the server stops: run it when it is back
+            self.store.update_run(run.id, state="queued", job_id=None)
+            return
         self.store.update_run(run.id, state=job.state.value, job_id=job.id, error=job.error)
         if job.state is JobState.FAILED:
             self._retry(run, policy)

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from genievm_core.api import GenieVM, RestoreConfig
+from genievm_core.errors import ConfigError
 from genievm_core.jobs import Job, JobRecord, JobState
 from genievm_core.models.vm import VMRef
 from genievm_core.repository import Repository
@@ -123,6 +124,9 @@ class Service:
     ) -> Job:
         """Restore a backup: to a folder of the server (no provider: the image provider) or into a provider."""
         target = self.provider(provider) if provider is not None else ProviderSettings(plugin="image")
+        if provider is None and restore_path is None:
+            raise ConfigError("invalid configuration: restore_path: give a folder under restore_root, or a provider")
+        folder = str(self.settings.restore_folder(restore_path)) if restore_path is not None else None
         repo = self.repository(repository)
         config = RestoreConfig.model_validate(
             {
@@ -131,7 +135,7 @@ class Service:
                 "backupPath": repo.url,
                 "provider": target.plugin,
                 "providerOptions": target.options,
-                "restorePath": restore_path,
+                "restorePath": folder,
                 "newVmName": new_vm_name,
                 "force": force,
                 "verifyAfterRestore": verify,

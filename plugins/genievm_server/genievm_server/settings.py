@@ -60,6 +60,7 @@ class ServerSettings(_Model):
     repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     webhooks: tuple[WebhookSettings, ...] = ()
+    restore_root: Path | None = None  # restores to a folder write only under it (none: no such restores)
     max_concurrent_jobs: int = Field(default=2, ge=1, le=256)
     scheduler_interval: float = Field(default=30.0, gt=0, description="seconds between two looks at the schedules")
     lock_wait: float = Field(default=600.0, ge=0, description="seconds a job waits for a conflicting repository lock")
@@ -89,6 +90,16 @@ class ServerSettings(_Model):
                 f"invalid configuration: --host {self.host}: not a loopback address and no TLS "
                 "(give --cert and --key, or --insecure)"
             )
+
+    def restore_folder(self, path: str) -> Path:
+        """``path`` as a folder under ``restore_root``; ConfigError for any other."""
+        if self.restore_root is None:
+            raise ConfigError("invalid configuration: restore_path: the server's settings have no restore_root")
+        root = self.restore_root.resolve()
+        folder = (root / path).resolve()
+        if folder != root and root not in folder.parents:
+            raise ConfigError(f"invalid configuration: restore_path: {path} is not under the restore_root {root}")
+        return folder
 
     def passphrase(self, repository: str) -> str | None:
         """The repository's passphrase from the server's file or environment (None: unencrypted)."""

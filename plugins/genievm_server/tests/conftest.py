@@ -71,6 +71,7 @@ def site(tmp_path: Path) -> Site:
         "providers": {"lab": {"plugin": "image", "options": {"vms": vms}}},
         "job_db": str(tmp_path / "state" / "jobs.sqlite"),
         "scheduler_interval": 0.5,
+        "restore_root": str(tmp_path / "restores"),
     }
     return Site(tmp_path, f"sqlite:///{tmp_path / 'state' / 'server.sqlite'}", settings)
 

@@ -97,7 +97,7 @@ def test_backup_restore_and_verify_through_the_api(server: ServerProcess, site: 
         stats = client.get("/api/v1/repositories/main/stats").json()
         assert (stats["backups"], stats["vms"]) == (1, 1)
 
-        target = tmp_path / "restored"
+        target = Path(site.settings["restore_root"]) / "restored"
         restore = client.post(
             "/api/v1/jobs/restore", json={"repository": "main", "vm": "web01", "restore_path": str(target)}
         )
@@ -155,6 +155,14 @@ def test_errors_are_json_with_a_stable_code(server: ServerProcess, tmp_path: Pat
         )
         assert "passphrase" in error(unknown, 422)["message"]
         assert error(client.get("/api/v1/nothing-here"), 404)["code"] == "UnknownNameError"
+        outside = client.post(
+            "/api/v1/jobs/restore", json={"repository": "main", "vm": "web01", "restore_path": "/etc"}
+        )
+        assert "/etc is not under the restore_root" in error(outside, 400)["message"]
+        climbing = client.post(
+            "/api/v1/jobs/restore", json={"repository": "main", "vm": "web01", "restore_path": "../escape"}
+        )
+        assert error(climbing, 400)["code"] == "ConfigError"
         # a backup of a VM the provider does not have: the job fails with the CLI's exit code for it
         started = client.post("/api/v1/jobs/backup", json={"provider": "lab", "vm": "nope", "repository": "main"})
         failed = wait_job(client, started.json()["id"])

@@ -163,3 +163,34 @@ def test_webhooks_and_metrics(
     assert 'genievm_backup_last_success_timestamp_seconds{vm="web01"}' in metrics
     assert 'genievm_backup_read_bytes{vm="web01"}' in metrics and 'vm="gone01"' not in metrics.split("jobs_total")[0]
     assert "genievm_scheduler_queue_length 0.0" in metrics
+
+
+def test_a_stopped_server_runs_its_cancelled_runs_when_back(
+    server_factory: Callable[..., ServerProcess], site: Site, tmp_path: Path
+) -> None:
+    site.settings["lock_wait"] = 120
+    server = server_factory()
+    file = tmp_path / "policy.json"
+    file.write_text(json.dumps(POLICY))
+    assert policies(server, "admin", "create", str(file)).returncode == 0
+    with GenieVM(job_db=Path(site.settings["job_db"])) as other:
+        repo = other.open_repository(site.settings["repositories"]["main"]["url"], passphrase=PASSPHRASE)
+        with server.client("read-only") as client, repo.lock("exclusive", "a test's maintenance"):
+            assert policies(server, "operator", "run-now", "nightly").returncode == 0
+            deadline = time.monotonic() + 60
+            while not (running := client.get("/api/v1/jobs", params={"state": "running"}).json()):
+                assert time.monotonic() < deadline, "the policy's backup did not start"
+                time.sleep(0.2)
+            began = time.monotonic()
+            assert server.stop() == 0  # SIGTERM: a clean stop, soon, though the job waits for a lock
+            assert time.monotonic() - began < 30
+    registry = JobRegistry(Path(site.settings["job_db"]))
+    assert registry.get(running[0]["id"]).state.value == "cancelled"
+    registry.close()
+    server = server_factory()
+    with server.client("read-only") as client:
+        deadline = time.monotonic() + 120
+        while (runs := client.get("/api/v1/policies/nightly/runs").json())[0]["state"] != "succeeded":
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.3)
+        assert len(runs) == 1 and runs[0]["job_id"] != running[0]["id"]

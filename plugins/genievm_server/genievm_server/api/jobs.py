@@ -37,7 +37,7 @@ class RestoreRequest(_Request):
     provider: str | None = Field(
         default=None, description="restore into this provider; none: raw images in restorePath"
     )
-    restore_path: str | None = Field(default=None, description="a folder of the server for the disks")
+    restore_path: str | None = Field(default=None, description="a folder under the server's restore_root")
     new_vm_name: str | None = None
     force: bool = False
     verify: bool = True
