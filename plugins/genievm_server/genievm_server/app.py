@@ -46,6 +46,9 @@ def create_app(settings: ServerSettings, *, disabled_plugins: tuple[str, ...] = 
         title="GenieVM server",
         version=VERSION,
         lifespan=lifespan,
+        openapi_url=None,  # served below, behind a token like every route but health
+        docs_url=None,
+        redoc_url=None,
         description="Backups on schedule from policies; jobs, backups and repositories of GenieVM. "
         "Every route but health needs an API token (Authorization: Bearer TOKEN).",
     )
@@ -55,6 +58,10 @@ def create_app(settings: ServerSettings, *, disabled_plugins: tuple[str, ...] = 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response, **needs("read-only"))
     def metrics(service: ServiceDep) -> Response:
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json", include_in_schema=False, **needs("read-only"))
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     @app.exception_handler(GenieVMError)
     async def genievm_error(request: Request, exc: GenieVMError) -> JSONResponse:

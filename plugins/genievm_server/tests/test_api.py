@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from genievm_server.api.deps import ROLE_KEY
+from genievm_server.app import create_app
 from genievm_server.openapi import schema_text
+from genievm_server.settings import ServerSettings
 from server_support import PASSPHRASE, ServerProcess, Site, genievm, start_server, wait_job
 
 from genievm_core.api import GenieVM
@@ -60,6 +62,11 @@ def test_every_route_needs_a_token_and_its_role(server: ServerProcess) -> None:
             with server.client("operator") as operator:
                 assert _call(operator, method, path).status_code == 403, f"{method} {path} with an operator token"
     assert httpx.get(f"{server.url}/api/v1/health").json()["status"] == "ok"
+    # the app serves nothing the schema does not list, but the schema itself (behind a token too)
+    served = {(m.lower(), r.path) for r in create_app(ServerSettings()).routes for m in getattr(r, "methods", ())}
+    assert {(m, p) for m, p in served if m != "head"} - {(m, p) for m, p, _ in operations} == {("get", "/openapi.json")}
+    assert httpx.get(f"{server.url}/openapi.json").status_code == 401
+    assert httpx.get(f"{server.url}/docs").status_code == 404
 
 
 def test_the_checked_in_schema_is_the_servers(server: ServerProcess) -> None:
