@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc libnbd-bin python3-libnbd nbdkit nbdkit-plugin-python thin-provisioning-tools openssh-server
   golang-go golang-github-vmware-govmomi-dev
-  postgresql)  # the server's other database (scripts/services/postgres.sh)
+  postgresql chromium chromium-driver)  # the server: its other database (scripts/services/postgres.sh), its console tests
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -13,8 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genievm_core.errors import GenieVMError
+from genievm_server import console
 from genievm_server.api import jobs, policies, repositories, system
 from genievm_server.api.deps import ServiceDep, needs
+from genievm_server.console import CONSOLE
 from genievm_server.errors import InvalidRequestError, UnknownNameError, error_body, status_of
 from genievm_server.scheduler import Scheduler
 from genievm_server.service import Service
@@ -54,6 +56,7 @@ def create_app(settings: ServerSettings, *, disabled_plugins: tuple[str, ...] = 
     )
     for router in (system.router, repositories.router, jobs.router, policies.router):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(console.router)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response, **needs("read-only"))
     def metrics(service: ServiceDep) -> Response:
@@ -64,7 +67,9 @@ def create_app(settings: ServerSettings, *, disabled_plugins: tuple[str, ...] = 
         return app.openapi()
 
     @app.exception_handler(GenieVMError)
-    async def genievm_error(request: Request, exc: GenieVMError) -> JSONResponse:
+    async def genievm_error(request: Request, exc: GenieVMError) -> Response:
+        if request.url.path.startswith(CONSOLE):
+            return console.error_page(request, exc, status_of(exc))
         return _error(exc)
 
     @app.exception_handler(RequestValidationError)

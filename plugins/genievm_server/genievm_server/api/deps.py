@@ -16,9 +16,10 @@ from genievm_server.scheduler import Scheduler
 from genievm_server.service import Service
 from genievm_server.store import ROLES, Role, TokenRow
 
-__all__ = ["ROLE_KEY", "SchedulerDep", "ServiceDep", "needs"]
+__all__ = ["COOKIE", "ROLE_KEY", "SchedulerDep", "ServiceDep", "needs"]
 
 ROLE_KEY = "x-genievm-role"
+COOKIE = "genievm_token"  # the web console's copy of the token
 _bearer = HTTPBearer(auto_error=False, description="an API token: genievm server token create --role ROLE")
 
 
@@ -37,11 +38,16 @@ SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
 
 
 def _caller(
-    service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    service: ServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> TokenRow:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    given = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else None
+    if given is None and request.url.path.startswith("/console"):  # the console's cookie is for its pages only
+        given = request.cookies.get(COOKIE)
+    if not given:
         raise NotAuthenticatedError("no API token: send Authorization: Bearer TOKEN")
-    token = service.store.authenticate(credentials.credentials)
+    token = service.store.authenticate(given)
     if token is None:
         raise NotAuthenticatedError("the API token is not known to this server (revoked, or mistyped)")
     return token
