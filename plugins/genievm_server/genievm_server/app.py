@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +26,7 @@ from genievm_server.settings import ServerSettings
 __all__ = ["API_PREFIX", "create_app"]
 
 API_PREFIX = "/api/v1"
+log = structlog.get_logger("genievm.server")
 VERSION = "0.1.0"
 
 
@@ -77,6 +79,12 @@ def create_app(settings: ServerSettings, *, disabled_plugins: tuple[str, ...] = 
         first: dict[str, Any] = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         return _error(InvalidRequestError(f"invalid request: {where}: {first['msg']}"))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request.internal_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        body = {"error": {"code": "InternalError", "exit": 1, "message": f"internal error: {type(exc).__name__}"}}
+        return JSONResponse(body, status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

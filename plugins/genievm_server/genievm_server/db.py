@@ -75,7 +75,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def connect(url: str) -> Engine:
     """An engine for ``url``, its schema migrated to this server's."""
     try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        sqlite = sa.engine.make_url(url).get_backend_name() == "sqlite"
+        # SQLite: wait for a writer of another thread or process rather than fail at once
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"timeout": 30} if sqlite else {})
         migrate(engine)
     except sa.exc.SQLAlchemyError as exc:
         raise ConfigError(

@@ -71,6 +71,7 @@ class Policy(BaseModel):
     schedule: Schedule
     backup: dict[str, Any] = Field(default_factory=dict, description="backup options (BackupConfig)")
     retries: int = Field(default=0, ge=0, le=10, description="runs of a failed VM again, with back-off")
+    max_concurrent: int | None = Field(default=None, ge=1, description="backups of this policy at once")
 
     @model_validator(mode="after")
     def _backup_options(self) -> Policy:

@@ -3,8 +3,9 @@
 Every ``interval`` seconds (and at once when woken) it looks at each enabled policy: when a schedule time
 has come since the last one it handled, it queues one run per VM the policy selects, once however many
 times were missed while the server was down, and notes that time as handled. It starts queued runs
-whose VM has no backup running; a failed run is queued again after a back-off (``retry_backoff``
-doubled each attempt) while the policy's ``retries`` allow.
+whose VM has no backup running, within the limits of concurrent backups per policy (``max_concurrent``),
+per provider and per repository (theirs in the settings); a failed run is queued again after a back-off
+(``retry_backoff`` doubled each attempt) while the policy's ``retries`` allow.
 
 A server that stops cleanly cancels its jobs and queues their runs again. On start it settles the runs
 a killed server left: a run whose job ended takes the job's result; a run
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -120,25 +122,31 @@ class Scheduler:
             return
         slot = latest_slot(policy.schedule, now).astimezone(UTC).isoformat()  # missed ones: one run
         self.store.set_last_slot(row.name, slot)
-        for vm in self._vms(policy):
-            self.store.add_run(row.name, vm, "backup", slot)
+        self.store.add_runs(row.name, self._vms(policy), "backup", slot)
         log.info("scheduler.due", policy=row.name, slot=slot)
 
     def _vms(self, policy: Policy) -> list[str]:
         return policy.select(self.service.list_vms(policy.provider))
 
     def _start_queued(self, now: datetime) -> None:
-        queued = [r for r in self.store.runs(unfinished=True, limit=100_000) if r.state == "queued"]
-        for run in sorted(queued, key=lambda r: r.id):
+        unfinished = self.store.runs(unfinished=True, limit=100_000)
+        policies = {row.name: Policy.model_validate(row.spec) for row in self.store.policies()}
+        running: Counter[tuple[str, str]] = Counter()
+        for run in unfinished:
+            if run.state == "running" and run.policy in policies:
+                running.update(self._limits(policies[run.policy]).keys())
+        for run in sorted((r for r in unfinished if r.state == "queued"), key=lambda r: r.id):
             if run.not_before is not None and datetime.fromisoformat(run.not_before) > now:
+                continue
+            policy = policies.get(run.policy)
+            if policy is None:
+                self.store.update_run(run.id, state="skipped", error="the policy was deleted")
                 continue
             if self.service.vm_busy(run.vm):
                 continue  # it waits, queued, until the VM's backup has ended
-            try:
-                policy = Policy.model_validate(self.store.policy(run.policy).spec)
-            except GenieVMError:  # the policy was deleted
-                self.store.update_run(run.id, state="skipped", error="the policy was deleted")
-                continue
+            if any(limit is not None and running[key] >= limit for key, limit in self._limits(policy).items()):
+                continue  # it waits for a backup of its policy, provider or repository to end
+            running.update(self._limits(policy).keys())
             self.store.update_run(run.id, state="running")  # before the job starts: it may end at once
             try:
                 job = self.service.start_backup(
@@ -156,6 +164,16 @@ class Scheduler:
                 self._retry(run, policy)
                 continue
             self.store.update_run(run.id, job_id=job.id)
+
+    def _limits(self, policy: Policy) -> dict[tuple[str, str], int | None]:
+        """The limits a backup of ``policy`` counts against: its own, its provider's, its repository's."""
+        provider = self.service.settings.providers.get(policy.provider)
+        repository = self.service.settings.repositories.get(policy.repository)
+        return {
+            ("policy", policy.name): policy.max_concurrent,
+            ("provider", policy.provider): provider.max_concurrent if provider else None,
+            ("repository", policy.repository): repository.max_concurrent if repository else None,
+        }
 
     def _ended(self, run: RunRow, policy: Policy, job: Job) -> None:
         if job.state is JobState.CANCELLED and self._stop.is_set():  # the server stops: run it when it is back

@@ -33,6 +33,7 @@ class RepositorySettings(_Model):
     passphrase_file: Path | None = None
     passphrase_env: str | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    max_concurrent: int | None = Field(default=None, ge=1)  # scheduled backups into it at once
 
 
 class ProviderSettings(_Model):
@@ -40,6 +41,7 @@ class ProviderSettings(_Model):
 
     plugin: str = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    max_concurrent: int | None = Field(default=None, ge=1)  # scheduled backups from its host at once
 
 
 class WebhookSettings(_Model):

@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ __all__ = ["ROLES", "PolicyRow", "Role", "RunRow", "Store", "TokenRow"]
 Role = Literal["read-only", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("read-only", "operator", "admin")  # each may do what the ones before it may
 TOKEN_PREFIX = "gvm_"
+NOTE_USE_EVERY = timedelta(minutes=1)
 FINISHED_RUNS = ("succeeded", "failed", "cancelled", "skipped")
 
 
@@ -89,12 +90,19 @@ class Store:
         return row, token
 
     def authenticate(self, token: str) -> TokenRow | None:
-        """The token's row when ``token`` is one of ours (its last use noted), else None."""
-        with self.engine.begin() as conn:
+        """The token's row when ``token`` is one of ours, else None; its last use is noted once a minute
+        at most (a write on every request would have concurrent requests wait for each other)."""
+        with self.engine.connect() as conn:
             found = conn.execute(sa.select(tokens).where(tokens.c.digest == digest(token))).first()
-            if found is None:
-                return None
-            conn.execute(tokens.update().where(tokens.c.id == found.id).values(last_used_at=now()))
+        if found is None:
+            return None
+        stamp = now()
+        if found.last_used_at is None or found.last_used_at < (datetime.now(UTC) - NOTE_USE_EVERY).isoformat():
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(tokens.update().where(tokens.c.id == found.id).values(last_used_at=stamp))
+            except sa.exc.OperationalError:  # busy: the note can wait for the next request
+                pass
         return TokenRow(found.id, found.name, found.role, found.created_at, found.last_used_at)
 
     def tokens(self) -> list[TokenRow]:
@@ -177,6 +185,27 @@ class Store:
             run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         assert run_id is not None
         return self.run(int(run_id))
+
+    def add_runs(self, policy: str, vms: list[str], kind: str, slot: str) -> None:
+        """One queued run per VM, in one transaction."""
+        if vms:
+            stamp = now()
+            with self.engine.begin() as conn:
+                conn.execute(
+                    runs.insert(),
+                    [
+                        {
+                            "policy": policy,
+                            "vm": vm,
+                            "kind": kind,
+                            "slot": slot,
+                            "state": "queued",
+                            "attempt": 1,
+                            "created_at": stamp,
+                        }
+                        for vm in vms
+                    ],
+                )
 
     def update_run(self, run_id: int, **values: Any) -> None:
         if values.get("state") in FINISHED_RUNS:

@@ -120,3 +120,31 @@ def test_a_failed_vm_is_retried_with_back_off(site: Site, database_url: str, tmp
         assert len(service.store.runs()) == 3  # no fourth attempt
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("limit", ["policy", "repository"])
+def test_concurrent_backups_are_limited(site: Site, database_url: str, limit: str) -> None:
+    """One backup at a time of the policy (its max_concurrent) or of the repository (the settings')."""
+    if limit == "repository":
+        site.settings["repositories"]["main"]["max_concurrent"] = 1
+    settings = ServerSettings.model_validate(
+        site.settings | {"database": database_url, "lock_wait": 60, "max_concurrent_jobs": 4}
+    )
+    service = Service(settings)
+    try:
+        _policy(service, vms=[], **({"max_concurrent": 1} if limit == "policy" else {}))
+        scheduler = Scheduler(service)
+        with GenieVM(job_db=Path(site.settings["job_db"])) as other:
+            repo = other.open_repository(site.settings["repositories"]["main"]["url"], passphrase=PASSPHRASE)
+            with repo.lock("exclusive", "a test's maintenance"):
+                scheduler.run_now("hourly")
+                scheduler.tick()
+                scheduler.tick()
+                assert sorted(r.state for r in service.store.runs()) == ["queued", "queued", "running"]
+        runs = _settled(service, scheduler, 3)
+        assert sorted(r.vm for r in runs if r.state == "succeeded") == ["db01", "web01", "web02"]
+        jobs = sorted((service.job(r.job_id or "") for r in runs), key=lambda j: j.started_at or j.created_at)
+        for before, after in zip(jobs, jobs[1:], strict=False):
+            assert before.finished_at and after.started_at and before.finished_at <= after.started_at
+    finally:
+        service.close()
