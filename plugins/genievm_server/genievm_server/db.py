@@ -4,11 +4,12 @@ Jobs themselves stay in the core's job registry (the CLI's ``genievm jobs`` sees
 what only the server knows. ``migrate`` brings a database to ``SCHEMA_VERSION``, one migration at a time,
 each in its own transaction, and refuses a database made by a newer server. Times are ISO 8601 UTC text.
 
-Schema 1::
+Schema 2 (1 lacked ``policy_slots``)::
 
     genievm_server_schema(version)
     tokens(id, name, role, digest, created_at, last_used_at)
     policies(name, enabled, spec, created_at, updated_at, last_slot)
+    policy_slots(policy, kind, last_slot)
     runs(id, policy, vm, kind, slot, state, attempt, job_id, error, created_at, finished_at, not_before)
 """
 
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from genievm_core.errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "connect", "metadata", "migrate", "policies", "runs", "tokens"]
+__all__ = ["SCHEMA_VERSION", "connect", "metadata", "migrate", "policies", "runs", "slots", "tokens"]
 
 metadata = sa.MetaData()
 _version = sa.Table("genievm_server_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
@@ -63,12 +64,26 @@ runs = sa.Table(
 )
 
 
+slots = sa.Table(
+    "policy_slots",
+    metadata,
+    sa.Column("policy", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(20), primary_key=True),  # verify, prune (a backup's is policies.last_slot)
+    sa.Column("last_slot", sa.String(40), nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     for table in (tokens, policies, runs):
         table.create(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    """Verify and prune schedules: the latest time each has handled."""
+    slots.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,6 +6,8 @@
 
 ``vms`` holds names or glob patterns (none: every VM the provider lists); ``backup`` any option of a
 backup config (``BackupConfig``) except the VM, repository and provider, which the policy names.
+``verify`` (a schedule with ``read_data``) verifies the latest backup of each of its VMs at its times;
+``prune`` applies the ``keep*`` rules of ``backup`` to its VMs at its times, then garbage collection.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genievm_core.api import BackupConfig
+from genievm_core.jobs.prune import retention_policy
 from genievm_core.models.vm import VMRef
 
-__all__ = ["Policy", "Schedule", "latest_slot", "next_slot"]
+__all__ = ["Policy", "Schedule", "VerifySchedule", "latest_slot", "next_slot"]
 
 _OWN_FIELDS = {
     "vm_id",
@@ -59,6 +62,10 @@ class Schedule(BaseModel):
         return value
 
 
+class VerifySchedule(Schedule):
+    read_data: bool = Field(default=False, description="read and check every chunk (--read-data)")
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +79,8 @@ class Policy(BaseModel):
     backup: dict[str, Any] = Field(default_factory=dict, description="backup options (BackupConfig)")
     retries: int = Field(default=0, ge=0, le=10, description="runs of a failed VM again, with back-off")
     max_concurrent: int | None = Field(default=None, ge=1, description="backups of this policy at once")
+    verify: VerifySchedule | None = Field(default=None, description="verify the VMs' latest backups then")
+    prune: Schedule | None = Field(default=None, description="apply the backup options' keep rules then")
 
     @model_validator(mode="after")
     def _backup_options(self) -> Policy:
@@ -79,10 +88,12 @@ class Policy(BaseModel):
         if own:
             raise ValueError(f"backup.{own[0]}: set by the policy itself, not in its backup options")
         try:
-            self.backup_config("vm", "repository")
+            config = self.backup_config("vm", "repository")
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ValueError(f"backup.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        if self.prune is not None and retention_policy(config).empty:
+            raise ValueError("prune: needs a keep rule in backup (keepLast, keepDaily, ..., retentionDays)")
         return self
 
     def backup_config(
@@ -103,6 +114,11 @@ class Policy(BaseModel):
                 "storageOptions": storage_options or {},
             }
         )
+
+    def schedules(self) -> dict[str, Schedule]:
+        """Each kind of run and its schedule: backup always, verify and prune when set."""
+        found: dict[str, Schedule | None] = {"backup": self.schedule, "verify": self.verify, "prune": self.prune}
+        return {kind: schedule for kind, schedule in found.items() if schedule is not None}
 
     def select(self, listed: list[VMRef]) -> list[str]:
         """The names of the listed VMs this policy backs up."""

@@ -5,7 +5,8 @@ has come since the last one it handled, it queues one run per VM the policy sele
 times were missed while the server was down, and notes that time as handled. It starts queued runs
 whose VM has no backup running, within the limits of concurrent backups per policy (``max_concurrent``),
 per provider and per repository (theirs in the settings); a failed run is queued again after a back-off
-(``retry_backoff`` doubled each attempt) while the policy's ``retries`` allow.
+(``retry_backoff`` doubled each attempt) while the policy's ``retries`` allow. A policy's verify and
+prune schedules queue one run each (VM ``*``), a verify of its VMs' latest backups or its keep rules.
 
 A server that stops cleanly cancels its jobs and queues their runs again. On start it settles the runs
 a killed server left: a run whose job ended takes the job's result; a run
@@ -31,6 +32,7 @@ from genievm_server.store import PolicyRow, RunRow
 __all__ = ["Scheduler"]
 
 log = structlog.get_logger("genievm.scheduler")
+ALL_VMS = "*"  # the VM of a verify or prune run: every VM of its policy
 
 
 class Scheduler:
@@ -117,13 +119,18 @@ class Scheduler:
 
     def _queue_due(self, row: PolicyRow, now: datetime) -> None:
         policy = Policy.model_validate(row.spec)
-        since = datetime.fromisoformat(row.last_slot or row.created_at)
-        if next_slot(policy.schedule, since) > now:
-            return
-        slot = latest_slot(policy.schedule, now).astimezone(UTC).isoformat()  # missed ones: one run
-        self.store.set_last_slot(row.name, slot)
-        self.store.add_runs(row.name, self._vms(policy), "backup", slot)
-        log.info("scheduler.due", policy=row.name, slot=slot)
+        for kind, schedule in policy.schedules().items():
+            handled = row.last_slot if kind == "backup" else self.store.slot(row.name, kind)
+            if next_slot(schedule, datetime.fromisoformat(handled or row.created_at)) > now:
+                continue
+            slot = latest_slot(schedule, now).astimezone(UTC).isoformat()  # missed ones: one run
+            if kind == "backup":
+                self.store.set_last_slot(row.name, slot)
+                self.store.add_runs(row.name, self._vms(policy), kind, slot)
+            else:  # one run for all the policy's VMs
+                self.store.set_slot(row.name, kind, slot)
+                self.store.add_runs(row.name, [ALL_VMS], kind, slot)
+            log.info("scheduler.due", policy=row.name, kind=kind, slot=slot)
 
     def _vms(self, policy: Policy) -> list[str]:
         return policy.select(self.service.list_vms(policy.provider))
@@ -141,6 +148,9 @@ class Scheduler:
             policy = policies.get(run.policy)
             if policy is None:
                 self.store.update_run(run.id, state="skipped", error="the policy was deleted")
+                continue
+            if run.kind != "backup":
+                self._start_task(run, policy)
                 continue
             if self.service.vm_busy(run.vm):
                 continue  # it waits, queued, until the VM's backup has ended
@@ -165,6 +175,17 @@ class Scheduler:
                 continue
             self.store.update_run(run.id, job_id=job.id)
 
+    def _start_task(self, run: RunRow, policy: Policy) -> None:
+        """A verify or prune run of ``policy``: one job for all its VMs."""
+        self.store.update_run(run.id, state="running")
+        start = self.service.start_policy_verify if run.kind == "verify" else self.service.start_policy_prune
+        try:
+            job = start(policy, self._vms(policy), functools.partial(self._ended, run, policy))
+        except GenieVMError as exc:
+            self.store.update_run(run.id, state="failed", error=str(exc))
+            return
+        self.store.update_run(run.id, job_id=job.id)
+
     def _limits(self, policy: Policy) -> dict[tuple[str, str], int | None]:
         """The limits a backup of ``policy`` counts against: its own, its provider's, its repository's."""
         provider = self.service.settings.providers.get(policy.provider)
@@ -180,7 +201,7 @@ class Scheduler:
             self.store.update_run(run.id, state="queued", job_id=None)
             return
         self.store.update_run(run.id, state=job.state.value, job_id=job.id, error=job.error)
-        if job.state is JobState.FAILED:
+        if job.state is JobState.FAILED and run.kind == "backup":
             self._retry(run, policy)
         self.wake()  # a run that waited for this VM may start now
 

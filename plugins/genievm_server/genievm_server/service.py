@@ -13,6 +13,7 @@ import structlog
 from genievm_core.api import GenieVM, RestoreConfig
 from genievm_core.errors import ConfigError
 from genievm_core.jobs import Job, JobRecord, JobState
+from genievm_core.jobs.prune import retention_policy
 from genievm_core.models.vm import VMRef
 from genievm_core.repository import Repository
 from genievm_server.errors import UnknownNameError, VMBusyError
@@ -147,6 +148,19 @@ class Service:
         repo = self.repository(repository)
         manifests = [repo.find_backup(vm, backup)] if vm is not None or backup != "latest" else repo.manifests()
         return self._start(self.genievm.verify_job(repo, manifests, read_data=read_data), None)
+
+    def start_policy_verify(self, policy: Policy, vms: list[str], on_end: Callable[[Job], None]) -> Job:
+        """Verify the latest backup of each of ``vms`` that has one (a scheduled verify of ``policy``)."""
+        repo = self.repository(policy.repository)
+        latest = [m for m in (repo.latest(vm) for vm in vms) if m is not None]
+        read_data = policy.verify is not None and policy.verify.read_data
+        return self._start(self.genievm.verify_job(repo, latest, read_data=read_data), on_end)
+
+    def start_policy_prune(self, policy: Policy, vms: list[str], on_end: Callable[[Job], None]) -> Job:
+        """The keep rules of ``policy``'s backup options on ``vms``, then garbage collection."""
+        repo = self.repository(policy.repository)
+        rules = retention_policy(policy.backup_config("-", repo.url))
+        return self._start(self.genievm.prune_job(repo, rules, vms, lock_wait=self.settings.lock_wait), on_end)
 
     def jobs(self, states: tuple[JobState, ...] = (), limit: int = 50) -> list[JobRecord]:
         return self.genievm.jobs(states, limit)

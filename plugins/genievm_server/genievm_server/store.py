@@ -12,7 +12,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from genievm_server.db import connect, policies, runs, tokens
+from genievm_server.db import connect, policies, runs, slots, tokens
 from genievm_server.errors import NameExistsError, UnknownNameError
 
 __all__ = ["ROLES", "PolicyRow", "Role", "RunRow", "Store", "TokenRow"]
@@ -142,8 +142,22 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(policies.update().where(policies.c.name == name).values(last_slot=slot))
 
+    def slot(self, name: str, kind: str) -> str | None:
+        """The latest time of policy ``name``'s ``kind`` schedule (verify, prune) already handled."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(slots.c.last_slot).where(slots.c.policy == name, slots.c.kind == kind))
+            found = value.scalar()
+        return str(found) if found is not None else None
+
+    def set_slot(self, name: str, kind: str, slot: str) -> None:
+        with self.engine.begin() as conn:
+            where = (slots.c.policy == name) & (slots.c.kind == kind)
+            if not conn.execute(slots.update().where(where).values(last_slot=slot)).rowcount:
+                conn.execute(slots.insert().values(policy=name, kind=kind, last_slot=slot))
+
     def delete_policy(self, name: str) -> None:
         with self.engine.begin() as conn:
+            conn.execute(slots.delete().where(slots.c.policy == name))
             if not conn.execute(policies.delete().where(policies.c.name == name)).rowcount:
                 raise UnknownNameError(f"no policy {name}")
 

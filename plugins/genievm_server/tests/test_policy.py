@@ -52,3 +52,19 @@ def test_vms_by_name_glob_and_exclusion() -> None:
     assert Policy.model_validate(BASE).select(listed) == ["db01", "web-test", "web01", "web02"]
     assert Policy.model_validate(BASE | {"vms": ["web*"], "exclude": ["*-test"]}).select(listed) == ["web01", "web02"]
     assert Policy.model_validate(BASE | {"vms": ["db01", "nope"]}).select(listed) == ["db01"]
+
+
+def test_verify_and_prune_schedules() -> None:
+    policy = Policy.model_validate(
+        BASE
+        | {
+            "verify": {"cron": "0 4 * * 0", "read_data": True},
+            "prune": {"cron": "0 5 * * *"},
+            "backup": {"keepLast": 3},
+        }
+    )
+    assert list(policy.schedules()) == ["backup", "verify", "prune"]
+    assert policy.verify is not None and policy.verify.read_data
+    assert list(Policy.model_validate(BASE).schedules()) == ["backup"]
+    with pytest.raises(ValidationError, match="prune: needs a keep rule in backup"):
+        Policy.model_validate(BASE | {"prune": {"cron": "0 5 * * *"}})

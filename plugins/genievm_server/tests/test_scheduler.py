@@ -148,3 +148,30 @@ def test_concurrent_backups_are_limited(site: Site, database_url: str, limit: st
             assert before.finished_at and after.started_at and before.finished_at <= after.started_at
     finally:
         service.close()
+
+
+def test_verify_and_prune_on_their_schedules(service: Service, site: Site) -> None:
+    _policy(
+        service,
+        vms=["web01"],
+        backup={"keepLast": 1},
+        verify={"cron": "0 4 * * *", "read_data": True},
+        prune={"cron": "30 4 * * *"},
+    )
+    for _ in range(2):
+        job = service.start_backup("lab", "web01", "main")
+        assert job.wait(120) and job.state.value == "succeeded"
+    now = datetime.now(UTC)
+    service.store.set_last_slot("hourly", now.isoformat())  # no backup is due
+    for kind in ("verify", "prune"):
+        service.store.set_slot("hourly", kind, (now - timedelta(days=2)).isoformat())
+    scheduler = Scheduler(service)
+    scheduler.tick()
+    runs = _settled(service, scheduler, 2)
+    assert [(r.kind, r.vm, r.state) for r in runs] == [("verify", "*", "succeeded"), ("prune", "*", "succeeded")]
+    verify, prune = (service.job(r.job_id or "") for r in runs)
+    assert (verify.kind, prune.kind) == ("verify", "prune")
+    repo = service.repository("main")
+    assert len(repo.manifests("web01")) == 1  # keepLast 1: the older backup is gone
+    scheduler.tick()
+    assert len(service.store.runs()) == 2  # each ran once for the two days it missed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from genievm_server.db import SCHEMA_VERSION, connect, migrate
+from genievm_server.db import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from genievm_server.errors import NameExistsError, UnknownNameError
 from genievm_server.store import Store, digest
 
@@ -74,4 +74,24 @@ def test_runs_finish_with_a_time(database_url: str) -> None:
     assert done.finished_at is not None and done.job_id == "abc"
     assert [r.id for r in store.runs(unfinished=True)] == [second.id]
     assert [r.id for r in store.runs(policy="nightly")] == [second.id, first.id]
+    store.close()
+
+
+def test_a_database_of_schema_1_is_migrated(database_url: str) -> None:
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:  # what the first server made
+        sa.Table("genievm_server_schema", sa.MetaData(), sa.Column("version", sa.Integer)).create(conn)
+        conn.execute(sa.text("INSERT INTO genievm_server_schema (version) VALUES (1)"))
+        MIGRATIONS[0](conn)
+    assert "policy_slots" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+    store = Store(database_url)
+    assert migrate(store.engine) == SCHEMA_VERSION == 2
+    store.add_policy("nightly", {"name": "nightly"}, True)
+    assert store.slot("nightly", "verify") is None
+    store.set_slot("nightly", "verify", "2026-01-01T02:00:00+00:00")
+    store.set_slot("nightly", "verify", "2026-01-02T02:00:00+00:00")
+    assert store.slot("nightly", "verify") == "2026-01-02T02:00:00+00:00" and store.slot("nightly", "prune") is None
+    store.delete_policy("nightly")
+    assert store.slot("nightly", "verify") is None
     store.close()
