@@ -43,7 +43,7 @@ class Service:
         )
         self.queue_length: Callable[[], int] = lambda: 0  # the scheduler's, once it runs
         self.metrics = Metrics(lambda: self.queue_length())
-        self.notifier = Notifier(settings.webhooks)
+        self.notifier = Notifier(settings.webhooks, settings.email)
         self._busy: dict[str, str] = {}  # VM name -> the id of its running backup job
         self._lock = threading.Lock()
 

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genievm_core.errors import ConfigError
 from genievm_core.jobs import default_job_db
 
-__all__ = ["ProviderSettings", "RepositorySettings", "ServerSettings", "WebhookSettings", "load_settings"]
+__all__ = [
+    "EmailSettings",
+    "ProviderSettings",
+    "RepositorySettings",
+    "ServerSettings",
+    "WebhookSettings",
+    "load_settings",
+]
 
 DEFAULT_PORT = 8765
 
@@ -51,6 +58,26 @@ class WebhookSettings(_Model):
     on: tuple[Literal["failure", "success"], ...] = ("failure",)
 
 
+class EmailSettings(_Model):
+    """An e-mail to ``to`` through an SMTP server when a job ends as ``on`` asks; the password (if any) from
+    a file or a variable of the server."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = Field(min_length=3)
+    to: tuple[str, ...] = Field(min_length=1)
+    on: tuple[Literal["failure", "success"], ...] = ("failure",)
+    starttls: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    def password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\n")
+        return os.environ.get(self.password_env) if self.password_env else None
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
@@ -62,6 +89,7 @@ class ServerSettings(_Model):
     repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     webhooks: tuple[WebhookSettings, ...] = ()
+    email: tuple[EmailSettings, ...] = ()
     restore_root: Path | None = None  # restores to a folder write only under it (none: no such restores)
     max_concurrent_jobs: int = Field(default=2, ge=1, le=256)
     scheduler_interval: float = Field(default=30.0, gt=0, description="seconds between two looks at the schedules")

@@ -137,11 +137,39 @@ def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     httpd.server_close()
 
 
+class _Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], str]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content.decode()))
+        return "250 OK"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[int, _Mailbox]]:
+    """A local SMTP server (aiosmtpd) that keeps what it is sent."""
+    from aiosmtpd.controller import Controller
+
+    box = _Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller.port, box
+    controller.stop()
+
+
 def test_webhooks_and_metrics(
-    server_factory: Callable[..., ServerProcess], site: Site, receiver: tuple[str, list[dict[str, Any]]], tmp_path: Path
+    server_factory: Callable[..., ServerProcess],
+    site: Site,
+    receiver: tuple[str, list[dict[str, Any]]],
+    mailbox: tuple[int, _Mailbox],
+    tmp_path: Path,
 ) -> None:
     url, received = receiver
     site.settings["webhooks"] = [{"url": url}, {"url": url, "on": ["success"]}]
+    site.settings["email"] = [
+        {"host": "127.0.0.1", "port": mailbox[0], "sender": "genievm@example.org", "to": ["ops@example.org"]}
+    ]
     site.settings["providers"]["lab"]["options"]["vms"]["gone01"] = {"vda": str(tmp_path / "missing.img")}
     server = server_factory()
     with server.client("operator") as client:
@@ -150,7 +178,7 @@ def test_webhooks_and_metrics(
         failed = client.post("/api/v1/jobs/backup", json={"provider": "lab", "vm": "gone01", "repository": "main"})
         assert wait_job(client, failed.json()["id"])["state"] == "failed"
         deadline = time.monotonic() + 30
-        while len(received) < 2:
+        while len(received) < 2 or not mailbox[1].messages:
             assert time.monotonic() < deadline, received
             time.sleep(0.1)
         metrics = client.get("/metrics").text
@@ -194,3 +222,7 @@ def test_a_stopped_server_runs_its_cancelled_runs_when_back(
             assert time.monotonic() < deadline, runs
             time.sleep(0.3)
         assert len(runs) == 1 and runs[0]["job_id"] != running[0]["id"]
+    [(sender, to, mail)] = mailbox[1].messages  # on failure only
+    assert (sender, to) == ("genievm@example.org", ["ops@example.org"])
+    assert "Subject: GenieVM: backup of gone01 failed" in mail and "missing.img" in mail
+    assert PASSPHRASE not in mail
