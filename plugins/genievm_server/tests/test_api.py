@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +274,30 @@ def test_genievm_api_sees_the_servers_jobs(server: ServerProcess, site: Site) ->
         wait_job(client, started.json()["id"])
     with GenieVM(job_db=Path(site.settings["job_db"])) as api:
         assert api.job(started.json()["id"]).state.value == "succeeded"
+
+
+def test_pause_resume_and_cancel(server: ServerProcess, site: Site) -> None:
+    """A backup that waits for a repository lock another client holds: paused, resumed, then cancelled."""
+    site.settings["lock_wait"] = 120
+    with GenieVM(job_db=Path(site.settings["job_db"])) as other, server.client("operator") as client:
+        repo = other.open_repository(site.settings["repositories"]["main"]["url"], passphrase=PASSPHRASE)
+        with repo.lock("exclusive", "a test's maintenance"):
+            job_id = client.post(
+                "/api/v1/jobs/backup", json={"provider": "lab", "vm": "web01", "repository": "main"}
+            ).json()["id"]
+
+            def state_becomes(state: str) -> None:
+                deadline = time.monotonic() + 30
+                while client.get(f"/api/v1/jobs/{job_id}").json()["state"] != state:
+                    assert time.monotonic() < deadline, f"job {job_id} did not become {state}"
+                    time.sleep(0.1)
+
+            state_becomes("running")
+            assert client.post(f"/api/v1/jobs/{job_id}/pause").json()["requested"] == "pause"
+            state_becomes("paused")
+            assert client.post(f"/api/v1/jobs/{job_id}/resume").status_code == 200
+            state_becomes("running")
+            assert client.post(f"/api/v1/jobs/{job_id}/stop").status_code == 422  # not an action
+            assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+            assert wait_job(client, job_id, timeout=30)["state"] == "cancelled"
+        assert client.get("/api/v1/repositories/main/backups").json()["backups"] == []
