@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,9 @@ def test_pause_resume_and_cancel(server: ServerProcess, site: Site) -> None:
             assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
             assert wait_job(client, job_id, timeout=30)["state"] == "cancelled"
         assert client.get("/api/v1/repositories/main/backups").json()["backups"] == []
+
+
+def test_insecure_allows_a_non_loopback_address(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("--host", "0.0.0.0", "--insecure")
+    with server.client("read-only") as client:  # reached on 127.0.0.1, one of all the addresses
+        assert client.get("/api/v1/repositories").status_code == 200
