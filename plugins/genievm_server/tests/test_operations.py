@@ -192,6 +192,11 @@ def test_webhooks_and_metrics(
     assert 'genievm_backup_read_bytes{vm="web01"}' in metrics and 'vm="gone01"' not in metrics.split("jobs_total")[0]
     assert "genievm_scheduler_queue_length 0.0" in metrics
 
+    [(sender, to, mail)] = mailbox[1].messages  # on failure only
+    assert (sender, to) == ("genievm@example.org", ["ops@example.org"])
+    assert "Subject: GenieVM: backup of gone01 failed" in mail and "missing.img" in mail
+    assert PASSPHRASE not in mail
+
 
 def test_a_stopped_server_runs_its_cancelled_runs_when_back(
     server_factory: Callable[..., ServerProcess], site: Site, tmp_path: Path
@@ -222,7 +227,3 @@ def test_a_stopped_server_runs_its_cancelled_runs_when_back(
             assert time.monotonic() < deadline, runs
             time.sleep(0.3)
         assert len(runs) == 1 and runs[0]["job_id"] != running[0]["id"]
-    [(sender, to, mail)] = mailbox[1].messages  # on failure only
-    assert (sender, to) == ("genievm@example.org", ["ops@example.org"])
-    assert "Subject: GenieVM: backup of gone01 failed" in mail and "missing.img" in mail
-    assert PASSPHRASE not in mail
