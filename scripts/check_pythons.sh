@@ -58,6 +58,7 @@ for v in "${versions[@]}"; do
   fi
   if ! "$env_dir/bin/python" -c "
 import genievm_core.cli, genievm_core.api, genievm_kvm.plugin, genievm_vmware.plugin, genievm_storage_fs.plugin, genievm_recovery.cli
+import genievm_server.app, genievm_server.cli
 import genievm_storage_s3.storage, genievm_recovery.files_cli, libvirt, pyVmomi; $nbd
 from genievm_core.plugin import PluginHost
 names = sorted(p.name for p in PluginHost().plugins())

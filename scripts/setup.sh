@@ -17,6 +17,8 @@ APT_PACKAGES+=(debhelper lintian mmdebstrap systemd)
 # libguestfs for file-level restore (genievm files: its Python binding, a kernel for its appliance, XFS in it);
 # mtools and dosfstools make the FAT guest disks of its tests.
 APT_PACKAGES+=(python3-guestfs libguestfs-tools linux-image-amd64 libguestfs-xfs mtools dosfstools)
+# the server: its other database (scripts/services/postgres.sh) and its console's tests in Chromium
+APT_PACKAGES+=(postgresql chromium chromium-driver)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -14,7 +14,9 @@ bash scripts/services/libvirtd.sh  # real libvirtd + QEMU/KVM for the KVM plugin
 # VMware plugin's (scripts/services/vcsim.sh), stopped however pytest ends
 source scripts/services/s3.sh
 source scripts/services/vcsim.sh
-trap 's3_stop; vcsim_stop' EXIT
+source scripts/services/postgres.sh  # the server's tests on PostgreSQL too
+trap 's3_stop; vcsim_stop; postgres_stop' EXIT
 s3_start
 vcsim_start
+postgres_start
 .venv/bin/python -m pytest "$@"

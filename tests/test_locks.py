@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from genievm_core.errors import JobCancelledError, RepositoryLockedError
 from genievm_core.jobs import run_backup
 from genievm_core.models.config import BackupConfig
 from genievm_core.plugin import PluginHost
-from genievm_core.repository.lock import repository_lock
+from genievm_core.repository.lock import LockPolicy, repository_lock
 
 
 def holder(pid: int, host: str, kind: str = "exclusive", operation: str = "prune") -> bytes:
@@ -103,3 +105,21 @@ def test_a_cancelled_backup_commits_nothing(host: PluginHost, new_repo: RepoFact
         run_backup(host, cfg, repo, progress=cancel_at_first_progress, control=control, workers=1)
     assert len(repo.backup_ids()) == 1, "the cancelled backup must not be visible"
     assert list(repo.storage.list("locks/")) == []
+
+
+def test_a_backup_waiting_for_a_lock_stops_when_cancelled(
+    host: PluginHost, new_repo: RepoFactory, tmp_path: Path
+) -> None:
+    """A cancel (genievm jobs cancel, a server that stops) ends the wait at once, not after --lock-wait."""
+    repo, _ = new_repo()
+    repo.locking = LockPolicy(wait=60)
+    image = write_image(tmp_path / "vda.img", CHUNK, [(0, b"data")])
+    cfg = BackupConfig(vm_id="vm", backup_path=repo.url, provider_options={"vms": {"vm": {"vda": str(image)}}})
+    control = JobControl("job-8")
+    threading.Timer(0.5, control.cancel).start()
+    began = time.monotonic()
+    with repository_lock(repo.storage, "exclusive", "prune"):
+        with pytest.raises(JobCancelledError, match="job job-8 was cancelled"):
+            run_backup(host, cfg, repo, control=control, workers=1)
+    assert time.monotonic() - began < 10
+    assert repo.backup_ids() == []

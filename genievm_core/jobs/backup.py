@@ -153,7 +153,7 @@ def run_backup(
     try:
         phase("plan")
         vm, disks = describe_for_backup(provider, config)
-        with repo.lock("shared", f"backup of {vm.id}"):
+        with repo.lock("shared", f"backup of {vm.id}", checkpoint=control.checkpoint if control else None):
             plan = plan_backup(repo, config, vm, disks)
             phase("transfer")
             sources = host.cbt_sources.by_priority()

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -138,8 +138,10 @@ def repository_lock(
     *,
     timeout: float = 10.0,
     policy: LockPolicy | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> Iterator[HeldLock]:
-    """Hold a ``kind`` lock on the repository for the duration of the block, refreshed meanwhile."""
+    """Hold a ``kind`` lock on the repository for the duration of the block, refreshed meanwhile;
+    ``checkpoint`` (a job's: it raises once the job is cancelled) is called while it waits."""
     policy = policy or LockPolicy()
     key = f"{PREFIX}{uuid.uuid4().hex}"
     now = datetime.now(UTC).isoformat()
@@ -166,6 +168,8 @@ def repository_lock(
                 f"repository {storage.url} is locked by {describe_lock(blocker)}; "
                 "if that process is gone, run `genievm repo unlock`"
             )
+        if checkpoint is not None:
+            checkpoint()
         time.sleep(random.uniform(0.05, 0.3))
     held = HeldLock(storage, key, me, policy).start()
     try:

@@ -202,12 +202,19 @@ class Repository:
         )
 
     def lock(
-        self, kind: Literal["shared", "exclusive"], operation: str, *, timeout: float | None = None
+        self,
+        kind: Literal["shared", "exclusive"],
+        operation: str,
+        *,
+        timeout: float | None = None,
+        checkpoint: Callable[[], None] | None = None,
     ) -> AbstractContextManager[None]:
         """Hold a lock for the block, refreshed meanwhile; wait up to ``timeout`` seconds (default
-        ``locking.wait``) for a conflicting one to go."""
+        ``locking.wait``) for a conflicting one to go, calling ``checkpoint`` (a job's cancel) meanwhile."""
         wait = self.locking.wait if timeout is None else timeout
-        return self._holding(repository_lock(self.storage, kind, operation, timeout=wait, policy=self.locking))
+        return self._holding(
+            repository_lock(self.storage, kind, operation, timeout=wait, policy=self.locking, checkpoint=checkpoint)
+        )
 
     @contextmanager
     def _holding(self, lock: AbstractContextManager[HeldLock | None]) -> Iterator[None]:

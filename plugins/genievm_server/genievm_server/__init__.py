@@ -1,0 +1,1 @@
+"""GenieVM server."""

@@ -1,0 +1,78 @@
+"""Notifications: a JSON POST to each configured webhook, an e-mail through each configured SMTP server,
+when a job ends as it asks for (failure, success). Each is sent from a thread of its own: a slow receiver
+never holds up a job; one that fails is logged (never its password)."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+import structlog
+
+from genievm_core.jobs import Job, JobState
+from genievm_server.settings import EmailSettings, WebhookSettings
+
+__all__ = ["Notifier"]
+
+log = structlog.get_logger("genievm.server")
+TIMEOUT = 10.0
+
+
+class Notifier:
+    def __init__(self, webhooks: tuple[WebhookSettings, ...], email: tuple[EmailSettings, ...] = ()) -> None:
+        self.webhooks = webhooks
+        self.email = email
+
+    def job_ended(self, job: Job) -> None:
+        event = "success" if job.state is JobState.SUCCEEDED else "failure"
+        if job.state is JobState.CANCELLED:
+            return
+        body = {
+            "event": f"job.{event}",
+            "job": {
+                "id": job.id,
+                "kind": job.kind,
+                "state": job.state.value,
+                "vm": job.vm,
+                "repository": job.repository,
+                "error": job.error,
+                "exit_code": job.exit_code,
+                "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            },
+        }
+        for hook in self.webhooks:
+            if event in hook.on:
+                threading.Thread(target=_post, args=(hook.url, body), name="genievm-webhook", daemon=True).start()
+        for mail in self.email:
+            if event in mail.on:
+                threading.Thread(target=_mail, args=(mail, body), name="genievm-email", daemon=True).start()
+
+
+def _post(url: str, body: dict[str, Any]) -> None:
+    try:
+        httpx.post(url, json=body, timeout=TIMEOUT).raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("webhook.failed", url=url, error=str(exc))
+
+
+def _mail(settings: EmailSettings, body: dict[str, Any]) -> None:
+    job = body["job"]
+    message = EmailMessage()
+    message["From"] = settings.sender
+    message["To"] = ", ".join(settings.to)
+    outcome = "failed" if body["event"] == "job.failure" else "succeeded"
+    message["Subject"] = f"GenieVM: {job['kind']} of {job['vm'] or job['repository']} {outcome}"
+    lines = [f"{key}: {value}" for key, value in job.items() if value is not None]
+    message.set_content("\n".join(lines) + "\n")
+    try:
+        with smtplib.SMTP(settings.host, settings.port, timeout=TIMEOUT) as smtp:
+            if settings.starttls:
+                smtp.starttls()
+            if settings.username is not None:
+                smtp.login(settings.username, settings.password() or "")
+            smtp.send_message(message)
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("email.failed", host=settings.host, port=settings.port, error=str(exc))
