@@ -107,7 +107,10 @@ def ebs(aws_endpoint: str) -> Any:
 def launch(ec2: Any, sizes_gib: list[int], name: str | None = None) -> Instance:
     name = name or f"genievm-test-{secrets.token_hex(3)}"
     image = ec2.describe_images()["Images"][0]["ImageId"]
-    mappings = [{"DeviceName": d, "Ebs": {"VolumeSize": s, "VolumeType": "gp3"}} for d, s in zip(DEVICES, sizes_gib)]
+    mappings = [
+        {"DeviceName": d, "Ebs": {"VolumeSize": s, "VolumeType": "gp3"}}
+        for d, s in zip(DEVICES, sizes_gib, strict=False)
+    ]
     answer = ec2.run_instances(
         ImageId=image,
         MinCount=1,
@@ -147,13 +150,17 @@ def snapshot_content(ebs: Any, snapshot_id: str, size: int) -> bytes:
     data = bytearray(size)
     block = int(listed["BlockSize"])
     for entry in listed["Blocks"]:
-        got = ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=entry["BlockIndex"], BlockToken=entry["BlockToken"])
+        got = ebs.get_snapshot_block(
+            SnapshotId=snapshot_id, BlockIndex=entry["BlockIndex"], BlockToken=entry["BlockToken"]
+        )
         data[entry["BlockIndex"] * block : (entry["BlockIndex"] + 1) * block] = got["BlockData"].read()
     return bytes(data[:size])
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], aws_endpoint: str) -> Callable[..., CLIResult]:
+def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], aws_endpoint: str
+) -> Callable[..., CLIResult]:
     def run(*args: str, check: bool = True) -> CLIResult:
         code, out, err = run_cli(monkeypatch, capsys, *args)
         if check and code != 0:

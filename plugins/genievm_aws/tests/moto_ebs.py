@@ -19,7 +19,9 @@ backend methods, in this process only):
 - Deleting a snapshot in EC2 leaves its EBS direct twin readable in moto: removed.
 - ``ListChangedBlocks`` in moto lists only blocks the first snapshot has, missing
   blocks written since into a hole; here it also lists those, as EBS does.
-- ``FAULTS[operation]``: errors to raise from the next calls (throttling, ...).
+- ``FAULTS[operation]``: what the next calls do instead of answering: raise an error
+  (throttling, ...), or, for ``get_snapshot_block``, ``CORRUPT``: send the block with
+  one byte flipped (its checksum still the original's), as a damaged transfer would.
 
 Not modelled at all: an AMI's block device mapping (moto's ``RegisterImage``
 drops it, so an instance launched from a restored AMI does not get the restored
@@ -36,21 +38,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
 
 from moto.core.exceptions import JsonRESTError
-from moto.ebs.models import EBSBackend, EBSSnapshot, ebs_backends
+from moto.ebs.models import Block, EBSBackend, EBSSnapshot, ebs_backends
 from moto.ec2.models import EC2Backend
 from moto.server import ThreadedMotoServer
 
-__all__ = ["BLOCK", "FAULTS", "VOLUMES", "moto_aws", "read_volume", "throttled", "write_volume"]
+__all__ = ["BLOCK", "CORRUPT", "FAULTS", "VOLUMES", "moto_aws", "read_volume", "throttled", "write_volume"]
 
 BLOCK = 512 << 10
 VOLUMES: dict[str, dict[int, bytes]] = {}
-FAULTS: dict[str, list[Exception]] = {}
+CORRUPT = "corrupt"
+FAULTS: dict[str, list[Exception | str]] = {}
 
 
 def checksum(data: bytes) -> str:
@@ -83,10 +87,14 @@ def _ebs(backend: Any) -> EBSBackend:
     return ebs_backends[backend.account_id][backend.region_name]
 
 
-def _fault(operation: str) -> None:
+def _fault(operation: str) -> str | None:
     pending = FAULTS.get(operation)
-    if pending:
-        raise pending.pop(0)
+    if not pending:
+        return None
+    fault = pending.pop(0)
+    if isinstance(fault, Exception):
+        raise fault
+    return fault
 
 
 def _patches() -> list[Any]:
@@ -124,8 +132,12 @@ def _patches() -> list[Any]:
         return snapshot
 
     def get_block(self: Any, snapshot_id: str, block_index: int) -> Any:
-        _fault("get_snapshot_block")
-        return get_snapshot_block(self, snapshot_id, block_index)
+        fault = _fault("get_snapshot_block")
+        block = get_snapshot_block(self, snapshot_id, block_index)
+        if fault == CORRUPT:
+            damaged = bytes([block.block_data[0] ^ 0xFF]) + block.block_data[1:]
+            return Block(damaged, block.checksum, block.checksum_algorithm, block.data_length)
+        return block
 
     def changed_blocks(self: Any, first_snapshot_id: str, second_snapshot_id: str) -> Any:
         first, second = self.snapshots[first_snapshot_id], self.snapshots[second_snapshot_id]
@@ -149,6 +161,7 @@ def _patches() -> list[Any]:
 @contextmanager
 def moto_aws() -> Iterator[str]:
     """moto's server on a free port of 127.0.0.1, with the additions above; its endpoint URL."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     with ExitStack() as stack:
         for patch in _patches():
@@ -157,4 +170,3 @@ def moto_aws() -> Iterator[str]:
         stack.callback(server.stop)
         host, port = server.get_host_and_port()
         yield f"http://{host}:{port}"
-

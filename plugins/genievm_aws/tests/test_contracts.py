@@ -118,7 +118,9 @@ class TestBoundEBSChangedBlocks(CBTSourceContract):
         instance = make_instance([1])
         instance.write("sda1", 0, os.urandom(2 * MiB))
         options = {**provider_options, "keepSnapshots": 1}
-        cfg = BackupConfig(vm_id=instance.id, backup_path=genievm_repository.url, provider="aws", provider_options=options)
+        cfg = BackupConfig(
+            vm_id=instance.id, backup_path=genievm_repository.url, provider="aws", provider_options=options
+        )
         token = run_backup(genievm_host, cfg, genievm_repository, workers=2).disks[0].cbt.token
         assert token is not None and token.startswith("snap-")
         instance.write("sda1", 5 * MiB, os.urandom(4096))  # into a hole: a block the base does not have
