@@ -169,3 +169,21 @@ def test_credentials_are_never_logged_nor_stored(
     for secret in (ACCESS_KEY_ID, SECRET_ACCESS_KEY):
         assert secret not in run.out + run.err + listed
         assert secret.encode() not in stored
+
+
+def test_a_backup_of_another_provider_restores_into_ebs_snapshots(
+    cli: CLI, aws_options: list[str], repo: str, tmp_path: Path, ec2: Any, ebs: Any
+) -> None:
+    """The cloud leg of cross-hypervisor restore: an ``image`` backup (as KVM's raw disks) into new EBS snapshots."""
+    image = tmp_path / "web01.img"
+    data = bytearray(3 * MiB + 4096)  # not a whole number of blocks: the last one is padded with zeros
+    data[0:4096] = os.urandom(4096)
+    data[2 * MiB : 3 * MiB + 4096] = os.urandom(MiB + 4096)
+    image.write_bytes(bytes(data))
+    cli("backup", "--vm", "web01", "--repo", repo, "--disk", f"vda={image}")
+    cli("restore", "--vm", "web01", "--repo", repo, *aws_options, "-o", "restoreTo=snapshots", "--new-name", "web01-ebs")
+    (snapshot,) = genievm_snapshots(ec2, restored="web01-ebs", disk="vda")
+    (described,) = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+    assert described["VolumeSize"] == 1, "the size rounded up to whole GiB"
+    assert snapshot_content(ebs, snapshot, len(data)) == bytes(data)
+    assert {b["BlockIndex"] for b in ebs.list_snapshot_blocks(SnapshotId=snapshot)["Blocks"]} == {0, 4, 5, 6}
