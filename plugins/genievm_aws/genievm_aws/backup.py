@@ -87,6 +87,7 @@ class EBSDiskSource(CountingDiskSource):
         return self.snapshot_id if self.kept else None
 
 
+# [guide:aws-backup]
 @contextmanager
 def snapshot_backup(
     aws: AWS, options: AWSOptions, desc: VMDescription, request: BackupRequest
@@ -127,3 +128,6 @@ def snapshot_backup(
             prune_kept(aws, desc.id, request.chain_id, options.keep_snapshots)
         else:
             snapshots.discard()
+
+
+# [/guide:aws-backup]

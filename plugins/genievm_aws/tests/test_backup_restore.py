@@ -181,7 +181,9 @@ def test_a_backup_of_another_provider_restores_into_ebs_snapshots(
     data[2 * MiB : 3 * MiB + 4096] = os.urandom(MiB + 4096)
     image.write_bytes(bytes(data))
     cli("backup", "--vm", "web01", "--repo", repo, "--disk", f"vda={image}")
-    cli("restore", "--vm", "web01", "--repo", repo, *aws_options, "-o", "restoreTo=snapshots", "--new-name", "web01-ebs")
+    cli(
+        "restore", "--vm", "web01", "--repo", repo, *aws_options, "-o", "restoreTo=snapshots", "--new-name", "web01-ebs"
+    )
     (snapshot,) = genievm_snapshots(ec2, restored="web01-ebs", disk="vda")
     (described,) = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
     assert described["VolumeSize"] == 1, "the size rounded up to whole GiB"
