@@ -25,7 +25,7 @@ from genievm_core.models.extents import Extent
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import BackupRequest, CBTSource
 from genievm_core.repository import Repository
-from genievm_core.testing import CBTCase, CBTSourceContract, ProviderContract
+from genievm_core.testing import CBTCase, CBTSourceContract, MemoryStorage, ProviderContract
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -107,31 +107,30 @@ def test_ebs_changed_blocks_is_registered_by_the_aws_plugin() -> None:
     assert alone.extents is None and "only within a backup" in (alone.reason or "")
 
 
+@pytest.fixture(scope="module")
+def open_disk(ec2: Any, aws_endpoint: str) -> Iterator[tuple[Any, str]]:
+    """One backup for the class: its session stays open while the tests ask the bound source."""
+    instance = launch(ec2, [1])
+    instance.write("sda1", 0, os.urandom(2 * MiB))
+    options = {"region": REGION, "endpointUrl": aws_endpoint, "keepSnapshots": 1}
+    repository = Repository.init(MemoryStorage(), passphrase=None, chunk_size=65536)
+    cfg = BackupConfig(vm_id=instance.id, backup_path=repository.url, provider="aws", provider_options=options)
+    token = run_backup(PluginHost(), cfg, repository, workers=2).disks[0].cbt.token
+    assert token is not None and token.startswith("snap-")
+    instance.write("sda1", 5 * MiB, os.urandom(4096))  # into a hole: a block the base does not have
+    instance.write("sda1", MiB, os.urandom(4096))  # over data
+    provider = AWSProvider(options)
+    try:
+        desc = provider.describe_vm(instance.id)
+        with provider.open_backup(desc, BackupRequest(disks=("sda1",), tokens={"sda1": token})) as session:
+            yield session.sources()["sda1"], token
+    finally:
+        provider.close()
+        ec2.terminate_instances(InstanceIds=[instance.id])
+
+
 class TestBoundEBSChangedBlocks(CBTSourceContract):
     """The source as the core gets it during a backup: offered by the disk source, bound to its new snapshot."""
-
-    @pytest.fixture
-    def open_disk(
-        self, make_instance: Callable[..., Instance], provider_options: dict[str, Any], genievm_host: PluginHost,
-        genievm_repository: Repository,
-    ) -> Iterator[tuple[Any, str]]:  # fmt: skip
-        instance = make_instance([1])
-        instance.write("sda1", 0, os.urandom(2 * MiB))
-        options = {**provider_options, "keepSnapshots": 1}
-        cfg = BackupConfig(
-            vm_id=instance.id, backup_path=genievm_repository.url, provider="aws", provider_options=options
-        )
-        token = run_backup(genievm_host, cfg, genievm_repository, workers=2).disks[0].cbt.token
-        assert token is not None and token.startswith("snap-")
-        instance.write("sda1", 5 * MiB, os.urandom(4096))  # into a hole: a block the base does not have
-        instance.write("sda1", MiB, os.urandom(4096))  # over data
-        provider = AWSProvider(options)
-        try:
-            desc = provider.describe_vm(instance.id)
-            with provider.open_backup(desc, BackupRequest(disks=("sda1",), tokens={"sda1": token})) as session:
-                yield session.sources()["sda1"], token
-        finally:
-            provider.close()
 
     @pytest.fixture
     def cbt_source(self, open_disk: tuple[Any, str]) -> CBTSource:
