@@ -103,8 +103,10 @@ def snapshot_backup(
         None,
     )  # fmt: skip
     volumes = [infos[n].details["volume_id"] for n in request.disks]
+    keep = options.keep_snapshots if request.enable_cbt else 0  # --no-cbt: no base is kept (nor pruned)
     sweep_leftovers(aws, desc.id, request.chain_id)
-    snapshots = SnapshotSet(aws, desc.id, request.chain_id, volumes, root)
+    attached = [m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m]
+    snapshots = SnapshotSet(aws, desc.id, request.chain_id, volumes, attached, root)
     done = False
     try:
         with ExitStack() as stack:
@@ -116,18 +118,19 @@ def snapshot_backup(
                     aws, snapshots.by_volume[info.details["volume_id"]], info.size, options.block_threads
                 )
                 stack.callback(blocks.close)
-                sources[name] = EBSDiskSource(aws, info, blocks, kept=options.keep_snapshots > 0)
+                sources[name] = EBSDiskSource(aws, info, blocks, kept=keep > 0)
                 log.info(
                     "aws.disk_open", instance=desc.id, disk=name, snapshot=blocks.snapshot_id, blocks=len(blocks.tokens)
                 )
             yield DiskSources(sources)
         done = True
     finally:
-        if done and options.keep_snapshots > 0:
+        if done and keep:
             snapshots.keep()
-            prune_kept(aws, desc.id, request.chain_id, options.keep_snapshots)
         else:
             snapshots.discard()
+        if done and request.enable_cbt:  # keepSnapshots lowered (to 0 too): the older bases go
+            prune_kept(aws, desc.id, request.chain_id, keep)
 
 
 # [/guide:aws-backup]

@@ -45,7 +45,8 @@ class AWSOptions(BaseModel):
         default=8,
         ge=1,
         le=64,
-        description="EBS direct calls in flight per disk (`GetSnapshotBlock`, `PutSnapshotBlock`)",
+        description="EBS direct calls in flight per disk: the blocks a chunk covers are read at once "
+        "(a 4 MiB chunk: 8), restored blocks are sent so many at a time",
     )
     max_attempts: int = Field(
         default=DEFAULT_ATTEMPTS, ge=1, le=20, description="tries of each AWS call on throttling and transient errors"

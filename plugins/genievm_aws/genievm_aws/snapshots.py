@@ -81,13 +81,19 @@ def delete_snapshots(aws: AWS, snapshot_ids: Iterable[str]) -> None:
 class SnapshotSet:
     """The snapshots of one backup of one instance: volume id → snapshot id."""
 
-    def __init__(self, aws: AWS, instance_id: str, chain: str, volumes: Iterable[str], root_volume: str | None) -> None:
+    def __init__(
+        self, aws: AWS, instance_id: str, chain: str, volumes: Iterable[str], attached: Iterable[str], root: str | None
+    ) -> None:
+        """Snapshot ``volumes`` of the instance, whose ``attached`` volumes ``root`` boots from, at one moment."""
         self.aws = aws
         self.instance_id = instance_id
         self.set_id = uuid.uuid4().hex[:12]
         self.chain = chain or "none"
         wanted = set(volumes)
-        spec: dict[str, Any] = {"InstanceId": instance_id, "ExcludeBootVolume": root_volume not in wanted}
+        spec: dict[str, Any] = {"InstanceId": instance_id, "ExcludeBootVolume": root not in wanted}
+        excluded = sorted(set(attached) - wanted - {root})
+        if excluded:
+            spec["ExcludeDataVolumeIds"] = excluded
         answer = aws.ec2(
             "create_snapshots",
             instance_id,
@@ -103,7 +109,7 @@ class SnapshotSet:
         )
         made = {s["VolumeId"]: s["SnapshotId"] for s in answer.get("Snapshots", [])}
         self.by_volume = {v: s for v, s in made.items() if v in wanted}
-        self.extra = [s for v, s in made.items() if v not in wanted]  # data volumes not asked for
+        self.extra = [s for v, s in made.items() if v not in wanted]  # where the exclusion was not honoured
         missing = wanted - set(self.by_volume)
         if missing:
             self.discard()

@@ -112,6 +112,10 @@ def test_snapshots_are_removed_unless_kept(
         backup(cli, instance, repo, aws_options, "-o", "keepSnapshots=2")["disks"][0]["cbt"]["token"] for _ in range(3)
     ]
     assert genievm_snapshots(ec2, instance=instance.id) == set(tokens[1:]), "the newest two sets stay"
+    backup(cli, instance, repo, aws_options, "--no-cbt", "-o", "keepSnapshots=2")
+    assert genievm_snapshots(ec2, instance=instance.id) == set(tokens[1:]), "--no-cbt keeps no base, and prunes none"
+    backup(cli, instance, repo, aws_options)
+    assert genievm_snapshots(ec2, instance=instance.id) == set(), "keepSnapshots back to 0: the older bases go"
 
 
 def test_a_missing_base_snapshot_falls_back_to_hash_compare(
@@ -189,3 +193,16 @@ def test_a_backup_of_another_provider_restores_into_ebs_snapshots(
     assert described["VolumeSize"] == 1, "the size rounded up to whole GiB"
     assert snapshot_content(ebs, snapshot, len(data)) == bytes(data)
     assert {b["BlockIndex"] for b in ebs.list_snapshot_blocks(SnapshotId=snapshot)["Blocks"]} == {0, 4, 5, 6}
+
+
+def test_an_excluded_volume_keeps_no_snapshot(
+    cli: CLI, make_instance: Callable[..., Instance], aws_options: list[str], repo: str, ec2: Any
+) -> None:
+    instance = make_instance([1, 1])
+    instance.write("sdf", 0, os.urandom(4096))
+    manifest = backup(cli, instance, repo, aws_options, "--exclude-disk", "sdf", "-o", "keepSnapshots=1")
+    assert [d["name"] for d in manifest["disks"]] == ["sda1"]
+    token = manifest["disks"][0]["cbt"]["token"]
+    assert genievm_snapshots(ec2, instance=instance.id) == {token}, "only the backed-up volume's snapshot stays"
+    (kept,) = ec2.describe_snapshots(SnapshotIds=[token])["Snapshots"]
+    assert kept["VolumeId"] == instance.volumes["sda1"]
