@@ -133,8 +133,11 @@ class AWS:
             connect_timeout=20,
             read_timeout=60,
         )
-        self.ec2_client = session.client("ec2", endpoint_url=options.endpoint_url, config=config)
-        self.ebs_client = session.client("ebs", endpoint_url=options.endpoint_url, config=config)
+        try:
+            self.ec2_client = session.client("ec2", endpoint_url=options.endpoint_url, config=config)
+            self.ebs_client = session.client("ebs", endpoint_url=options.endpoint_url, config=config)
+        except ValueError as exc:  # botocore's word for a URL it cannot use
+            raise ConfigError(f"invalid providerOptions: endpointUrl: {exc}") from None
 
     def ec2(self, operation: str, what: str, **params: Any) -> dict[str, Any]:
         """``EC2.<operation>(**params)``, retried; ``what`` names the object in logs and errors."""

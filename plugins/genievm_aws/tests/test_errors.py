@@ -54,6 +54,11 @@ def test_a_bad_option_is_one_line(cli: CLI, aws_options: list[str]) -> None:
     )
 
 
+def test_an_endpoint_botocore_cannot_use_is_one_line(cli: CLI) -> None:
+    result = cli("vms", "--provider", "aws", "-o", f"region={REGION}", "-o", "endpointUrl=not a url", check=False)
+    assert one_line(result, 3) == "invalid providerOptions: endpointUrl: Invalid endpoint: not a url"
+
+
 @pytest.mark.parametrize("vm", ["i-0123456789abcdef0", "no-such-instance"])
 def test_an_unknown_instance_is_one_line(cli: CLI, aws_options: list[str], tmp_path: Any, vm: str) -> None:
     result = cli("backup", "--vm", vm, "--repo", str(tmp_path / "repo"), *aws_options, check=False)
