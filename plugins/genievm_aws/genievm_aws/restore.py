@@ -43,7 +43,22 @@ class EBSRestore:
         self.config: dict[str, Any] = json.loads(desc.config) if desc.config_format == CONFIG_FORMAT else {}
         self.sinks: dict[str, SnapshotSink] = {}
         self.made: list[tuple[str, str]] = []  # (kind, id) of what commit created, for discard
+        self._check_target(request)
         self._refuse_existing()
+
+    def _check_target(self, request: RestoreRequest) -> None:
+        """Refuse, before anything is written, what ``commit`` could not make."""
+        if self.options.restore_to == "volumes":
+            self._zone()
+        if self.options.restore_to != "instance":
+            return
+        restored = [d.name for d in self.desc.disks if not (c := request.disk_configs.get(d.name)) or not c.skip]
+        root_device = self.config.get("RootDeviceName")
+        if not any(self._mapping(n).get("DeviceName") == root_device for n in restored):
+            raise ConfigError(
+                f"invalid providerOptions: restoreTo: instance needs the root disk ({root_device or 'unknown'}) "
+                "among the restored disks; use -o restoreTo=volumes or snapshots"
+            )
 
     def _refuse_existing(self) -> None:
         if tagged(self.aws, restored=self.name):
@@ -88,7 +103,7 @@ class EBSRestore:
     def _zone(self) -> str:
         zone = self.options.availability_zone or self.config.get("AvailabilityZone")
         if not zone:
-            raise ConfigError("invalid providerOptions: availabilityZone: the backup names none; give one")
+            raise ConfigError("invalid providerOptions: availabilityZone: the backup names no zone; give one")
         return str(zone)
 
     def _volume(self, name: str, snapshot_id: str) -> str:
@@ -115,13 +130,7 @@ class EBSRestore:
         return str(volume)
 
     def _instance(self, snapshots: dict[str, str]) -> str:
-        root_device = self.config.get("RootDeviceName")
-        root = next((n for n in snapshots if self._mapping(n).get("DeviceName") == root_device), None)
-        if root is None:
-            raise ConfigError(
-                f"invalid providerOptions: restoreTo: instance needs the root disk ({root_device or 'unknown'}) "
-                "among the restored disks; use -o restoreTo=volumes"
-            )
+        root_device = self.config["RootDeviceName"]  # _check_target saw it among the restored disks
         mappings = []
         for name, snapshot_id in snapshots.items():
             m = self._mapping(name)

@@ -185,6 +185,17 @@ def test_a_backup_of_another_provider_restores_into_ebs_snapshots(
     data[2 * MiB : 3 * MiB + 4096] = os.urandom(MiB + 4096)
     image.write_bytes(bytes(data))
     cli("backup", "--vm", "web01", "--repo", repo, "--disk", f"vda={image}")
+    restore = ("restore", "--vm", "web01", "--repo", repo, *aws_options, "--new-name", "web01-ebs")
+    as_instance = cli(*restore, check=False)  # no EC2 configuration in an image backup: refused before writing
+    assert as_instance.code == 3 and as_instance.err.strip().endswith(
+        "invalid providerOptions: restoreTo: instance needs the root disk (unknown) among the restored disks; "
+        "use -o restoreTo=volumes or snapshots"
+    )
+    as_volumes = cli(*restore, "-o", "restoreTo=volumes", check=False)
+    assert as_volumes.code == 3 and as_volumes.err.strip().endswith(
+        "invalid providerOptions: availabilityZone: the backup names no zone; give one"
+    )
+    assert genievm_snapshots(ec2, restored="web01-ebs") == set(), "the refused restores made nothing"
     cli(
         "restore", "--vm", "web01", "--repo", repo, *aws_options, "-o", "restoreTo=snapshots", "--new-name", "web01-ebs"
     )
