@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -87,7 +88,8 @@ class SnapshotSet:
         """Snapshot ``volumes`` of the instance, whose ``attached`` volumes ``root`` boots from, at one moment."""
         self.aws = aws
         self.instance_id = instance_id
-        self.set_id = uuid.uuid4().hex[:12]
+        # sortable, to the microsecond: StartTime may have only seconds (moto's does), so it cannot order sets
+        self.set_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ-") + uuid.uuid4().hex[:6]
         self.chain = chain or "none"
         wanted = set(volumes)
         spec: dict[str, Any] = {"InstanceId": instance_id, "ExcludeBootVolume": root not in wanted}
@@ -129,13 +131,12 @@ class SnapshotSet:
 
 def prune_kept(aws: AWS, instance_id: str, chain: str, keep: int) -> None:
     """Remove the kept sets of the instance and repository but the newest ``keep``."""
-    sets: dict[str, list[dict[str, Any]]] = {}
+    sets: dict[str, list[str]] = {}  # set id (its creation time first) → its snapshots
     for snapshot in tagged(aws, instance=instance_id, chain=chain or "none", kept="yes"):
         tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
-        sets.setdefault(tags.get(f"{TAG}:set", snapshot["SnapshotId"]), []).append(snapshot)
-    newest_first = sorted(sets.values(), key=lambda s: max(x["StartTime"] for x in s), reverse=True)
-    for old in newest_first[keep:]:
-        delete_snapshots(aws, [s["SnapshotId"] for s in old])
+        sets.setdefault(tags.get(f"{TAG}:set", ""), []).append(snapshot["SnapshotId"])
+    for old in sorted(sets, reverse=True)[keep:]:
+        delete_snapshots(aws, sets[old])
 
 
 def sweep_leftovers(aws: AWS, instance_id: str, chain: str) -> None:
