@@ -35,7 +35,7 @@ def test_the_guide_includes_the_example_code_as_it_is() -> None:
 def test_every_marked_region_of_the_example_is_in_the_guide() -> None:
     included = {(path, name) for path, name in guide_includes().includes(GUIDE)}
     marked = set()
-    for path in EXAMPLE.rglob("*"):
+    for path in [*EXAMPLE.rglob("*"), *(ROOT / "plugins").rglob("*.py")]:  # the example, and the plugins' regions
         if path.suffix in (".py", ".toml") and "__pycache__" not in path.parts:
             for name in re.findall(r"^\s*# \[guide:([\w-]+)\]$", path.read_text(), re.M):
                 marked.add((str(path.relative_to(ROOT)), name))

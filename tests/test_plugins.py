@@ -312,7 +312,7 @@ def test_a_plugin_built_for_another_plugin_api_is_refused_in_one_line(genievm_ex
 
 
 def test_every_plugin_here_declares_the_plugin_api() -> None:
-    for name in ("kvm", "vmware", "file", "s3", "dirvm"):
+    for name in ("kvm", "vmware", "aws", "file", "s3", "dirvm"):
         (entry_point,) = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
         assert getattr(entry_point.load(), "GENIEVM_PLUGIN_API", None) == PLUGIN_API, name
 
