@@ -100,6 +100,8 @@ class BackupEngine:
         inflight: deque[tuple[int, int, Future[tuple[Outcome, bytes, int]]]] = deque()
         try:
             for i, pieces in self._with_allocation(todo, allocated, index):
+                if self.control.paused:  # a paused job may be killed: what it stored so far is kept
+                    self.repo.flush_chunks()
                 self.control.checkpoint()
                 length = index.chunk_length(i)
                 if not pieces:  # a hole (it may have held data in the parent)

@@ -53,6 +53,10 @@ class JobControl:
         self._running.set()
 
     @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
