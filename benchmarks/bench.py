@@ -58,6 +58,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench_peers import peer_ratios, peers_full, peers_incremental, print_peer_ratios
+
 BLOCK = 4 << 20
 MIB = 1 << 20
 PASSPHRASE = "genievm-bench-passphrase"
@@ -327,7 +329,12 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
         result = json.loads(text)
         step.internal_seconds, step.stats = result.get("elapsed_seconds"), result.get("stats") or {}
         steps.append(step)
+    repo_default = data / "repo-default"  # full-default and the peers (bench_peers.py)
+    run("repo-init-default", gv + ["repo", "init", str(repo_default), "--json"], logs, env)
+    genievm("full-default", ["backup", "--vm", "bench", "--repo", str(repo_default), "--disk", f"vda={img}"])
+    steps.extend(peers_full(run, img, data, logs, env))
     changed = forked(modify_image, img, args.size, args.seed)
+    steps.extend(peers_incremental(run, img, data, logs, env))
     genievm("incremental", backup + ["--no-cbt"])
     if steps[-1].stats.get("chunks_new") != len(changed):
         say(f"warning: the incremental stored {steps[-1].stats.get('chunks_new')} chunks; {len(changed)} changed")
@@ -401,6 +408,7 @@ def main() -> int:
         figures |= {"workers": args.workers, "rounds": args.repeat, "restores_identical": True}
         figures["steps"] = [asdict(s) | {"time_ok": s.time_ok, "rss_ok": s.rss_ok} for s in steps]
         figures["s3_vs_filesystem"] = s3_vs_fs
+        figures["peers"] = peer_ratios(by_name)
         print(json.dumps(figures, indent=2))
     else:
         print()
@@ -410,6 +418,7 @@ def main() -> int:
                 f"\nfull backup into S3 (local moto server) {s3_vs_fs['s3_seconds']:.2f} s, into the filesystem "
                 f"{s3_vs_fs['filesystem_seconds']:.2f} s: {s3_vs_fs['ratio']:.2f}x"
             )
+        print_peer_ratios(by_name)
         verdict = "pass" if resume_ratio <= RESUME_TARGET else "MISS"
         print(
             f"resumed backup after a kill at {resumed.stats.get('killed_at', 0):.0%}: {resumed.seconds:.2f} s = "
