@@ -86,18 +86,8 @@ class FilesystemStorage:
         return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes | bytearray) -> None:
-        path = self._path(key)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+        tmp, path = self._write_temporary(key, data, sync=self.fsync)
         try:
-            fd = self._create(tmp)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
             os.replace(tmp, path)
             if self.fsync:
                 _fsync_dir(path.parent)
@@ -110,19 +100,7 @@ class FilesystemStorage:
         if not self.fsync:
             self.put(key, data)
             return
-        path = self._path(key)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
-        try:
-            fd = self._create(tmp)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            _remove_quietly(tmp)
-            raise self._error(exc, key) from exc
+        tmp, path = self._write_temporary(key, data, sync=False)
         with self._batch_lock:
             self._raise_failed_flush()
             self._batch.append((key, tmp, path))
@@ -269,6 +247,25 @@ class FilesystemStorage:
         if self._flusher is not None:
             self._flusher.shutdown()
             self._flusher = None
+
+    def _write_temporary(self, key: str, data: bytes | bytearray, *, sync: bool) -> tuple[Path, Path]:
+        """Write ``data`` to a new temporary file beside the object's path (fsynced if ``sync``); both paths."""
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+        try:
+            fd = self._create(tmp)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            raise self._error(exc, key) from exc
+        return tmp, path
 
     def _create(self, tmp: Path) -> int:
         """Open a new temporary file, making its folder when it is not there (any more).
