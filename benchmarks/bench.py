@@ -16,9 +16,8 @@ random order: 40 % holes, 30 % compressible bytes (files under /usr/share and
                     genievm backup --no-cbt (chunk ids compared with the parent's)
     convert-raw     qemu-img convert -O raw IMG OUT.raw of the modified image (cache=unsafe):
                     the restore's yardstick
-    restic-backup   restic backup of the modified image into a fresh repository (restic's
-                    defaults: encrypted, compression auto; ``restic init`` is not timed)
-    restic-restore  restic restore latest --target DIR (restic's defaults)
+    restic-restore  restic restore latest --target DIR (restic's defaults) from the repository of
+                    bench_peers.py's restic-full and restic-incremental: the modified image
     restore         genievm restore --no-verify: a raw file, flushed once at the end
     restore+verify  genievm restore, verify-after-restore on (reads it all back)
     resumed         a full backup of the modified image into a second repository,
@@ -65,6 +64,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench_peers import peer_ratios, peers_full, peers_incremental, print_peer_ratios
+
 BLOCK = 4 << 20
 MIB = 1 << 20
 PASSPHRASE = "genievm-bench-passphrase"
@@ -73,7 +74,7 @@ SKIP_SUFFIXES = (".gz", ".xz", ".bz2", ".zst", ".zip", ".png", ".jpg", ".gif", "
 TIME_TARGETS = {"full": 2.0, "incremental": 1.5}
 RESTORE_VS_RESTIC, RESTORE_VS_CONVERT = 2.5, 2.0  # restic-restore / restore >=; restore / convert-raw <=
 PEER_STEPS = ("baseline", "convert-raw", "restic-")  # not GenieVM's: no RSS target
-DEBIAN_TOOLS = {"qemu-img": "qemu-utils", "restic": "restic"}  # command: package
+DEBIAN_TOOLS = {"qemu-img": "qemu-utils", "restic": "restic", "borg": "borgbackup"}  # command: package
 RESUME_TARGET, KILL_AT = 0.6, 0.5  # resumed backup / full backup, after a kill at half way
 RSS_TARGET_MIB = 256.0
 
@@ -292,7 +293,7 @@ def restore_verdicts(by_name: dict[str, Step]) -> dict[str, Any]:
         "times_convert_raw": slower,
         "times_convert_raw_target": RESTORE_VS_CONVERT,
         "times_convert_raw_ok": slower <= RESTORE_VS_CONVERT,
-        "backup_faster_than_restic": by_name["restic-backup"].seconds / by_name["full"].seconds,
+        "backup_faster_than_restic": by_name["restic-full"].seconds / by_name["full-default"].seconds,
     }
 
 
@@ -322,7 +323,7 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
     work, data = args.workdir.resolve(), args.workdir.resolve() / "data"
     img, repo, logs = data / "disk.img", data / "repo", work / "logs"
     outputs = [data / "base.qcow2", data / "flush.qcow2", data / "restore", data / "restore-verify"]
-    converted, restic_repo, restic_out = data / "convert.raw", data / "restic-repo", data / "restic-restore"
+    converted, restic_out = data / "convert.raw", data / "restic-restore"
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(logs, ignore_errors=True)
     data.mkdir(parents=True)
@@ -374,14 +375,17 @@ def bench_round(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[l
         result = json.loads(text)
         step.internal_seconds, step.stats = result.get("elapsed_seconds"), result.get("stats") or {}
         steps.append(step)
+    repo_default = data / "repo-default"  # full-default and the peers (bench_peers.py)
+    run("repo-init-default", gv + ["repo", "init", str(repo_default), "--json"], logs, env)
+    genievm("full-default", ["backup", "--vm", "bench", "--repo", str(repo_default), "--disk", f"vda={img}"])
+    steps.extend(peers_full(run, img, data, logs, env))
     changed = forked(modify_image, img, args.size, args.seed)
+    steps.extend(peers_incremental(run, img, data, logs, env))
     genievm("incremental", backup + ["--no-cbt"])
     if steps[-1].stats.get("chunks_new") != len(changed):
         say(f"warning: the incremental stored {steps[-1].stats.get('chunks_new')} chunks; {len(changed)} changed")
     steps.append(run("convert-raw", convert[:3] + ["raw", str(img), str(converted)], logs, env)[0])
-    restic = ["restic", "--repo", str(restic_repo)]
-    run("restic-init", restic + ["init"], logs, env)
-    steps.append(run("restic-backup", restic + ["backup", str(img)], logs, env)[0])
+    restic = ["restic", "--repo", str(data / "restic")]  # bench_peers' repository: latest is the modified image
     steps.append(run("restic-restore", restic + ["restore", "latest", "--target", str(restic_out)], logs, env)[0])
     restore = ["restore", "--vm", "bench", "--repo", str(repo), "--target"]
     genievm("restore", restore + [str(outputs[2]), "--no-verify"])
@@ -454,6 +458,7 @@ def main() -> int:
         figures["steps"] = [asdict(s) | {"time_ok": s.time_ok, "rss_ok": s.rss_ok} for s in steps]
         figures["s3_vs_filesystem"] = s3_vs_fs
         figures["restore"] = verdicts
+        figures["peers"] = peer_ratios(by_name)
         print(json.dumps(figures, indent=2))
     else:
         print()
@@ -472,8 +477,7 @@ def main() -> int:
             f"{v['convert_raw_seconds']:.2f} s, {v['times_convert_raw']:.2f}x its time "
             f"(target <={RESTORE_VS_CONVERT}x: {mark[v['times_convert_raw_ok']]})"
         )
-        restic_backup = by_name["restic-backup"].seconds
-        print(f"restic backup {restic_backup:.2f} s: genievm's full {v['backup_faster_than_restic']:.2f}x faster")
+        print_peer_ratios(by_name)
         verdict = "pass" if resume_ratio <= RESUME_TARGET else "MISS"
         print(
             f"resumed backup after a kill at {resumed.stats.get('killed_at', 0):.0%}: {resumed.seconds:.2f} s = "

@@ -6,6 +6,7 @@ import os
 import struct
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import random_bytes, text_bytes
@@ -64,6 +65,60 @@ def test_compressible_data_is_compressed_and_random_data_is_not(codec: ObjectCod
     overhead = HEADER_LEN + (28 if codec.keys else 0)
     assert len(stored) == len(noise) + overhead
     assert codec.decode("n", stored) == noise and codec.decode("t", packed) == text
+
+
+class _RecordingCompressor:
+    """Stands in for the codec's zstd compressor and records the lengths it was given."""
+
+    def __init__(self, real: object) -> None:
+        self.real, self.lengths = real, []  # type: ignore[var-annotated]
+
+    def compress(self, data: bytes) -> bytes:
+        self.lengths.append(len(data))
+        return self.real.compress(data)  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize("keys", [None, KEYS], ids=["plain", "encrypted"])
+def test_a_random_chunk_skips_the_zstd_pass(keys: Keys | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = ObjectCodec(keys)
+    recorder = _RecordingCompressor(codec._compressor())
+    monkeypatch.setattr(codec, "_compressor", lambda: recorder)
+    noise = random_bytes(4 << 20, seed=5)
+    stored = codec.encode("n", noise)
+    assert recorder.lengths == [], "the probe should have found nothing to gain"
+    assert stored[5] == 0 and codec.decode("n", stored) == noise
+    text = text_bytes(4 << 20)
+    packed = codec.encode("t", text)
+    assert recorder.lengths == [len(text)] and packed[5] == 1 and codec.decode("t", packed) == text
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_chunk_compressible_in_one_part_is_still_compressed(where: str) -> None:
+    size, part = 4 << 20, 512 << 10
+    at = {"start": 0, "middle": size // 2 - part // 2, "end": size - part}[where]
+    data = bytearray(random_bytes(size, seed=6))
+    data[at : at + part] = text_bytes(part, seed=1)
+    stored = PLAIN.encode("m", bytes(data))
+    assert stored[5] == 1, f"compressible bytes at the {where} were missed"
+    assert len(stored) < size - part // 2
+    assert PLAIN.decode("m", stored) == data
+
+
+def test_high_levels_always_try_the_whole_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = ObjectCodec(None, compression_level=19)
+    recorder = _RecordingCompressor(codec._compressor())
+    monkeypatch.setattr(codec, "_compressor", lambda: recorder)
+    noise = random_bytes(1 << 20, seed=8)
+    assert codec.encode("n", noise)[5] == 0 and recorder.lengths == [len(noise)]
+
+
+def test_the_probe_keeps_the_compression_of_whole_zstd() -> None:
+    """Stored sizes of a mix equal those of zstd over every chunk (what was stored before the probe)."""
+    mix = [random_bytes(1 << 20, seed=7), text_bytes(1 << 20, seed=2), bytes(1 << 20) + b"x"]
+    whole = zstandard.ZstdCompressor(level=PLAIN.compression_level)
+    for data in mix:
+        expected = min(len(whole.compress(data)), len(data))
+        assert len(PLAIN.encode("c", data)) == HEADER_LEN + expected
 
 
 def test_encrypted_objects_hide_their_content_and_use_fresh_nonces() -> None:

@@ -70,3 +70,21 @@ def test_a_mistyped_command_is_still_suggested(
     code, _out, err = run_cli(monkeypatch, capsys, "bakup")
     assert code == 2
     assert "Did you mean 'backup', 'backups'?" in err
+
+
+def test_loading_the_plugins_imports_no_hypervisor_sdk_until_a_provider_is_made() -> None:
+    """A backup of an image file loads every plugin; pyVmomi (about 0.2 s) is imported only by a vmware provider."""
+    probe = (
+        "import json, sys\n"
+        "from genievm_core.plugin import PluginHost\n"
+        "host = PluginHost()\n"
+        "before = 'pyVmomi' in sys.modules\n"
+        "factory = host.providers.get('vmware')\n"
+        "try:\n"
+        "    factory({})\n"
+        "except Exception:\n"
+        "    pass\n"
+        "print(json.dumps([before, 'pyVmomi' in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True], done.stderr

@@ -61,6 +61,11 @@ class _Tally:
             s["chunks_deduplicated"] += 1
             s["bytes_deduplicated"] += length
 
+    def add_zeros(self, chunks: int, length: int) -> None:
+        self.stats["chunks_zero"] += chunks
+        self.stats["bytes_zero"] += length
+        self.stats["bytes_scanned"] += length
+
 
 class BackupEngine:
     def __init__(
@@ -87,20 +92,28 @@ class BackupEngine:
         size = source.info.size
         index = ChunkIndex.empty(size, self._chunk)
         allocated = source.allocated_extents()
-        allocated = clip(allocated, size) if allocated is not None else [Extent(0, size)]
-        todo = self._chunks_to_examine(index, plan)
+        allocated = normalize(clip(allocated, size) if allocated is not None else [Extent(0, size)])
+        every_chunk = plan.changed is None or plan.parent is None
+        if every_chunk:  # chunks in holes are zero already: only those with data are looked at
+            todo = list(chunk_indexes(allocated, self._chunk))
+        else:
+            assert plan.parent is not None
+            index.take_from(plan.parent)
+            todo = self._chunks_to_examine(index, plan)
         tally = _Tally()
-        if plan.changed is not None and plan.parent is not None:
-            for i in range(min(index.count, plan.parent.count)):
-                if index.chunk_length(i) == plan.parent.chunk_length(i):
-                    index[i] = plan.parent[i]
-        total = sum(index.chunk_length(i) for i in todo)
+        total = size if every_chunk else sum(index.chunk_length(i) for i in todo)
         progress = DiskProgress(source.info.name, total)
         self.progress(progress)
         inflight: deque[tuple[int, int, Future[tuple[Outcome, bytes, int]]]] = deque()
+        holes_from = 0  # with every_chunk: the first chunk not accounted for yet
         try:
             for i, pieces in self._with_allocation(todo, allocated, index):
+                if self.control.paused:  # a paused job may be killed: what it stored so far is kept
+                    self.repo.flush_chunks()
                 self.control.checkpoint()
+                if every_chunk:
+                    self._count_holes(tally, progress, index, holes_from, i)
+                    holes_from = i + 1
                 length = index.chunk_length(i)
                 if not pieces:  # a hole (it may have held data in the parent)
                     index[i] = ZERO_ID
@@ -114,34 +127,44 @@ class BackupEngine:
                     self._finish(inflight.popleft(), index, tally, progress)
             while inflight:
                 self._finish(inflight.popleft(), index, tally, progress)
+            if every_chunk:
+                self._count_holes(tally, progress, index, holes_from, index.count)
         finally:
             for _, _, fut in inflight:
                 fut.cancel()
             for _, _, fut in inflight:
                 if not fut.cancelled():
                     fut.exception()
-        tally.stats["chunks_unchanged"] = index.count - len(todo) if plan.changed is not None else 0
+        tally.stats["chunks_unchanged"] = 0 if every_chunk else index.count - len(todo)
         progress.done = True
         self.progress(progress)
         return index, BackupStats(**tally.stats)
 
     def _chunks_to_examine(self, index: ChunkIndex, plan: DiskPlan) -> list[int]:
-        if plan.changed is None or plan.parent is None:
-            return list(range(index.count))
+        """The chunks the changed extents touch, and those the parent lacks or whose length changed."""
+        assert plan.changed is not None and plan.parent is not None
         todo = set(chunk_indexes(clip(plan.changed, index.disk_size), self._chunk))
-        # chunks the parent lacks, or whose length changed with the disk's size, are read too
-        todo.update(
-            i
-            for i in range(index.count)
-            if i >= plan.parent.count or index.chunk_length(i) != plan.parent.chunk_length(i)
-        )
+        common = min(index.count, plan.parent.count)
+        todo.update(range(common, index.count))
+        if common and index.chunk_length(common - 1) != plan.parent.chunk_length(common - 1):
+            todo.add(common - 1)  # only the last chunk both have can differ in length
         return sorted(todo)
+
+    def _count_holes(self, tally: _Tally, progress: DiskProgress, index: ChunkIndex, first: int, end: int) -> None:
+        """Account the chunks ``first`` to ``end`` (exclusive), all in holes, as zero chunks at once."""
+        if end <= first:
+            return
+        length = min(end * self._chunk, index.disk_size) - first * self._chunk
+        tally.add_zeros(end - first, length)
+        progress.scanned += length
+        progress.zero += length
+        self.progress(progress)
 
     def _with_allocation(
         self, todo: list[int], allocated: list[Extent], index: ChunkIndex
     ) -> Iterator[tuple[int, list[Extent]]]:
         """Each chunk to examine with the allocated extents inside it (empty: a hole)."""
-        alloc = normalize(allocated)
+        alloc = allocated  # normalized
         j = 0
         for i in todo:
             start = i * self._chunk

@@ -65,6 +65,10 @@ class JobControl:
         self.limits.release()  # a thread asleep in a limit goes on to its next checkpoint
 
     @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 

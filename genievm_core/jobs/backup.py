@@ -16,6 +16,7 @@ re-uses (they are found stored) and garbage collection removes after its grace.
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -233,18 +234,25 @@ def transfer_backup(
     known: set[bytes] = set()
     for index in plan.parent_indexes.values():
         known |= index.stored_ids()
-    with ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool:
-        engine = BackupEngine(repo, pool, known_ids=known, window=n_workers + 2, progress=progress, control=control)
-        with provider.open_backup(plan.vm, plan.request) as session:
-            sources = session.sources()
-            plans = {
-                d.name: _plan(d, sources[d.name], plan.parent_disks, plan.parent_indexes, config, cbt_sources)
-                for d in plan.disks
-            }
-            with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
-                futures = {d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in plan.disks}
-                results = dict(results_or_cancel(futures, control))
-            tokens = {d.name: sources[d.name].next_token() for d in plan.disks}
+    try:
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="genievm-chunk") as pool:
+            engine = BackupEngine(repo, pool, known_ids=known, window=n_workers + 2, progress=progress, control=control)
+            with provider.open_backup(plan.vm, plan.request) as session:
+                sources = session.sources()
+                plans = {
+                    d.name: _plan(d, sources[d.name], plan.parent_disks, plan.parent_indexes, config, cbt_sources)
+                    for d in plan.disks
+                }
+                with ThreadPoolExecutor(config.max_concurrent_disks, thread_name_prefix="genievm-disk") as dp:
+                    futures = {
+                        d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in plan.disks
+                    }
+                    results = dict(results_or_cancel(futures, control))
+                tokens = {d.name: sources[d.name].next_token() for d in plan.disks}
+    except BaseException:
+        with contextlib.suppress(GenieVMError):  # keep what was stored for a resume; the first error is the one
+            repo.flush_chunks()
+        raise
     return {
         name: DiskTransfer(index, stats, plans[name].cbt.model_copy(update={"token": tokens[name]}))
         for name, (index, stats) in results.items()

@@ -232,7 +232,15 @@ class StorageTarget(Protocol):
     url: str
 
     def put(self, key: str, data: bytes | bytearray) -> None:
-        """Store ``data`` atomically: readers see the whole object or none."""
+        """Store ``data`` atomically: readers see the whole object or none.
+
+        A target for which durability costs per object (a filesystem's fsyncs) may
+        also offer ``put_batched(key, data)`` and ``flush()``: the core then puts
+        chunks through ``put_batched`` and calls ``flush()`` before it writes an
+        index that names them. An object put so must become visible only once it
+        is durable (at the latest when ``flush()`` returns), and ``flush()`` raises
+        the error of any that could not be made durable.
+        """
 
     def get(self, key: str) -> bytes:
         """Raise ObjectNotFoundError when absent."""

@@ -24,6 +24,7 @@ __all__ = ["ChunkIndex", "chunk_count"]
 _HEADER = struct.Struct("<4sB3xQQQ")
 _MAGIC = b"GVMI"
 ENTRY = 32
+_SCAN_BLOCK = 4096  # entries looked at together when skipping zero runs (128 KiB)
 
 
 def chunk_count(disk_size: int, chunk_size: int) -> int:
@@ -57,7 +58,30 @@ class ChunkIndex:
         return min(self.chunk_size, self.disk_size - i * self.chunk_size)
 
     def stored_ids(self) -> set[bytes]:
-        return {cid for cid in self if cid != ZERO_ID}
+        return {cid for _i, cid in self.stored_entries()}
+
+    def stored_entries(self) -> Iterator[tuple[int, bytes]]:
+        """``(i, chunk id)`` of every entry that is not a zero chunk, in order.
+
+        Runs of zero entries are skipped a block at a time, so a sparse disk costs
+        what it holds, not its size (a 2 TiB disk has 524,288 entries of 4 MiB).
+        """
+        entries, step = self.entries, _SCAN_BLOCK * ENTRY
+        for start in range(0, len(entries), step):
+            block = entries[start : start + step]
+            if block.count(0) == len(block):
+                continue
+            for at in range(0, len(block), ENTRY):
+                cid = bytes(block[at : at + ENTRY])
+                if cid != ZERO_ID:
+                    yield (start + at) // ENTRY, cid
+
+    def take_from(self, parent: ChunkIndex) -> None:
+        """Copy ``parent``'s entries for every chunk both cover with the same length (one slice, not a loop)."""
+        n = min(self.count, parent.count)
+        if n and self.chunk_length(n - 1) != parent.chunk_length(n - 1):
+            n -= 1  # only the last chunk both have can differ in length
+        self.entries[: n * ENTRY] = parent.entries[: n * ENTRY]
 
     def checksum(self) -> str:
         """Hex BLAKE3 of the entries: the disk's checksum recorded in the manifest."""

@@ -7,7 +7,10 @@ Layout::
           encrypted:      nonce (12) | AES-256-GCM(payload) | tag (16)
 
 compression 0 = none, 1 = zstd (one frame with its content size); a chunk
-that zstd does not shrink is stored uncompressed. encryption 0 = none,
+that zstd does not shrink is stored uncompressed. Before compressing a large
+object, a few small samples spread over it are tried at zstd's fastest level
+(``worth_compressing``): when none of them shrinks, the object is stored
+uncompressed without paying for a full zstd pass over random data. encryption 0 = none,
 1 = AES-256-GCM with the header and the object's name as associated data, so
 an object moved under another name fails to authenticate.
 """
@@ -33,6 +36,10 @@ HEADER_LEN = 8
 ZERO_ID = bytes(32)  # the index entry of an all-zero chunk
 _NONE, _ZSTD = 0, 1
 _AES_GCM = 1
+PROBE_FROM = 256 << 10  # objects this large are probed before zstd runs over them
+PROBE_SAMPLES, PROBE_SAMPLE_LEN = 32, 4 << 10  # 128 KiB of a 4 MiB chunk, one sample every 128 KiB
+PROBE_GAIN = 0.95  # a sample that zstd-1 shrinks below this fraction makes the object worth compressing
+PROBE_MAX_LEVEL = 9  # above: the best ratio was asked for, matches further apart than a sample count, no probe
 
 
 class ObjectDamaged(Exception):
@@ -62,7 +69,7 @@ class ObjectCodec:
 
     def encode(self, name: str, data: bytes) -> bytes | bytearray:
         payload, compression = data, _NONE
-        if data:
+        if data and self.worth_compressing(data):
             packed = self._compressor().compress(data)
             if len(packed) < len(data):
                 payload, compression = packed, _ZSTD
@@ -75,6 +82,28 @@ class ObjectCodec:
         out[HEADER_LEN : HEADER_LEN + 12] = nonce
         self._aead.encrypt_into(nonce, payload, header + name.encode(), memoryview(out)[HEADER_LEN + 12 :])
         return out
+
+    def worth_compressing(self, data: bytes) -> bool:
+        """Whether zstd may shrink ``data``: one of a few samples spread over it shrinks at level 1.
+
+        Small objects are always tried whole. The samples cost a few per cent of a
+        pass over the object; random data (already compressed or encrypted in the
+        guest) then skips the pass, which would shrink nothing. A compressible part
+        smaller than the gap between two samples (128 KiB of a 4 MiB chunk) can
+        be missed, and so can repeats further apart than a sample (4 KiB); such a
+        chunk is stored uncompressed. Levels above ``PROBE_MAX_LEVEL`` always
+        compress: they are chosen for the ratio, whatever it costs.
+        """
+        if len(data) < PROBE_FROM or self.compression_level > PROBE_MAX_LEVEL:
+            return True
+        probe = self._probe()
+        step = (len(data) - PROBE_SAMPLE_LEN) // (PROBE_SAMPLES - 1)
+        view = memoryview(data)
+        for k in range(PROBE_SAMPLES):
+            sample = view[k * step : k * step + PROBE_SAMPLE_LEN]
+            if len(probe.compress(sample)) < PROBE_GAIN * PROBE_SAMPLE_LEN:
+                return True
+        return False
 
     def decode(self, name: str, blob: bytes, *, max_size: int | None = None) -> bytes:
         """The plaintext of an object; ``max_size`` bounds what its compressed payload may claim to hold."""
@@ -124,6 +153,12 @@ class ObjectCodec:
         if comp is None:
             comp = self._local.comp = zstandard.ZstdCompressor(level=self.compression_level)
         return comp
+
+    def _probe(self) -> zstandard.ZstdCompressor:
+        probe: zstandard.ZstdCompressor | None = getattr(self._local, "probe", None)
+        if probe is None:
+            probe = self._local.probe = zstandard.ZstdCompressor(level=1, write_content_size=False)
+        return probe
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
         dec: zstandard.ZstdDecompressor | None = getattr(self._local, "dec", None)

@@ -243,11 +243,22 @@ class Repository:
         return self.storage.exists(self.chunk_key(chunk_id))
 
     def put_chunk(self, chunk_id: bytes, data: bytes) -> int:
-        """Store a chunk; return the bytes written."""
+        """Store a chunk; return the bytes written.
+
+        A target that offers ``put_batched`` (the filesystem) makes chunks durable
+        in batches: such a chunk is certain to be stored only after ``flush_chunks``.
+        """
         blob = self.codec.encode(chunk_id.hex(), data)
         self.check_locks()
-        self.storage.put(self.chunk_key(chunk_id), blob)
+        put = getattr(self.storage, "put_batched", None) or self.storage.put
+        put(self.chunk_key(chunk_id), blob)
         return len(blob)
+
+    def flush_chunks(self) -> None:
+        """Make every chunk put so far durable (and visible): before an index names them."""
+        flush = getattr(self.storage, "flush", None)
+        if flush is not None:
+            flush()
 
     def get_chunk(self, chunk_id: bytes) -> bytes:
         key = self.chunk_key(chunk_id)
@@ -265,6 +276,7 @@ class Repository:
 
     def put_index(self, backup_id: str, disk: str, index: ChunkIndex) -> str:
         key = f"indexes/{backup_id}/{disk}"
+        self.flush_chunks()  # an index never names a chunk that is not durable
         self.check_locks()
         self.storage.put(key, self.codec.encode(key, index.to_bytes()))
         return key

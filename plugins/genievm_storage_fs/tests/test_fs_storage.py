@@ -236,3 +236,84 @@ def test_registered_as_the_file_scheme_through_its_entry_point(tmp_path: Path) -
     for url in (str(tmp_path / "r"), f"file://{tmp_path}/r"):
         store = open_storage(host, url)
         assert isinstance(store, FilesystemStorage) and store.root == tmp_path / "r"
+
+
+# ---------------------------------------------------------------- batched puts (chunks)
+
+
+def test_a_batched_put_appears_only_once_its_batch_is_durable(store: FilesystemStorage) -> None:
+    store.put_batched("chunks/ab/ab01", b"one")
+    store.put_batched("chunks/cd/cd02", b"two")
+    assert not store.exists("chunks/ab/ab01") and list(store.list("chunks/")) == []
+    with pytest.raises(ObjectNotFoundError):
+        store.get("chunks/cd/cd02")
+    store.flush()
+    assert store.get("chunks/ab/ab01") == b"one" and store.get("chunks/cd/cd02") == b"two"
+    assert temp_files(store.root) == []
+
+
+def test_a_batch_fsyncs_each_file_before_its_rename_and_each_folder_after(
+    store: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("rename", str(src)))
+        real_replace(src, dst)
+
+    keys = ["chunks/ab/ab01", "chunks/ab/ab02", "chunks/cd/cd03"]
+    for key in keys:
+        store.put_batched(key, key.encode())
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.flush()
+    renames = [i for i, (what, _) in enumerate(events) if what == "rename"]
+    file_syncs = [i for i, (what, path) in enumerate(events) if what == "fsync" and path.endswith(".tmp")]
+    folder_syncs = [path for what, path in events[max(renames) + 1 :] if what == "fsync"]
+    assert len(renames) == 3 and len(file_syncs) == 3
+    assert max(file_syncs) < min(renames), "a file was renamed into place before it was durable"
+    assert sorted(folder_syncs) == [str(store.root / "chunks" / "ab"), str(store.root / "chunks" / "cd")]
+    assert [store.get(k) for k in keys] == [k.encode() for k in keys]
+
+
+def test_a_full_batch_is_made_durable_in_the_background(
+    store: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("genievm_storage_fs.storage.BATCH_OBJECTS", 3)
+    for n in range(3):
+        store.put_batched(f"chunks/ab/ab0{n}", b"x")
+    store.put_batched("chunks/ab/ab09", b"y")  # starts a new batch
+    deadline = threading.Event()
+    for _ in range(100):
+        if store.exists("chunks/ab/ab02"):
+            break
+        deadline.wait(0.05)
+    assert [store.exists(f"chunks/ab/ab0{n}") for n in range(3)] == [True] * 3
+    assert not store.exists("chunks/ab/ab09")
+    store.flush()
+    assert store.exists("chunks/ab/ab09")
+
+
+def test_a_failed_batch_fails_the_flush_and_leaves_nothing_behind(
+    store: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put_batched("chunks/ab/ab01", b"one")
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(StorageError, match="Input/output error"):
+        store.flush()
+    assert not store.exists("chunks/ab/ab01") and temp_files(store.root) == []
+
+
+def test_batched_puts_without_fsync_appear_at_once(tmp_path: Path) -> None:
+    store = FilesystemStorage(tmp_path / "repo", fsync=False)
+    store.put_batched("chunks/ab/ab01", b"one")
+    assert store.get("chunks/ab/ab01") == b"one"

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 import structlog
 from pyVmomi import vim, vmodl
 
+from genievm_vmware.options import DEFAULT_INTERVAL
+
 __all__ = ["DEFAULT_INTERVAL", "session_kept_alive"]
 
 log = structlog.get_logger("genievm.vmware")
-DEFAULT_INTERVAL = 300.0
 
 
 @contextmanager

@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
 
-from genievm_vmware.keepalive import DEFAULT_INTERVAL
+__all__ = ["DEFAULT_INTERVAL", "TRANSPORTS", "VMwareOptions"]
 
-__all__ = ["TRANSPORTS", "VMwareOptions"]
+DEFAULT_INTERVAL = 300.0  # seconds between keep-alive calls of a vSphere session (keepalive.py)
 
 TRANSPORTS = ("auto", "https", "vddk")
 
