@@ -42,6 +42,7 @@ __all__ = [
     "VSphereSpec",
     "VSphereTarget",
     "libvirt_domain",
+    "network_map_pairs",
     "read_config",
     "vsphere_spec",
 ]
@@ -57,3 +58,19 @@ def read_config(config_format: str, config: bytes, summary: Mapping[str, object]
         f"cannot translate a VM configuration of format {config_format or 'none'!r} "
         f"(known: {LIBVIRT_FORMAT}, {VSPHERE_FORMAT})"
     )
+
+
+def network_map_pairs(value: object) -> object:
+    """A ``networkMap`` option's value: ``SRC=DST,SRC2=DST2`` (from ``-o``), or a mapping (a config file) as it is.
+    ``=DST``: the cards that name no network; ``SRC=``: drop the cards on ``SRC``. Raises ValueError."""
+    if isinstance(value, Mapping) or value is None:
+        return value or {}
+    pairs = {}
+    for item in str(value).split(","):
+        if not item.strip():
+            continue
+        src, sep, dst = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item.strip()!r} is not SOURCE=TARGET")
+        pairs[src.strip()] = dst.strip()
+    return pairs
