@@ -14,6 +14,8 @@ APT_PACKAGES=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qe
 # the Debian packages' build, lint and install test (packaging/debian/build.sh, tests/test_debian_packages.py) and
 # systemd-analyze for the units' check (tests/test_systemd_units.py)
 APT_PACKAGES+=(debhelper lintian mmdebstrap systemd)
+# the boot check's test guest (scripts/guest/build.sh) and EFI firmware for translated and booted VMs (issue 17)
+APT_PACKAGES+=(busybox-static syslinux syslinux-common mtools dosfstools cpio linux-image-amd64 ovmf)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
