@@ -276,10 +276,13 @@ class GenieVM:
         *,
         read_data: bool = False,
         whole_repository: bool = False,
+        extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> VerifyJob:
-        """The verifiers over ``manifests``; ``whole_repository``: also its unknown objects and backup log."""
+        """The verifiers over ``manifests``; ``whole_repository``: also its unknown objects and backup log;
+        ``extra``: more verifiers by name, with their options (``{"boot": {"timeout": 60}}``)."""
         return VerifyJob(
-            self.host, repository, list(manifests), read_data=read_data, whole_repository=whole_repository
+            self.host, repository, list(manifests), read_data=read_data, whole_repository=whole_repository,
+            extra=extra,
         )
 
     def prune_job(

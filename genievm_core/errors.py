@@ -8,7 +8,8 @@ Hierarchy (exit code in brackets)::
     │   └── PluginCheckError [28] .. ``genievm plugins --check``: a plugin's self-check failed
     ├── ProviderError [5] .......... the hypervisor said no (connection, API, permission)
     │   ├── AuthenticationError [6]  wrong user or password
-    │   └── VMNotFoundError [7] .... no VM by that id or name
+    │   ├── VMNotFoundError [7] .... no VM by that id or name
+    │   └── TranslationError [35] .. another provider's VM configuration cannot be made on this one
     ├── CBTError [8] ............... changed-block tracking failed (the engine falls back)
     ├── StorageError [9] ........... the storage target failed (I/O, network)
     │   ├── StorageFullError [10] .. no space left on the storage target
@@ -64,6 +65,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "StoragePermissionError",
+    "TranslationError",
     "UnsupportedFormatError",
     "VMNotFoundError",
     "VerifyError",
@@ -105,6 +107,12 @@ class AuthenticationError(ProviderError):
     """authentication failed for {user} at {host}"""
 
     exit_code = 6
+
+
+class TranslationError(ProviderError):
+    """cannot restore {vm} on {provider}: {reason} (genievm_core.translate)"""
+
+    exit_code = 35
 
 
 class VMNotFoundError(ProviderError):

@@ -19,6 +19,8 @@ APT_PACKAGES+=(debhelper lintian mmdebstrap systemd)
 APT_PACKAGES+=(python3-guestfs libguestfs-tools linux-image-amd64 libguestfs-xfs mtools dosfstools)
 # the server: its other database (scripts/services/postgres.sh) and its console's tests in Chromium
 APT_PACKAGES+=(postgresql chromium chromium-driver)
+# the boot check's test guest (scripts/guest/build.sh) and EFI firmware for translated and booted VMs (issue 17)
+APT_PACKAGES+=(busybox-static syslinux syslinux-common mtools dosfstools cpio linux-image-amd64 ovmf)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -218,6 +218,17 @@ def restore(
         bool, typer.Option("--power-on", help="start the VM once restored (powerOnAfterRestore)")
     ] = False,
     provider_option: ProviderOptionOption = None,
+    disk_bus: Annotated[
+        str | None,
+        typer.Option("--disk-bus", help="kvm, of a vmware backup: sata (default), virtio or scsi (-o diskBus)"),
+    ] = None,
+    network_map: Annotated[
+        list[str] | None,
+        typer.Option("--network-map", help="SRC=DST: a card's network (repeatable; -o networkMap)", metavar="SRC=DST"),
+    ] = None,
+    keep_macs: Annotated[
+        bool, typer.Option("--keep-macs", help="keep the backed-up MAC addresses (-o keepMacs)")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing targets")] = False,
     workers: WorkersOption = None,
     limit_read: Annotated[
@@ -270,6 +281,10 @@ def restore(
         config = config.model_copy(
             update={"provider_options": provider_options(config.provider_options, provider_option)}
         )
+    shorthand = {"diskBus": disk_bus, "networkMap": ",".join(network_map or []) or None, "keepMacs": keep_macs or None}
+    if any(v is not None for v in shorthand.values()):  # the cross-hypervisor options, as -o would give them
+        given = {k: v for k, v in shorthand.items() if v is not None}
+        config = config.model_copy(update={"provider_options": {**config.provider_options, **given}})
     st = state(ctx)
     repository = st.open_repository(
         config.backup_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from genievm_core.engine import JobControl
@@ -9,7 +10,7 @@ from genievm_core.jobs.job import Job
 from genievm_core.jobs.repository_checks import check_backup_log, check_objects
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin import PluginHost
-from genievm_core.plugin.protocols import VerifyReport
+from genievm_core.plugin.protocols import VerifierWithOptions, VerifyReport
 from genievm_core.repository import Repository
 
 __all__ = ["VerifyJob", "run_verify"]
@@ -28,10 +29,12 @@ class VerifyJob(Job):
         *,
         read_data: bool = False,
         whole_repository: bool = False,
+        extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         vms = sorted({m.vm.id for m in manifests})
+        flags = (" --read-data" if read_data else "") + "".join(f" --{name}" for name in extra or {})
         super().__init__(
-            description=f"verify{' --read-data' if read_data else ''} of {len(manifests)} backups",
+            description=f"verify{flags} of {len(manifests)} backups",
             vm=",".join(vms) or None,
             repository=repo.url,
         )
@@ -40,6 +43,7 @@ class VerifyJob(Job):
         self.manifests = manifests
         self.read_data = read_data
         self.whole_repository = whole_repository
+        self.extra = dict(extra or {})
         self.reports: list[VerifyReport] = []
 
     def execute(self) -> dict[str, Any]:
@@ -50,6 +54,7 @@ class VerifyJob(Job):
             read_data=self.read_data,
             control=self.control,
             whole_repository=self.whole_repository,
+            extra=self.extra,
         )
         return {
             "backups": len(self.manifests),
@@ -66,13 +71,15 @@ def run_verify(
     read_data: bool = False,
     control: JobControl | None = None,
     whole_repository: bool = False,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[VerifyReport]:
-    """Run ``manifest`` and ``chunks`` (or ``data`` with ``read_data``) on each backup; with
-    ``whole_repository``, then the checks of the repository itself (``repository_checks``).
+    """Run ``manifest`` and ``chunks`` (or ``data`` with ``read_data``) on each backup, then the verifiers
+    named in ``extra`` with their options (``boot``: ``verify --boot``); with ``whole_repository``, then the
+    checks of the repository itself (``repository_checks``).
 
     Pause and cancel take effect between one verifier's run and the next.
     """
-    names = ["manifest", "data" if read_data else "chunks"]
+    names = ["manifest", "data" if read_data else "chunks", *(extra or {})]
     verifiers = [host.verifiers.get(name) for name in names]
     control = control or JobControl()
     reports: list[VerifyReport] = []
@@ -80,7 +87,11 @@ def run_verify(
         for manifest in manifests:
             for v in verifiers:
                 control.checkpoint()
-                reports.append(v.verify(repo, manifest))
+                options = (extra or {}).get(v.name)
+                if options and isinstance(v, VerifierWithOptions):
+                    reports.append(v.verify_with(repo, manifest, options))
+                else:
+                    reports.append(v.verify(repo, manifest))
         if whole_repository:
             control.checkpoint()
             reports += [check_objects(repo), check_backup_log(repo)]

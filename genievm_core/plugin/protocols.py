@@ -37,6 +37,7 @@ __all__ = [
     "StorageFactory",
     "StorageTarget",
     "Verifier",
+    "VerifierWithOptions",
     "VerifyReport",
 ]
 
@@ -288,6 +289,7 @@ class VerifyReport:
     backup_id: str
     checked: int = 0  # objects or chunks checked
     problems: list[Problem] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # since 0.3: what else it found (JSON-able), for reports
 
     @property
     def ok(self) -> bool:
@@ -323,3 +325,14 @@ class Verifier(Protocol):
     name: str
 
     def verify(self, repository: RepositoryReader, manifest: BackupManifest) -> VerifyReport: ...
+
+
+@runtime_checkable
+class VerifierWithOptions(Protocol):
+    """What a ``Verifier`` may also implement (since 0.3): a check run with options the user gives it
+    (``verify --boot --boot-timeout 60`` passes ``{"timeout": 60.0}`` to the verifier ``boot``). The core
+    calls ``verify_with`` instead of ``verify`` when it has options for the verifier."""
+
+    def verify_with(
+        self, repository: RepositoryReader, manifest: BackupManifest, options: Mapping[str, Any]
+    ) -> VerifyReport: ...

@@ -306,6 +306,9 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
         "restore", "--vm", "vm1", "--repo", str(b.repo), "--target", str(b.t / "out"), "--disk-format", "vda=qcow2",
         env={"PATH": str(b.t)},  # a PATH where no qemu-img is
     ),
+    "boot-pattern-not-regex": lambda b: b.cli(
+        "verify", "--repo", str(b.repo), "--vm", "vm1", "--boot", "--boot-pattern", "("
+    ),
     "forget-unknown-backup": lambda b: b.cli(
         "backups", "forget", "20200101T000000.000000Z-00000000", "--repo", str(b.repo)
     ),

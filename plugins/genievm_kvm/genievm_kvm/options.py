@@ -6,10 +6,12 @@ docs/user-guide.md's table of them is rendered from this model, and a test keeps
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from genievm_core.translate import network_map_pairs
 
 __all__ = ["KVMOptions"]
 
@@ -40,3 +42,26 @@ class KVMOptions(BaseModel):
         description="on the VM's host: the backup job's scratch files, which hold what the guest overwrites "
         "while a backup runs",
     )
+    # restores of another provider's backups (genievm_core.translate)
+    disk_bus: Literal["sata", "virtio", "scsi"] = Field(
+        default="sata",
+        description="restores of a vmware backup: the disks' bus; `sata` works in every guest (one made on vSphere "
+        "has no virtio drivers), `virtio` is fastest where the guest has its drivers, `scsi` is virtio-scsi",
+    )
+    network_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="restores of a vmware backup: `SOURCE=TARGET,...`, each card's network by name to a libvirt "
+        "network (or `bridge:NAME`); an empty SOURCE is a card that names no network, an empty TARGET drops the cards",
+    )
+    default_network: str | None = Field(
+        default=None, description="restores of a vmware backup: the libvirt network of each card not mapped"
+    )
+    no_nics: bool = Field(default=False, description="restores of a vmware backup: the new VM gets no network cards")
+    keep_macs: bool = Field(
+        default=False, description="restores: keep the backed-up MAC addresses (default: libvirt makes new ones)"
+    )
+
+    @field_validator("network_map", mode="before")
+    @classmethod
+    def _network_map(cls, value: Any) -> Any:
+        return network_map_pairs(value)

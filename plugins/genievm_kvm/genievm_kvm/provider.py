@@ -49,6 +49,7 @@ class KVMProvider:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         checked = parse_options(KVMOptions, options, "providerOptions")
+        self.options = checked
         self.uri = checked.uri
         self.mode = checked.mode
         self.place = job_place(self.uri, checked)
@@ -111,7 +112,7 @@ class KVMProvider:
     @contextmanager
     def _restore(self, vm: VMDescription, request: RestoreRequest) -> Iterator[KVMRestore]:
         self._local_only(f"restoring {vm.name}")
-        session = KVMRestore(self.conn, vm, request, self.place.run_dir)
+        session = KVMRestore(self.conn, vm, request, self.place.run_dir, self.options)
         try:
             yield session
         except BaseException:

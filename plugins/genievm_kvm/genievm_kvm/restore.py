@@ -1,7 +1,9 @@
 """Restore: a new VM defined from the stored domain XML, or the disks of an existing stopped VM.
 
 A new VM gets the new name, a new UUID and new MAC addresses (libvirt generates both when
-they are absent), and its disks under ``restorePath`` as qcow2 or raw files. Disks not in
+they are absent; ``keepMacs`` keeps the stored ones), and its disks under ``restorePath`` as
+qcow2 or raw files. A backup of another provider (vmware) gets a domain translated from its
+stored configuration (``genievm_core.translate``), its disks on the ``diskBus`` bus. Disks not in
 the backup are left out of the new VM rather than pointed at the source VM's files. Every
 disk is written under a partial name and renamed into place only when all are written; the
 VM is defined last. Nothing that exists is overwritten without ``--force``.
@@ -22,8 +24,10 @@ from genievm_core.errors import ConfigError, ProviderError, RestoreTargetExistsE
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import DiskSink, RestoreRequest
+from genievm_core.translate import LIBVIRT_FORMAT, LibvirtTarget, libvirt_domain, read_config
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import DiskSpec, disk_specs, state
+from genievm_kvm.options import KVMOptions
 from genievm_kvm.sink import Qcow2DiskSink
 
 __all__ = ["KVMRestore", "restored_domain_xml"]
@@ -33,17 +37,34 @@ Sink = ImageDiskSink | Qcow2DiskSink
 
 
 class KVMRestore:
-    def __init__(self, conn: libvirt.virConnect, vm: VMDescription, request: RestoreRequest, run_dir: Path) -> None:
-        if vm.config_format != "libvirt-domain-xml" or not vm.config:
-            raise ProviderError(f"provider kvm: backup of {vm.name} holds no libvirt domain XML to restore from")
+    def __init__(
+        self,
+        conn: libvirt.virConnect,
+        vm: VMDescription,
+        request: RestoreRequest,
+        run_dir: Path,
+        options: KVMOptions | None = None,
+    ) -> None:
+        if not vm.config:
+            raise ProviderError(f"provider kvm: backup of {vm.name} holds no VM configuration to restore from")
         self.conn = conn
         self.request = request
         self.run_dir = run_dir
+        self.options = options or KVMOptions()
         self.name = request.new_name or vm.name
-        self.xml = ET.fromstring(vm.config.decode())
         self.sinks: list[Sink] = []
         self.targets: dict[str, DiskSpec] = {}
         self.existing = _lookup(conn, self.name)
+        self.translated = vm.config_format != LIBVIRT_FORMAT
+        self.disk_targets = {d.name: d.name for d in vm.disks}  # backup's disk name -> the domain's target
+        if self.translated:
+            if self.existing is not None:
+                raise RestoreTargetExistsError(
+                    f"VM {self.name} exists; a backup of another provider is restored as a new VM (give --new-name)"
+                )
+            self.xml = self._translate(vm, request)
+        else:
+            self.xml = ET.fromstring(vm.config.decode())
         if self.existing is not None:
             if not request.force:
                 raise RestoreTargetExistsError(f"VM {self.name} exists; pass --force to restore its disks into it")
@@ -53,6 +74,36 @@ class KVMRestore:
                 )
             self.targets = {s.target: s for s in disk_specs(self.existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
         self.written: dict[str, tuple[Path, str]] = {}  # disk -> (path, format) of the new VM
+
+    def _translate(self, vm: VMDescription, request: RestoreRequest) -> ET.Element:
+        """The domain of another provider's backup, its networks checked before any disk is written."""
+        restored = [d.name for d in vm.disks if not request.disk_configs.get(d.name, DiskConfig(name=d.name)).skip]
+        opts = self.options
+        target = LibvirtTarget(
+            name=self.name,
+            domain_type="kvm" if os.path.exists("/dev/kvm") else "qemu",
+            disk_bus=opts.disk_bus,
+            network_map=opts.network_map,
+            default_network=opts.default_network,
+            no_nics=opts.no_nics,
+            keep_macs=opts.keep_macs,
+        )
+        made = libvirt_domain(read_config(vm.config_format, vm.config, vm.summary), restored, target)
+        for warning in made.warnings:
+            log.warning("kvm.not_carried_over", vm=self.name, detail=warning)
+        for network in made.networks:
+            try:
+                self.conn.networkLookupByName(network)
+            except libvirt.libvirtError as exc:
+                known = ", ".join(sorted(self.conn.listNetworks() + self.conn.listDefinedNetworks())) or "none"
+                raise ConfigError(
+                    f"invalid providerOptions: networkMap: libvirt has no network {network!r} (it has: {known}); "
+                    f"map the cards with -o 'networkMap=SOURCE=TARGET', give -o defaultNetwork=TARGET, "
+                    "or drop them with -o noNics=true"
+                ) from exc
+        self.disk_targets = made.targets
+        log.info("kvm.translated", vm=self.name, source_format=vm.config_format, disks=made.targets)
+        return ET.fromstring(made.xml)
 
     def open_sink(self, disk: DiskInfo, config: DiskConfig) -> DiskSink:
         path, fmt = self._target(disk, config)
@@ -108,12 +159,17 @@ class KVMRestore:
                     sink.path.unlink(missing_ok=True)
 
     def new_xml(self) -> str:
-        return restored_domain_xml(ET.tostring(self.xml, encoding="unicode"), self.name, self.written)
+        written = {target: self.written[name] for name, target in self.disk_targets.items() if name in self.written}
+        return restored_domain_xml(ET.tostring(self.xml, encoding="unicode"), self.name, written,
+                                   keep_macs=self.options.keep_macs)  # fmt: skip
 
 
-def restored_domain_xml(xml: str, name: str, disks: Mapping[str, tuple[Path, str]]) -> str:
-    """The backed-up domain ``xml`` as a new VM ``name``: no UUID, title or MAC addresses (libvirt makes
-    new ones), each disk of ``disks`` (target -> (path, format)) pointed at its file, the others left out.
+def restored_domain_xml(
+    xml: str, name: str, disks: Mapping[str, tuple[Path, str]], *, keep_macs: bool = False
+) -> str:
+    """The backed-up domain ``xml`` as a new VM ``name``: no UUID or title, no MAC addresses unless
+    ``keep_macs`` (libvirt makes new ones), each disk of ``disks`` (target -> (path, format)) pointed at its
+    file, the others left out.
 
     The instant boot of genievm-recovery defines its VMs with this too.
     """
@@ -122,7 +178,7 @@ def restored_domain_xml(xml: str, name: str, disks: Mapping[str, tuple[Path, str
     for tag in ("uuid", "title"):
         for el in root.findall(tag):
             root.remove(el)
-    for mac in root.iterfind("devices/interface/mac"):
+    for mac in [] if keep_macs else root.iterfind("devices/interface/mac"):
         mac.attrib.pop("address", None)
     devices = root.find("devices")
     for disk in list(devices.iterfind("disk")) if devices is not None else []:

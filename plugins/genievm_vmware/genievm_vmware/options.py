@@ -9,12 +9,13 @@ from this model, and a test keeps it so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.alias_generators import to_camel
+
+from genievm_core.translate import network_map_pairs
 
 __all__ = ["DEFAULT_INTERVAL", "TRANSPORTS", "VMwareOptions"]
 
@@ -76,6 +77,11 @@ class VMwareOptions(BaseModel):
         default=None, description="restores: the network of each card whose own is not mapped and not there"
     )
     no_nics: bool = Field(default=False, description="restores: the new VM gets no network cards")
+    scsi_controller: Literal["pvscsi", "lsilogic-sas", "lsilogic"] | None = Field(
+        default=None,
+        description="restores of a kvm backup: the disks' SCSI controller; default `pvscsi` for Linux guests (its "
+        "driver is in the kernel), `lsilogic-sas` for others (Windows has its driver, not pvscsi's)",
+    )
 
     @field_validator("transport", mode="before")
     @classmethod
@@ -88,16 +94,4 @@ class VMwareOptions(BaseModel):
     @field_validator("network_map", mode="before")
     @classmethod
     def _network_map(cls, value: Any) -> Any:
-        """``SRC=DST,SRC2=DST2`` (from ``-o``), or a mapping (in a config file). ``=DST``: the cards that name no
-        network; ``SRC=``: drop the cards on ``SRC``."""
-        if isinstance(value, Mapping) or value is None:
-            return value or {}
-        pairs = {}
-        for item in str(value).split(","):
-            if not item.strip():
-                continue
-            src, sep, dst = item.partition("=")
-            if not sep:
-                raise ValueError(f"{item.strip()!r} is not SOURCE=TARGET")
-            pairs[src.strip()] = dst.strip()
-        return pairs
+        return network_map_pairs(value)

@@ -2,7 +2,9 @@
 
 The new VM gets the new name (or the old one), the placement the options give
 (``placement.py``) and new thin disks of the stored capacities; then each disk's
-data is written. If anything fails the VM that was created is destroyed. A VM
+data is written. A backup of another provider (kvm) gets a new VM whose configuration
+is translated from the stored one (``genievm_core.translate``, ``crossspec.py``).
+If anything fails the VM that was created is destroyed. A VM
 that already has the name is never touched without ``--force``; with it, the
 backup's disks are written into that VM's disks of the same device key, and the
 VM must be powered off and have no snapshots.
@@ -20,13 +22,15 @@ from genievm_core.errors import ConfigError, GenieVMError, ProviderError, Restor
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import DiskSink, RestoreRequest
+from genievm_core.translate import VSphereTarget, read_config, vsphere_spec
 from genievm_vmware.connection import vsphere_errors, wait
+from genievm_vmware.crossspec import translated_vm_spec
 from genievm_vmware.describe import CONFIG_FORMAT, VMDisk, load_config, vm_disks
 from genievm_vmware.inventory import datacenter_of, datacenter_path, lookup_vm
 from genievm_vmware.options import VMwareOptions
-from genievm_vmware.placement import placement
+from genievm_vmware.placement import Placement, placement
 from genievm_vmware.transport import DiskHandle, DiskLocation, DiskTransport
-from genievm_vmware.vmspec import new_vm_spec, slot
+from genievm_vmware.vmspec import DiskSlot, new_vm_spec, slot
 
 __all__ = ["VMwareDiskSink", "VMwareRestore"]
 
@@ -65,57 +69,83 @@ class VMwareRestore:
         options: VMwareOptions,
         open_transport: Callable[[], DiskTransport],
     ) -> None:
-        if desc.config_format != CONFIG_FORMAT or not desc.config:
-            raise ProviderError(f"provider vmware: backup of {desc.name} holds no vSphere VM configuration")
+        if not desc.config:
+            raise ProviderError(f"provider vmware: backup of {desc.name} holds no VM configuration")
         self.name = request.new_name or desc.name
         self.sinks: list[VMwareDiskSink] = []
         self.created: vim.VirtualMachine | None = None
         self.transport: DiskTransport | None = None
-        config = load_config(desc.config)
+        self.open_transport = open_transport
         restored = {d.name for d in desc.disks if not request.disk_configs.get(d.name, DiskConfig(name=d.name)).skip}
         sizes = {d.name: d.size for d in desc.disks}
-        stored = {d.name: d for d in vm_disks(list(config.hardware.device))}
         existing = lookup_vm(si, self.name)
-        if existing is not None:
+        if desc.config_format != CONFIG_FORMAT:
+            if existing is not None:
+                raise RestoreTargetExistsError(
+                    f"VM {self.name} exists; a backup of another provider is restored as a new VM (give --new-name)"
+                )
+            wanted = self._create_translated(si, desc, options, restored, sizes)
+        elif existing is not None:
             self.vm = self._existing(existing, request, restored)
             self.zeroed = False
+            wanted = _stored_slots(desc, load_config(desc.config), restored)
         else:
-            source_ds = next((stored[n].datastore for n in sorted(restored) if n in stored), None)
-            where = placement(si, options, source_ds)
-            capacities = {stored[n].device.key: sizes[n] for n in restored if n in stored}
-            recorded = {k.split(".")[1]: str(v) for k, v in desc.summary.items() if k.endswith(".network") and v}
-            spec = new_vm_spec(config, self.name, where, capacities, options, recorded)
-            task = where.folder.CreateVM_Task(config=spec, pool=where.pool)
-            self.vm = self.created = wait(task, f"creating VM {self.name}")
-            log.info("vmware.vm_created", vm=self.name, moref=self.vm._moId, datastore=where.datastore.name)
-            self.zeroed = True
-        self.open_transport = open_transport
+            wanted = self._create(si, desc, options, restored, sizes)
         try:
-            self._match_disks(desc, config, restored, sizes, stored)
+            self._match_disks(wanted, sizes)
         except BaseException:
             self.discard()
             raise
 
-    def _match_disks(
-        self,
-        desc: VMDescription,
-        config: vim.vm.ConfigInfo,
-        restored: set[str],
+    def _create(
+        self, si: vim.ServiceInstance, desc: VMDescription, options: VMwareOptions, restored: set[str],
         sizes: dict[str, int],
-        stored: dict[str, VMDisk],
-    ) -> None:
+    ) -> dict[str, DiskSlot]:  # fmt: skip
+        """A new VM from the stored vSphere configuration; where each restored disk goes on it."""
+        config = load_config(desc.config)
+        wanted = _stored_slots(desc, config, restored)
+        stored = {d.name: d for d in vm_disks(list(config.hardware.device))}
+        source_ds = next((stored[n].datastore for n in sorted(restored)), None)
+        where = placement(si, options, source_ds)
+        capacities = {stored[n].device.key: sizes[n] for n in restored}
+        recorded = {k.split(".")[1]: str(v) for k, v in desc.summary.items() if k.endswith(".network") and v}
+        self._create_vm(where, new_vm_spec(config, self.name, where, capacities, options, recorded))
+        return wanted
+
+    def _create_translated(
+        self, si: vim.ServiceInstance, desc: VMDescription, options: VMwareOptions, restored: set[str],
+        sizes: dict[str, int],
+    ) -> dict[str, DiskSlot]:  # fmt: skip
+        """A new VM for another provider's backup, its configuration translated (genievm_core.translate)."""
+        target = VSphereTarget(
+            scsi_controller=options.scsi_controller,
+            network_map=options.network_map,
+            default_network=options.default_network,
+            no_nics=options.no_nics,
+        )
+        translated = vsphere_spec(read_config(desc.config_format, desc.config, desc.summary), sorted(restored), target)
+        for warning in translated.warnings:
+            log.warning("vmware.not_carried_over", vm=self.name, detail=warning)
+        where = placement(si, options, None)
+        spec, wanted = translated_vm_spec(translated, self.name, where, sizes)
+        self._create_vm(where, spec)
+        return wanted
+
+    def _create_vm(self, where: Placement, spec: vim.vm.ConfigSpec) -> None:
+        task = where.folder.CreateVM_Task(config=spec, pool=where.pool)
+        self.vm = self.created = wait(task, f"creating VM {self.name}")
+        log.info("vmware.vm_created", vm=self.name, moref=self.vm._moId, datastore=where.datastore.name)
+        self.zeroed = True
+
+    def _match_disks(self, wanted: dict[str, DiskSlot], sizes: dict[str, int]) -> None:
         with vsphere_errors(f"reading the disks of VM {self.name}"):
             vm_config: Any = self.vm.config
             devices = list(vm_config.hardware.device)
             by_slot = {slot(devices, d.device): d for d in vm_disks(devices)}
             self.datacenter = datacenter_path(datacenter_of(self.vm))
-        hardware: Any = config.hardware
-        stored_devices = list(hardware.device)
         self.targets: dict[str, VMDisk] = {}
-        for name in restored:
-            if name not in stored:
-                raise ProviderError(f"provider vmware: the stored configuration of {desc.name} has no disk {name}")
-            target = by_slot.get(slot(stored_devices, stored[name].device))
+        for name, where in wanted.items():
+            target = by_slot.get(where)
             if target is None:
                 raise ProviderError(f"provider vmware: VM {self.name} has no disk where {name} goes")
             if target.capacity < sizes[name]:
@@ -175,3 +205,14 @@ class VMwareRestore:
             except GenieVMError as exc:
                 log.error("vmware.restore_not_undone", vm=self.name, error=str(exc))
             self.created = None
+
+
+def _stored_slots(desc: VMDescription, config: vim.vm.ConfigInfo, restored: set[str]) -> dict[str, DiskSlot]:
+    """Where each restored disk sat on the backed-up VM: on the new VM (or the one restored into) it goes there."""
+    hardware: Any = config.hardware
+    devices = list(hardware.device)
+    stored = {d.name: d for d in vm_disks(devices)}
+    missing = sorted(restored - set(stored))
+    if missing:
+        raise ProviderError(f"provider vmware: the stored configuration of {desc.name} has no disk {missing[0]}")
+    return {name: slot(devices, stored[name].device) for name in restored}

@@ -24,7 +24,7 @@ from genievm_vmware.networks import backing_networks
 from genievm_vmware.options import VMwareOptions
 from genievm_vmware.placement import Placement
 
-__all__ = ["DiskSlot", "new_vm_spec", "slot"]
+__all__ = ["DiskSlot", "network_backing", "new_vm_spec", "slot"]
 
 log = structlog.get_logger("genievm.vmware.restore")
 DiskSlot = tuple[str, int, int]  # controller kind, bus number, unit number: how disks of two VMs are matched
@@ -64,6 +64,11 @@ def _nic_backing(
             f"not in datacenter {where.datacenter.name} ({', '.join(sorted(where.networks))}); map it with "
             f"-o 'networkMap={source}=TARGET', give -o 'defaultNetwork=TARGET', or drop the cards with -o noNics=true"
         )
+    return network_backing(target)
+
+
+def network_backing(target: vim.Network) -> vim.vm.device.VirtualDevice.BackingInfo:
+    """A card's backing on ``target``: a distributed port group, an opaque network or a standard one."""
     if isinstance(target, vim.dvs.DistributedVirtualPortgroup):
         switch: Any = target.config.distributedVirtualSwitch
         port = vim.dvs.PortConnection(portgroupKey=target.key, switchUuid=switch.uuid)

@@ -1,0 +1,60 @@
+"""The boot check's throwaway VM, as data: its domain XML and the screenshot's PNG (no VM started here)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("libvirt")
+
+from genievm_recovery.boot_vm import BootVM, domain_xml, plain_vm, png_from_ppm  # noqa: E402
+
+from genievm_core.translate import PortableDisk, PortableNic, PortableVM  # noqa: E402
+
+
+def test_the_vm_boots_from_overlays_on_the_export_without_network(tmp_path: Path) -> None:
+    vm = PortableVM("vmware", "web01", 8, 2, 65536, "efi", False, "windows",
+                    (PortableDisk("disk-2001", "scsi"), PortableDisk("disk-2000", "scsi")),
+                    (PortableNic("Network adapter 1", "VM Network", "00:50:56:00:00:01", "vmxnet3"),))  # fmt: skip
+    sock = tmp_path / "export" / "nbd.sock"
+    overlays = {d.name: (tmp_path / f"{d.name}.qcow2", f"nbd+unix:///{d.name}?socket={sock}") for d in vm.disks}
+    root = ET.fromstring(domain_xml(BootVM(vm, overlays, tmp_path, "tcg"), "genievm-boot-1"))
+    assert root.get("type") == "qemu" and root.findtext("name") == "genievm-boot-1"
+    assert root.findtext("memory") == "2048"  # capped
+    assert root.find("devices/interface") is None
+    assert root.findtext("os/nvram") == str(tmp_path / "VARS.fd")  # EFI variables with the check's files
+    disks = root.findall("devices/disk")
+    assert [d.find("source").get("file") for d in disks] == [str(tmp_path / "disk-2001.qcow2"),  # type: ignore[union-attr]
+                                                             str(tmp_path / "disk-2000.qcow2")]  # fmt: skip
+    assert [d.find("driver").get("type") for d in disks] == ["qcow2", "qcow2"]  # type: ignore[union-attr]
+    assert [d.find("target").get("bus") for d in disks] == ["sata", "sata"]  # type: ignore[union-attr]
+    backing = disks[0].find("backingStore")
+    assert backing is not None and backing.get("type") == "network"
+    assert backing.find("source").get("name") == "disk-2001"  # type: ignore[union-attr]
+    assert backing.find("source/host").get("socket") == str(sock)  # type: ignore[union-attr]
+    (serial,) = root.findall("devices/serial")
+    assert serial.get("type") == "file" and serial.find("source").get("path") == str(tmp_path / "console.log")  # type: ignore[union-attr]
+    assert root.find("devices/channel/target[@name='org.qemu.guest_agent.0']") is not None
+
+
+def test_an_image_backup_boots_as_a_plain_bios_vm(tmp_path: Path) -> None:
+    vm = plain_vm("vm1", ["vda"])
+    root = ET.fromstring(domain_xml(BootVM(vm, {"vda": (tmp_path / "o", "nbd+unix:///vda?socket=/s")}, tmp_path),
+                                    "b"))  # fmt: skip
+    assert root.find("os/loader") is None and root.findtext("memory") == "512"
+
+
+def test_a_ppm_screenshot_becomes_a_png() -> None:
+    pixels = bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9])
+    png = png_from_ppm(b"P6\n# a comment\n2 2\n255\n" + pixels)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    ihdr = png[8 + 8 : 8 + 8 + 13]
+    assert (int.from_bytes(ihdr[:4], "big"), int.from_bytes(ihdr[4:8], "big"), ihdr[8], ihdr[9]) == (2, 2, 8, 2)
+    idat_at = png.index(b"IDAT")
+    length = int.from_bytes(png[idat_at - 4 : idat_at], "big")
+    assert zlib.decompress(png[idat_at + 4 : idat_at + 4 + length]) == b"\0" + pixels[:6] + b"\0" + pixels[6:]
+    with pytest.raises(ValueError, match="truncated"):
+        png_from_ppm(b"P6 2 2 255\n" + pixels[:-1])
