@@ -16,6 +16,7 @@ from genievm_core.jobs import Job, JobRecord, JobState
 from genievm_core.jobs.prune import retention_policy
 from genievm_core.models.vm import VMRef
 from genievm_core.repository import Repository
+from genievm_core.repository.retention import RetentionPolicy
 from genievm_server.errors import UnknownNameError, VMBusyError
 from genievm_server.metrics import Metrics
 from genievm_server.notify import Notifier
@@ -161,6 +162,22 @@ class Service:
         repo = self.repository(policy.repository)
         rules = retention_policy(policy.backup_config("-", repo.url))
         return self._start(self.genievm.prune_job(repo, rules, vms, lock_wait=self.settings.lock_wait), on_end)
+
+    def start_prune(self, repository: str, rules: RetentionPolicy, vms: list[str] | None, *, dry_run: bool) -> Job:
+        """The keep rules on the backups of ``vms`` (every VM: None), then garbage collection (no rule: that alone)."""
+        repo = self.repository(repository)
+        job = self.genievm.prune_job(repo, rules, vms, dry_run=dry_run, lock_wait=self.settings.lock_wait)
+        return self._start(job, None)
+
+    def last_gc(self, repository: str) -> JobRecord | None:
+        """The newest prune job (garbage collection included) that succeeded on the repository and was no dry run,
+        from the job registry: the server's, the scheduler's and the CLI's (``genievm prune``, ``genievm gc``) alike
+        when they share it. The newest 1,000 succeeded jobs are looked at."""
+        url = self.repository(repository).url
+        for record in self.genievm.jobs((JobState.SUCCEEDED,), limit=1000):
+            if record.kind == "prune" and record.repository == url and not (record.result or {}).get("dry_run"):
+                return record
+        return None
 
     def jobs(self, states: tuple[JobState, ...] = (), limit: int = 50) -> list[JobRecord]:
         return self.genievm.jobs(states, limit)
