@@ -1,5 +1,5 @@
-"""Repositories of the server's settings: their stats (with the last garbage collection), their backups, and
-pruning them by the keep rules."""
+"""Repositories of the server's settings: their stats (with the last garbage collection), their backups, the
+files in a backup's guest filesystem (with genievm-recovery), and pruning them by the keep rules."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genievm_core.repository import Damaged
 from genievm_core.repository.retention import RetentionPolicy
 from genievm_core.repository.stats import repository_stats
+from genievm_server import files
 from genievm_server.api.deps import ServiceDep, needs
 
 router = APIRouter(prefix="/repositories")
@@ -29,6 +30,13 @@ class PruneRequest(BaseModel):
     retention_days: _Rule = None
     max_backups: _Rule = None
     dry_run: bool = Field(default=False, description="report what would be removed; remove nothing")
+
+
+class FilesRestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vm: str | None = Field(default=None, description="the VM, when the backup is 'latest'")
+    paths: list[str] = Field(min_length=1, description="files and folders in the guest")
+    restore_path: str = Field(description="a folder under the server's restore_root, made if missing")
 
 
 @router.get("", summary="the repositories of the server's settings", **needs("read-only"))
@@ -94,3 +102,25 @@ def backup(repository: str, backup_id: str, service: ServiceDep, vm: str | None 
     manifest = service.repository(repository).find_backup(vm, backup_id)
     result: dict[str, Any] = manifest.model_dump(mode="json")
     return result
+
+
+@router.get(
+    "/{repository}/backups/{backup_id}/files",
+    summary="a folder of the backup's guest filesystem (genievm files ls; takes the appliance's start, seconds)",
+    **needs("read-only"),
+)
+def guest_folder(
+    repository: str, backup_id: str, service: ServiceDep, path: str = "/", vm: str | None = None
+) -> dict[str, Any]:
+    return files.list_folder(service, repository, vm, backup_id, path)
+
+
+@router.post(
+    "/{repository}/backups/{backup_id}/files/restore",
+    status_code=202,
+    summary="start restoring files and folders of the backup's guest filesystem under the restore_root",
+    **needs("operator"),
+)
+def restore_files(repository: str, backup_id: str, request: FilesRestoreRequest, service: ServiceDep) -> dict[str, Any]:
+    job = files.start_extract(service, repository, request.vm, backup_id, request.paths, request.restore_path)
+    return service.job(job.id).to_json()
