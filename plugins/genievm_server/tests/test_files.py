@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from genievm_server import files
+from genievm_server.errors import NotInstalledError, error_body, status_of
+from genievm_server.settings import ServerSettings
 from server_support import ServerProcess, Site, wait_job
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_list_a_guest_folder_and_restore_files_through_the_api(
     server_factory: Callable[..., ServerProcess], files_site: Site
 ) -> None:
@@ -50,3 +54,16 @@ def test_list_a_guest_folder_and_restore_files_through_the_api(
     target = Path(files_site.settings["restore_root"]) / "files01-files"
     assert (target / "hostname").read_text() == "files01\n"
     assert (target / "data" / "report.csv").read_bytes() == (guest / "srv" / "data" / "report.csv").read_bytes()
+
+
+def test_without_genievm_recovery_file_restore_is_one_clear_501(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files, "available", lambda: False)
+    service: Any = SimpleNamespace(settings=ServerSettings())  # nothing else is reached before the check
+    with pytest.raises(NotInstalledError) as raised:
+        files.list_folder(service, "main", "web01", "latest", "/")
+    assert status_of(raised.value) == 501
+    assert error_body(raised.value)["error"] == {
+        "code": "NotInstalledError",
+        "exit": 3,
+        "message": "file restore needs genievm-recovery (genievm files), which this server lacks",
+    }
