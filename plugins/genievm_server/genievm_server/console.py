@@ -1,6 +1,6 @@
 """The web console under ``/console``: a dashboard, jobs with live progress per disk, a VM's backups with a
-restore form, policies. Server-rendered pages (Jinja2) that work without JavaScript; a few lines of it
-refresh the jobs table while jobs run.
+restore form (to a folder, as a new VM, or single files of its guest filesystem), policies. Server-rendered
+pages (Jinja2) that work without JavaScript; a few lines of it refresh the jobs table while jobs run.
 
 A browser logs in with an API token: ``POST /console/login`` (the one route, besides health, that needs no
 token: it takes one) keeps it in an HttpOnly, SameSite=Strict cookie for ``/console`` only, so the API
@@ -9,6 +9,7 @@ routes never accept it. Each page states its role as the API's routes do.
 
 from __future__ import annotations
 
+import posixpath
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from fastapi.templating import Jinja2Templates
 from genievm_core.errors import GenieVMError
 from genievm_core.jobs import JobRecord
 from genievm_core.repository.stats import repository_stats
+from genievm_server import files
 from genievm_server.api.deps import COOKIE, ROLE_KEY, ServiceDep, needs
-from genievm_server.errors import NotAuthenticatedError, UnknownNameError
+from genievm_server.errors import InvalidRequestError, NotAuthenticatedError, UnknownNameError
 from genievm_server.policy import Policy
 from genievm_server.service import Service
 
@@ -98,7 +100,7 @@ def dashboard(request: Request, service: ServiceDep) -> HTMLResponse:
         try:
             repo = service.repository(name)
             stats = repository_stats(repo)
-            repositories.append({"name": name, "stats": stats, "error": None})
+            repositories.append({"name": name, "stats": stats, "last_gc": service.last_gc(name), "error": None})
             for manifest in repo.manifests():
                 vms[manifest.vm.id] = {
                     "vm": manifest.vm.id,
@@ -160,7 +162,8 @@ def cancel(job_id: str, service: ServiceDep) -> Response:
 
 @router.get("/backups", summary="a VM's backups, with a restore form", **_HTML, **needs("read-only"))
 def backups(request: Request, service: ServiceDep, repository: str, vm: str) -> HTMLResponse:
-    found = service.genievm.backups(service.repository(repository), vm)
+    repo = service.repository(repository)
+    found = service.genievm.backups(repo, vm) or [m for m in repo.manifests() if m.vm.name == vm]  # an id or a name
     return _page(
         request,
         "backups.html",
@@ -168,21 +171,62 @@ def backups(request: Request, service: ServiceDep, repository: str, vm: str) -> 
         vm=vm,
         backups=list(reversed(found)),
         restore_root=service.settings.restore_root,
+        providers=sorted(name for name, p in service.settings.providers.items() if p.plugin != "image"),
+        file_restore=files.available(),
     )
 
 
 @router.post("/restore", summary="start a restore from a VM's backups page", **_HTML, **needs("operator"))
 async def restore(request: Request, service: ServiceDep) -> Response:
+    """To a folder under the restore_root; or, given a provider, as a new VM there (its disks in that folder)."""
     form = await _form(request)
     service.start_restore(
         form.get("repository", ""),
         form.get("vm", ""),
         form.get("backup", "latest"),
-        provider=None,
+        provider=form.get("provider") or None,
         restore_path=form.get("restore_path", ""),
-        new_vm_name=None,
+        new_vm_name=form.get("new_vm_name") or None,
         force=False,
         verify=True,
+    )
+    return RedirectResponse(f"{CONSOLE}/jobs", status_code=303)
+
+
+@router.get(
+    "/files", summary="a folder of a backup's guest filesystem, to restore files from", **_HTML, **needs("read-only")
+)
+def guest_files(
+    request: Request, service: ServiceDep, repository: str, vm: str, backup: str, path: str = "/"
+) -> HTMLResponse:
+    folder = files.list_folder(service, repository, vm, backup, path)
+    return _page(
+        request,
+        "files.html",
+        repository=repository,
+        vm=vm,
+        backup=backup,
+        folder=folder,
+        parent=posixpath.dirname(folder["path"].rstrip("/")) or "/",
+        restore_root=service.settings.restore_root,
+    )
+
+
+@router.post(
+    "/files/restore", summary="start restoring the files chosen on a folder's page", **_HTML, **needs("operator")
+)
+async def restore_files(request: Request, service: ServiceDep) -> Response:
+    form = await _form(request)
+    chosen = parse_qs((await request.body()).decode(errors="replace")).get("path", [])
+    if not chosen:
+        raise InvalidRequestError("invalid request: path: choose at least one file or folder")
+    files.start_extract(
+        service,
+        form.get("repository", ""),
+        form.get("vm", ""),
+        form.get("backup", ""),
+        chosen,
+        form.get("restore_path", ""),
     )
     return RedirectResponse(f"{CONSOLE}/jobs", status_code=303)
 

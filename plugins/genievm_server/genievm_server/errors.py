@@ -36,6 +36,7 @@ __all__ = [
     "InvalidRequestError",
     "NameExistsError",
     "NotAuthenticatedError",
+    "NotInstalledError",
     "UnknownNameError",
     "VMBusyError",
     "error_body",
@@ -63,6 +64,10 @@ class NameExistsError(ConfigError):
     """{kind} {name} exists"""
 
 
+class NotInstalledError(ConfigError):
+    """{feature} needs {distribution}, which this server lacks"""
+
+
 class VMBusyError(JobStateError):
     """VM {vm} has a backup running (job {job}); one backup of a VM at a time"""
 
@@ -72,6 +77,7 @@ _STATUS: list[tuple[type[GenieVMError], int]] = [  # the first class the error i
     (ForbiddenError, 403),
     (InvalidRequestError, 422),
     (UnknownNameError, 404),
+    (NotInstalledError, 501),
     (NameExistsError, 409),
     (VMNotFoundError, 404),
     (BackupNotFoundError, 404),

@@ -1,11 +1,13 @@
 """Notifications: a JSON POST to each configured webhook, an e-mail through each configured SMTP server,
 when a job ends as it asks for (failure, success). Each is sent from a thread of its own: a slow receiver
-never holds up a job; one that fails is logged (never its password)."""
+never holds up a job. A webhook that does not answer, or answers 5xx or 429, is tried again a bounded number of
+times with exponential back-off; then, like an e-mail that fails, it is logged (never a password)."""
 
 from __future__ import annotations
 
 import smtplib
 import threading
+import time
 from email.message import EmailMessage
 from typing import Any
 
@@ -45,17 +47,29 @@ class Notifier:
         }
         for hook in self.webhooks:
             if event in hook.on:
-                threading.Thread(target=_post, args=(hook.url, body), name="genievm-webhook", daemon=True).start()
+                threading.Thread(target=_post, args=(hook, body), name="genievm-webhook", daemon=True).start()
         for mail in self.email:
             if event in mail.on:
                 threading.Thread(target=_mail, args=(mail, body), name="genievm-email", daemon=True).start()
 
 
-def _post(url: str, body: dict[str, Any]) -> None:
-    try:
-        httpx.post(url, json=body, timeout=TIMEOUT).raise_for_status()
-    except httpx.HTTPError as exc:
-        log.warning("webhook.failed", url=url, error=str(exc))
+def _post(hook: WebhookSettings, body: dict[str, Any]) -> None:
+    delay = hook.backoff
+    for attempt in range(1, hook.retries + 2):
+        try:
+            answer = httpx.post(hook.url, json=body, timeout=TIMEOUT)
+        except httpx.HTTPError as exc:
+            error, again = str(exc), True
+        else:
+            if answer.is_success:
+                return
+            error, again = f"HTTP {answer.status_code}", answer.status_code >= 500 or answer.status_code == 429
+        if not again or attempt > hook.retries:
+            log.warning("webhook.failed", url=hook.url, attempts=attempt, error=error)
+            return
+        log.warning("webhook.retry", url=hook.url, attempt=attempt, error=error, delay=delay)
+        time.sleep(delay)
+        delay *= 2
 
 
 def _mail(settings: EmailSettings, body: dict[str, Any]) -> None:

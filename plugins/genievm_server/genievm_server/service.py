@@ -16,6 +16,7 @@ from genievm_core.jobs import Job, JobRecord, JobState
 from genievm_core.jobs.prune import retention_policy
 from genievm_core.models.vm import VMRef
 from genievm_core.repository import Repository
+from genievm_core.repository.retention import RetentionPolicy
 from genievm_server.errors import UnknownNameError, VMBusyError
 from genievm_server.metrics import Metrics
 from genievm_server.notify import Notifier
@@ -109,7 +110,7 @@ class Service:
         with self._lock:
             self._check_idle(vm)
             self._busy[vm] = job.id
-        return self._start(job, on_end)
+        return self.start(job, on_end)
 
     def start_restore(
         self,
@@ -142,25 +143,41 @@ class Service:
                 "verifyAfterRestore": verify,
             }
         )
-        return self._start(self.genievm.restore_job(config, repo), None)
+        return self.start(self.genievm.restore_job(config, repo), None)
 
     def start_verify(self, repository: str, vm: str | None, backup: str, *, read_data: bool) -> Job:
         repo = self.repository(repository)
         manifests = [repo.find_backup(vm, backup)] if vm is not None or backup != "latest" else repo.manifests()
-        return self._start(self.genievm.verify_job(repo, manifests, read_data=read_data), None)
+        return self.start(self.genievm.verify_job(repo, manifests, read_data=read_data), None)
 
     def start_policy_verify(self, policy: Policy, vms: list[str], on_end: Callable[[Job], None]) -> Job:
         """Verify the latest backup of each of ``vms`` that has one (a scheduled verify of ``policy``)."""
         repo = self.repository(policy.repository)
         latest = [m for m in (repo.latest(vm) for vm in vms) if m is not None]
         read_data = policy.verify is not None and policy.verify.read_data
-        return self._start(self.genievm.verify_job(repo, latest, read_data=read_data), on_end)
+        return self.start(self.genievm.verify_job(repo, latest, read_data=read_data), on_end)
 
     def start_policy_prune(self, policy: Policy, vms: list[str], on_end: Callable[[Job], None]) -> Job:
         """The keep rules of ``policy``'s backup options on ``vms``, then garbage collection."""
         repo = self.repository(policy.repository)
         rules = retention_policy(policy.backup_config("-", repo.url))
-        return self._start(self.genievm.prune_job(repo, rules, vms, lock_wait=self.settings.lock_wait), on_end)
+        return self.start(self.genievm.prune_job(repo, rules, vms, lock_wait=self.settings.lock_wait), on_end)
+
+    def start_prune(self, repository: str, rules: RetentionPolicy, vms: list[str] | None, *, dry_run: bool) -> Job:
+        """The keep rules on the backups of ``vms`` (every VM: None), then garbage collection (no rule: that alone)."""
+        repo = self.repository(repository)
+        job = self.genievm.prune_job(repo, rules, vms, dry_run=dry_run, lock_wait=self.settings.lock_wait)
+        return self.start(job, None)
+
+    def last_gc(self, repository: str) -> JobRecord | None:
+        """The newest prune job (garbage collection included) that succeeded on the repository and was no dry run,
+        from the job registry: the server's, the scheduler's and the CLI's (``genievm prune``, ``genievm gc``) alike
+        when they share it. The newest 1,000 succeeded jobs are looked at."""
+        url = self.repository(repository).url
+        for record in self.genievm.jobs((JobState.SUCCEEDED,), limit=1000):
+            if record.kind == "prune" and record.repository == url and not (record.result or {}).get("dry_run"):
+                return record
+        return None
 
     def jobs(self, states: tuple[JobState, ...] = (), limit: int = 50) -> list[JobRecord]:
         return self.genievm.jobs(states, limit)
@@ -180,16 +197,9 @@ class Service:
                 return True
             return False
 
-    # internals
+    def start(self, job: Job, on_end: Callable[[Job], None] | None = None) -> Job:
+        """Start ``job`` in the library's job manager; when it ends: metrics, notifications, then ``on_end``."""
 
-    def _check_idle(self, vm: str) -> None:
-        if vm in self._busy:
-            raise VMBusyError(f"VM {vm} has a backup running (job {self._busy[vm]}); one backup of a VM at a time")
-        for record in self.genievm.jobs(UNFINISHED, limit=1000):  # another process's (a CLI backup)
-            if record.kind == "backup" and record.vm == vm:
-                raise VMBusyError(f"VM {vm} has a backup running (job {record.id}); one backup of a VM at a time")
-
-    def _start(self, job: Job, on_end: Callable[[Job], None] | None) -> Job:
         def ended(job: Job) -> None:
             if not job.finished:
                 return
@@ -211,3 +221,12 @@ class Service:
             raise
         log.info("job.started", job_id=job.id, kind=job.kind, vm=job.vm)
         return job
+
+    # internals
+
+    def _check_idle(self, vm: str) -> None:
+        if vm in self._busy:
+            raise VMBusyError(f"VM {vm} has a backup running (job {self._busy[vm]}); one backup of a VM at a time")
+        for record in self.genievm.jobs(UNFINISHED, limit=1000):  # another process's (a CLI backup)
+            if record.kind == "backup" and record.vm == vm:
+                raise VMBusyError(f"VM {vm} has a backup running (job {record.id}); one backup of a VM at a time")

@@ -52,10 +52,13 @@ class ProviderSettings(_Model):
 
 
 class WebhookSettings(_Model):
-    """A URL that is sent a JSON POST when a job ends (on failure; on success too when asked)."""
+    """A URL that is sent a JSON POST when a job ends (on failure; on success too when asked); a POST that fails
+    is tried ``retries`` times more, ``backoff`` seconds after the first failure, then twice as long each time."""
 
     url: str = Field(pattern=r"^https?://")
     on: tuple[Literal["failure", "success"], ...] = ("failure",)
+    retries: int = Field(default=3, ge=0, le=10, description="more tries after a failed POST (no answer, 5xx, 429)")
+    backoff: float = Field(default=5.0, ge=0, le=300, description="seconds before the first retry; doubled each time")
 
 
 class EmailSettings(_Model):

@@ -16,6 +16,7 @@ from server_support import (  # noqa: E402
     PASSPHRASE,
     ServerProcess,
     Site,
+    ext4_disk,
     genievm,
     postgres_cluster,
     postgres_database,
@@ -74,6 +75,14 @@ def site(tmp_path: Path) -> Site:
         "restore_root": str(tmp_path / "restores"),
     }
     return Site(tmp_path, f"sqlite:///{tmp_path / 'state' / 'server.sqlite'}", settings)
+
+
+@pytest.fixture
+def files_site(site: Site) -> Site:
+    """The site with a VM files01 whose disk holds a filesystem."""
+    ext4_disk(site.root)
+    site.settings["providers"]["lab"]["options"]["vms"]["files01"] = {"vda": str(site.root / "files01.img")}
+    return site
 
 
 @pytest.fixture

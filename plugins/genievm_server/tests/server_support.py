@@ -42,6 +42,24 @@ def write_image(path: Path, size: int, seed: int) -> Path:
     return path
 
 
+def ext4_disk(folder: Path) -> Path:
+    """A 32 MiB disk that is one ext4 filesystem (no partition table) with /etc/hostname and /srv/data."""
+    source = folder / "guest"
+    (source / "etc").mkdir(parents=True)
+    (source / "srv" / "data").mkdir(parents=True)
+    (source / "etc" / "hostname").write_text("files01\n")
+    (source / "srv" / "data" / "report.csv").write_bytes(b"id,value\n" + os.urandom(3000).hex().encode())
+    (source / "srv" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (source / "srv" / "run.sh").chmod(0o750)
+    disk = folder / "files01.img"
+    subprocess.run(
+        ["/usr/sbin/mkfs.ext4", "-q", "-F", "-d", str(source), "-E", "root_owner=0:0", str(disk), "32M"],
+        check=True,
+        capture_output=True,
+    )
+    return source
+
+
 def genievm(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*GENIEVM, *args], capture_output=True, text=True, timeout=timeout, check=False)
     if check and result.returncode != 0:

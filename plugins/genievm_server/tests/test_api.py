@@ -308,3 +308,39 @@ def test_insecure_allows_a_non_loopback_address(server_factory: Callable[..., Se
     server = server_factory("--host", "0.0.0.0", "--insecure")
     with server.client("read-only") as client:  # reached on 127.0.0.1, one of all the addresses
         assert client.get("/api/v1/repositories").status_code == 200
+
+
+def test_prune_by_the_keep_rules_a_dry_run_first_and_the_last_gc_in_the_stats(server: ServerProcess) -> None:
+    with server.client("operator") as client:
+
+        def backup(vm: str) -> str:
+            started = client.post("/api/v1/jobs/backup", json={"provider": "lab", "vm": vm, "repository": "main"})
+            done = wait_job(client, started.json()["id"])
+            assert done["state"] == "succeeded", done
+            return str(done["result"]["backup_id"])
+
+        web01 = [backup("web01") for _ in range(3)]
+        web02 = backup("web02")
+        assert client.get("/api/v1/repositories/main/stats").json()["last_gc"] is None
+        assert client.post("/api/v1/repositories/main/prune", json={"keep_last": 0}).status_code == 422
+
+        rules = {"vms": ["web01"], "keep_last": 1}
+        dry = client.post("/api/v1/repositories/main/prune", json=rules | {"dry_run": True})
+        assert dry.status_code == 202, dry.text
+        planned = wait_job(client, dry.json()["id"])
+        assert (planned["kind"], planned["state"]) == ("prune", "succeeded")
+        assert planned["result"]["dry_run"] is True
+        assert sorted(planned["result"]["removed_backups"]) == sorted(web01[:2])
+        listed = client.get("/api/v1/repositories/main/backups").json()["backups"]
+        assert len(listed) == 4
+        assert client.get("/api/v1/repositories/main/stats").json()["last_gc"] is None  # a dry run is no GC
+
+        pruned = wait_job(client, client.post("/api/v1/repositories/main/prune", json=rules).json()["id"])
+        assert pruned["state"] == "succeeded" and sorted(pruned["result"]["removed_backups"]) == sorted(web01[:2])
+        listed = client.get("/api/v1/repositories/main/backups").json()["backups"]
+        assert sorted(b["backup_id"] for b in listed) == sorted([web01[2], web02])
+
+        stats = client.get("/api/v1/repositories/main/stats").json()
+        assert (stats["last_gc"], stats["last_gc_job"]) == (pruned["finished_at"], pruned["id"])
+        assert stats["backups"] == 2 and stats["dedup_ratio"] == round(stats["backups_size"] / stats["stored_size"], 2)
+        assert stats["dedup_ratio"] > 1  # sparse, compressible images

@@ -9,19 +9,22 @@ guide's: GENIEVM_SCREENSHOTS=docs/images .venv/bin/python -m pytest plugins/geni
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
-from server_support import ServerProcess, Site
+from server_support import ServerProcess, Site, wait_job
 
 SCREENSHOTS = os.environ.get("GENIEVM_SCREENSHOTS")  # read before the fixtures clean the environment
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -89,7 +92,9 @@ def _wait_for_job(driver: webdriver.Chrome, kind: str) -> None:
         state = rows[0].get_attribute("data-state") if rows else None
         return state if state in ("succeeded", "failed", "cancelled") else False
 
-    assert WebDriverWait(driver, 120, poll_frequency=0.5).until(ended) == "succeeded"
+    # the table is replaced while it is read, now and then: read it again
+    wait = WebDriverWait(driver, 300, poll_frequency=0.5, ignored_exceptions=(WebDriverException,))
+    assert wait.until(ended) == "succeeded"
 
 
 def test_the_console_in_chromium(browser: webdriver.Chrome, server: ServerProcess, site: Site, tmp_path: Path) -> None:
@@ -144,3 +149,75 @@ def test_a_read_only_token_starts_nothing_from_the_console(browser: webdriver.Ch
     browser.get(f"{server.url}/console/logout")
     browser.get(f"{server.url}/console/jobs")
     assert browser.find_elements(By.ID, "token"), "logged out: the login form again"
+
+
+def test_files_of_a_backup_restored_from_the_console(
+    browser: webdriver.Chrome, server_factory: Callable[..., ServerProcess], files_site: Site, tmp_path: Path
+) -> None:
+    """Browse the guest filesystem of a backup, choose a folder and a file, restore them (two appliance boots)."""
+    server = server_factory()
+    with server.client("operator") as client:
+        started = client.post("/api/v1/jobs/backup", json={"provider": "lab", "vm": "files01", "repository": "main"})
+        assert wait_job(client, started.json()["id"])["state"] == "succeeded"
+    browser.set_page_load_timeout(300)  # a folder's page waits for the libguestfs appliance
+    _log_in(browser, server, "operator")
+    browser.get(f"{server.url}/console/backups?repository=main&vm=files01")
+    _click(browser, browser.find_element(By.CSS_SELECTOR, "#backups tr.backup a.browse"))
+    names = [row.get_attribute("data-name") for row in browser.find_elements(By.CSS_SELECTOR, "#files tr.entry")]
+    assert {"etc", "srv"} <= set(names), browser.page_source[:1000]
+    for name in ("etc", "srv"):
+        browser.find_element(By.CSS_SELECTOR, f'#files tr.entry[data-name="{name}"] input[type=checkbox]').click()
+    _shot(browser, tmp_path, "files")
+    _click(browser, browser.find_element(By.ID, "restore-files"))
+    _wait_for_job(browser, "files")
+    target = Path(files_site.settings["restore_root"]) / "files01-files"
+    guest = files_site.root / "guest"
+    assert (target / "etc" / "hostname").read_text() == "files01\n"
+    assert (target / "srv" / "data" / "report.csv").read_bytes() == (guest / "srv/data/report.csv").read_bytes()
+    assert sorted(p.name for p in target.iterdir()) == ["etc", "srv"]
+
+
+def test_a_kvm_backup_restored_as_a_new_vm_from_the_console(
+    browser: webdriver.Chrome, server_factory: Callable[..., ServerProcess], site: Site, tmp_path: Path
+) -> None:
+    libvirt = pytest.importorskip("libvirt", reason="the KVM provider's libvirt bindings are not installed")
+    from genievm_kvm.testing import remove_vm, scratch_domain_xml
+
+    if os.geteuid() != 0:
+        pytest.skip("a VM through qemu:///system needs root here")
+    conn = libvirt.open("qemu:///system")
+    name = f"genievm-console-{secrets.token_hex(3)}"
+    image = tmp_path / f"{name}-vda.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 256k", str(image)], check=True, capture_output=True)
+    made = [conn.defineXML(scratch_domain_xml(name, {"vda": (image, "qcow2")}))]
+    site.settings["providers"]["kvm"] = {"plugin": "kvm", "options": {"uri": "qemu:///system"}}
+    try:
+        server = server_factory()
+        with server.client("operator") as client:
+            started = client.post("/api/v1/jobs/backup", json={"provider": "kvm", "vm": name, "repository": "main"})
+            assert wait_job(client, started.json()["id"])["state"] == "succeeded"
+        _log_in(browser, server, "operator")
+        browser.get(f"{server.url}/console/backups?repository=main&vm={name}")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#backups tr.backup")) == 1  # found by the VM's name
+        Select(browser.find_element(By.ID, "restore-provider")).select_by_value("kvm")
+        browser.find_element(By.ID, "restore-name").send_keys(f"{name}-copy")
+        folder = browser.find_element(By.ID, "restore-path")
+        folder.clear()
+        folder.send_keys("new-vms")
+        _shot(browser, tmp_path, "restore-new-vm")
+        _click(browser, browser.find_element(By.ID, "start-restore"))
+        _wait_for_job(browser, "restore")
+        copy = conn.lookupByName(f"{name}-copy")
+        made.append(copy)
+        disk = Path(site.settings["restore_root"]) / "new-vms" / f"{name}-copy-vda.qcow2"
+        assert str(disk) in copy.XMLDesc() and str(image) not in copy.XMLDesc()
+        assert not copy.isActive()
+        converted = subprocess.run(
+            ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(image), str(disk)], capture_output=True, text=True
+        )
+        assert converted.returncode == 0, converted.stdout + converted.stderr
+    finally:
+        for dom in made:
+            remove_vm(dom)
+        conn.close()

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -113,28 +114,49 @@ def test_a_killed_server_leaves_no_job_running(
 
 
 class _Receiver(BaseHTTPRequestHandler):
+    """Keeps each body it is sent; answers a path with the statuses planned for it, in turn, then 204."""
+
     received: list[dict[str, Any]] = []
+    tries: list[tuple[float, str, int]] = []  # when, path, the status answered
+    plan: dict[str, list[int]] = {}
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.append(json.loads(body))
-        self.send_response(204)
+        planned = self.plan.get(self.path, [])
+        status = planned.pop(0) if planned else 204
+        self.tries.append((time.monotonic(), self.path, status))
+        if status == 204:
+            self.received.append(json.loads(body))
+        self.send_response(status)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-    handler = type("Receiver", (_Receiver,), {"received": received})
+@contextmanager
+def _receiving(handler: type[_Receiver]) -> Iterator[str]:
     httpd = HTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/hook", received
+    yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    received: list[dict[str, Any]] = []
+    with _receiving(type("Receiver", (_Receiver,), {"received": received, "tries": [], "plan": {}})) as url:
+        yield f"{url}/hook", received
+
+
+@pytest.fixture
+def flaky_receiver() -> Iterator[tuple[str, type[_Receiver]]]:
+    """A receiver whose answers the test plans (``plan``), and the handler class that holds its ``tries``."""
+    handler = type("FlakyReceiver", (_Receiver,), {"received": [], "tries": [], "plan": {}})
+    with _receiving(handler) as url:
+        yield url, handler
 
 
 class _Mailbox:
@@ -227,3 +249,35 @@ def test_a_stopped_server_runs_its_cancelled_runs_when_back(
             assert time.monotonic() < deadline, runs
             time.sleep(0.3)
         assert len(runs) == 1 and runs[0]["job_id"] != running[0]["id"]
+
+
+def test_a_failing_webhook_is_retried_with_back_off_a_bounded_number_of_times(
+    server_factory: Callable[..., ServerProcess], site: Site, flaky_receiver: tuple[str, type[_Receiver]]
+) -> None:
+    url, receiver = flaky_receiver
+    receiver.plan = {"/recovers": [503, 500], "/down": [503] * 10, "/refuses": [400, 400]}
+    site.settings["webhooks"] = [
+        {"url": f"{url}/recovers", "on": ["success"], "retries": 3, "backoff": 0.5},
+        {"url": f"{url}/down", "on": ["success"], "retries": 2, "backoff": 0.2},
+        {"url": f"{url}/refuses", "on": ["success"], "retries": 3, "backoff": 0.2},  # a 4xx is not tried again
+    ]
+    server = server_factory()
+    with server.client("operator") as client:
+        ok = client.post("/api/v1/jobs/backup", json={"provider": "lab", "vm": "web01", "repository": "main"})
+        assert wait_job(client, ok.json()["id"])["state"] == "succeeded"
+    deadline = time.monotonic() + 30
+    while not receiver.received:
+        assert time.monotonic() < deadline, receiver.tries
+        time.sleep(0.1)
+    time.sleep(2.0)  # longer than any further retry would wait
+    by_path: dict[str, list[tuple[float, int]]] = {}
+    for when, path, status in receiver.tries:
+        by_path.setdefault(path, []).append((when, status))
+    assert [status for _, status in by_path["/recovers"]] == [503, 500, 204]
+    first, second, third = (when for when, _ in by_path["/recovers"])
+    assert second - first >= 0.45 and third - second >= 0.95  # 0.5 s, then twice as long
+    assert [status for _, status in by_path["/down"]] == [503, 503, 503]  # one try and two retries, no more
+    assert [status for _, status in by_path["/refuses"]] == [400]
+    assert [r["job"]["id"] for r in receiver.received] == [ok.json()["id"]]
+    log = server.log.read_text()
+    assert "webhook.retry" in log and "attempts=3" in log and "attempts=1 error='HTTP 400'" in log
