@@ -64,7 +64,7 @@ def test_the_bash_completion_completes_the_commands() -> None:
                             capture_output=True, text=True).stdout
     assert "complete -o default -F _genievm_completion genievm" in script
     env = {**os.environ, "_GENIEVM_COMPLETE": "complete_bash", "COMP_WORDS": "genievm se", "COMP_CWORD": "1"}
-    assert subprocess.run([str(GENIEVM)], env=env, capture_output=True, text=True).stdout.split() == ["serve"]
+    assert subprocess.run([str(GENIEVM)], env=env, capture_output=True, text=True).stdout.split() == ["serve", "server"]
     env |= {"COMP_WORDS": "genievm backup --lo"}
     env["COMP_CWORD"] = "2"
     assert "--lock-wait" in subprocess.run([str(GENIEVM)], env=env, capture_output=True, text=True).stdout.split()

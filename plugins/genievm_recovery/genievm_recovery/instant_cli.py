@@ -56,7 +56,9 @@ def start_command(
     backup_id: Annotated[str, typer.Option("--backup", help="backup id or 'latest'")] = "latest",
     uri: Annotated[str, typer.Option("--uri", help="libvirt URI of this host")] = "qemu:///system",
     migrate_to: MigrateToOption = None,
-    cache_mib: Annotated[int, typer.Option("--cache-mib", min=1, help="chunk cache size in MiB")] = DEFAULT_CACHE >> 20,
+    cache_mib: Annotated[
+        int, typer.Option("--cache-mib", min=1, max=1 << 20, help="chunk cache size in MiB")
+    ] = DEFAULT_CACHE >> 20,
     passphrase_file: PassphraseFileOption = None,
     json_output: JsonOption = False,
 ) -> None:
