@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, CLIResult, Instance, genievm_snapshots, snapshot_content
+from aws_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, CLIResult, Instance, genievm_snapshots, snapshot_content
 from moto_ebs import BLOCK, VOLUMES, read_volume
 
 from genievm_core.api import GenieVM

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import REGION, Instance, genievm_snapshots, launch, snapshot_content
+from aws_support import REGION, Instance, genievm_snapshots, launch, snapshot_content
 from genievm_aws.provider import AWSProvider
 
 from genievm_core.jobs import RestoreResult, run_backup

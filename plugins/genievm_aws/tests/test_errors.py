@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import REGION, CLIResult, Instance
+from aws_support import REGION, CLIResult, Instance
 from moto.core.authorization import ActionAuthenticatorMixin
 from moto_ebs import CORRUPT, FAULTS, throttled
 
