@@ -15,6 +15,8 @@ from genievm_core.cli.common import PassphraseFileOption, RepoOption, err_consol
 from genievm_core.errors import BackupNotFoundError, ConfigError, JobCancelledError
 from genievm_core.jobs import default_job_db
 from genievm_core.models.config import MAX_MBPS
+from genievm_core.models.manifest import BackupManifest
+from genievm_core.repository import Repository
 from genievm_recovery.export import Export, ServeJob, cleanup_stale, exports_root
 from genievm_recovery.reader import DEFAULT_CACHE
 
@@ -67,20 +69,9 @@ def serve(
         raise ConfigError("invalid configuration: --vm: give the VM whose backup is served (or --backup ID)")
     if socket is not None and port is not None:
         raise ConfigError("invalid configuration: --socket and --port: give one of them")
-    secret = None
-    if passphrase_file is not None or os.environ.get(PASSPHRASE_ENV):
-        secret = passphrase_source(passphrase_file)()
-    repository = st.open_repository(repo, passphrase=secret)
-    if repository.config.encryption is not None and secret is None:  # it was typed at the prompt: once more
-        secret = passphrase_source(None)()
+    repository, secret = open_with_secret(ctx, repo, passphrase_file)
     manifest = repository.find_backup(vm, backup_id)
-    names = [d.name for d in manifest.disks]
-    unknown = [name for name in disk or [] if name not in names]
-    if unknown:
-        raise BackupNotFoundError(
-            f"backup {manifest.backup_id} has no disk {unknown[0]} (its disks: {', '.join(names)})"
-        )
-    disks = list(dict.fromkeys(disk)) if disk else names
+    disks = chosen_disks(manifest, disk)
     if writable and len(disks) > 1:  # nbdkit 1.32's cow filter keeps one overlay for all exports
         raise ConfigError("invalid configuration: --writable: serves one disk; choose it with --disk")
     if keep_overlay is not None and not writable:
@@ -119,3 +110,27 @@ def _storage_options_env() -> dict[str, object]:
     text = os.environ.get("GENIEVM_STORAGE_OPTIONS")
     value = json.loads(text) if text else {}
     return value if isinstance(value, dict) else {}
+
+
+def open_with_secret(
+    ctx: typer.Context, repo: str | None, passphrase_file: Path | None
+) -> tuple[Repository, str | None]:
+    """The repository, and its passphrase for the nbdkit plugin (asked for once more when typed at the prompt)."""
+    secret = None
+    if passphrase_file is not None or os.environ.get(PASSPHRASE_ENV):
+        secret = passphrase_source(passphrase_file)()
+    repository = state(ctx).open_repository(repo, passphrase=secret)
+    if repository.config.encryption is not None and secret is None:
+        secret = passphrase_source(None)()
+    return repository, secret
+
+
+def chosen_disks(manifest: BackupManifest, disk: list[str] | None) -> list[str]:
+    """The disks of ``manifest`` named by ``--disk`` (in order, once each), or all of them."""
+    names = [d.name for d in manifest.disks]
+    unknown = [name for name in disk or [] if name not in names]
+    if unknown:
+        raise BackupNotFoundError(
+            f"backup {manifest.backup_id} has no disk {unknown[0]} (its disks: {', '.join(names)})"
+        )
+    return list(dict.fromkeys(disk)) if disk else names

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +11,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from genievm_core.api import PASSPHRASE_ENV, passphrase_source
 from genievm_core.cli.common import (
     JsonOption,
     PassphraseFileOption,
@@ -25,9 +23,9 @@ from genievm_core.cli.common import (
     plural,
     state,
 )
-from genievm_core.errors import BackupNotFoundError, ConfigError
+from genievm_core.errors import ConfigError
 from genievm_core.jobs import Job, default_job_db
-from genievm_recovery.cli import _storage_options_env
+from genievm_recovery.cli import _storage_options_env, chosen_disks, open_with_secret
 from genievm_recovery.export import Export, cleanup_stale, exports_root
 from genievm_recovery.files_job import FilesJob
 
@@ -141,23 +139,12 @@ def _run(
     cleanup_stale(root)
     if vm is None and backup_id == "latest":
         raise ConfigError("invalid configuration: --vm: give the VM whose backup is read (or --backup ID)")
-    secret = None
-    if passphrase_file is not None or os.environ.get(PASSPHRASE_ENV):
-        secret = passphrase_source(passphrase_file)()
-    repository = st.open_repository(repo, passphrase=secret)
-    if repository.config.encryption is not None and secret is None:  # it was typed at the prompt: once more
-        secret = passphrase_source(None)()
+    repository, secret = open_with_secret(ctx, repo, passphrase_file)
     manifest = repository.find_backup(vm, backup_id)
-    names = [d.name for d in manifest.disks]
-    unknown = [name for name in disk or [] if name not in names]
-    if unknown:
-        raise BackupNotFoundError(
-            f"backup {manifest.backup_id} has no disk {unknown[0]} (its disks: {', '.join(names)})"
-        )
     export = Export(
         url=repository.url,
         backup=manifest,
-        disks=list(dict.fromkeys(disk)) if disk else names,
+        disks=chosen_disks(manifest, disk),
         folder=root,
         passphrase=secret,
         storage_options={**_storage_options_env(), **st.storage_options} or None,

@@ -3,14 +3,12 @@ own disks while it runs (``genievm restore --instant`` is ``instant start``)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from genievm_core.api import PASSPHRASE_ENV, passphrase_source
 from genievm_core.cli.common import (
     JsonOption,
     PassphraseFileOption,
@@ -23,7 +21,7 @@ from genievm_core.cli.common import (
 )
 from genievm_core.errors import ConfigError, GenieVMError
 from genievm_core.jobs import default_job_db
-from genievm_core.repository import Repository
+from genievm_recovery.cli import open_with_secret
 from genievm_recovery.instant import Instance, abort, cleanup_stale, find, instances, instant_root, serve_again, start
 from genievm_recovery.migrate import CopyProgress, finish
 from genievm_recovery.reader import DEFAULT_CACHE
@@ -68,7 +66,7 @@ def start_command(
     if vm is None and backup_id == "latest":
         raise ConfigError("invalid configuration: --vm: give the VM whose backup boots (or --backup ID)")
     st = state(ctx)
-    repository, secret = _open(ctx, repo, passphrase_file)
+    repository, secret = open_with_secret(ctx, repo, passphrase_file)
     manifest = repository.find_backup(vm, backup_id)
     began = time.monotonic()
     instance = start(job_db, manifest, repo_url=repository.url, name=new_name, uri=uri, cache=cache_mib << 20,
@@ -106,17 +104,6 @@ def finish_command(
         emit_json(_describe(instance) | {"migrated": moved})
 
 
-def _open(ctx: typer.Context, repo: str | None, passphrase_file: Path | None) -> tuple[Repository, str | None]:
-    """The repository, and its passphrase for nbdkit (asked for once more when it was typed at the prompt)."""
-    secret = None
-    if passphrase_file is not None or os.environ.get(PASSPHRASE_ENV):
-        secret = passphrase_source(passphrase_file)()
-    repository = state(ctx).open_repository(repo, passphrase=secret)
-    if repository.config.encryption is not None and secret is None:
-        secret = passphrase_source(None)()
-    return repository, secret
-
-
 def _finish(
     ctx: typer.Context, instance: Instance, migrate_to: Path | None, passphrase_file: Path | None, json_output: bool
 ) -> dict[str, str]:
@@ -129,7 +116,7 @@ def _finish(
         if not json_output:
             err_console.print(f"instant {instance.id}: its export is gone; serving the backup again, moving the "
                               "disks offline (the VM restarts on them)", highlight=False, markup=False)  # fmt: skip
-        serve_again(instance, st.job_db or default_job_db(), _open(ctx, instance.repo, passphrase_file)[1])
+        serve_again(instance, st.job_db or default_job_db(), open_with_secret(ctx, instance.repo, passphrase_file)[1])
 
     moved = finish(instance, folder, st.registry, _progress(not json_output), restart_export)
     if not json_output:
