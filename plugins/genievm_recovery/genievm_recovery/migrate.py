@@ -135,6 +135,7 @@ def _move_disk(instance: Instance, dom: libvirt.virDomain, disk: str, target: Pa
         dest = f"<disk type='file'><driver type='qcow2'/><source file={quoteattr(str(target))}/></disk>"
         with libvirt_errors(f"instant {instance.id}: copying {disk} to {target}"):
             dom.blockCopy(disk, dest, None, 0)  # the whole chain into one file: not shallow
+    caught_up = 0.0
     while True:
         info = _job_info(dom, disk)
         if not info:
@@ -145,11 +146,28 @@ def _move_disk(instance: Instance, dom: libvirt.virDomain, disk: str, target: Pa
                 f"VM {instance.name} runs on, its writes kept; run genievm instant finish {instance.id} again"
             )
         progress(disk, int(info["cur"]), int(info["end"]))
-        if info["end"] and info["cur"] == info["end"]:  # libvirt reports cur == end only once it is ready
-            break
+        if info["end"] and info["cur"] == info["end"]:
+            caught_up = caught_up or time.monotonic()
+            if _mirror_ready(dom, disk) or time.monotonic() - caught_up > 30.0:
+                break  # libvirt marks the mirror ready on QEMU's event; _pivot retries if it came late
         time.sleep(0.2)
-    with libvirt_errors(f"instant {instance.id}: switching {disk} to {target}"):
-        dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+    _pivot(instance, dom, disk, target)
+
+
+def _pivot(instance: Instance, dom: libvirt.virDomain, disk: str, target: Path) -> None:
+    """Switch ``disk`` onto its copy. cur == end and the mirror's ``ready='yes'`` can both show before
+    QEMU's job has moved to its ready state (a copy made again after a failed one), so a refusal as
+    "not ready" is retried for a while rather than reported."""
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            return
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_BLOCK_COPY_ACTIVE or time.monotonic() > deadline:
+                with libvirt_errors(f"instant {instance.id}: switching {disk} to {target}"):
+                    raise
+        time.sleep(0.2)
 
 
 def _copy_failure(target: Path) -> str:
@@ -164,6 +182,12 @@ def _copy_failure(target: Path) -> str:
 def _job_info(dom: libvirt.virDomain, disk: str) -> dict[str, int]:
     with libvirt_errors(f"VM {dom.name()}: block job of {disk}"):
         return dict(dom.blockJobInfo(disk, 0) or {})
+
+
+def _mirror_ready(dom: libvirt.virDomain, disk: str) -> bool:
+    element = disk_element(dom, disk)
+    mirror = element.find("mirror") if element is not None else None
+    return mirror is not None and mirror.get("ready") == "yes"
 
 
 def _mirror_target(dom: libvirt.virDomain, disk: str) -> str | None:
