@@ -19,4 +19,5 @@ trap 's3_stop; vcsim_stop; postgres_stop' EXIT
 s3_start
 vcsim_start
 postgres_start
-.venv/bin/python -m pytest "$@"
+# one worker per CPU (pytest-xdist), each taking whole test files, so that a file's module fixtures are built once
+.venv/bin/python -m pytest -n "${GENIEVM_TEST_WORKERS:-auto}" --dist loadfile "$@"
