@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from support import CHUNK, PASSPHRASE, CLIResult, backup_vm, open_repo, random_bytes, write_image
 
+from genievm_core.errors import CorruptionError
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository, new_backup_id
 from genievm_core.repository.backup_log import PREFIX, BackupLog
@@ -200,3 +201,46 @@ def test_the_memory_of_the_log_survives_a_config_remembered_again(tmp_path: Path
     known.remember_log(repo.url, repo.config, {"e1": "b1"})
     known.remember(repo.url, repo.config.model_copy(update={"format_version": 2}))
     assert known.log_seen(repo.config) == {"e1": "b1"}
+
+
+def test_a_plaintext_manifest_changed_after_its_commit_is_found_and_never_restored(
+    cli: Cli, tmp_path: Path, host: PluginHost
+) -> None:
+    """Nothing authenticates an unencrypted manifest; its backup-log entry holds its digest. A change that
+    still parses and validates (the VM's name, one flipped bit from web01 to web09) is found by verify and
+    refused by restore."""
+    repo, ids, env = three_backups(cli, tmp_path, encrypted=False)
+    entry = json.loads(entry_of(repo, ids[1]).read_bytes())
+    manifest = repo / "manifests" / ids[1]
+    assert entry["manifest"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    codec, key = open_repo(host, repo, None).codec, f"manifests/{ids[1]}"
+    text = codec.decode(key, manifest.read_bytes())
+    assert b'"web01"' in text  # the VM's name and id
+    manifest.write_bytes(codec.encode(key, text.replace(b'"web01"', b'"web09"')))  # "1" -> "9": one bit
+
+    verified = cli("verify", "--repo", str(repo), "--json", env=env)
+    assert verified.code == 22, verified.stderr
+    (found,) = problems(verified)
+    assert f"manifest {ids[1]} is corrupt or altered: it does not match the digest in its backup-log entry" in found
+    out = tmp_path / "out"
+    refused = cli("restore", "--repo", str(repo), "--vm", "web09", "--backup", ids[1], "--target", str(out), env=env)
+    assert refused.code == CorruptionError.exit_code and "does not match the digest" in refused.stderr, refused.stderr
+    assert not out.exists() or not any(out.iterdir())
+    restored = cli("restore", "--repo", str(repo), "--vm", "web01", "--backup", ids[2], "--target", str(out), env=env)
+    assert restored.code == 0, restored.stderr  # the others are untouched
+
+
+def test_entries_written_before_the_digest_existed_are_still_read_and_check_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    repo, ids, env = three_backups(cli, tmp_path, encrypted=False)
+    old = entry_of(repo, ids[0])
+    body = json.loads(old.read_bytes())
+    del body["manifest"], body["authentication"]
+    canonical = b"genievm backup-log v1\n" + f"log/{old.name}".encode() + b"\n"
+    canonical += json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    body["authentication"] = {"checksum": hashlib.sha256(canonical).hexdigest(), "tag": None}
+    old.write_text(json.dumps(body))  # as a GenieVM before the digest wrote it
+    assert cli("verify", "--repo", str(repo), env=env).code == 0
+    assert cli("restore", "--repo", str(repo), "--vm", "web01", "--backup", ids[0],
+               "--target", str(tmp_path / "out"), env=env).code == 0  # fmt: skip

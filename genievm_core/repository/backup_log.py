@@ -15,7 +15,12 @@ newest ones (named by no other) when it was written, so an entry deleted from
 the middle of the log leaves a name no object answers. ``authentication``
 holds the SHA-256 ``checksum`` of its canonical form and, in an encrypted
 repository, ``tag``: HMAC-SHA256 under a subkey of the master key. Without
-the key no entry can be forged, changed or moved to another name.
+the key no entry can be forged, changed or moved to another name. A ``backup``
+entry also holds ``manifest``: the SHA-256 of the manifest object as stored, so
+that a manifest changed after its commit is found even where nothing else
+authenticates it (an unencrypted repository: one flipped bit can turn ``vm1``
+into ``vm9``). Entries written before it existed have none; nothing is checked
+for them.
 
 In an unencrypted repository there is no key: the checksum catches damage
 and accidents (a manifest deleted by a tool or a person), not an attacker,
@@ -56,6 +61,7 @@ class LogEntry:
     backup_id: str
     at: str
     previous: tuple[str, ...]
+    manifest: str | None = None  # SHA-256 (hex) of the committed manifest object, for a "backup" entry
 
 
 @dataclass
@@ -88,23 +94,40 @@ class BackupLog:
     def __init__(self, storage: StorageTarget, keys: Keys | None) -> None:
         self.storage = storage
         self.keys = keys
+        self._digests: dict[str, str] | None = None  # backup id -> manifest digest, read once
+        self._newest = ""  # the newest entry id read into _digests
+
+    def manifest_digest(self, backup_id: str) -> str | None:
+        """The digest its ``backup`` entry recorded for ``backup_id``'s manifest; None if none did.
+
+        The log is read once; again only for a backup newer than every entry read (committed since)."""
+        if self._digests is None or (backup_id not in self._digests and backup_id > self._newest):
+            state = self.read()
+            self._digests = {e.backup_id: e.manifest for e in state.entries if e.event == "backup" and e.manifest}
+            self._newest = max((e.entry_id for e in state.entries), default="")
+        return self._digests.get(backup_id)
 
     def entry_ids(self) -> list[str]:
         return sorted(k.removeprefix(PREFIX) for k in self.storage.list(PREFIX) if is_backup_id(k.removeprefix(PREFIX)))
 
-    def append(self, event: Event, backup_id: str, entry_id: str) -> LogEntry:
-        """Write one entry; ``entry_id`` a new id (``new_backup_id()``), unique to this writer."""
+    def append(self, event: Event, backup_id: str, entry_id: str, manifest: str | None = None) -> LogEntry:
+        """Write one entry; ``entry_id`` a new id (``new_backup_id()``), unique to this writer; ``manifest`` the
+        digest of the backup's manifest object."""
         recent = [e for e in (self._read_one(i)[0] for i in self.entry_ids()[-RECENT:]) if e is not None]
         named = {p for e in recent for p in e.previous}
         previous = tuple(sorted(e.entry_id for e in recent if e.entry_id not in named))
         at = datetime.now(UTC).isoformat()
         body: dict[str, Any] = {"format_version": FORMAT_VERSION, "event": event, "backup_id": backup_id, "at": at,
                 "previous": list(previous)}  # fmt: skip
+        if manifest is not None:
+            body["manifest"] = manifest
         key = PREFIX + entry_id
         canonical = _canonical(key, body)
         body["authentication"] = {"checksum": hashlib.sha256(canonical).hexdigest(), "tag": self._tag(canonical)}
         self.storage.put(key, json.dumps(body, indent=1).encode())
-        return LogEntry(entry_id, event, backup_id, at, previous)
+        if self._digests is not None and manifest is not None:
+            self._digests[backup_id] = manifest
+        return LogEntry(entry_id, event, backup_id, at, previous, manifest)
 
     def read(self) -> LogState:
         """Every entry, checked; entries that fail a check are problems, and so are names of missing ones."""
@@ -154,6 +177,9 @@ class BackupLog:
                 raise ValueError(f"unknown format {body['format_version']} or event {event!r}")
             if not is_backup_id(backup_id):
                 raise ValueError(f"{backup_id!r} is not a backup id")
+            manifest = body.get("manifest")
+            if manifest is not None and not (isinstance(manifest, str) and len(manifest) == 64):
+                raise ValueError(f"manifest digest {manifest!r} is not a SHA-256")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             return None, f"log entry {entry_id} is corrupt: {exc}"
-        return LogEntry(entry_id, event, backup_id, str(body["at"]), previous), None
+        return LogEntry(entry_id, event, backup_id, str(body["at"]), previous, manifest), None

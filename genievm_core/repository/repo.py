@@ -16,6 +16,8 @@ an unknown object (``layout.py``): skipped, reported, never deleted.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -306,8 +308,9 @@ class Repository:
         backup the log does not list, never a listed one that is missing)."""
         key = f"manifests/{manifest.backup_id}"
         self.check_locks()
-        self.storage.put(key, self.codec.encode(key, manifest.model_dump_json(indent=1).encode()))
-        self._log("backup", manifest.backup_id)
+        blob = self.codec.encode(key, manifest.model_dump_json(indent=1).encode())
+        self.storage.put(key, blob)
+        self._log("backup", manifest.backup_id, hashlib.sha256(blob).hexdigest())
 
     def forget(self, backup_id: str) -> None:
         """Delete a backup on purpose: its ``forget`` entry in the backup log, then its manifest (if still there).
@@ -323,11 +326,12 @@ class Repository:
         entered = {e.backup_id for e in state.entries}
         unlisted = [b for b in self.backup_ids() if b not in entered]
         for backup_id in unlisted:
-            self._log("backup", backup_id)
+            blob = self.storage.get(f"manifests/{backup_id}")  # as it is now: its own checks still apply
+            self._log("backup", backup_id, hashlib.sha256(blob).hexdigest())
         return len(unlisted)
 
-    def _log(self, event: Literal["backup", "forget"], backup_id: str) -> None:
-        entry = self.backup_log.append(event, backup_id, new_backup_id())
+    def _log(self, event: Literal["backup", "forget"], backup_id: str, manifest: str | None = None) -> None:
+        entry = self.backup_log.append(event, backup_id, new_backup_id(), manifest)
         if self.known is not None:  # what this client wrote last must still be there when it next looks
             self.known.remember_log(self.url, self.config, {entry.entry_id: backup_id})
 
@@ -341,6 +345,11 @@ class Repository:
             raise BackupNotFoundError(f"no backup {backup_id} in repository {self.url}") from None
         if len(blob) > MAX_MANIFEST:
             raise CorruptionError(f"manifest {backup_id} is corrupt: larger than {MAX_MANIFEST} bytes")
+        digest = self.backup_log.manifest_digest(backup_id)
+        if digest is not None and not hmac.compare_digest(digest, hashlib.sha256(blob).hexdigest()):
+            raise CorruptionError(
+                f"manifest {backup_id} is corrupt or altered: it does not match the digest in its backup-log entry"
+            )
         try:
             data = self.codec.decode(key, blob, max_size=MAX_MANIFEST)  # a small frame may claim gigabytes
         except EncryptionMismatch:

@@ -12,9 +12,9 @@ deleted. Then:
 - restoring a damaged backup fails with a clear error and leaves no file;
 - every undamaged backup still restores, byte for byte.
 
-In an unencrypted repository nothing authenticates a manifest or index, so a
-flipped bit may, rarely, leave them readable and meaning the same (a JSON
-whitespace or case change): then nothing may be reported, and every backup
+In an unencrypted repository nothing authenticates an index (a manifest has
+its digest in the backup log), so a flipped bit may, rarely, leave an index
+readable and meaning the same: then nothing may be reported, and every backup
 must still restore exactly.
 """
 
