@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from genievm_core.choices import MAX_SECONDS
-from genievm_core.cli import keys
+from genievm_core.cli import copy, keys
 from genievm_core.cli.common import (
     JsonOption,
     PassphraseFileOption,
@@ -30,6 +30,7 @@ app = typer.Typer(
     help="Create, describe, upgrade, unlock and copy repositories, and manage their keys.", no_args_is_help=True
 )
 app.add_typer(keys.app, name="key")
+app.command("copy")(copy.copy)
 UrlArgument = Annotated[
     str | None, typer.Argument(metavar="[URL]", help="path, file:// or s3:// URL (or give --repo)", show_default=False)
 ]

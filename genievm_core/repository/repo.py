@@ -253,15 +253,16 @@ class Repository:
     def has_chunk(self, chunk_id: bytes) -> bool:
         return self.storage.exists(self.chunk_key(chunk_id))
 
-    def put_chunk(self, chunk_id: bytes, data: bytes) -> int:
+    def put_chunk(self, chunk_id: bytes, data: bytes, *, batched: bool = True) -> int:
         """Store a chunk; return the bytes written.
 
         A target that offers ``put_batched`` (the filesystem) makes chunks durable
         in batches: such a chunk is certain to be stored only after ``flush_chunks``.
+        ``batched=False``: durable at once (``repo copy``, so a killed run loses none it sent).
         """
         blob = self.codec.encode(chunk_id.hex(), data)
         self.check_locks()
-        put = getattr(self.storage, "put_batched", None) or self.storage.put
+        put = (getattr(self.storage, "put_batched", None) if batched else None) or self.storage.put
         put(self.chunk_key(chunk_id), blob)
         return len(blob)
 
