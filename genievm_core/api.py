@@ -56,6 +56,7 @@ from genievm_core.jobs import (
     VerifyJob,
     default_job_db,
 )
+from genievm_core.jobs.copy import CopyJob
 from genievm_core.models.config import BackupConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.models.user_files import read_user_file, text_of
@@ -301,6 +302,10 @@ class GenieVM:
     ) -> PruneJob:
         """Retention by ``policy``, then garbage collection (an empty policy: garbage collection alone)."""
         return PruneJob(repository, policy, vms, grace=grace, dry_run=dry_run, lock_wait=lock_wait)
+
+    def copy_job(self, source: Repository, target: Repository, backups: list[BackupManifest]) -> CopyJob:
+        """A copy of ``backups`` of ``source`` into ``target``, only the chunks it lacks sent (``repo copy``)."""
+        return CopyJob(source, target, backups)
 
     def run(self, job: Job, progress: Progress | None = None) -> Job:
         """Run ``job`` in this thread, recorded in the job registry; raise its error when it fails."""

@@ -66,9 +66,11 @@ def copy_backups(
     *,
     limit: Bandwidth | None = None,
     on_copied: Callable[[BackupManifest, bool], None] | None = None,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> CopyStats:
     """Copy ``backups`` of ``source`` into ``target`` under a shared lock of each; ``on_copied(manifest,
-    sent)`` after each (``sent`` False: the target had it)."""
+    sent)`` after each (``sent`` False: the target had it); ``checkpoint`` (a job's pause and cancel) before
+    each chunk."""
     if source.config.repository_id == target.config.repository_id:
         raise ConfigError(f"invalid configuration: repo copy: {source.url} and {target.url} are one repository")
     if source.chunk_size != target.chunk_size:
@@ -77,12 +79,14 @@ def copy_backups(
             f"{target.url} of {target.chunk_size}: create the target with --chunk-size {source.chunk_size}"
         )
     with source.read_lock("copy"), target.lock("shared", "copy"):
-        return _Copy(source, target, limit).run(backups, on_copied)
+        return _Copy(source, target, limit, checkpoint).run(backups, on_copied)
 
 
 class _Copy:
-    def __init__(self, source: Repository, target: Repository, limit: Bandwidth | None) -> None:
-        self.source, self.target, self.limit = source, target, limit
+    def __init__(
+        self, source: Repository, target: Repository, limit: Bandwidth | None, checkpoint: Callable[[], None]
+    ) -> None:
+        self.source, self.target, self.limit, self.checkpoint = source, target, limit, checkpoint
         src_keys, dst_keys = source.codec.keys, target.codec.keys
         self.same_ids = (src_keys is None and dst_keys is None) or (
             src_keys is not None and dst_keys is not None and src_keys.id_key == dst_keys.id_key
@@ -132,6 +136,7 @@ class _Copy:
 
     def _copy_chunk(self, chunk_id: bytes) -> bytes:
         """The chunk's id at the target, where it is stored once this returns."""
+        self.checkpoint()
         data = None
         target_id = chunk_id if self.same_ids else self.target_ids.get(chunk_id)
         if target_id is None:
