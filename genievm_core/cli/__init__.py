@@ -40,7 +40,7 @@ _debug = False
 # summary `genievm --help` lists. A module is imported only when its command runs or shows its own help, so
 # `genievm --help` and `--version` import no plugin, no pydantic model, no engine (benchmarks/startup.py).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "repo": ("repo", "app", "Create, describe, upgrade, unlock and copy repositories, and manage their keys."),
+    "repo": ("repo", "app", "Create, copy, upgrade and unlock repositories; manage their keys."),
     "backups": ("backups", "app", "List, show and forget backups."),
     "jobs": ("jobs", "app", "List, show, watch, pause, resume, cancel and limit jobs."),
     "backup": ("transfer", "backup", "Back up a VM into a repository (incremental when it has a parent)."),
@@ -315,7 +315,7 @@ def _root(
         typer.Option(
             metavar="PATH",
             envvar="GENIEVM_KEY_FILE",
-            help="open repositories with this key file (genievm repo key export) instead of a passphrase",
+            help="open repositories with this key file (made by `repo key export`), not a passphrase",
         ),
     ] = None,
 ) -> None:

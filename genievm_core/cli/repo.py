@@ -27,7 +27,7 @@ from genievm_core.repository.lock import describe_lock
 from genievm_core.repository.stats import RepositoryStats, repository_stats
 
 app = typer.Typer(
-    help="Create, describe, upgrade, unlock and copy repositories, and manage their keys.", no_args_is_help=True
+    help="Create, copy, upgrade and unlock repositories; manage their keys.", no_args_is_help=True
 )
 app.add_typer(keys.app, name="key")
 app.command("copy")(copy.copy)
