@@ -9,10 +9,28 @@ killed and resumed: plugins/genievm_storage_s3/tests/test_s3_copy.py.)
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from support import CHUNK, PASSPHRASE, CLIResult, chunk_files, patch_image, random_bytes, write_image
+from support import (
+    CHUNK,
+    PASSPHRASE,
+    CLIResult,
+    backup_vm,
+    chunk_files,
+    genievm_path,
+    patch_image,
+    random_bytes,
+    write_image,
+)
+
+from genievm_core.plugin import PluginHost
+from genievm_core.repository import Repository
+from genievm_core.repository.storage import open_storage
+from genievm_core.testing.cli import error_lines
 
 Cli = Callable[..., CLIResult]
 OTHER = "the offsite passphrase"
@@ -106,3 +124,33 @@ def test_what_cannot_be_copied_is_one_line(cli: Cli, tmp_path: Path) -> None:
     absent = cli("repo", "copy", str(src), str(tmp_path / "nothing"))
     assert absent.code == 14
     assert chunk_files(dst) == [] and chunk_files(small) == []
+
+
+def test_an_interrupted_copy_commits_nothing_and_its_rerun_sends_nothing_twice(
+    cli: Cli, tmp_path: Path, host: PluginHost
+) -> None:
+    """SIGTERM mid-copy (held back by --limit-write): one line, exit 130, no backup in DST; the rerun keeps
+    every chunk file the first run wrote (same inode, same time) and sends only the others."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    image = write_image(tmp_path / "a.img", 32 * CHUNK, [(0, random_bytes(32 * CHUNK, 8))])
+    backup_vm(host, Repository.init(open_storage(host, str(src)), passphrase=None, chunk_size=CHUNK), "web",
+              {"vda": image})  # fmt: skip
+    Repository.init(open_storage(host, str(dst)), passphrase=None, chunk_size=CHUNK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENIEVM_") or k == "GENIEVM_JOB_DB"}
+    first = subprocess.Popen([genievm_path(), "repo", "copy", str(src), str(dst), "--limit-write", "0.2"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        while len(chunk_files(dst)) < 2:  # 32 chunks at 0.2 MB/s: 10 s at the least
+            assert first.poll() is None, first.communicate()
+        first.send_signal(signal.SIGTERM)
+        _out, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert (first.returncode, error_lines(err)) == (130, ["genievm: error: interrupted by SIGTERM"])
+    assert not (dst / "manifests").exists() or not list((dst / "manifests").iterdir())
+    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in chunk_files(dst)}
+    assert 2 <= len(kept) < 32
+
+    stats = ok(cli("repo", "copy", str(src), str(dst), "--json"))
+    assert (stats["backups_copied"], stats["chunks_present"], stats["chunks_sent"]) == (1, len(kept), 32 - len(kept))
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == kept

@@ -100,7 +100,8 @@ class _Copy:
         present = set(self.target.backup_ids())
         if not self.same_ids:
             self._learn_ids([m for m in backups if m.backup_id in present])
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="genievm-copy") as pool:
+        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="genievm-copy")
+        try:
             for manifest in backups:
                 if manifest.backup_id in present:
                     self.stats.backups_present += 1
@@ -112,6 +113,10 @@ class _Copy:
                     self.stats.backups_copied += 1
                 if on_copied is not None:
                     on_copied(manifest, manifest.backup_id not in present)
+        finally:  # an interrupt or a failure: the chunks not begun are not sent, none waits for the limit
+            if self.limit is not None:
+                self.limit.release()
+            pool.shutdown(wait=True, cancel_futures=True)
         return self.stats
 
     def _learn_ids(self, both: list[BackupManifest]) -> None:
