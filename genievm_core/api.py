@@ -56,6 +56,7 @@ from genievm_core.jobs import (
     VerifyJob,
     default_job_db,
 )
+from genievm_core.jobs.copy import CopyJob
 from genievm_core.models.config import BackupConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.models.user_files import read_user_file, text_of
@@ -63,6 +64,7 @@ from genievm_core.models.vm import VMRef
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import DEFAULT_CHUNK_SIZE, Damaged, Repository
+from genievm_core.repository.keys import Keys, keys_of_file
 from genievm_core.repository.known import KnownRepositories
 from genievm_core.repository.lock import STALE_AFTER, LockPolicy, remove_locks
 from genievm_core.repository.retention import RetentionPolicy
@@ -121,6 +123,7 @@ class GenieVM:
     max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
     lock_stale_after: float = STALE_AFTER  # seconds without a refresh after which another host's lock is stale
     passphrase_command: str | None = None  # run (no shell) for the passphrase, e.g. "pass show backups/genievm"
+    key_file: Path | None = None  # a key file (``genievm repo key export``): opens repositories without a passphrase
     _host: PluginHost | None = None
     _registry: JobRegistry | None = None
     _manager: JobManager | None = None
@@ -201,6 +204,7 @@ class GenieVM:
             passphrase is not None
             or passphrase_file is not None
             or self.passphrase_command is not None
+            or self.key_file is not None
             or bool(os.environ.get(PASSPHRASE_ENV))
         )
         repo = Repository.open(
@@ -209,6 +213,7 @@ class GenieVM:
             compression_level=compression_level,
             expect_encrypted=given,
             known=self.known_repositories,
+            key_file=self._key_file() if passphrase is None and passphrase_file is None else None,
         )
         repo.lock_reads = not no_lock
         repo.locking = LockPolicy(wait=lock_wait, stale_after=self.lock_stale_after)
@@ -298,6 +303,10 @@ class GenieVM:
         """Retention by ``policy``, then garbage collection (an empty policy: garbage collection alone)."""
         return PruneJob(repository, policy, vms, grace=grace, dry_run=dry_run, lock_wait=lock_wait)
 
+    def copy_job(self, source: Repository, target: Repository, backups: list[BackupManifest]) -> CopyJob:
+        """A copy of ``backups`` of ``source`` into ``target``, only the chunks it lacks sent (``repo copy``)."""
+        return CopyJob(source, target, backups)
+
     def run(self, job: Job, progress: Progress | None = None) -> Job:
         """Run ``job`` in this thread, recorded in the job registry; raise its error when it fails."""
         job.extra_progress = progress
@@ -332,6 +341,15 @@ class GenieVM:
     def passphrase_source(self, passphrase_file: Path | None, *, confirm: bool = False) -> Callable[[], str]:
         """``passphrase_source`` with this client's ``passphrase_command``."""
         return passphrase_source(passphrase_file, confirm=confirm, command=self.passphrase_command)
+
+    def _key_file(self) -> tuple[str, Keys] | None:
+        if self.key_file is None:
+            return None
+        data = read_user_file(self.key_file, what="key file", limit=MAX_PASSPHRASE)
+        try:
+            return keys_of_file(data)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: --key-file: {self.key_file} is not a key file ({exc})") from None
 
     def _source(self, passphrase: str | None, passphrase_file: Path | None) -> Callable[[], str]:
         return (lambda: passphrase) if passphrase is not None else self.passphrase_source(passphrase_file)

@@ -25,6 +25,7 @@ Hierarchy (exit code in brackets)::
     │   ├── RepositoryLockedError [19]
     │   │   └── LockLostError [29]  this process's lock could not be refreshed, or was removed
     │   ├── BackupNotFoundError [20]
+    │   ├── KeyManagementError [37]  ``genievm repo key`` refused: the last key, an unknown key id, ...
     │   └── CorruptionError [21] ... an object fails its checks (bad tag, bad id, truncated)
     ├── VerifyError [22] ........... verification found damage (the report names it)
     ├── RestoreTargetExistsError [23]  restore would overwrite something without --force
@@ -50,6 +51,7 @@ __all__ = [
     "JobInterruptedError",
     "JobNotFoundError",
     "JobStateError",
+    "KeyManagementError",
     "LockLostError",
     "ObjectLockedError",
     "ObjectNotFoundError",
@@ -209,6 +211,12 @@ class BackupNotFoundError(RepositoryError):
     """no backup {backup_id} in repository {url}"""
 
     exit_code = 20
+
+
+class KeyManagementError(RepositoryError):
+    """repository {url}: {what cannot be done with its keys}"""
+
+    exit_code = 37
 
 
 class CorruptionError(RepositoryError):

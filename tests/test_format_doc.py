@@ -14,6 +14,7 @@ from genievm_core.jobs import run_backup
 from genievm_core.models.config import BackupConfig
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
+from genievm_core.repository.key_slots import add_key
 from genievm_core.repository.storage import open_storage
 
 DOC = Path(__file__).parents[1] / "docs" / "repository-format.md"
@@ -25,15 +26,20 @@ def _program() -> str:
     return blocks[-1]
 
 
-@pytest.mark.parametrize("passphrase", [None, "doc passphrase"])
-def test_restore_by_hand_matches_the_source(tmp_path: Path, passphrase: str | None) -> None:
+@pytest.mark.parametrize(("passphrase", "second_key"), [(None, False), ("doc passphrase", False), ("döc 2", True)])
+def test_restore_by_hand_matches_the_source(tmp_path: Path, passphrase: str | None, second_key: bool) -> None:
     image = tmp_path / "disk.img"
     with open(image, "wb") as f:
         f.truncate(3 * 65536 + 1000)
         f.seek(70000)
         f.write(os.urandom(50000) + b"text " * 4000)
     host = PluginHost()
-    repo = Repository.init(open_storage(host, str(tmp_path / "repo")), passphrase=passphrase, chunk_size=65536)
+    first = "the first passphrase" if second_key else passphrase
+    repo = Repository.init(open_storage(host, str(tmp_path / "repo")), passphrase=first, chunk_size=65536)
+    if second_key:  # a key slot of `more_keys`, labelled: the feature key-slots
+        assert passphrase is not None
+        add_key(repo, passphrase, "second")
+        assert repo.config.features == ("key-slots",)
     config = BackupConfig(
         vm_id="vm1", backup_path=str(tmp_path / "repo"), provider_options={"vms": {"vm1": {"vda": str(image)}}}
     )

@@ -40,7 +40,7 @@ _debug = False
 # summary `genievm --help` lists. A module is imported only when its command runs or shows its own help, so
 # `genievm --help` and `--version` import no plugin, no pydantic model, no engine (benchmarks/startup.py).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "repo": ("repo", "app", "Create, describe, upgrade and unlock repositories."),
+    "repo": ("repo", "app", "Create, copy, upgrade and unlock repositories; manage their keys."),
     "backups": ("backups", "app", "List, show and forget backups."),
     "jobs": ("jobs", "app", "List, show, watch, pause, resume, cancel and limit jobs."),
     "backup": ("transfer", "backup", "Back up a VM into a repository (incremental when it has a parent)."),
@@ -310,6 +310,14 @@ def _root(
             help="run COMMAND (no shell) and read the passphrase from its output, e.g. 'pass show genievm'",
         ),
     ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            envvar="GENIEVM_KEY_FILE",
+            help="open repositories with this key file (made by `repo key export`), not a passphrase",
+        ),
+    ] = None,
 ) -> None:
     from genievm_core.cli.common import State, parse_storage_options
     from genievm_core.engine.memory import tune_allocator
@@ -326,6 +334,7 @@ def _root(
         storage_attempts=storage_attempts,
         lock_stale_after=lock_stale_after,
         passphrase_command=passphrase_command,
+        key_file=key_file,
     )
     ctx.call_on_close(ctx.obj.close)
 

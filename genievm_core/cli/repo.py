@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from genievm_core.choices import MAX_SECONDS
+from genievm_core.cli import copy, keys
 from genievm_core.cli.common import (
     JsonOption,
     PassphraseFileOption,
@@ -25,7 +26,11 @@ from genievm_core.repository import DEFAULT_CHUNK_SIZE
 from genievm_core.repository.lock import describe_lock
 from genievm_core.repository.stats import RepositoryStats, repository_stats
 
-app = typer.Typer(help="Create, describe, upgrade and unlock repositories.", no_args_is_help=True)
+app = typer.Typer(
+    help="Create, copy, upgrade and unlock repositories; manage their keys.", no_args_is_help=True
+)
+app.add_typer(keys.app, name="key")
+app.command("copy")(copy.copy)
 UrlArgument = Annotated[
     str | None, typer.Argument(metavar="[URL]", help="path, file:// or s3:// URL (or give --repo)", show_default=False)
 ]

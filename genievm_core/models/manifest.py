@@ -24,6 +24,7 @@ __all__ = [
     "DiskRecord",
     "EncryptionRecord",
     "KDFRecord",
+    "KeySlot",
     "RepositoryConfig",
     "VMRecord",
 ]
@@ -76,10 +77,26 @@ class KDFRecord(_Strict):
     p: int = Field(ge=1, le=16)
 
 
-class EncryptionRecord(_Strict):
-    algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
+class KeySlot(_Strict):
+    """One passphrase's copy of the master key (docs/repository-format.md, "Keys")."""
+
     kdf: KDFRecord
     wrapped_key: str  # base64(nonce 12 | AES-GCM(master key 32 bytes) | tag 16)
+    label: str | None = Field(default=None, min_length=1, max_length=100)  # whose passphrase, for `repo key list`
+    added_at: datetime | None = None
+
+
+class EncryptionRecord(KeySlot):
+    """The first key slot, and ``more_keys``: the same master key wrapped by further passphrases."""
+
+    algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
+    more_keys: tuple[KeySlot, ...] = Field(default=(), max_length=64)
+
+    @property
+    def slots(self) -> tuple[KeySlot, ...]:
+        """Every key slot, the first one first."""
+        first = KeySlot(kdf=self.kdf, wrapped_key=self.wrapped_key, label=self.label, added_at=self.added_at)
+        return (first, *self.more_keys)
 
 
 class ConfigAuthentication(_Strict):

@@ -11,6 +11,10 @@ after the line ``genievm config v2``.
 
 Format 1 (no authentication, passphrases taken as given) is still read;
 ``genievm repo upgrade`` turns it into format 2.
+
+The feature ``key-slots`` marks a config whose ``encryption`` has more than its first key slot, or a
+label on one (``genievm repo key``): a reader without it refuses the repository in one line instead of
+finding fields it does not know. A config with one unlabelled key has no such fields and no feature.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from genievm_core.repository.keys import Keys
 __all__ = ["MAX_CONFIG", "check_tag", "parse_config", "seal_config"]
 
 MAX_CONFIG = 64 << 10  # a config is under 1 KiB; anything this large is not one
-KNOWN_FEATURES: frozenset[str] = frozenset()
+KEY_SLOTS = "key-slots"
+KNOWN_FEATURES: frozenset[str] = frozenset({KEY_SLOTS})
+_SLOT_EXTRAS = ("label", "added_at")
 _DOMAIN = b"genievm config v2\n"
 
 
@@ -45,12 +51,27 @@ def _tag(keys: Keys, canonical: bytes) -> str:
 def seal_config(config: RepositoryConfig, keys: Keys | None) -> tuple[RepositoryConfig, bytes]:
     """``config`` as format 2 with its authentication, and the bytes to store."""
     data = config.model_dump(mode="json", exclude={"authentication"}) | {"format_version": CONFIG_FORMAT_VERSION}
+    features = [f for f in data["features"] if f != KEY_SLOTS]
+    if data["encryption"] is not None and _drop_unset(data["encryption"]):
+        features.append(KEY_SLOTS)
+    data["features"] = features
     canonical = _canonical(data)
     auth = ConfigAuthentication(
         checksum=hashlib.sha256(canonical).hexdigest(), tag=_tag(keys, canonical) if keys else None
     )
     data["authentication"] = auth.model_dump(mode="json")
     return RepositoryConfig.model_validate(data), json.dumps(data, indent=2).encode()
+
+
+def _drop_unset(encryption: dict[str, Any]) -> bool:
+    """Leave out the key-slot fields that are unset; whether any is set (the config needs ``key-slots``)."""
+    for slot in [encryption, *encryption["more_keys"]]:
+        for name in _SLOT_EXTRAS:
+            if slot[name] is None:
+                del slot[name]
+    if not encryption["more_keys"]:
+        del encryption["more_keys"]
+    return any(name in encryption for name in ("more_keys", *_SLOT_EXTRAS))
 
 
 def parse_config(url: str, raw: bytes) -> tuple[RepositoryConfig, dict[str, Any]]:

@@ -52,7 +52,7 @@ from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository.backup_log import BackupLog
 from genievm_core.repository.config import check_tag, parse_config, seal_config
 from genievm_core.repository.index import ChunkIndex
-from genievm_core.repository.keys import Keys, WrongPassphrase, create_keys, rewrap_keys, unwrap_keys
+from genievm_core.repository.keys import Keys, WrongPassphrase, create_keys, rewrap_keys, unwrap_slot
 from genievm_core.repository.known import KnownRepositories
 from genievm_core.repository.layout import is_known_key, unknown_keys
 from genievm_core.repository.lock import HeldLock, LockPolicy, read_lock, repository_lock
@@ -89,6 +89,7 @@ class Repository:
         self._held: list[HeldLock] = []  # the locks held now, checked before each write
         self.known: KnownRepositories | None = None  # this client's memory of repositories: set by ``open``
         self.backup_log = BackupLog(storage, codec.keys)
+        self.key_slot: int | None = None  # which key slot the passphrase opened (None: a key file, or none)
 
     @property
     def url(self) -> str:
@@ -135,13 +136,15 @@ class Repository:
         compression_level: int = 3,
         expect_encrypted: bool = False,
         known: KnownRepositories | None = None,
+        key_file: tuple[str, Keys] | None = None,
     ) -> Repository:
         """Open a repository, checking its config before anything is read or written.
 
         ``expect_encrypted`` (a passphrase was given) refuses a config that claims
         to be unencrypted; ``known`` refuses one weaker than this client saw last
         time, and remembers this one. ``warnings`` lists what the caller should
-        tell the user once (an unencrypted repository, a format-1 config).
+        tell the user once (an unencrypted repository, a format-1 config). ``key_file`` (a repository id
+        and its keys, ``keys_of_file``) opens it instead of a passphrase.
         """
         try:
             raw = storage.get("config")
@@ -152,7 +155,7 @@ class Repository:
         config, data = parse_config(storage.url, raw)
         if known is not None:
             known.check(storage.url, config)
-        keys = None
+        keys, slot = None, None
         warnings = []
         if config.encryption is None:
             if expect_encrypted:
@@ -162,8 +165,15 @@ class Repository:
                     "--encryption none, give no passphrase)"
                 )
             warnings.append(f"repository {storage.url} is not encrypted")
+        elif key_file is not None:
+            if key_file[0] != config.repository_id:
+                raise WrongPassphraseError(
+                    f"the key file is of repository {key_file[0]}, not of {storage.url} ({config.repository_id})"
+                )
+            keys = key_file[1]
+            check_tag(storage.url, data, config, keys)
         else:
-            keys = _unwrap(storage.url, config, passphrase)
+            keys, slot = _unwrap(storage.url, config, passphrase)
             check_tag(storage.url, data, config, keys)
         if config.format_version < CONFIG_FORMAT_VERSION:
             warnings.append(
@@ -175,6 +185,7 @@ class Repository:
         repo = cls(storage, config, ObjectCodec(keys, compression_level=compression_level))
         repo.warnings = warnings
         repo.known = known
+        repo.key_slot = slot
         return repo
 
     def upgrade(self, passphrase: PassphraseSource | None) -> bool:
@@ -244,15 +255,16 @@ class Repository:
     def has_chunk(self, chunk_id: bytes) -> bool:
         return self.storage.exists(self.chunk_key(chunk_id))
 
-    def put_chunk(self, chunk_id: bytes, data: bytes) -> int:
+    def put_chunk(self, chunk_id: bytes, data: bytes, *, batched: bool = True) -> int:
         """Store a chunk; return the bytes written.
 
         A target that offers ``put_batched`` (the filesystem) makes chunks durable
         in batches: such a chunk is certain to be stored only after ``flush_chunks``.
+        ``batched=False``: durable at once (``repo copy``, so a killed run loses none it sent).
         """
         blob = self.codec.encode(chunk_id.hex(), data)
         self.check_locks()
-        put = getattr(self.storage, "put_batched", None) or self.storage.put
+        put = (getattr(self.storage, "put_batched", None) if batched else None) or self.storage.put
         put(self.chunk_key(chunk_id), blob)
         return len(blob)
 
@@ -437,12 +449,12 @@ class Repository:
         return named[-1] if named else None
 
 
-def _unwrap(url: str, config: RepositoryConfig, passphrase: PassphraseSource | None) -> Keys:
+def _unwrap(url: str, config: RepositoryConfig, passphrase: PassphraseSource | None) -> tuple[Keys, int]:
     assert config.encryption is not None
     if passphrase is None:
         raise PassphraseRequiredError(f"repository {url} is encrypted: set GENIEVM_PASSPHRASE or --passphrase-file")
     try:  # format 1 took the passphrase as given; format 2 normalises it to NFC
-        return unwrap_keys(passphrase(), config.encryption, normalize=config.format_version >= 2)
+        return unwrap_slot(passphrase(), config.encryption, normalize=config.format_version >= 2)
     except WrongPassphrase:
         raise WrongPassphraseError(f"wrong passphrase for repository {url}") from None
 

@@ -312,6 +312,13 @@ CASES: dict[str, Callable[[Bed], CLIResult]] = {
     "forget-unknown-backup": lambda b: b.cli(
         "backups", "forget", "20200101T000000.000000Z-00000000", "--repo", str(b.repo)
     ),
+    # keys and copies
+    "key-list-unencrypted": lambda b: b.cli("repo", "key", "list", str(b.repo)),
+    "key-add-no-new-passphrase": lambda b: b.cli("repo", "key", "add", str(b.enc), env=_PASS),
+    "key-file-not-a-key-file": lambda b: b.cli(
+        "--key-file", str(b.write("k.json", '{"format": "x"}')), "repo", "info", str(b.enc)
+    ),
+    "copy-into-itself": lambda b: b.cli("repo", "copy", str(b.repo), str(b.repo)),
 }
 
 

@@ -8,6 +8,8 @@
 backup config (``BackupConfig``) except the VM, repository and provider, which the policy names.
 ``verify`` (a schedule with ``read_data``) verifies the latest backup of each of its VMs at its times;
 ``prune`` applies the ``keep*`` rules of ``backup`` to its VMs at its times, then garbage collection.
+``copy_to`` (a schedule with ``repository``, another of the server's settings) copies its VMs' backups
+into that repository at its times (``genievm repo copy``: only what it lacks).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from genievm_core.api import BackupConfig
 from genievm_core.jobs.prune import retention_policy
 from genievm_core.models.vm import VMRef
 
-__all__ = ["Policy", "Schedule", "VerifySchedule", "latest_slot", "next_slot"]
+__all__ = ["CopySchedule", "Policy", "Schedule", "VerifySchedule", "latest_slot", "next_slot"]
 
 _OWN_FIELDS = {
     "vm_id",
@@ -66,6 +68,10 @@ class VerifySchedule(Schedule):
     read_data: bool = Field(default=False, description="read and check every chunk (--read-data)")
 
 
+class CopySchedule(Schedule):
+    repository: str = Field(min_length=1, description="a repository of the server's settings to copy into")
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,6 +87,7 @@ class Policy(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1, description="backups of this policy at once")
     verify: VerifySchedule | None = Field(default=None, description="verify the VMs' latest backups then")
     prune: Schedule | None = Field(default=None, description="apply the backup options' keep rules then")
+    copy_to: CopySchedule | None = Field(default=None, description="copy the VMs' backups into another repository")
 
     @model_validator(mode="after")
     def _backup_options(self) -> Policy:
@@ -92,6 +99,8 @@ class Policy(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ValueError(f"backup.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        if self.copy_to is not None and self.copy_to.repository == self.repository:
+            raise ValueError(f"copy_to.repository: {self.repository} is the policy's own repository")
         if self.prune is not None and retention_policy(config).empty:
             raise ValueError("prune: needs a keep rule in backup (keepLast, keepDaily, ..., retentionDays)")
         return self
@@ -116,8 +125,10 @@ class Policy(BaseModel):
         )
 
     def schedules(self) -> dict[str, Schedule]:
-        """Each kind of run and its schedule: backup always, verify and prune when set."""
-        found: dict[str, Schedule | None] = {"backup": self.schedule, "verify": self.verify, "prune": self.prune}
+        """Each kind of run and its schedule: backup always, verify, prune and copy when set."""
+        found: dict[str, Schedule | None] = {
+            "backup": self.schedule, "verify": self.verify, "prune": self.prune, "copy": self.copy_to
+        }  # fmt: skip
         return {kind: schedule for kind, schedule in found.items() if schedule is not None}
 
     def select(self, listed: list[VMRef]) -> list[str]:

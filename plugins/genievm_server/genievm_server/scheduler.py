@@ -5,8 +5,9 @@ has come since the last one it handled, it queues one run per VM the policy sele
 times were missed while the server was down, and notes that time as handled. It starts queued runs
 whose VM has no backup running, within the limits of concurrent backups per policy (``max_concurrent``),
 per provider and per repository (theirs in the settings); a failed run is queued again after a back-off
-(``retry_backoff`` doubled each attempt) while the policy's ``retries`` allow. A policy's verify and
-prune schedules queue one run each (VM ``*``), a verify of its VMs' latest backups or its keep rules.
+(``retry_backoff`` doubled each attempt) while the policy's ``retries`` allow. A policy's verify,
+prune and copy schedules queue one run each (VM ``*``): a verify of its VMs' latest backups, its keep rules,
+or a copy of their backups into its ``copy_to`` repository.
 
 A server that stops cleanly cancels its jobs and queues their runs again. On start it settles the runs
 a killed server left: a run whose job ended takes the job's result; a run
@@ -32,7 +33,7 @@ from genievm_server.store import PolicyRow, RunRow
 __all__ = ["Scheduler"]
 
 log = structlog.get_logger("genievm.scheduler")
-ALL_VMS = "*"  # the VM of a verify or prune run: every VM of its policy
+ALL_VMS = "*"  # the VM of a verify, prune or copy run: every VM of its policy
 
 
 class Scheduler:
@@ -176,9 +177,10 @@ class Scheduler:
             self.store.update_run(run.id, job_id=job.id)
 
     def _start_task(self, run: RunRow, policy: Policy) -> None:
-        """A verify or prune run of ``policy``: one job for all its VMs."""
+        """A verify, prune or copy run of ``policy``: one job for all its VMs."""
         self.store.update_run(run.id, state="running")
-        start = self.service.start_policy_verify if run.kind == "verify" else self.service.start_policy_prune
+        starts = {"verify": self.service.start_policy_verify, "copy": self.service.start_policy_copy}
+        start = starts.get(run.kind, self.service.start_policy_prune)
         try:
             job = start(policy, self._vms(policy), functools.partial(self._ended, run, policy))
         except GenieVMError as exc:

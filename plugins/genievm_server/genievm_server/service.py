@@ -163,6 +163,13 @@ class Service:
         rules = retention_policy(policy.backup_config("-", repo.url))
         return self.start(self.genievm.prune_job(repo, rules, vms, lock_wait=self.settings.lock_wait), on_end)
 
+    def start_policy_copy(self, policy: Policy, vms: list[str], on_end: Callable[[Job], None]) -> Job:
+        """Copy the backups of ``vms`` into ``policy``'s ``copy_to`` repository (those it lacks)."""
+        assert policy.copy_to is not None
+        source, target = self.repository(policy.repository), self.repository(policy.copy_to.repository)
+        backups = [m for m in source.manifests() if m.vm.name in vms or m.vm.id in vms]
+        return self.start(self.genievm.copy_job(source, target, backups), on_end)
+
     def start_prune(self, repository: str, rules: RetentionPolicy, vms: list[str] | None, *, dry_run: bool) -> Job:
         """The keep rules on the backups of ``vms`` (every VM: None), then garbage collection (no rule: that alone)."""
         repo = self.repository(repository)

@@ -34,7 +34,7 @@ def _json_examples() -> list[dict[str, object]]:
 def test_the_settings_and_policy_examples_are_valid() -> None:
     settings, policy = _json_examples()
     assert ServerSettings.model_validate(settings).repositories["main"].passphrase_file is not None
-    assert set(Policy.model_validate(policy).schedules()) == {"backup", "verify", "prune"}
+    assert set(Policy.model_validate(policy).schedules()) == {"backup", "verify", "prune", "copy"}
 
 
 def test_the_route_table_names_every_route() -> None:

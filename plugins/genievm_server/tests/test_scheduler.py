@@ -15,7 +15,7 @@ from genievm_server.scheduler import Scheduler
 from genievm_server.service import Service
 from genievm_server.settings import ServerSettings
 from genievm_server.store import RunRow
-from server_support import PASSPHRASE, Site
+from server_support import PASSPHRASE, Site, genievm
 
 from genievm_core.api import GenieVM
 
@@ -175,3 +175,46 @@ def test_verify_and_prune_on_their_schedules(service: Service, site: Site) -> No
     assert len(repo.manifests("web01")) == 1  # keepLast 1: the older backup is gone
     scheduler.tick()
     assert len(service.store.runs()) == 2  # each ran once for the two days it missed
+
+
+def test_a_policy_copies_its_backups_into_another_repository_on_its_schedule(site: Site, tmp_path: Path) -> None:
+    """``copy_to``: the backups of the policy's VMs (not the others') copied, encrypted anew, and verifiable."""
+    offsite_passphrase = tmp_path / "offsite-passphrase"
+    offsite_passphrase.write_text("the offsite passphrase\n")
+    genievm("repo", "init", str(tmp_path / "offsite"), "--passphrase-file", str(offsite_passphrase))
+    repositories = site.settings["repositories"] | {
+        "offsite": {"url": str(tmp_path / "offsite"), "passphrase_file": str(offsite_passphrase)}
+    }
+    settings = ServerSettings.model_validate(
+        site.settings | {"repositories": repositories, "database": site.database, "lock_wait": 60}
+    )
+    service = Service(settings)
+    try:
+        _policy(service, vms=["web01"], copy_to={"cron": "0 5 * * *", "repository": "offsite"})
+        for vm in ("web01", "db01"):  # db01 is not the policy's: it stays where it is
+            job = service.start_backup("lab", vm, "main")
+            assert job.wait(120) and job.state.value == "succeeded"
+        now = datetime.now(UTC)
+        service.store.set_last_slot("hourly", now.isoformat())  # no backup is due
+        service.store.set_slot("hourly", "copy", (now - timedelta(days=1)).isoformat())
+        scheduler = Scheduler(service)
+        scheduler.tick()
+        (run,) = _settled(service, scheduler, 1)
+        assert (run.kind, run.vm, run.state) == ("copy", "*", "succeeded")
+        record = service.job(run.job_id or "")
+        assert record.kind == "copy" and record.result is not None
+        assert (record.result["backups_copied"], record.result["chunks_sent"]) == (1, 2)
+        offsite = service.repository("offsite")
+        assert [m.vm.name for m in offsite.manifests()] == ["web01"]
+        verify = service.genievm.verify_job(offsite, offsite.manifests(), read_data=True)
+        assert service.genievm.run(verify).state.value == "succeeded"
+    finally:
+        service.close()
+
+
+def test_copy_to_its_own_repository_is_refused() -> None:
+    with pytest.raises(ValueError, match="copy_to.repository: main is the policy's own repository"):
+        Policy.model_validate(
+            {"name": "p", "provider": "lab", "repository": "main", "schedule": {"cron": "0 * * * *"},
+             "copy_to": {"cron": "0 5 * * *", "repository": "main"}}  # fmt: skip
+        )

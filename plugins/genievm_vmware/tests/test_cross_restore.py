@@ -1,5 +1,6 @@
 """Cross-hypervisor restores (issue 17): a vcsim VM's backup defined as a VM on the real libvirtd, and a
-real libvirt VM's backup created on vcsim; disks compared bit for bit, configurations checked.
+real libvirt VM's backup created on vcsim; disks compared bit for bit, configurations checked. And one
+repository holding a vcsim VM's and a libvirt VM's backups, deduplicated across them (issue 19).
 """
 
 from __future__ import annotations
@@ -186,3 +187,37 @@ def test_a_kvm_backup_restored_on_vsphere(cli, opt, vcsim, si, repo, tmp_path, c
         ]
     finally:
         remove_vm(restored)
+
+
+def test_one_repository_deduplicates_a_vmware_and_a_kvm_backup(cli, opt, vcsim, make_vm, repo, tmp_path, conn):
+    """The same disk content on both hypervisors is stored once: the KVM backup stores no chunk of its own."""
+    vm = make_vm([8 * MiB])
+    ((_disk, (path, size)),) = vm.disks.items()
+    data = filled(size, 4)  # 4 MiB of random data at 1 MiB, 4 KiB at the end: 5 chunks of 1 MiB, the rest zero
+    put_file(vcsim, flat(path), data)
+    vmware = cli("backup", "--vm", vm.name, "--repo", repo, *opt, "--json").json()
+    chunks = sorted(p.name for p in (Path(repo) / "chunks").rglob("*") if p.is_file())
+    assert (vmware["stats"]["chunks_new"], len(chunks)) == (5, 5)
+
+    name = f"genievm-test-{secrets.token_hex(3)}"
+    raw = tmp_path / "kvm.raw"
+    raw.write_bytes(data)
+    image = tmp_path / f"{name}-vda.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
+    dom = conn.defineXML(scratch_domain_xml(name, {"vda": (image, "qcow2")}))
+    try:
+        kvm = cli("backup", "--vm", name, "--repo", repo, "--provider", "kvm", "--json").json()
+    finally:
+        remove_domain(dom)
+    assert (kvm["stats"]["chunks_new"], kvm["stats"]["chunks_deduplicated"]) == (0, 5)
+    assert kvm["stats"]["bytes_deduplicated"] == 5 * MiB  # every data chunk is the VMware backup's
+    assert sorted(p.name for p in (Path(repo) / "chunks").rglob("*") if p.is_file()) == chunks
+    stats = cli("repo", "stats", repo, "--json").json()
+    assert (stats["backups"], stats["unique_chunks"]) == (2, 5)
+
+    cli("verify", "--repo", repo, "--read-data")
+    for backup, vm_id in ((vmware, vm.uuid), (kvm, name)):
+        target = tmp_path / f"restored-{backup['backup_id']}"
+        cli("restore", "--vm", vm_id, "--backup", backup["backup_id"], "--repo", repo, "--target", str(target))
+        (restored,) = target.iterdir()
+        assert restored.read_bytes() == data
