@@ -7,6 +7,7 @@
 - ``cli(*args)``: the installed ``genievm`` console script in a subprocess.
 - ``repo``: a new encrypted repository with 1 MiB chunks.
 - ``ssh_uri``: a ``qemu+ssh://`` URI to this host's libvirtd through a private sshd.
+- ``ssh_password_uri``: the same, logging in with a password, and that password.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,13 +98,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
-    """``qemu+ssh://root@127.0.0.1:PORT/system`` through a private sshd with a key made for the test."""
+@contextmanager
+def _sshd(folder: Path, extra: str = "") -> Iterator[int]:
+    """A private sshd on 127.0.0.1 (its keys and config in ``folder``), its port; stopped after."""
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     if not Path(sshd).exists():
         pytest.skip("sshd is not installed (scripts/setup.sh installs openssh-server)")
-    folder = tmp_path / "ssh"
     folder.mkdir()
     for key in ("client", "host"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
@@ -110,9 +111,8 @@ def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     (folder / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host'}\n"
-        f"AuthorizedKeysFile {folder}/authorized_keys\n"
-        f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n"
-        f"PidFile {folder / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {folder}/authorized_keys\nStrictModes no\nUsePAM no\n"
+        f"PidFile {folder / 'sshd.pid'}\n{extra}"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
     server = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.DEVNULL)
@@ -125,10 +125,38 @@ def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "sshd did not start"
                 time.sleep(0.05)
-        yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}&no_verify=1"
+        yield port
     finally:
         server.terminate()
         server.wait()
+
+
+@pytest.fixture
+def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
+    """``qemu+ssh://root@127.0.0.1:PORT/system`` through a private sshd with a key made for the test."""
+    folder = tmp_path / "ssh"
+    with _sshd(folder, "PermitRootLogin prohibit-password\nPasswordAuthentication no\n") as port:
+        yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}&no_verify=1"
+
+
+@pytest.fixture
+def ssh_password_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A ``qemu+ssh://`` URI that logs in with a password (no key), and that password.
+
+    sshd checks passwords against /etc/shadow: the test adds a user of its own, an alias of
+    root (uid 0, so that it may use qemu:///system), with a random password; removed after.
+    """
+    user, password = f"gvmpw{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    subprocess.run(
+        ["useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", str(tmp_path), "-s", "/bin/sh", user], check=True
+    )
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:{password}", text=True, check=True)
+        extra = f"PermitRootLogin yes\nPasswordAuthentication yes\nPubkeyAuthentication no\nAllowUsers {user}\n"
+        with _sshd(tmp_path / "ssh", extra) as port:
+            yield f"qemu+ssh://{user}@127.0.0.1:{port}/system?no_verify=1", password
+    finally:
+        subprocess.run(["userdel", "-f", user], check=False)
 
 
 @pytest.fixture
