@@ -8,6 +8,7 @@
 - ``repo``: a new encrypted repository with 1 MiB chunks.
 - ``ssh_uri``: a ``qemu+ssh://`` URI to this host's libvirtd through a private sshd.
 - ``ssh_password_uri``: the same, logging in with a password, and that password.
+- ``nbd_tls_dir``: a ``tlsDir`` whose client certificate this host's libvirt trusts (``tls_support``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from genievm_kvm.testing import remove_vm, scratch_domain_xml  # noqa: E402
 from kvm_support import PASSPHRASE, URI, CLIResult, TestVM, create_images  # noqa: E402
+from tls_support import client_certificates, server_certificates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -76,8 +78,10 @@ def cli(tmp_path: Path) -> Callable[..., CLIResult]:
     exe = Path(sys.executable).with_name("genievm")
     env = {**os.environ, "GENIEVM_PASSPHRASE": PASSPHRASE}
 
-    def run(*args: str, check: bool = True) -> CLIResult:
-        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    def run(*args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> CLIResult:
+        proc = subprocess.run(
+            [str(exe), *args], capture_output=True, text=True, env={**env, **(extra_env or {})}, cwd=tmp_path
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"genievm {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
         return CLIResult(proc.returncode, proc.stdout, proc.stderr)
@@ -157,6 +161,17 @@ def ssh_password_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterat
             yield f"qemu+ssh://{user}@127.0.0.1:{port}/system?no_verify=1", password
     finally:
         subprocess.run(["userdel", "-f", user], check=False)
+
+
+@pytest.fixture(scope="session")
+def libvirt_server_certificates(libvirt_conn: libvirt.virConnect) -> Path:
+    return server_certificates()
+
+
+@pytest.fixture
+def nbd_tls_dir(libvirt_server_certificates: Path, tmp_path: Path) -> Path:
+    """A ``tlsDir`` for NBD over TLS to this host's libvirt: the tests' CA and a client certificate."""
+    return client_certificates(libvirt_server_certificates, tmp_path / "tls")
 
 
 @pytest.fixture
