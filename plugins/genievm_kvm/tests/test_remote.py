@@ -7,11 +7,13 @@ qemu-nbd run through ssh, the NBD socket forwarded by ssh.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import libvirt
 import pytest
+from genievm_kvm.errors import TransportSecurityError
 from genievm_kvm.testing import remove_vm
 from kvm_support import MiB, guest_write, raw_copy, same_content
 
@@ -89,6 +91,8 @@ def test_tls_certificates_missing_is_one_clear_line(make_vm, cli, repo, ssh_uri,
     assert result.err.startswith("genievm: error: provider kvm: NBD over TLS to 127.0.0.1: no readable ca-cert.pem")
     assert "-o nbdTls=false" in result.err and len(error_lines(result.err)) == 1
     assert not vm.dom.listAllCheckpoints()  # nothing was started
+    doc = (Path(__file__).parents[3] / "docs" / "errors.md").read_text()
+    assert TransportSecurityError.exit_code == 38 and re.search(r"^\| 38 \| `TransportSecurityError` \|", doc, re.M)
 
 
 def test_ssh_password(make_vm, cli, repo, ssh_password_uri, free_port, tmp_path):
