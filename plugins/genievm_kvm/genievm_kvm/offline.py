@@ -32,7 +32,7 @@ from genievm_kvm.lvm_thin import (
     remove_thin_snapshot,
 )
 from genievm_kvm.nbd_export import ALLOCATION, NBDClient, socket_dir
-from genievm_kvm.remote import Host, LocalHost
+from genievm_kvm.remote import Host, host_for
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
 __all__ = ["bitmap_changes", "bitmaps", "offline_backup"]
@@ -178,8 +178,9 @@ def _bitmap_problem(disk: DiskInfo, token: str | None, prefix: str, host: Host) 
 
 
 def bitmap_changes(disk: DiskInfo, token: str | None) -> ChangedExtents:
-    """The extents the bitmap ``token`` marks in a stopped VM's qcow2 image (the CBT source on its own)."""
-    host = LocalHost(socket_dir(None))
+    """The extents the bitmap ``token`` marks in a stopped VM's qcow2 image (the CBT source on its own), on
+    the host of the disk's ``uri`` (``describe_vm`` puts it in ``details``)."""
+    host = host_for(str(disk.details.get("uri", "")), socket_dir(None))  # SSH keys only: no password here
     problem = _bitmap_problem(disk, token, token or "", host)
     if problem or token is None:
         return ChangedExtents.unavailable(problem or "no token")
