@@ -16,6 +16,7 @@ import pytest
 from genievm_kvm.errors import TransportSecurityError
 from genievm_kvm.testing import remove_vm
 from kvm_support import MiB, guest_write, raw_copy, same_content
+from tls_support import certificate_authority, client_certificates
 
 from genievm_core.testing.cli import error_lines
 
@@ -83,7 +84,9 @@ def test_backup_restore_and_stopped_backup_over_ssh(
     assert same_content(tmp_path / "r2" / f"{vm.name}-r2-vda.qcow2", vm.disks["vda"])
 
 
-def test_tls_certificates_missing_is_one_clear_line(make_vm, cli, repo, ssh_uri, free_port, tmp_path):
+def test_tls_certificates_missing_or_untrusted_is_one_clear_line(
+    make_vm, cli, repo, ssh_uri, free_port, libvirt_server_certificates, tmp_path
+):
     vm = make_vm({"vda": (4 * MiB, "qcow2")})
     remote = ["--provider", "kvm", "-o", f"uri={ssh_uri}", "-o", f"nbdPort={free_port}"]
     result = cli("backup", "--vm", vm.name, "--repo", repo, *remote, "-o", f"tlsDir={tmp_path}/none", check=False)
@@ -91,6 +94,15 @@ def test_tls_certificates_missing_is_one_clear_line(make_vm, cli, repo, ssh_uri,
     assert result.err.startswith("genievm: error: provider kvm: NBD over TLS to 127.0.0.1: no readable ca-cert.pem")
     assert "-o nbdTls=false" in result.err and len(error_lines(result.err)) == 1
     assert not vm.dom.listAllCheckpoints()  # nothing was started
+
+    stranger = client_certificates(certificate_authority(tmp_path / "other-ca"), tmp_path / "other")
+    untrusted = cli("backup", "--vm", vm.name, "--repo", repo, *remote, "-o", f"tlsDir={stranger}", check=False)
+    assert untrusted.code == 38, untrusted.err
+    assert untrusted.err.startswith("genievm: error: provider kvm: NBD over TLS to 127.0.0.1: ")
+    assert f"check the certificates in {stranger}" in untrusted.err and len(error_lines(untrusted.err)) == 1
+    assert not vm.dom.listAllCheckpoints()  # the backup job was aborted, its checkpoint dropped
+    with pytest.raises(libvirt.libvirtError):
+        vm.dom.backupGetXMLDesc()
     doc = (Path(__file__).parents[3] / "docs" / "errors.md").read_text()
     assert TransportSecurityError.exit_code == 38 and re.search(r"^\| 38 \| `TransportSecurityError` \|", doc, re.M)
 

@@ -58,6 +58,18 @@ def _signed(folder: Path, name: str, ca: Path, template: str) -> None:
     )  # fmt: skip
 
 
+def certificate_authority(folder: Path) -> Path:
+    """A new CA in ``folder`` (``ca-cert.pem`` and its key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _key(folder / CA_KEY)
+    _certtool(
+        "--generate-self-signed", "--load-privkey", str(folder / CA_KEY), "--outfile", str(folder / "ca-cert.pem"),
+        template="cn = GenieVM test CA\nca\ncert_signing_key\nexpiration_days = 3650\n",
+        folder=folder,
+    )  # fmt: skip
+    return folder
+
+
 def server_certificates() -> Path:
     """libvirt's server certificate folder, holding the tests' CA and a server certificate for 127.0.0.1."""
     if shutil.which("certtool") is None:
@@ -70,12 +82,7 @@ def server_certificates() -> Path:
             return folder
         if (folder / "server-cert.pem").exists():
             pytest.skip(f"{folder} holds server certificates not made by these tests; they are left alone")
-        _key(folder / CA_KEY)
-        _certtool(
-            "--generate-self-signed", "--load-privkey", str(folder / CA_KEY), "--outfile", str(folder / "ca-cert.pem"),
-            template="cn = GenieVM test CA\nca\ncert_signing_key\nexpiration_days = 3650\n",
-            folder=folder,
-        )  # fmt: skip
+        certificate_authority(folder)
         server = "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\ntls_www_server\n"
         _signed(folder, "server", folder, server + "encryption_key\nsigning_key\nexpiration_days = 3650\n")
     return folder
