@@ -166,7 +166,7 @@ class SSHHost(Host):
     user: str | None = None
     port: int | None = None
     options: list[str] = field(default_factory=list)  # ssh -i/-o arguments from the URI
-    env: Mapping[str, str] = field(default_factory=dict)  # askpass_env
+    env: Mapping[str, str] = field(default_factory=dict)  # Askpass.env, for a password
     run_dir: Path = Path("/tmp")  # this host's, for the forwarded sockets
 
     remote = True
