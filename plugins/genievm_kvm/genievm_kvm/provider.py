@@ -57,7 +57,8 @@ class KVMProvider:
         self.mode = checked.mode
         self.place = job_place(self.uri, checked)
         password = ssh_password(checked.ssh_password_file)
-        self.askpass = Askpass(password, self.place.run_dir) if password is not None else None
+        remote = self.place.remote_host is not None
+        self.askpass = Askpass(password, self.place.run_dir) if password is not None and remote else None
         try:
             self.conn = connect(self.uri, read_only=checked.read_only, askpass=self.askpass)
         except BaseException:
