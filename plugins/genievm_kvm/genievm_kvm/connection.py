@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import NoReturn
 
 import libvirt
 
 from genievm_core.errors import AuthenticationError, ProviderError, VMNotFoundError
 from genievm_core.logging import redact_url
+from genievm_kvm.remote import Askpass
 
 __all__ = ["connect", "find_domain", "libvirt_errors", "raise_for"]
 
@@ -21,7 +22,7 @@ _PERMISSION = {libvirt.VIR_ERR_OPERATION_DENIED, libvirt.VIR_ERR_ACCESS_DENIED}
 def raise_for(exc: libvirt.libvirtError, what: str) -> NoReturn:
     """Re-raise a libvirt error as the GenieVM error that says what went wrong."""
     code, message = exc.get_error_code(), _one_line(exc.get_error_message() or str(exc))
-    if code == libvirt.VIR_ERR_AUTH_FAILED or "Permission denied (publickey" in message:
+    if code == libvirt.VIR_ERR_AUTH_FAILED or "Permission denied (" in message:
         raise AuthenticationError(f"provider kvm: {what}: authentication failed: {message}") from exc
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         raise VMNotFoundError(f"provider kvm: {what}: no such VM") from exc
@@ -46,13 +47,15 @@ def libvirt_errors(what: str) -> Iterator[None]:
         raise_for(exc, what)
 
 
-def connect(uri: str, *, read_only: bool = False) -> libvirt.virConnect:
-    """Open ``uri`` (``qemu:///system``, ``qemu+ssh://user@host/system`` with SSH keys).
+def connect(uri: str, *, read_only: bool = False, askpass: Askpass | None = None) -> libvirt.virConnect:
+    """Open ``uri`` (``qemu:///system``, ``qemu+ssh://user@host/system`` with SSH keys, or the password
+    ``askpass`` gives).
 
     A read-only connection lists and describes VMs; libvirt refuses it anything else.
     """
     try:
-        conn = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
+        with askpass.for_libvirt() if askpass else nullcontext():
+            conn = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
         raise_for(exc, f"cannot connect to {redact_url(uri)}")
     if conn is None:  # pragma: no cover - old bindings returned None instead of raising

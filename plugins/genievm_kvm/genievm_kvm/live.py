@@ -33,6 +33,7 @@ from genievm_core.processes import process_alive
 from genievm_kvm.chain import CHECKPOINT_SOURCE, chain_prefix, new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import disk_specs
+from genievm_kvm.errors import TransportSecurityError
 from genievm_kvm.nbd_export import ALLOCATION, Address, NBDClient
 from genievm_kvm.options import KVMOptions
 from genievm_kvm.quiesce import frozen
@@ -49,7 +50,9 @@ class JobPlace:
     """Where a backup job serves its exports and keeps its scratch files.
 
     On this host: a unix socket in ``run_dir``. On a remote host (a ``qemu+ssh://`` URI): TCP
-    on ``remote_host:nbd_port``. Scratch files (what the guest overwrites during the backup)
+    on ``remote_host:nbd_port``, with TLS unless ``tls_dir`` is None (``nbdTls=false``): libvirt
+    takes the server's certificates from its ``backup_tls_x509_cert_dir``, this host the CA and
+    client certificates from ``tls_dir``. Scratch files (what the guest overwrites during the backup)
     go to ``scratch_dir`` on the VM's host, a disk rather than ``/run``'s memory; libvirt
     creates them and removes them when the job ends.
     """
@@ -58,11 +61,15 @@ class JobPlace:
     remote_host: str | None = None
     nbd_port: int = 10809
     scratch_dir: Path = Path("/var/tmp")
+    tls_dir: Path | None = None
 
     def server(self, tag: str) -> tuple[dict[str, str], Address, list[Path]]:
         """The ``<server>`` attributes, the address to connect to, and files to remove after."""
         if self.remote_host:
             attrs = {"transport": "tcp", "name": self.remote_host, "port": str(self.nbd_port)}
+            if self.tls_dir is not None:
+                check_tls_dir(self.tls_dir, self.remote_host)
+                attrs["tls"] = "yes"
             return attrs, (self.remote_host, self.nbd_port), []
         socket = self.run_dir / f"{tag}.sock"
         return {"transport": "unix", "socket": str(socket)}, socket, [socket]
@@ -117,7 +124,21 @@ def job_place(uri: str, options: KVMOptions | Mapping[str, Any]) -> JobPlace:
         options = parse_options(KVMOptions, options, "providerOptions")
     host = urlparse(uri).hostname
     remote = (options.nbd_host or host) if host else None
-    return JobPlace(run_dir(options.run_dir), remote, options.nbd_port, options.scratch_dir)
+    tls_dir = options.tls_dir if remote and options.nbd_tls else None
+    return JobPlace(run_dir(options.run_dir), remote, options.nbd_port, options.scratch_dir, tls_dir)
+
+
+TLS_FILES = ("ca-cert.pem", "client-cert.pem", "client-key.pem")
+
+
+def check_tls_dir(folder: Path, host: str) -> None:
+    """``folder`` holds what libnbd needs for NBD over TLS, or a ``TransportSecurityError`` says what is missing."""
+    missing = [name for name in TLS_FILES if not os.access(folder / name, os.R_OK)]
+    if missing:
+        raise TransportSecurityError(
+            f"provider kvm: NBD over TLS to {host}: no readable {', '.join(missing)} in {folder} "
+            "(give -o tlsDir=PATH with the CA and client certificates, or -o nbdTls=false on a trusted network)"
+        )
 
 
 def run_dir(configured: Path | None) -> Path:
@@ -164,7 +185,8 @@ def live_backup(
         cleanup.callback(session.close)
         for d in disks:
             session.add(
-                d.name, NBDDiskSource(d, _client(address, exports[d.name][0], changes[d.name]), changes[d.name])
+                d.name,
+                NBDDiskSource(d, _client(address, exports[d.name][0], changes[d.name], place.tls_dir), changes[d.name]),
             )
         yield session
         kept = True
@@ -188,7 +210,7 @@ def checkpoint_changes(dom: libvirt.virDomain, disk: str, token: str, place: Job
             dom.backupBegin(_backup_xml(server, all_disks, scratch, {disk: Changes(base=token)}), None)
         cleanup.callback(_abort, dom)
         changes = _with_context(disk, Changes(base=token), _exports(dom)[disk][1])
-        client = _client(address, _exports(dom)[disk][0], changes)
+        client = _client(address, _exports(dom)[disk][0], changes, place.tls_dir)
         cleanup.callback(client.close)
         return client.dirty(changes.context or "")
 
@@ -240,6 +262,11 @@ def _begin(
             dom.backupBegin(_backup_xml(server, all_disks, scratch, changes), checkpoint_xml)
             return changes
         except libvirt.libvirtError as exc:
+            if server.get("tls") == "yes" and "credentials" in (exc.get_error_message() or ""):
+                raise TransportSecurityError(
+                    f"provider kvm: NBD over TLS on {server['name']}: libvirt cannot use its server certificates "
+                    f"({exc.get_error_message()}); put them in qemu.conf's backup_tls_x509_cert_dir there"
+                ) from exc
             if not any(c.base for c in changes.values()):
                 raise_for(exc, f"VM {vm.name}: starting the backup job")
             reason = f"libvirt refused the incremental backup ({exc.get_error_message()}); checkpoint broken"
@@ -296,8 +323,9 @@ def _with_context(disk: str, changes: Changes, bitmap: str | None) -> Changes:
     return replace(changes, context=f"qemu:dirty-bitmap:{bitmap}")
 
 
-def _client(address: Address, export: str, changes: Changes) -> NBDClient:
-    return NBDClient(address, export, (ALLOCATION, changes.context) if changes.context else (ALLOCATION,))
+def _client(address: Address, export: str, changes: Changes, tls_dir: Path | None) -> NBDClient:
+    contexts = (ALLOCATION, changes.context) if changes.context else (ALLOCATION,)
+    return NBDClient(address, export, contexts, tls_dir)
 
 
 def _pid_in(path: Path) -> int | None:

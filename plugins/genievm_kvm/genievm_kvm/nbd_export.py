@@ -16,8 +16,9 @@ from typing import Any
 
 from genievm_core.errors import ProviderError
 from genievm_core.models.extents import Extent, clip
+from genievm_kvm.errors import TransportSecurityError
 
-__all__ = ["ALLOCATION", "Address", "NBDClient", "qemu_nbd"]
+__all__ = ["ALLOCATION", "Address", "NBDClient", "qemu_nbd", "qemu_nbd_argv"]
 
 ALLOCATION = "base:allocation"
 _STATE_ZERO = 2  # base:allocation: the range reads as zeros
@@ -42,11 +43,19 @@ Address = Path | tuple[str, int]  # a unix socket here, or (host, port) of a TCP
 class NBDClient:
     """One connection to one NBD export, over a unix socket or TCP."""
 
-    def __init__(self, address: Address, export: str, contexts: tuple[str, ...] = (ALLOCATION,)) -> None:
+    def __init__(
+        self, address: Address, export: str, contexts: tuple[str, ...] = (ALLOCATION,), tls_dir: Path | None = None
+    ) -> None:
+        """``tls_dir``: TLS required, with the CA and client certificates there (``ca-cert.pem``,
+        ``client-cert.pem``, ``client-key.pem``); the server's certificate must name its host."""
         nbd = _nbd()
         self._h = nbd.NBD()
         self.contexts = contexts
         try:
+            if tls_dir is not None:
+                self._h.set_tls(nbd.TLS_REQUIRE)
+                self._h.set_tls_certificates(str(tls_dir))
+                self._h.set_tls_verify_peer(True)
             for ctx in contexts:
                 self._h.add_meta_context(ctx)
             self._h.set_export_name(export)
@@ -56,6 +65,11 @@ class NBDClient:
                 self._h.connect_unix(str(address))
             self.size: int = self._h.get_size()
         except nbd.Error as exc:
+            if tls_dir is not None and ("tls" in exc.string.lower() or "certificate" in exc.string.lower()):
+                raise TransportSecurityError(
+                    f"provider kvm: NBD over TLS to {address[0] if isinstance(address, tuple) else address}: "
+                    f"{exc.string} (check the certificates in {tls_dir} and the server's)"
+                ) from exc
             raise ProviderError(f"provider kvm: NBD export {export} at {address}: {exc.string}") from exc
         self.export = export
         self._error = nbd.Error
@@ -128,6 +142,31 @@ class NBDClient:
         self._h = None  # libnbd 1.14 has no close(): the handle closes when collected
 
 
+def qemu_nbd_argv(
+    image: Path,
+    fmt: str,
+    *,
+    export: str,
+    read_only: bool = True,
+    bitmap: str | None = None,
+    snapshot: str | None = None,
+    force_share: bool = False,
+) -> list[str]:
+    """``qemu-nbd`` serving ``image`` (without ``-k SOCKET``); the image's path comes last."""
+    cmd = ["qemu-nbd", "--persistent", "--shared=8", "-x", export]
+    cmd += ["--cache=none", "--aio=native"] if read_only else ["--cache=writeback", "--discard=unmap"]
+    if read_only:
+        cmd.append("--read-only")
+    if bitmap:
+        cmd += ["-B", bitmap]
+    if snapshot:
+        cmd += ["-l", f"snapshot.name={snapshot}"]
+    if force_share:  # only through --image-opts; commas in the path are doubled as QEMU's syntax wants
+        path = str(image).replace(",", ",,")
+        return [*cmd, "--image-opts", f"driver={fmt},file.driver=file,file.filename={path},force-share=on,read-only=on"]
+    return [*cmd, "-f", fmt, str(image)]
+
+
 @contextmanager
 def qemu_nbd(
     image: Path,
@@ -145,19 +184,10 @@ def qemu_nbd(
     ``qemu-nbd`` takes the image's lock, so a VM cannot start on it meanwhile (and it refuses
     to open an image a running VM holds, unless ``force_share`` for a read-only snapshot).
     """
-    cmd = ["qemu-nbd", "--persistent", "--shared=8", "-k", str(socket), "-x", export]
-    cmd += ["--cache=none", "--aio=native"] if read_only else ["--cache=writeback", "--discard=unmap"]
-    if read_only:
-        cmd.append("--read-only")
-    if bitmap:
-        cmd += ["-B", bitmap]
-    if snapshot:
-        cmd += ["-l", f"snapshot.name={snapshot}"]
-    if force_share:  # only through --image-opts; commas in the path are doubled as QEMU's syntax wants
-        path = str(image).replace(",", ",,")
-        cmd += ["--image-opts", f"driver={fmt},file.driver=file,file.filename={path},force-share=on,read-only=on"]
-    else:
-        cmd += ["-f", fmt, str(image)]
+    args = qemu_nbd_argv(
+        image, fmt, export=export, read_only=read_only, bitmap=bitmap, snapshot=snapshot, force_share=force_share
+    )
+    cmd = [*args[:1], "-k", str(socket), *args[1:]]
     socket.unlink(missing_ok=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -10,8 +10,6 @@ formats are read whole (allocated extents only) and compared by chunk id.
 from __future__ import annotations
 
 import json
-import secrets
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -33,7 +31,8 @@ from genievm_kvm.lvm_thin import (
     create_thin_snapshot,
     remove_thin_snapshot,
 )
-from genievm_kvm.nbd_export import ALLOCATION, NBDClient, qemu_nbd, socket_dir
+from genievm_kvm.nbd_export import ALLOCATION, NBDClient, socket_dir
+from genievm_kvm.remote import Host, host_for
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
 __all__ = ["bitmap_changes", "bitmaps", "offline_backup"]
@@ -42,17 +41,18 @@ log = structlog.get_logger("genievm.kvm.offline")
 SOURCE = BITMAP_SOURCE
 
 
-def bitmaps(image: Path) -> dict[str, list[str]]:
-    """The persistent bitmaps of a qcow2 image and their flags (``auto``: enabled, ``in-use``: broken)."""
-    proc = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(image)], capture_output=True, text=True)
+def bitmaps(image: Path, host: Host) -> dict[str, list[str]]:
+    """The persistent bitmaps of a qcow2 image on ``host`` and their flags (``auto``: enabled, ``in-use``:
+    broken)."""
+    proc = host.run(["qemu-img", "info", "-U", "--output=json", str(image)])
     if proc.returncode != 0:
         raise ProviderError(f"provider kvm: qemu-img info {image}: {proc.stderr.strip()}")
     data = json.loads(proc.stdout).get("format-specific", {}).get("data", {})
     return {b["name"]: list(b.get("flags", [])) for b in data.get("bitmaps", [])}
 
 
-def _qemu_img_bitmap(image: Path, bitmap: str, *operations: str) -> None:
-    proc = subprocess.run(["qemu-img", "bitmap", *operations, str(image), bitmap], capture_output=True, text=True)
+def _qemu_img_bitmap(host: Host, image: Path, bitmap: str, *operations: str) -> None:
+    proc = host.run(["qemu-img", "bitmap", *operations, str(image), bitmap])
     if proc.returncode != 0:
         raise ProviderError(
             f"provider kvm: qemu-img bitmap {' '.join(operations)} {image} {bitmap}: {proc.stderr.strip()}"
@@ -61,9 +61,10 @@ def _qemu_img_bitmap(image: Path, bitmap: str, *operations: str) -> None:
 
 @contextmanager
 def offline_backup(
-    dom: libvirt.virDomain, vm: VMDescription, request: BackupRequest, run_dir: Path, checkpoints: set[str]
+    dom: libvirt.virDomain, vm: VMDescription, request: BackupRequest, host: Host, checkpoints: set[str]
 ) -> Iterator[Session]:
-    """``checkpoints``: names of the VM's libvirt checkpoints, whose bitmaps are libvirt's to delete."""
+    """``host``: where the images are (this one, or over SSH); ``checkpoints``: names of the VM's libvirt
+    checkpoints, whose bitmaps are libvirt's to delete."""
     disks = [d for d in vm.disks if d.name in request.disks]
     for disk in disks:
         if disk.storage_kind == "network":
@@ -71,7 +72,12 @@ def offline_backup(
                 f"provider kvm: disk {disk.name} is a network disk; it can be backed up only while "
                 "the VM runs (backup API)"
             )
-    backup = _OfflineBackup(request, run_dir)
+        if disk.storage_kind == "lvm-thin" and host.remote and request.enable_cbt:
+            raise ProviderError(
+                f"provider kvm: disk {disk.name} is a thin LV on a remote host; thin snapshots are made "
+                "on the host itself: run GenieVM there (or give enableCBT false)"
+            )
+    backup = _OfflineBackup(request, host)
     with ExitStack() as stack:
         try:
             session = Session({d.name: backup.open(d, stack) for d in disks})
@@ -89,9 +95,9 @@ def offline_backup(
 class _OfflineBackup:
     """The new bitmaps and thin snapshots of one backup: undone when it fails, the parents' retired when not."""
 
-    def __init__(self, request: BackupRequest, run_dir: Path) -> None:
+    def __init__(self, request: BackupRequest, host: Host) -> None:
         self.request = request
-        self.run_dir = run_dir
+        self.host = host
         self.prefix = chain_prefix(request.chain_id)
         self.new_name = new_checkpoint_name(request.chain_id)
         self.bitmapped: list[DiskInfo] = []  # qcow2 disks given the new bitmap
@@ -108,10 +114,9 @@ class _OfflineBackup:
         else:
             changes = self._changes(disk)
             if changes.next_token:
-                _qemu_img_bitmap(image, self.new_name, "--add", "--enable")
+                _qemu_img_bitmap(self.host, image, self.new_name, "--add", "--enable")
                 self.bitmapped.append(disk)
-        sock = self.run_dir / f"{secrets.token_hex(4)}.sock"
-        stack.enter_context(qemu_nbd(image, disk.format, sock, export=disk.name, bitmap=changes.base))
+        sock = stack.enter_context(self.host.serve_image(image, disk.format, export=disk.name, bitmap=changes.base))
         contexts = (ALLOCATION, changes.context) if changes.context else (ALLOCATION,)
         source = NBDDiskSource(disk, NBDClient(sock, disk.name, contexts), changes)
         stack.callback(source.close)
@@ -123,7 +128,7 @@ class _OfflineBackup:
         if disk.storage_kind != "qcow2-file":
             return Changes(reason=f"a {disk.storage_kind} disk of a stopped VM has no dirty bitmaps")
         token = self.request.tokens.get(disk.name)
-        reason = _bitmap_problem(disk, token, self.prefix)
+        reason = _bitmap_problem(disk, token, self.prefix, self.host)
         if reason:
             return Changes(reason=reason, next_token=self.new_name)
         return Changes(SOURCE, token, f"qemu:dirty-bitmap:{token}", next_token=self.new_name)
@@ -140,16 +145,16 @@ class _OfflineBackup:
 
     def undo(self) -> None:
         for disk in self.bitmapped:
-            _qemu_img_bitmap(Path(disk.location), self.new_name, "--remove")
+            _qemu_img_bitmap(self.host, Path(disk.location), self.new_name, "--remove")
         for disk, snapshot in self.thin:
             remove_thin_snapshot(disk.details[DETAIL_VG], snapshot)
 
     def retire_parents(self, checkpoints: set[str]) -> None:
         """Remove this repository's older bitmaps (not libvirt's checkpoints) and thin snapshots."""
         for disk in self.bitmapped:
-            for name in bitmaps(Path(disk.location)):
+            for name in bitmaps(Path(disk.location), self.host):
                 if name.startswith(self.prefix) and name != self.new_name and name not in checkpoints:
-                    _qemu_img_bitmap(Path(disk.location), name, "--remove")
+                    _qemu_img_bitmap(self.host, Path(disk.location), name, "--remove")
                     log.info("kvm.bitmap_removed", disk=disk.name, bitmap=name)
         for disk, _ in self.thin:
             old = self.request.tokens.get(disk.name)
@@ -157,12 +162,12 @@ class _OfflineBackup:
                 remove_thin_snapshot(disk.details[DETAIL_VG], old)
 
 
-def _bitmap_problem(disk: DiskInfo, token: str | None, prefix: str) -> str | None:
+def _bitmap_problem(disk: DiskInfo, token: str | None, prefix: str, host: Host) -> str | None:
     if not token:
         return "the parent backup has no bitmap for this disk"
     if not token.startswith(prefix):
         return f"bitmap {token} belongs to another repository"
-    flags = bitmaps(Path(disk.location)).get(token)
+    flags = bitmaps(Path(disk.location), host).get(token)
     if flags is None:
         return f"bitmap {token} is not in {disk.location} (deleted, or the image was replaced)"
     if "in-use" in flags:
@@ -173,13 +178,14 @@ def _bitmap_problem(disk: DiskInfo, token: str | None, prefix: str) -> str | Non
 
 
 def bitmap_changes(disk: DiskInfo, token: str | None) -> ChangedExtents:
-    """The extents the bitmap ``token`` marks in a stopped VM's qcow2 image (the CBT source on its own)."""
-    problem = _bitmap_problem(disk, token, token or "")
+    """The extents the bitmap ``token`` marks in a stopped VM's qcow2 image (the CBT source on its own), on
+    the host of the disk's ``uri`` (``describe_vm`` puts it in ``details``)."""
+    host = host_for(str(disk.details.get("uri", "")), socket_dir(None))  # SSH keys only: no password here
+    problem = _bitmap_problem(disk, token, token or "", host)
     if problem or token is None:
         return ChangedExtents.unavailable(problem or "no token")
-    sock = socket_dir(None) / f"{secrets.token_hex(4)}.sock"
     context = f"qemu:dirty-bitmap:{token}"
-    with qemu_nbd(Path(disk.location), "qcow2", sock, export=disk.name, bitmap=token):
+    with host.serve_image(Path(disk.location), "qcow2", export=disk.name, bitmap=token) as sock:
         client = NBDClient(sock, disk.name, (context,))
         try:
             return ChangedExtents(client.dirty(context), SOURCE)

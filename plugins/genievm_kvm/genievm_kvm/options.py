@@ -37,6 +37,20 @@ class KVMOptions(BaseModel):
         default=None, description="remote URIs: where the backup job serves NBD over TCP; default the URI's host"
     )
     nbd_port: int = Field(default=10809, ge=1, le=65535, description="remote URIs: that NBD server's port")
+    nbd_tls: bool = Field(
+        default=True,
+        description="remote URIs: the backup job's NBD server requires TLS (x509 certificates of libvirt's "
+        "`backup_tls_x509_cert_dir` on that host, `tlsDir` here); `false` sends the disks in clear",
+    )
+    tls_dir: Path = Field(
+        default=Path("/etc/pki/genievm"),
+        description="remote URIs: `ca-cert.pem`, `client-cert.pem` and `client-key.pem` for NBD over TLS",
+    )
+    ssh_password_file: Path | None = Field(
+        default=None,
+        description="`qemu+ssh://`: a file holding the SSH password (or set `GENIEVM_KVM_SSH_PASSWORD`); "
+        "default: SSH keys only",
+    )
     scratch_dir: Path = Field(
         default=Path("/var/tmp"),
         description="on the VM's host: the backup job's scratch files, which hold what the guest overwrites "

@@ -1,14 +1,16 @@
 """The ``kvm`` provider: VMs of one libvirt connection.
 
 Options (``providerOptions``): :class:`genievm_kvm.options.KVMOptions` (``uri``, ``mode``,
-``readOnly``, ``runDir``, ``nbdHost``, ``nbdPort``, ``scratchDir``), checked when it connects.
+``readOnly``, ``runDir``, ``nbdHost``, ``nbdPort``, ``nbdTls``, ``tlsDir``, ``sshPasswordFile``,
+``scratchDir``, ...), checked when it connects.
 
 A running or paused VM is backed up through libvirt's backup API (``mode`` auto or
 backup-api), or through an internal qcow2 snapshot where the backup API is missing
 (auto) or when asked (internal-snapshot). A stopped VM's disks are read with qemu-nbd.
 
-Over a remote URI (``qemu+ssh://``) the backup job serves NBD over TCP on the remote
-host; only running VMs can be backed up that way, and restores run on the host itself.
+Over a remote URI (``qemu+ssh://``) the backup job serves NBD over TCP on the remote host,
+with TLS by default (``live.py``); a stopped VM's images and a restore's new ones are served
+by ``qemu-nbd`` on that host, through an SSH-forwarded socket (``remote.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from genievm_kvm.domain import describe, state, vm_ref
 from genievm_kvm.live import job_place, live_backup, run_dir
 from genievm_kvm.offline import offline_backup
 from genievm_kvm.options import KVMOptions
+from genievm_kvm.remote import Askpass, Host, host_for, ssh_password
 from genievm_kvm.restore import KVMRestore
 from genievm_kvm.snapshot import snapshot_backup
 from genievm_kvm.source import Session
@@ -53,7 +56,18 @@ class KVMProvider:
         self.uri = checked.uri
         self.mode = checked.mode
         self.place = job_place(self.uri, checked)
-        self.conn = connect(self.uri, read_only=checked.read_only)
+        password = ssh_password(checked.ssh_password_file)
+        remote = self.place.remote_host is not None
+        self.askpass = Askpass(password, self.place.run_dir) if password is not None and remote else None
+        try:
+            self.conn = connect(self.uri, read_only=checked.read_only, askpass=self.askpass)
+        except BaseException:
+            self._close_askpass()
+            raise
+
+    def _host(self) -> Host:
+        """Where the VMs' images are: this host, or the URI's over SSH."""
+        return host_for(self.uri, self.place.run_dir, self.askpass)
 
     def list_vms(self) -> list[VMRef]:
         with libvirt_errors(f"listing VMs of {redact_url(self.uri)}"):
@@ -95,8 +109,7 @@ class KVMProvider:
                 raise ProviderError(f"provider kvm: VM {vm.name} is stopped; --quiesce needs a running guest agent")
             with libvirt_errors(f"VM {vm.name}: listing checkpoints"):
                 checkpoints = {c.getName() for c in dom.listAllCheckpoints()}
-            self._local_only(f"backing up stopped VM {vm.name}")
-            how = offline_backup(dom, vm, request, self.place.run_dir, checkpoints)
+            how = offline_backup(dom, vm, request, self._host(), checkpoints)
             log.info("kvm.backup_path", vm=vm.name, state=vm_state, path="qemu-nbd")
         else:
             raise ProviderError(
@@ -111,8 +124,7 @@ class KVMProvider:
 
     @contextmanager
     def _restore(self, vm: VMDescription, request: RestoreRequest) -> Iterator[KVMRestore]:
-        self._local_only(f"restoring {vm.name}")
-        session = KVMRestore(self.conn, vm, request, self.place.run_dir, self.options)
+        session = KVMRestore(self.conn, vm, request, self._host(), self.options)
         try:
             yield session
         except BaseException:
@@ -136,6 +148,13 @@ class KVMProvider:
             self.conn.close()
         except libvirt.libvirtError:
             pass
+        finally:
+            self._close_askpass()
+
+    def _close_askpass(self) -> None:
+        if self.askpass is not None:
+            self.askpass.close()
+            self.askpass = None
 
 
 def _with_cbt_source(disk: DiskInfo) -> DiskInfo:

@@ -2,16 +2,16 @@
 
 A new VM gets the new name, a new UUID and new MAC addresses (libvirt generates both when
 they are absent; ``keepMacs`` keeps the stored ones), and its disks under ``restorePath`` as
-qcow2 or raw files. A backup of another provider (vmware) gets a domain translated from its
-stored configuration (``genievm_core.translate``), its disks on the ``diskBus`` bus. Disks not in
-the backup are left out of the new VM rather than pointed at the source VM's files. Every
-disk is written under a partial name and renamed into place only when all are written; the
+qcow2 or raw files, on the VM's host (over SSH for a ``qemu+ssh://`` connection: written through
+``qemu-nbd`` there, the VM defined through libvirt). A backup of another provider (vmware) gets a
+domain translated from its stored configuration (``genievm_core.translate``), its disks on the
+``diskBus`` bus. Disks not in the backup are left out of the new VM rather than pointed at the
+source VM's files. Every disk is written under a partial name and renamed into place only when all are written; the
 VM is defined last. Nothing that exists is overwritten without ``--force``.
 """
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,12 +28,13 @@ from genievm_core.translate import LIBVIRT_FORMAT, LibvirtTarget, libvirt_domain
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import DiskSpec, disk_specs, state
 from genievm_kvm.options import KVMOptions
-from genievm_kvm.sink import Qcow2DiskSink
+from genievm_kvm.remote import Host
+from genievm_kvm.sink import NBDImageSink
 
 __all__ = ["KVMRestore", "restored_domain_xml"]
 
 log = structlog.get_logger("genievm.kvm.restore")
-Sink = ImageDiskSink | Qcow2DiskSink
+Sink = ImageDiskSink | NBDImageSink
 
 
 class KVMRestore:
@@ -42,14 +43,14 @@ class KVMRestore:
         conn: libvirt.virConnect,
         vm: VMDescription,
         request: RestoreRequest,
-        run_dir: Path,
+        host: Host,
         options: KVMOptions | None = None,
     ) -> None:
         if not vm.config:
             raise ProviderError(f"provider kvm: backup of {vm.name} holds no VM configuration to restore from")
         self.conn = conn
         self.request = request
-        self.run_dir = run_dir
+        self.host = host
         self.options = options or KVMOptions()
         self.name = request.new_name or vm.name
         self.sinks: list[Sink] = []
@@ -81,7 +82,7 @@ class KVMRestore:
         opts = self.options
         target = LibvirtTarget(
             name=self.name,
-            domain_type="kvm" if os.path.exists("/dev/kvm") else "qemu",
+            domain_type="kvm" if self.host.exists(Path("/dev/kvm")) else "qemu",
             disk_bus=opts.disk_bus,
             network_map=opts.network_map,
             default_network=opts.default_network,
@@ -107,9 +108,15 @@ class KVMRestore:
 
     def open_sink(self, disk: DiskInfo, config: DiskConfig) -> DiskSink:
         path, fmt = self._target(disk, config)
-        if self.existing is None and path.exists() and not self.request.force:
+        if self.existing is None and self.host.exists(path) and not self.request.force:
             raise RestoreTargetExistsError(f"{path} exists; pass --force to overwrite it")
-        sink: Sink = Qcow2DiskSink(path, disk.size, self.run_dir) if fmt == "qcow2" else ImageDiskSink(path, disk.size)
+        sink: Sink
+        if fmt == "raw" and not self.host.remote:
+            sink = ImageDiskSink(path, disk.size)
+        elif self.host.remote and self.host.is_block(path):
+            raise ProviderError(f"provider kvm: {path} on {self.name}'s host is a block device; restore it there")
+        else:
+            sink = NBDImageSink(path, disk.size, fmt, self.host)
         self.sinks.append(sink)
         self.written[disk.name] = (path, fmt)
         return sink
@@ -136,7 +143,7 @@ class KVMRestore:
             sink.close()
         for sink in self.sinks:
             if sink.path != sink.final:
-                os.replace(sink.path, sink.final)
+                self.host.rename(sink.path, sink.final)
         if self.existing is not None:
             log.info("kvm.restored_into", vm=self.name, disks=sorted(self.written))
             return str(self.existing.UUIDString())
@@ -145,7 +152,7 @@ class KVMRestore:
                 dom = self.conn.defineXML(self.new_xml())
         except BaseException:
             for sink in self.sinks:
-                sink.final.unlink(missing_ok=True)
+                self.host.unlink(sink.final)
             raise
         log.info("kvm.vm_defined", vm=self.name, uuid=dom.UUIDString())
         return str(dom.UUIDString())
@@ -156,7 +163,7 @@ class KVMRestore:
                 sink.close()
             finally:
                 if sink.path != sink.final:
-                    sink.path.unlink(missing_ok=True)
+                    self.host.unlink(sink.path)
 
     def new_xml(self) -> str:
         written = {target: self.written[name] for name, target in self.disk_targets.items() if name in self.written}
@@ -164,9 +171,7 @@ class KVMRestore:
                                    keep_macs=self.options.keep_macs)  # fmt: skip
 
 
-def restored_domain_xml(
-    xml: str, name: str, disks: Mapping[str, tuple[Path, str]], *, keep_macs: bool = False
-) -> str:
+def restored_domain_xml(xml: str, name: str, disks: Mapping[str, tuple[Path, str]], *, keep_macs: bool = False) -> str:
     """The backed-up domain ``xml`` as a new VM ``name``: no UUID or title, no MAC addresses unless
     ``keep_macs`` (libvirt makes new ones), each disk of ``disks`` (target -> (path, format)) pointed at its
     file, the others left out.

@@ -1,50 +1,43 @@
-"""Disks being restored: a new qcow2 image written through ``qemu-nbd``."""
+"""Disks being restored: a new image (qcow2, or raw on a remote host) written through ``qemu-nbd``."""
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 
 from genievm_core.builtin.image import PARTIAL
 from genievm_core.errors import ProviderError
-from genievm_kvm.nbd_export import NBDClient, qemu_nbd
+from genievm_kvm.nbd_export import NBDClient
+from genievm_kvm.remote import Host
 
-__all__ = ["Qcow2DiskSink"]
+__all__ = ["NBDImageSink"]
 
 
-class Qcow2DiskSink:
-    """A new sparse qcow2 image under a partial name, renamed into place by ``commit``."""
+class NBDImageSink:
+    """A new sparse image on ``host`` under a partial name, renamed into place by the restore's commit."""
 
-    def __init__(self, final: Path, size: int, run_dir: Path) -> None:
+    def __init__(self, final: Path, size: int, fmt: str, host: Host) -> None:
         self.final = final
         self.path = final.with_name(final.name + PARTIAL)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=off", str(self.path), str(size)],
-            capture_output=True,
-            text=True,
-        )
+        self.host = host
+        host.mkdir(final.parent)
+        options = ["-o", "preallocation=off"] if fmt == "qcow2" else []
+        proc = host.run(["qemu-img", "create", "-q", "-f", fmt, *options, str(self.path), str(size)])
         if proc.returncode != 0:
             raise ProviderError(f"provider kvm: cannot create {final}: {proc.stderr.strip()}")
         self._stack = ExitStack()
         try:
-            sock = self._stack.enter_context(
-                qemu_nbd(
-                    self.path, "qcow2", run_dir / f"{secrets.token_hex(4)}.sock", export="restore", read_only=False
-                )
-            )
+            sock = self._stack.enter_context(host.serve_image(self.path, fmt, export="restore", read_only=False))
             self._client = NBDClient(sock, "restore", ())
         except BaseException:
             self._stack.close()
-            self.path.unlink(missing_ok=True)
+            host.unlink(self.path)
             raise
         self._open = True
 
     @property
     def zeroed(self) -> bool:
-        return True  # a new qcow2 image reads as zeros where nothing was written
+        return True  # a new image reads as zeros where nothing was written
 
     def write(self, offset: int, data: bytes) -> None:
         self._client.pwrite(offset, data)

@@ -7,6 +7,8 @@
 - ``cli(*args)``: the installed ``genievm`` console script in a subprocess.
 - ``repo``: a new encrypted repository with 1 MiB chunks.
 - ``ssh_uri``: a ``qemu+ssh://`` URI to this host's libvirtd through a private sshd.
+- ``ssh_password_uri``: the same, logging in with a password, and that password.
+- ``nbd_tls_dir``: a ``tlsDir`` whose client certificate this host's libvirt trusts (``tls_support``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from genievm_kvm.testing import remove_vm, scratch_domain_xml  # noqa: E402
 from kvm_support import PASSPHRASE, URI, CLIResult, TestVM, create_images  # noqa: E402
+from tls_support import client_certificates, server_certificates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -74,8 +78,10 @@ def cli(tmp_path: Path) -> Callable[..., CLIResult]:
     exe = Path(sys.executable).with_name("genievm")
     env = {**os.environ, "GENIEVM_PASSPHRASE": PASSPHRASE}
 
-    def run(*args: str, check: bool = True) -> CLIResult:
-        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    def run(*args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> CLIResult:
+        proc = subprocess.run(
+            [str(exe), *args], capture_output=True, text=True, env={**env, **(extra_env or {})}, cwd=tmp_path
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"genievm {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
         return CLIResult(proc.returncode, proc.stdout, proc.stderr)
@@ -96,13 +102,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
-    """``qemu+ssh://root@127.0.0.1:PORT/system`` through a private sshd with a key made for the test."""
+@contextmanager
+def _sshd(folder: Path, extra: str = "") -> Iterator[int]:
+    """A private sshd on 127.0.0.1 (its keys and config in ``folder``), its port; stopped after."""
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     if not Path(sshd).exists():
         pytest.skip("sshd is not installed (scripts/setup.sh installs openssh-server)")
-    folder = tmp_path / "ssh"
     folder.mkdir()
     for key in ("client", "host"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
@@ -110,9 +115,8 @@ def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     (folder / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host'}\n"
-        f"AuthorizedKeysFile {folder}/authorized_keys\n"
-        f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n"
-        f"PidFile {folder / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {folder}/authorized_keys\nStrictModes no\nUsePAM no\n"
+        f"PidFile {folder / 'sshd.pid'}\n{extra}"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
     server = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.DEVNULL)
@@ -125,10 +129,49 @@ def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "sshd did not start"
                 time.sleep(0.05)
-        yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}&no_verify=1"
+        yield port
     finally:
         server.terminate()
         server.wait()
+
+
+@pytest.fixture
+def ssh_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[str]:
+    """``qemu+ssh://root@127.0.0.1:PORT/system`` through a private sshd with a key made for the test."""
+    folder = tmp_path / "ssh"
+    with _sshd(folder, "PermitRootLogin prohibit-password\nPasswordAuthentication no\n") as port:
+        yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}&no_verify=1"
+
+
+@pytest.fixture
+def ssh_password_uri(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A ``qemu+ssh://`` URI that logs in with a password (no key), and that password.
+
+    sshd checks passwords against /etc/shadow: the test adds a user of its own, an alias of
+    root (uid 0, so that it may use qemu:///system), with a random password; removed after.
+    """
+    user, password = f"gvmpw{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    subprocess.run(
+        ["useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", str(tmp_path), "-s", "/bin/sh", user], check=True
+    )
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:{password}", text=True, check=True)
+        extra = f"PermitRootLogin yes\nPasswordAuthentication yes\nPubkeyAuthentication no\nAllowUsers {user}\n"
+        with _sshd(tmp_path / "ssh", extra) as port:
+            yield f"qemu+ssh://{user}@127.0.0.1:{port}/system?no_verify=1", password
+    finally:
+        subprocess.run(["userdel", "-f", user], check=False)
+
+
+@pytest.fixture(scope="session")
+def libvirt_server_certificates(libvirt_conn: libvirt.virConnect) -> Path:
+    return server_certificates()
+
+
+@pytest.fixture
+def nbd_tls_dir(libvirt_server_certificates: Path, tmp_path: Path) -> Path:
+    """A ``tlsDir`` for NBD over TLS to this host's libvirt: the tests' CA and a client certificate."""
+    return client_certificates(libvirt_server_certificates, tmp_path / "tls")
 
 
 @pytest.fixture
