@@ -38,6 +38,12 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", url)
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    """A logger on the stderr of the moment, not of the set-up: one that was replaced and closed since (by a
+    test's capture, say) is never written to."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(level: str = "warning", fmt: Literal["console", "json"] | LogFormat = "console") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -53,6 +59,6 @@ def configure_logging(level: str = "warning", fmt: Literal["console", "json"] | 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level.lower(), logging.WARNING)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
