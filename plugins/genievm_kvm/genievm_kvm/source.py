@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from genievm_core.engine import CountingDiskSource, DiskSources
@@ -64,13 +64,7 @@ class NBDDiskSource(CountingDiskSource):
 
 
 class Session(DiskSources):
-    """What ``open_backup`` yields: one source per disk, and the VM's firmware files (``OffersVMFiles``)."""
-
-    files: Mapping[str, bytes] = {}
-
-    def vm_files(self) -> Mapping[str, bytes]:
-        """The NVRAM and TPM state read at this point in time (``genievm_kvm.firmware``)."""
-        return self.files
+    """What ``open_backup`` yields: one source per disk, and the VM's firmware files (``genievm_kvm.firmware``)."""
 
     def offer(self, cbt_sources: Iterable[CBTSource]) -> None:
         """Offer ``cbt_sources`` to the core for every disk, answered from this session's exports."""
