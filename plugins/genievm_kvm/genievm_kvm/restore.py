@@ -76,6 +76,8 @@ class KVMRestore:
             self.targets = {s.target: s for s in disk_specs(self.existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
         self.written: dict[str, tuple[Path, str]] = {}  # disk -> (path, format) of the new VM
         self.nvram: Path | None = None  # where the backup's NVRAM was written
+        # another hypervisor's NVRAM and TPM state are not OVMF's or swtpm's: a translated VM starts with none
+        self.files = {} if self.translated else dict(request.files)
 
     def _translate(self, vm: VMDescription, request: RestoreRequest) -> ET.Element:
         """The domain of another provider's backup, its networks checked before any disk is written."""
@@ -143,7 +145,7 @@ class KVMRestore:
             xml = self.existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
             self._write_nvram(firmware_of(xml).nvram, replace=True)
             self._place_swtpm(self.existing.UUIDString(), force=True)
-            log.info("kvm.restored_into", vm=self.name, disks=sorted(self.written), files=sorted(self.request.files))
+            log.info("kvm.restored_into", vm=self.name, disks=sorted(self.written), files=sorted(self.files))
             return str(self.existing.UUIDString())
         dom = None
         try:
@@ -158,19 +160,19 @@ class KVMRestore:
             for path in [s.final for s in self.sinks] + ([self.nvram] if self.nvram else []):
                 path.unlink(missing_ok=True)
             raise
-        log.info("kvm.vm_defined", vm=self.name, uuid=dom.UUIDString(), files=sorted(self.request.files))
+        log.info("kvm.vm_defined", vm=self.name, uuid=dom.UUIDString(), files=sorted(self.files))
         return str(dom.UUIDString())
 
     def _nvram_path(self) -> Path | None:
         """Beside the disks: in ``restorePath``, or the folder of the first disk given its own target."""
-        if NVRAM_FILE not in self.request.files or self.xml.find("os") is None:
+        if NVRAM_FILE not in self.files or self.xml.find("os") is None:
             return None
         folders = [self.request.restore_path] if self.request.restore_path else []
         folders += [path.parent for path, _fmt in self.written.values()]
         return folders[0] / f"{self.name}_VARS.fd" if folders else None
 
     def _write_nvram(self, path: str | Path | None, *, replace: bool) -> None:
-        data = self.request.files.get(NVRAM_FILE)
+        data = self.files.get(NVRAM_FILE)
         if data is None or path is None:
             return
         path = Path(path)
@@ -186,7 +188,7 @@ class KVMRestore:
         self.nvram = path
 
     def _place_swtpm(self, uuid: str, *, force: bool) -> None:
-        data = self.request.files.get(SWTPM_FILE)
+        data = self.files.get(SWTPM_FILE)
         if data is not None:
             place_swtpm_state(data, uuid, self.name, force=force)
 

@@ -80,7 +80,8 @@ class VMwareRestore:
         self.transport: DiskTransport | None = None
         self.open_transport = open_transport
         self.file_transport = file_transport
-        self.nvram = request.files.get(NVRAM_FILE)
+        # another hypervisor's NVRAM (OVMF's variables) is not vSphere's: a translated VM starts with none
+        self.nvram = request.files.get(NVRAM_FILE) if desc.config_format == CONFIG_FORMAT else None
         restored = {d.name for d in desc.disks if not request.disk_configs.get(d.name, DiskConfig(name=d.name)).skip}
         sizes = {d.name: d.size for d in desc.disks}
         existing = lookup_vm(si, self.name)
