@@ -104,6 +104,14 @@ def test_nvram_and_tpm_state_backed_up_and_restored(uefi_vm, cli, repo, tmp_path
         assert (SWTPM_STATE / new_uuid / PERMALL).read_bytes() == permall
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)  # swtpm starts on the restored state
         assert dom.isActive()
+        dom.destroy()
+
+        Path(restored_nvram).write_bytes(OVMF_VARS.read_bytes())  # as if its variables were lost
+        (SWTPM_STATE / new_uuid / PERMALL).write_bytes(b"lost")
+        cli("restore", "--vm", uuid, "--repo", repo, *OPT, "--target", str(target), "--new-name", new_name, "--force")
+        assert libvirt_conn.lookupByName(new_name).UUIDString() == new_uuid  # restored into, not made anew
+        assert Path(restored_nvram).read_bytes() == nvram.read_bytes()  # where its XML points
+        assert (SWTPM_STATE / new_uuid / PERMALL).read_bytes() == permall
     finally:
         _remove(dom)
     assert not (SWTPM_STATE / new_uuid).exists()
