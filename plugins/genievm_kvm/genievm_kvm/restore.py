@@ -78,6 +78,9 @@ class KVMRestore:
         self.nvram: Path | None = None  # where the backup's NVRAM was written
         # another hypervisor's NVRAM and TPM state are not OVMF's or swtpm's: a translated VM starts with none
         self.files = {} if self.translated else dict(request.files)
+        nvram = self._nvram_path()
+        if self.existing is None and nvram is not None and nvram.exists() and not request.force:
+            raise RestoreTargetExistsError(f"{nvram} exists; pass --force to overwrite it")  # before any disk
 
     def _translate(self, vm: VMDescription, request: RestoreRequest) -> ET.Element:
         """The domain of another provider's backup, its networks checked before any disk is written."""

@@ -92,6 +92,15 @@ def test_nvram_and_tpm_state_backed_up_and_restored(uefi_vm, cli, repo, tmp_path
 
     new_name = f"{name}-r"
     target = tmp_path / "restored"
+    in_the_way = target / f"{new_name}_VARS.fd"
+    target.mkdir()
+    in_the_way.write_bytes(b"another VM's")
+    refused = cli("restore", "--vm", uuid, "--repo", repo, *OPT, "--target", str(target), "--new-name", new_name,
+                  check=False)  # fmt: skip
+    assert refused.code == 23
+    assert refused.err.strip().splitlines() == [f"genievm: error: {in_the_way} exists; pass --force to overwrite it"]
+    assert list(target.iterdir()) == [in_the_way]  # refused before any disk was written
+    in_the_way.unlink()
     out = cli("restore", "--vm", uuid, "--repo", repo, *OPT, "--target", str(target), "--new-name", new_name,
               "--json").json()  # fmt: skip
     dom = libvirt_conn.lookupByName(new_name)
