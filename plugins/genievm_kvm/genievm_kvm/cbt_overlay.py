@@ -56,7 +56,7 @@ def enable_cbt(dom: libvirt.virDomain, disks: list[str], overlay_dir: Path | Non
     if unknown:
         raise ConfigError(f"invalid configuration: --disk: VM {name} has no disk {sorted(unknown)}")
     chosen = [t for t in candidates if not disks or t in disks]
-    raw = [t for t in chosen if _format(candidates[t]) == "raw" and candidates[t].get("type") in ("file", "block")]
+    raw = [t for t in chosen if _is_raw(candidates[t])]
     if disks and set(chosen) - set(raw):
         others = ", ".join(f"{t} ({_format(candidates[t])})" for t in sorted(set(chosen) - set(raw)))
         raise ConfigError(f"invalid configuration: --disk: VM {name}: {others} is not a raw file or device")
@@ -141,6 +141,9 @@ def _put_behind_overlay(dom: libvirt.virDomain, disk: ET.Element, target: str, o
         _qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={placeholder},data_file_raw=on", str(overlay),
                   str(size))  # fmt: skip
         _qemu_img("amend", "-f", "qcow2", "-o", f"data_file={raw}", str(overlay))
+    except BaseException:
+        overlay.unlink(missing_ok=True)
+        raise
     finally:
         placeholder.unlink(missing_ok=True)
     for el in disk.findall("source"):
@@ -191,6 +194,11 @@ def _saved(root: ET.Element) -> list[ET.Element] | None:
 def _target(disk: ET.Element) -> str:
     target = disk.find("target")
     return target.get("dev", "") if target is not None else ""
+
+
+def _is_raw(disk: ET.Element) -> bool:
+    """A raw file or device with a source: what an overlay can go in front of."""
+    return _format(disk) == "raw" and disk.get("type", "file") in ("file", "block") and bool(_source_path(disk))
 
 
 def _format(disk: ET.Element) -> str:
