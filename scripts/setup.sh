@@ -23,6 +23,8 @@ APT_PACKAGES+=(postgresql chromium chromium-driver)
 APT_PACKAGES+=(busybox-static syslinux syslinux-common mtools dosfstools cpio linux-image-amd64 ovmf)
 # certtool for the x509 certificates of the remote KVM tests' NBD over TLS (plugins/genievm_kvm/tests/tls_support.py)
 APT_PACKAGES+=(gnutls-bin)
+# a vTPM's emulator, whose state the kvm plugin backs up (plugins/genievm_kvm/tests/test_firmware.py)
+APT_PACKAGES+=(swtpm swtpm-tools)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

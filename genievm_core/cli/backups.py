@@ -92,7 +92,7 @@ def show(
     """One backup's manifest: VM, disks, CBT mode and statistics."""
     repository = state(ctx).open_repository(repo, passphrase_file)
     manifest = repository.find_backup(vm, backup_id)
-    data = manifest.model_dump(mode="json", exclude={"vm": {"config"}})
+    data = manifest.model_dump(mode="json", exclude={"vm": {"config": True, "files": {"__all__": {"data"}}}})
     if json_output:
         emit_json(data)
         return
@@ -111,6 +111,8 @@ def show(
             f"new {human_size(d.stats.bytes_new)}, checksum {d.checksum[:16]}",
             highlight=False,
         )
+    for f in manifest.vm.files:
+        out_console.print(f"  file {f.name}: {human_size(f.size)}, checksum {f.checksum[:16]}", highlight=False)
 
 
 @app.command("forget")

@@ -5,7 +5,7 @@ its ``DiskInfo``, ``read`` through the provider's own reader (an NBD client,
 a VDDK or HTTPS handle) counting the bytes it read, and ``close``. A provider
 subclasses it and adds what it knows of the disk: ``allocated_extents``,
 ``changed_extents`` and ``next_token``. ``DiskSources`` is the backup session
-that a provider's ``open_backup`` yields: one source per disk name.
+that a provider's ``open_backup`` yields: one source per disk name, and the VM's files.
 """
 
 from __future__ import annotations
@@ -54,10 +54,18 @@ class CountingDiskSource(ABC):
 
 
 class DiskSources:
-    """A backup session: one disk source per disk name; ``close`` closes them all."""
+    """A backup session: one disk source per disk name; ``close`` closes them all.
+
+    ``files`` are the VM's files besides its disks (NVRAM, vTPM state) that ``vm_files``
+    offers the core (``OffersVMFiles``): set them while the point in time exists.
+    """
 
     def __init__(self, sources: Mapping[str, CountingDiskSource]) -> None:
         self._sources = dict(sources)
+        self.files: dict[str, bytes] = {}
+
+    def vm_files(self) -> Mapping[str, bytes]:
+        return self.files
 
     def add(self, name: str, source: CountingDiskSource) -> None:
         self._sources[name] = source

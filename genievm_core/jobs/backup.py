@@ -39,6 +39,7 @@ from genievm_core.engine.cbt_choice import changed_since
 from genievm_core.errors import CBTError, ConfigError, CorruptionError, GenieVMError, JobInterruptedError, ProviderError
 from genievm_core.jobs.job import Job
 from genievm_core.jobs.prune import prune_vms, retention_policy
+from genievm_core.jobs.vm_files import session_files
 from genievm_core.models.config import BackupConfig
 from genievm_core.models.manifest import (
     BackupManifest,
@@ -249,6 +250,8 @@ def transfer_backup(
                     }
                     results = dict(results_or_cancel(futures, control))
                 tokens = {d.name: sources[d.name].next_token() for d in plan.disks}
+                files = session_files(session, config.provider, plan.vm.id)  # at the same point in time
+                plan.vm_record = plan.vm_record.model_copy(update={"files": files})
     except BaseException:
         with contextlib.suppress(GenieVMError):  # keep what was stored for a resume; the first error is the one
             repo.flush_chunks()

@@ -14,6 +14,7 @@ import structlog
 from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, chunk_workers, results_or_cancel
 from genievm_core.errors import ConfigError, VerifyError
 from genievm_core.jobs.job import Job
+from genievm_core.jobs.vm_files import stored_files
 from genievm_core.models.config import DiskConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest, DiskRecord
 from genievm_core.models.vm import DiskInfo, VMDescription
@@ -122,6 +123,7 @@ def plan_restore(config: RestoreConfig, repo: Repository) -> RestorePlan:
         force=config.force,
         disk_configs=disk_configs,
         options=config.provider_options,
+        files=stored_files(manifest),
     )
     return RestorePlan(
         manifest=manifest,

@@ -25,7 +25,9 @@ __all__ = [
     "EncryptionRecord",
     "KDFRecord",
     "KeySlot",
+    "MAX_VM_FILE",
     "RepositoryConfig",
+    "VMFileRecord",
     "VMRecord",
 ]
 
@@ -34,6 +36,7 @@ CONFIG_FORMAT_VERSION = 2  # of the repository's config: 2 added its authenticat
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}\Z")
 _BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{8}\Z")
 MAX_DISK_SIZE = 1 << 50  # 1 PiB: anything larger in a manifest is hostile or corrupt
+MAX_VM_FILE = 4 << 20  # a VM file (NVRAM, vTPM state) is kept in the manifest: OVMF's largest is 4 MiB
 
 
 def is_backup_id(value: str) -> bool:
@@ -163,6 +166,17 @@ class DiskRecord(_Strict):
     _name = field_validator("name")(_safe)
 
 
+class VMFileRecord(_Strict):
+    """One of the VM's files besides its disks (UEFI NVRAM, vTPM state), kept whole in the manifest."""
+
+    name: str
+    size: int = Field(ge=0, le=MAX_VM_FILE)
+    checksum: str = Field(pattern=r"^[0-9a-f]{64}$")  # hex BLAKE3 (unkeyed) of the content
+    data: str  # base64 of the content
+
+    _name = field_validator("name")(_safe)
+
+
 class VMRecord(_Strict):
     id: str
     name: str
@@ -170,9 +184,18 @@ class VMRecord(_Strict):
     config: str | None = None  # base64 of the provider's opaque configuration blob
     config_format: str | None = None  # "libvirt-xml", "vmx-json", "image-json", ...
     summary: dict[str, str | int | float | bool | None] = {}
+    files: tuple[VMFileRecord, ...] = ()  # the VM's files besides its disks (NVRAM, vTPM state)
 
     _id = field_validator("id")(_safe)
     _name = field_validator("name")(_display_name)
+
+    @field_validator("files")
+    @classmethod
+    def _files_once(cls, value: tuple[VMFileRecord, ...]) -> tuple[VMFileRecord, ...]:
+        names = [f.name for f in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a VM file name appears twice: {sorted(names)}")
+        return value
 
 
 class BackupManifest(_Strict):

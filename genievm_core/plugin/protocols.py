@@ -28,6 +28,7 @@ __all__ = [
     "DiskSink",
     "DiskSource",
     "OffersCBTSources",
+    "OffersVMFiles",
     "Problem",
     "Provider",
     "ProviderFactory",
@@ -109,6 +110,19 @@ class BackupSession(Protocol):
         """One disk source per requested disk name."""
 
 
+@runtime_checkable
+class OffersVMFiles(Protocol):
+    """What a ``BackupSession`` may also implement (since 0.4): the VM's small files besides its disks.
+
+    A UEFI VM's NVRAM (its EFI variables, its boot entries) or a virtual TPM's state belong to the
+    VM: restored without them it may not boot. ``vm_files`` returns them by name (letters, digits
+    and ``. _ @ + -``, at most ``MAX_VM_FILE`` bytes each), read at the backup's point in time; the
+    core stores them in the manifest and hands them back to ``open_restore`` in ``RestoreRequest.files``.
+    """
+
+    def vm_files(self) -> Mapping[str, bytes]: ...
+
+
 @dataclass(frozen=True)
 class RestoreRequest:
     """Where and how a provider restores a VM."""
@@ -118,6 +132,7 @@ class RestoreRequest:
     force: bool = False
     disk_configs: Mapping[str, DiskConfig] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)  # since 0.4: what the backup's ``vm_files`` returned
 
 
 class DiskSink(Protocol):

@@ -12,6 +12,7 @@ from genievm_core.errors import ProviderError
 from genievm_core.logging import redact_url
 from genievm_core.models.vm import DiskInfo, StorageKind, VMDescription, VMRef
 from genievm_kvm.connection import libvirt_errors
+from genievm_kvm.firmware import firmware_of
 from genievm_kvm.lvm_thin import DETAIL_LV, DETAIL_VG, lookup_thin_lv, split_lv_path
 
 __all__ = ["DiskSpec", "describe", "disk_specs", "vm_ref"]
@@ -91,7 +92,7 @@ def describe(conn: libvirt.virConnect, dom: libvirt.virDomain) -> VMDescription:
         "vcpus": vcpus,
         "memory_kib": memory_kib,
         "uri": redact_url(conn.getURI()),  # kept in every manifest: never with a password
-    }
+    } | firmware_of(stored_xml).summary()
     return VMDescription(dom.UUIDString(), dom.name(), disks, stored_xml.encode(), "libvirt-domain-xml", summary)
 
 

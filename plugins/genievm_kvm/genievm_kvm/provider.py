@@ -33,6 +33,7 @@ from genievm_kvm.cbt import CBT_SOURCES
 from genievm_kvm.chain import RUNNING
 from genievm_kvm.connection import connect, find_domain, libvirt_errors
 from genievm_kvm.domain import describe, state, vm_ref
+from genievm_kvm.firmware import firmware_of, read_vm_files
 from genievm_kvm.live import job_place, live_backup, run_dir
 from genievm_kvm.offline import offline_backup
 from genievm_kvm.options import KVMOptions
@@ -117,6 +118,7 @@ class KVMProvider:
             )
         with how as session:
             session.offer(CBT_SOURCES)  # answered from this backup's exports when the core chooses them
+            session.files = self._firmware_files(dom, vm)
             yield session
 
     def open_restore(self, vm: VMDescription, request: RestoreRequest) -> AbstractContextManager[KVMRestore]:
@@ -130,6 +132,19 @@ class KVMProvider:
         except BaseException:
             session.discard()
             raise
+
+    def _firmware_files(self, dom: libvirt.virDomain, vm: VMDescription) -> dict[str, bytes]:
+        """The NVRAM and swtpm state, read from this host's files: a remote host's are out of reach."""
+        firmware = firmware_of(vm.config.decode())
+        if self.place.remote_host:
+            if firmware.nvram or firmware.tpm_emulator:
+                log.warning(
+                    "kvm.firmware_not_kept", vm=vm.name, reason="NVRAM and TPM state are files of the remote host"
+                )
+            return {}
+        with libvirt_errors(f"VM {vm.name}: reading its XML"):
+            xml = dom.XMLDesc(0)
+        return read_vm_files(xml, vm.id, vm.name)
 
     def _local_only(self, what: str) -> None:
         if self.place.remote_host:

@@ -12,6 +12,7 @@ VM is defined last. Nothing that exists is overwritten without ``--force``.
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from genievm_core.plugin.protocols import DiskSink, RestoreRequest
 from genievm_core.translate import LIBVIRT_FORMAT, LibvirtTarget, libvirt_domain, read_config
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import DiskSpec, disk_specs, state
+from genievm_kvm.firmware import NVRAM_FILE, SWTPM_FILE, firmware_of, place_swtpm_state
 from genievm_kvm.options import KVMOptions
 from genievm_kvm.remote import Host
 from genievm_kvm.sink import NBDImageSink
@@ -75,6 +77,16 @@ class KVMRestore:
                 )
             self.targets = {s.target: s for s in disk_specs(self.existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
         self.written: dict[str, tuple[Path, str]] = {}  # disk -> (path, format) of the new VM
+        self.nvram: Path | None = None  # where the backup's NVRAM was written
+        # another hypervisor's NVRAM and TPM state are not OVMF's or swtpm's: a translated VM starts with none
+        self.files = {} if self.translated else dict(request.files)
+        if self.files and self.host.remote:  # written on this host, they would be the wrong host's files
+            log.warning("kvm.files_not_restored", vm=self.name, files=sorted(self.files),
+                        reason="restoring onto a remote host: its NVRAM and TPM state start fresh")  # fmt: skip
+            self.files = {}
+        nvram = self._nvram_path()
+        if self.existing is None and nvram is not None and nvram.exists() and not request.force:
+            raise RestoreTargetExistsError(f"{nvram} exists; pass --force to overwrite it")  # before any disk
 
     def _translate(self, vm: VMDescription, request: RestoreRequest) -> ET.Element:
         """The domain of another provider's backup, its networks checked before any disk is written."""
@@ -145,17 +157,57 @@ class KVMRestore:
             if sink.path != sink.final:
                 self.host.rename(sink.path, sink.final)
         if self.existing is not None:
-            log.info("kvm.restored_into", vm=self.name, disks=sorted(self.written))
+            xml = self.existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            self._write_nvram(firmware_of(xml).nvram, replace=True)
+            self._place_swtpm(self.existing.UUIDString(), force=True)
+            log.info("kvm.restored_into", vm=self.name, disks=sorted(self.written), files=sorted(self.files))
             return str(self.existing.UUIDString())
+        dom = None
         try:
+            self._write_nvram(self._nvram_path(), replace=self.request.force)
             with libvirt_errors(f"defining restored VM {self.name}"):
                 dom = self.conn.defineXML(self.new_xml())
+            self._place_swtpm(dom.UUIDString(), force=self.request.force)
         except BaseException:
+            if dom is not None:
+                with libvirt_errors(f"removing the half-restored VM {self.name}"):
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
             for sink in self.sinks:
                 self.host.unlink(sink.final)
+            if self.nvram:
+                self.nvram.unlink(missing_ok=True)
             raise
-        log.info("kvm.vm_defined", vm=self.name, uuid=dom.UUIDString())
+        log.info("kvm.vm_defined", vm=self.name, uuid=dom.UUIDString(), files=sorted(self.files))
         return str(dom.UUIDString())
+
+    def _nvram_path(self) -> Path | None:
+        """Beside the disks: in ``restorePath``, or the folder of the first disk given its own target."""
+        if NVRAM_FILE not in self.files or self.xml.find("os") is None:
+            return None
+        folders = [self.request.restore_path] if self.request.restore_path else []
+        folders += [path.parent for path, _fmt in self.written.values()]
+        return folders[0] / f"{self.name}_VARS.fd" if folders else None
+
+    def _write_nvram(self, path: str | Path | None, *, replace: bool) -> None:
+        data = self.files.get(NVRAM_FILE)
+        if data is None or path is None:
+            return
+        path = Path(path)
+        if path.exists() and not replace:
+            raise RestoreTargetExistsError(f"{path} exists; pass --force to overwrite it")
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise ProviderError(f"provider kvm: VM {self.name}: cannot write its NVRAM {path}: {exc.strerror}") from exc
+        self.nvram = path
+
+    def _place_swtpm(self, uuid: str, *, force: bool) -> None:
+        data = self.files.get(SWTPM_FILE)
+        if data is not None:
+            place_swtpm_state(data, uuid, self.name, force=force)
 
     def discard(self) -> None:
         for sink in self.sinks:
@@ -168,13 +220,21 @@ class KVMRestore:
     def new_xml(self) -> str:
         written = {target: self.written[name] for name, target in self.disk_targets.items() if name in self.written}
         return restored_domain_xml(ET.tostring(self.xml, encoding="unicode"), self.name, written,
-                                   keep_macs=self.options.keep_macs)  # fmt: skip
+                                   keep_macs=self.options.keep_macs, nvram=self.nvram)  # fmt: skip
 
 
-def restored_domain_xml(xml: str, name: str, disks: Mapping[str, tuple[Path, str]], *, keep_macs: bool = False) -> str:
+def restored_domain_xml(
+    xml: str,
+    name: str,
+    disks: Mapping[str, tuple[Path, str]],
+    *,
+    keep_macs: bool = False,
+    nvram: Path | None = None,
+) -> str:
     """The backed-up domain ``xml`` as a new VM ``name``: no UUID or title, no MAC addresses unless
     ``keep_macs`` (libvirt makes new ones), each disk of ``disks`` (target -> (path, format)) pointed at its
-    file, the others left out.
+    file, the others left out, its NVRAM at ``nvram`` (without it, never the source VM's file: libvirt makes
+    a new one from the template).
 
     The instant boot of genievm-recovery defines its VMs with this too.
     """
@@ -183,6 +243,11 @@ def restored_domain_xml(xml: str, name: str, disks: Mapping[str, tuple[Path, str
     for tag in ("uuid", "title"):
         for el in root.findall(tag):
             root.remove(el)
+    os_el = root.find("os")
+    if nvram is not None and os_el is not None and os_el.find("nvram") is None:
+        ET.SubElement(os_el, "nvram")
+    for el in root.findall("os/nvram"):
+        el.text = str(nvram) if nvram else None
     for mac in [] if keep_macs else root.iterfind("devices/interface/mac"):
         mac.attrib.pop("address", None)
     devices = root.find("devices")

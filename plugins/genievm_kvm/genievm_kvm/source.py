@@ -64,7 +64,7 @@ class NBDDiskSource(CountingDiskSource):
 
 
 class Session(DiskSources):
-    """What ``open_backup`` yields: one source per disk."""
+    """What ``open_backup`` yields: one source per disk, and the VM's firmware files (``genievm_kvm.firmware``)."""
 
     def offer(self, cbt_sources: Iterable[CBTSource]) -> None:
         """Offer ``cbt_sources`` to the core for every disk, answered from this session's exports."""

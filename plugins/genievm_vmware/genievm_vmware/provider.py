@@ -35,13 +35,23 @@ from genievm_core.models.vm import VMDescription, VMRef
 from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
 from genievm_vmware.backup import snapshot_backup
-from genievm_vmware.connection import connect, disconnect, endpoint, session_cookie, vsphere_errors, wait
+from genievm_vmware.connection import (
+    connect,
+    disconnect,
+    endpoint,
+    session_cookie,
+    ssl_context,
+    vsphere_errors,
+    wait,
+)
 from genievm_vmware.describe import describe
-from genievm_vmware.inventory import find_vm, list_vms
+from genievm_vmware.inventory import datacenter_of, datacenter_path, find_vm, list_vms
 from genievm_vmware.keepalive import session_kept_alive
+from genievm_vmware.nvram import read_nvram
 from genievm_vmware.options import VMwareOptions
 from genievm_vmware.restore import VMwareRestore
 from genievm_vmware.transport import DiskTransport
+from genievm_vmware.transport.https import HTTPSTransport
 from genievm_vmware.transport.select import choose_transport
 
 __all__ = ["VMwareProvider"]
@@ -62,6 +72,11 @@ class VMwareProvider:
     def open_transport(self, scratch_dir: Path | None = None) -> DiskTransport:
         return choose_transport(self.options, self.endpoint, session_cookie(self.si), scratch_dir=scratch_dir)
 
+    def file_transport(self) -> HTTPSTransport:
+        """Small VM files (the NVRAM) always go through the datastore's ``/folder`` URLs, whatever moves the disks."""
+        ep = self.endpoint
+        return HTTPSTransport(host=ep.host, port=ep.port, cookie=session_cookie(self.si), context=ssl_context(ep))
+
     def list_vms(self) -> list[VMRef]:
         return list_vms(self.si)
 
@@ -77,6 +92,13 @@ class VMwareProvider:
     def _backup(self, desc: VMDescription, request: BackupRequest) -> Iterator[DiskSources]:
         vm = find_vm(self.si, desc.id)
         with snapshot_backup(vm, desc, request, self.open_transport) as session, self._kept_alive():
+            http = self.file_transport()
+            try:
+                with vsphere_errors(f"VM {vm.name}: reading its datacenter"):
+                    datacenter = datacenter_path(datacenter_of(vm))
+                session.files = read_nvram(vm, datacenter, http)
+            finally:
+                http.close()
             yield session
 
     def open_restore(self, vm: VMDescription, request: RestoreRequest) -> AbstractContextManager[VMwareRestore]:
@@ -86,7 +108,9 @@ class VMwareProvider:
     def _restore(self, desc: VMDescription, request: RestoreRequest) -> Iterator[VMwareRestore]:
         options = parse_options(VMwareOptions, {**self.given, **request.options}, "providerOptions")
         # https restores stage disks in scratchDir, else in --target (restorePath) when given
-        session = VMwareRestore(self.si, desc, request, options, lambda: self.open_transport(request.restore_path))
+        session = VMwareRestore(
+            self.si, desc, request, options, lambda: self.open_transport(request.restore_path), self.file_transport
+        )
         try:
             with self._kept_alive():
                 yield session

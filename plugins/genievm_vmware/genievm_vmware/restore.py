@@ -27,9 +27,11 @@ from genievm_vmware.connection import vsphere_errors, wait
 from genievm_vmware.crossspec import translated_vm_spec
 from genievm_vmware.describe import CONFIG_FORMAT, VMDisk, load_config, vm_disks
 from genievm_vmware.inventory import datacenter_of, datacenter_path, lookup_vm
+from genievm_vmware.nvram import NVRAM_FILE, write_nvram
 from genievm_vmware.options import VMwareOptions
 from genievm_vmware.placement import Placement, placement
 from genievm_vmware.transport import DiskHandle, DiskLocation, DiskTransport
+from genievm_vmware.transport.https import HTTPSTransport
 from genievm_vmware.vmspec import DiskSlot, new_vm_spec, slot
 
 __all__ = ["VMwareDiskSink", "VMwareRestore"]
@@ -68,6 +70,7 @@ class VMwareRestore:
         request: RestoreRequest,
         options: VMwareOptions,
         open_transport: Callable[[], DiskTransport],
+        file_transport: Callable[[], HTTPSTransport] | None = None,
     ) -> None:
         if not desc.config:
             raise ProviderError(f"provider vmware: backup of {desc.name} holds no VM configuration")
@@ -76,6 +79,9 @@ class VMwareRestore:
         self.created: vim.VirtualMachine | None = None
         self.transport: DiskTransport | None = None
         self.open_transport = open_transport
+        self.file_transport = file_transport
+        # another hypervisor's NVRAM (OVMF's variables) is not vSphere's: a translated VM starts with none
+        self.nvram = request.files.get(NVRAM_FILE) if desc.config_format == CONFIG_FORMAT else None
         restored = {d.name for d in desc.disks if not request.disk_configs.get(d.name, DiskConfig(name=d.name)).skip}
         sizes = {d.name: d.size for d in desc.disks}
         existing = lookup_vm(si, self.name)
@@ -182,6 +188,12 @@ class VMwareRestore:
         for sink in self.sinks:
             sink.close()
         self._close_transport()
+        if self.nvram is not None and self.file_transport is not None:
+            http = self.file_transport()
+            try:
+                write_nvram(self.vm, self.datacenter, http, self.nvram)
+            finally:
+                http.close()
         with vsphere_errors(f"reading VM {self.name}"):
             config: Any = self.vm.config
             return str(config.instanceUuid or self.vm._moId)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from genievm_vmware.describe import vm_disks
 from genievm_vmware.inventory import lookup_vm
+from genievm_vmware.nvram import nvram_location
 from genievm_vmware.testing import get_file, put_file, remove_vm
 from pyVim.task import WaitForTask
 from pyVmomi import vim
@@ -85,6 +86,7 @@ def test_a_vmware_backup_restored_as_a_kvm_vm(cli, opt, vcsim, make_vm, repo, tm
     data = {first: filled(size1, 3), second: filled(size2, 1)}
     put_file(vcsim, flat(path1), data[first])
     put_file(vcsim, flat(path2), data[second])
+    put_file(vcsim, nvram_location(vm.vm)[1], b"vSphere's NVRAM")  # kept in the backup, but no OVMF variables
     source_mac = next(d.macAddress for d in vm.vm.config.hardware.device if hasattr(d, "macAddress"))
     cli("backup", "--vm", vm.name, "--repo", repo, *opt)
 
@@ -115,7 +117,8 @@ def test_a_vmware_backup_restored_as_a_kvm_vm(cli, opt, vcsim, make_vm, repo, tm
     }
     assert raw_of(*images["sda"], tmp_path / "a.raw") == data[first]  # converted to qcow2 while restored
     assert images["sdb"][0].read_bytes() == data[second]
-    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p, _ in images.values())  # no second copy
+    # no second copy, nor vSphere's NVRAM as OVMF's variables
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p, _ in images.values())
     (nic,) = root.findall("devices/interface")
     assert nic.get("type") == "network" and nic.find("source").get("network") == network  # type: ignore[union-attr]
     assert nic.find("model").get("type") == "e1000"  # type: ignore[union-attr]

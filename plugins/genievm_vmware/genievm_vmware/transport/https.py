@@ -108,6 +108,21 @@ class HTTPSTransport:
             else:
                 resp.drain_conn()
 
+    def get_file(self, datacenter: str, datastore: str, path: str) -> bytes | None:
+        """A small datastore file whole (the VM's NVRAM), or None when there is no such file."""
+        what = f"reading [{datastore}] {path}"
+        resp = self.request("GET", self.url(datacenter, datastore, path), what, preload_content=True)
+        if resp.status == 404:
+            return None
+        check(resp, 200, what)
+        return bytes(resp.data)
+
+    def put_file(self, datacenter: str, datastore: str, path: str, data: bytes) -> None:
+        what = f"writing [{datastore}] {path}"
+        headers = {"Content-Length": str(len(data)), "Content-Type": "application/octet-stream"}
+        resp = self.request("PUT", self.url(datacenter, datastore, path), what, body=data, headers=headers)
+        check(resp, (200, 201, 204), what)
+
     def open(self, disk: DiskLocation, *, writable: bool = False) -> DiskHandle:
         path, size = self._data_file(disk)
         return HTTPSDiskHandle(self, disk, path, size, writable=writable)
