@@ -21,6 +21,8 @@ APT_PACKAGES+=(python3-guestfs libguestfs-tools linux-image-amd64 libguestfs-xfs
 APT_PACKAGES+=(postgresql chromium chromium-driver)
 # the boot check's test guest (scripts/guest/build.sh) and EFI firmware for translated and booted VMs (issue 17)
 APT_PACKAGES+=(busybox-static syslinux syslinux-common mtools dosfstools cpio linux-image-amd64 ovmf)
+# the workers' broker, result backend and locks (scripts/services/redis.sh; issue 16)
+APT_PACKAGES+=(redis-server)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

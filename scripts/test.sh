@@ -15,8 +15,10 @@ bash scripts/services/libvirtd.sh  # real libvirtd + QEMU/KVM for the KVM plugin
 source scripts/services/s3.sh
 source scripts/services/vcsim.sh
 source scripts/services/postgres.sh  # the server's tests on PostgreSQL too
-trap 's3_stop; vcsim_stop; postgres_stop' EXIT
+source scripts/services/redis.sh  # the workers' broker (genievm worker)
+trap 's3_stop; vcsim_stop; postgres_stop; redis_stop' EXIT
 s3_start
 vcsim_start
 postgres_start
+redis_start
 .venv/bin/python -m pytest "$@"
