@@ -127,11 +127,14 @@ class WorkerRuntime:
     def _heartbeat(self, job_id: str, job: Job, lock: str | None, caps: dict[str, int], stop: threading.Event) -> None:
         interval = max(0.2, self.settings.lease / 6)
         while not stop.wait(interval):
-            try:
+            try:  # the broker down: the job goes on (its lock and slots lapse after a lease, as for a dead worker)
                 self.coordinator.refresh(lock, caps, job_id)
+            except BrokerUnreachableError as exc:
+                log.warning("worker.refresh_failed", job_id=job_id, error=str(exc))
+            try:
                 mine = self.shared.heartbeat(job_id, self.settings.name, self.settings.lease, phase=job.phase,
                                              progress=_progress(job))  # fmt: skip
-            except Exception as exc:  # a database or broker that does not answer now: try again next beat
+            except Exception as exc:  # a database that does not answer now: try again next beat
                 log.warning("worker.heartbeat_failed", job_id=job_id, error=str(exc))
                 continue
             if not mine and not job.finished:  # its lease ran out and another worker took it: stop here

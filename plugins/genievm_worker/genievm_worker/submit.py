@@ -66,9 +66,11 @@ def submit(shared: SharedJobs, broker: str, spec: dict[str, Any], queue: str | N
     job_id = new_job_id()
     shared.add(job_id, spec["kind"], queue, spec, provider=spec.get("provider"), vm=spec.get("vm"),
                repository=spec.get("repository"))  # fmt: skip
-    app = make_app(broker)
+    app = make_app(broker, results=False)
     try:
-        app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=queue, retry=False)
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0.5)
+            app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=queue, retry=False, connection=connection)
     except (OperationalError, OSError) as exc:
         shared.forget(job_id)
         reason = str(exc).split("\n")[0] or type(exc).__name__

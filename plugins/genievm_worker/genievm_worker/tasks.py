@@ -40,8 +40,10 @@ def run_job(task: Any, job_id: str) -> str | None:
     return outcome.state
 
 
-def make_app(broker: str, *, visibility_timeout: float = 3600.0) -> Celery:
-    app = Celery("genievm", broker=broker, backend=broker, set_as_current=False)
+def make_app(broker: str, *, visibility_timeout: float = 3600.0, results: bool = True) -> Celery:
+    """The application of a worker (``results``: it stores each job's outcome in Redis too) or of a submitter
+    (which waits for no result: the outcome is in the shared job state)."""
+    app = Celery("genievm", broker=broker, backend=broker if results else None, set_as_current=False)
     transport = {  # every worker looks for messages a dead worker left unacknowledged a few times per timeout
         "visibility_timeout": int(visibility_timeout),
         "unacked_restore_interval": max(1, min(60, int(visibility_timeout / 4))),
