@@ -318,11 +318,10 @@ class GenieVM:
         are marked failed first."""
         self.registry.sweep_stale()
         wanted = tuple(states)
-        records = self.registry.recent(states=wanted, limit=limit)
+        records = {r.id: r for r in self.registry.recent(states=wanted, limit=limit)}
         for source in self.job_sources:
-            records += source.recent(wanted, limit)
-        records.sort(key=lambda r: r.created_at, reverse=True)
-        return records[:limit]
+            records |= {r.id: r for r in source.recent(wanted, limit) if r.id not in records}
+        return sorted(records.values(), key=lambda r: r.created_at, reverse=True)[:limit]
 
     def job(self, job_id: str) -> JobRecord:
         """One job by id or unique prefix, from any process of this registry, or from a job source."""
