@@ -1,12 +1,17 @@
 """Scale-out end to end: three `genievm worker` processes (each its own folder and job registry), a shared job
 state in a real PostgreSQL, a real redis-server as broker, one filesystem and one S3 (moto) repository, twelve
-image VMs; one worker is SIGKILLed in the middle of an upload and its job is finished by another."""
+VMs (ten image VMs, two KVM VMs of the real libvirtd); one worker is SIGKILLed in the middle of an upload and
+its job is finished by another; nothing is left running on the hypervisor."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ import pytest
 from genievm_worker.state import Attempt, SharedJobs
 from worker_support import (
     S3_KEYS,
+    SERVICES,
     Env,
     Worker,
     moto_server,
@@ -52,9 +58,37 @@ def _span(a: Attempt) -> tuple[Any, Any]:
     return a.started_at, a.ended_at or a.heartbeat_at + timedelta(seconds=LEASE / 6)
 
 
+@pytest.fixture
+def kvm_vms(tmp_path: Path) -> Iterator[dict[str, tuple[Any, Path]]]:
+    """Two paused KVM VMs of the real libvirtd, a 4 MiB qcow2 disk each (1 MiB of data): name -> (domain, raw
+    copy of the disk's content)."""
+    if os.geteuid() != 0 or shutil.which("libvirtd") is None:
+        pytest.skip("the KVM VMs need root and libvirtd (scripts/setup.sh installs it)")
+    import libvirt
+    from genievm_kvm.testing import remove_vm, scratch_domain_xml
+
+    subprocess.run(["bash", str(SERVICES / "libvirtd.sh")], check=True, capture_output=True)
+    conn = libvirt.open("qemu:///system")
+    made: dict[str, tuple[Any, Path]] = {}
+    try:
+        for i in range(2):
+            name = f"genievm-workers-{uuid.uuid4().hex[:6]}"
+            raw = write_image(tmp_path / f"{name}.raw", 2 << 20, 100 + i)
+            disk = tmp_path / f"{name}.qcow2"
+            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], check=True)
+            dom = conn.defineXML(scratch_domain_xml(name, {"vda": (disk, "qcow2")}))
+            made[name] = (dom, raw)
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        yield made
+    finally:
+        for dom, _raw in made.values():
+            remove_vm(dom)
+        conn.close()
+
+
 @pytest.mark.slow
 def test_three_workers_back_up_twelve_vms_and_survive_a_killed_worker(
-    tmp_path: Path, redis_url: str, postgres: str
+    tmp_path: Path, redis_url: str, postgres: str, kvm_vms: dict[str, tuple[Any, Path]]
 ) -> None:
     tag = uuid.uuid4().hex[:6]
     queue = f"site-{tag}"
@@ -69,7 +103,8 @@ def test_three_workers_back_up_twelve_vms_and_survive_a_killed_worker(
         images = tmp_path / "images"
         images.mkdir()
         vms = {f"vm{i:02d}-{tag}": write_image(images / f"vm{i:02d}.img", BIG if i == 0 else SMALL, i)
-               for i in range(12)}  # fmt: skip
+               for i in range(10)}  # fmt: skip
+        vms |= {name: raw for name, (_dom, raw) in kvm_vms.items()}  # restored, they must equal these
         big = next(iter(vms))
         repo_of = {vm: repos["fs"] if i % 2 else repos["s3"] for i, vm in enumerate(vms)}
         slow = tmp_path / "slow.json"  # the big VM's backup, throttled so that the kill lands mid-upload
@@ -90,8 +125,11 @@ def test_three_workers_back_up_twelve_vms_and_survive_a_killed_worker(
             victim.kill()
             backups = [first]
             for i, (vm, image) in enumerate(vms.items()):
-                if vm != big:
-                    caps = {"repository": 2} if repo_of[vm] == repos["fs"] else None
+                caps = {"repository": 2} if repo_of[vm] == repos["fs"] else None
+                if vm in kvm_vms:
+                    backups.append(env.backup(vm, None, repo_of[vm], queue, caps=caps, provider="kvm",
+                                              providerOptions={"uri": "qemu:///system"}))  # fmt: skip
+                elif vm != big:
                     backups.append(env.backup(vm, image, repo_of[vm], queue, caps=caps))
                 if 1 <= i <= 3:  # a second backup of three VMs at once: they must take turns
                     backups.append(env.backup(vm, image, repo_of[vm], queue))
@@ -129,6 +167,14 @@ def test_three_workers_back_up_twelve_vms_and_survive_a_killed_worker(
             assert sum((jobs[c].result or {})["backups"] for c in checks) == len(backups)
             for vm, image in vms.items():
                 assert (tmp_path / "restored" / vm / "vda.img").read_bytes() == image.read_bytes(), vm
+            # nothing left on the hypervisor: no backup job running, at most the checkpoint the next backup starts
+            # from, the VMs as they were
+            import libvirt
+
+            for dom, _raw in kvm_vms.values():
+                assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
+                assert len(dom.listAllCheckpoints()) <= 1
+                assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
             # and `genievm jobs list` shows them all, each with the worker that ran it
             listed = env.jobs()
             assert {i: (listed[i]["state"], listed[i]["host"] in workers) for i in backups + checks + restores} == {

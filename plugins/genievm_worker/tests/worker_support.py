@@ -101,10 +101,13 @@ class Env:
         finally:
             shared.close()
 
-    def backup(self, vm: str, image: Path, repo: str, queue: str, **config: Any) -> str:
+    def backup(self, vm: str, image: Path | None, repo: str, queue: str, **config: Any) -> str:
+        """A backup of an image VM (its disk ``image``), or with ``provider`` and ``providerOptions`` in
+        ``config`` of another provider's VM (``image`` None)."""
         caps = config.pop("caps", None)
+        options = {"vms": {vm: {"vda": str(image)}}} if image is not None else {}
         backup = BackupConfig.model_validate({"vmId": vm, "backupPath": repo, "provider": "image",
-                                              "providerOptions": {"vms": {vm: {"vda": str(image)}}}, **config})
+                                              "providerOptions": options, **config})  # fmt: skip
         return self.queue(backup_spec(backup, caps), queue)
 
     def restore(self, vm: str, repo: str, target: Path, queue: str) -> str:
