@@ -188,7 +188,7 @@ class SharedJobs:
             conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.state == "running")
-                .values(state=WAITING, lease_until=None)
+                .values(state=WAITING, worker=None, lease_until=None)
             )
             conn.execute(
                 attempts.update()
