@@ -51,7 +51,7 @@ def list_jobs(
     limit: Annotated[int, typer.Option(min=1, max=MAX_COUNT, help="at most this many, newest first", metavar="N")] = 50,
     json_output: JsonOption = False,
 ) -> None:
-    """Jobs of this host, running and past, newest first."""
+    """Jobs of this host, and of the workers (genievm-worker), running and past, newest first."""
     records = state(ctx).jobs(state_filter or (), limit=limit)
     if json_output:
         emit_json([r.to_json() for r in records])
