@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from genievm_core.engine import DiskProgress
-from genievm_core.errors import ConfigError, PassphraseRequiredError
+from genievm_core.errors import ConfigError, JobNotFoundError, PassphraseRequiredError
 from genievm_core.jobs import (
     DEFAULT_GRACE,
     DEFAULT_MAX_CONCURRENT_JOBS,
@@ -57,6 +57,7 @@ from genievm_core.jobs import (
     default_job_db,
 )
 from genievm_core.jobs.copy import CopyJob
+from genievm_core.jobs.elsewhere import JobSource, job_sources
 from genievm_core.models.config import BackupConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.models.user_files import read_user_file, text_of
@@ -128,6 +129,7 @@ class GenieVM:
     _registry: JobRegistry | None = None
     _manager: JobManager | None = None
     _warned: set[str] = field(default_factory=set)
+    _job_sources: list[JobSource] | None = None
 
     # plugins, registry, lifecycle
 
@@ -321,14 +323,32 @@ class GenieVM:
         return RunningJob(job, self._manager.submit(job))
 
     def jobs(self, states: Iterable[JobState] = (), limit: int = 50) -> list[JobRecord]:
-        """Jobs of this registry, newest first; jobs whose process died are marked failed first."""
+        """Jobs of this registry and of the job sources (the workers'), newest first; jobs whose process died
+        are marked failed first."""
         self.registry.sweep_stale()
-        return self.registry.recent(states=tuple(states), limit=limit)
+        wanted = tuple(states)
+        records = {r.id: r for r in self.registry.recent(states=wanted, limit=limit)}
+        for source in self.job_sources:
+            records |= {r.id: r for r in source.recent(wanted, limit) if r.id not in records}
+        return sorted(records.values(), key=lambda r: r.created_at, reverse=True)[:limit]
 
     def job(self, job_id: str) -> JobRecord:
-        """One job by id or unique prefix, from any process of this registry."""
+        """One job by id or unique prefix, from any process of this registry, or from a job source."""
         self.registry.sweep_stale()
-        return self.registry.get(job_id)
+        try:
+            return self.registry.get(job_id)
+        except JobNotFoundError:
+            for source in self.job_sources:
+                if (record := source.get(job_id)) is not None:
+                    return record
+            raise
+
+    @property
+    def job_sources(self) -> list[JobSource]:
+        """Where jobs run elsewhere are shown from (``genievm_core.jobs.elsewhere``), found once."""
+        if self._job_sources is None:
+            self._job_sources = job_sources(self.job_db or default_job_db(), self.disabled_plugins)
+        return self._job_sources
 
     def request(self, job_id: str, action: Literal["pause", "resume", "cancel"]) -> JobRecord:
         """Ask the process that runs a job to pause, resume or cancel it (it acts within a second)."""

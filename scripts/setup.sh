@@ -25,6 +25,8 @@ APT_PACKAGES+=(busybox-static syslinux syslinux-common mtools dosfstools cpio li
 APT_PACKAGES+=(gnutls-bin)
 # a vTPM's emulator, whose state the kvm plugin backs up (plugins/genievm_kvm/tests/test_firmware.py)
 APT_PACKAGES+=(swtpm swtpm-tools)
+# the workers' broker, result backend and locks (scripts/services/redis.sh; issue 16)
+APT_PACKAGES+=(redis-server)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

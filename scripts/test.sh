@@ -15,12 +15,14 @@ bash scripts/services/libvirtd.sh  # real libvirtd + QEMU/KVM for the KVM plugin
 source scripts/services/s3.sh
 source scripts/services/vcsim.sh
 source scripts/services/postgres.sh  # the server's tests on PostgreSQL too
+source scripts/services/redis.sh  # the workers' broker (genievm worker)
 # the tests' temporary folders under a short path: the unix sockets made in them (nbdkit's, QEMU's) must fit
 # in 107 bytes, and pytest-xdist adds a folder per worker to pytest's own /tmp/pytest-of-USER/pytest-N
 basetemp=$(mktemp -d /tmp/gvt.XXXXXX)
-trap 's3_stop; vcsim_stop; postgres_stop; rm -rf "$basetemp"' EXIT
+trap 's3_stop; vcsim_stop; postgres_stop; redis_stop; rm -rf "$basetemp"' EXIT
 s3_start
 vcsim_start
 postgres_start
+redis_start
 # one worker per CPU (pytest-xdist), each taking whole test files, so that a file's module fixtures are built once
 .venv/bin/python -m pytest -n "${GENIEVM_TEST_WORKERS:-auto}" --dist loadfile --basetemp "$basetemp" "$@"

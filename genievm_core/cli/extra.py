@@ -19,28 +19,30 @@ from typing import Any
 
 from genievm_core.errors import PluginError
 
-__all__ = ["COMMANDS_GROUP", "load_plugin_command", "plugin_commands"]
+__all__ = ["COMMANDS_GROUP", "JOBS_COMMANDS_GROUP", "load_plugin_command", "plugin_commands"]
 
 COMMANDS_GROUP = "genievm.commands"
+JOBS_COMMANDS_GROUP = "genievm.jobs.commands"  # subcommands of `genievm jobs` (the workers' `jobs submit`)
 
 
 @functools.cache
-def plugin_commands(builtin: frozenset[str]) -> dict[str, str]:
-    """The commands of the ``genievm.commands`` group: name to the distribution that adds it (nothing imported).
+def plugin_commands(builtin: frozenset[str], group: str = COMMANDS_GROUP) -> dict[str, str]:
+    """The commands of the ``genievm.commands`` group (or ``group``): name to the distribution that adds it
+    (nothing imported).
 
     A name in ``builtin`` (the core's own commands) is left out: the built-in commands are never replaced.
     """
     found = {}
-    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
         if ep.name not in builtin and ep.name not in found:
             found[ep.name] = ep.dist.name if ep.dist else ep.value
     return found
 
 
-def load_plugin_command(name: str) -> Any:
+def load_plugin_command(name: str, group: str = COMMANDS_GROUP) -> Any:
     """The command ``name`` of the group (a typer command function or a ``typer.Typer``), imported now;
     one that fails to import becomes a command that exits 4 when run."""
-    ep = next(e for e in entry_points(group=COMMANDS_GROUP) if e.name == name)
+    ep = next(e for e in entry_points(group=group) if e.name == name)
     try:
         return ep.load()
     except Exception as exc:  # one broken distribution must not take the other commands with it

@@ -14,6 +14,7 @@ from rich.table import Column, Table
 
 from genievm_core.choices import MAX_COUNT, MAX_SECONDS
 from genievm_core.cli.common import JsonOption, emit_json, err_console, human_size, out_console, state
+from genievm_core.cli.extra import JOBS_COMMANDS_GROUP, load_plugin_command, plugin_commands
 from genievm_core.engine.limits import describe_rate
 from genievm_core.errors import ConfigError
 from genievm_core.jobs import JobRecord, JobRegistry, JobState
@@ -50,7 +51,7 @@ def list_jobs(
     limit: Annotated[int, typer.Option(min=1, max=MAX_COUNT, help="at most this many, newest first", metavar="N")] = 50,
     json_output: JsonOption = False,
 ) -> None:
-    """Jobs of this host, running and past, newest first."""
+    """Jobs of this host, and of the workers (genievm-worker), running and past, newest first."""
     records = state(ctx).jobs(state_filter or (), limit=limit)
     if json_output:
         emit_json([r.to_json() for r in records])
@@ -253,3 +254,20 @@ def _percent(record: JobRecord) -> str:
     if not total:
         return "-"
     return f"{100 * sum(d.scanned for d in record.disks) / total:.0f}%"
+
+
+_BUILTIN = frozenset({"list", "show", "watch", "pause", "resume", "cancel", "limit"})
+
+
+def _add_plugin_commands() -> None:
+    """The subcommands other distributions add (``genievm jobs submit`` from genievm-worker), through the
+    ``genievm.jobs.commands`` entry points; the built-in ones are never replaced."""
+    for name in plugin_commands(_BUILTIN, JOBS_COMMANDS_GROUP):
+        target = load_plugin_command(name, JOBS_COMMANDS_GROUP)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=name)
+        else:
+            app.command(name)(target)
+
+
+_add_plugin_commands()

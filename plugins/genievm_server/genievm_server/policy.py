@@ -85,6 +85,7 @@ class Policy(BaseModel):
     backup: dict[str, Any] = Field(default_factory=dict, description="backup options (BackupConfig)")
     retries: int = Field(default=0, ge=0, le=10, description="runs of a failed VM again, with back-off")
     max_concurrent: int | None = Field(default=None, ge=1, description="backups of this policy at once")
+    queue: str | None = Field(default=None, min_length=1, description="the workers' queue (with a broker)")
     verify: VerifySchedule | None = Field(default=None, description="verify the VMs' latest backups then")
     prune: Schedule | None = Field(default=None, description="apply the backup options' keep rules then")
     copy_to: CopySchedule | None = Field(default=None, description="copy the VMs' backups into another repository")

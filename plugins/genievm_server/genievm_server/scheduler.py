@@ -9,6 +9,9 @@ per provider and per repository (theirs in the settings); a failed run is queued
 prune and copy schedules queue one run each (VM ``*``): a verify of its VMs' latest backups, its keep rules,
 or a copy of their backups into its ``copy_to`` repository.
 
+With a ``broker`` in the settings, backups go to the workers (genievm-worker, ``dispatch.py``) instead: a
+queued run becomes a job on the policy's queue, and each tick reads back how the jobs of running runs ended.
+
 A server that stops cleanly cancels its jobs and queues their runs again. On start it settles the runs
 a killed server left: a run whose job ended takes the job's result; a run
 whose job was interrupted (the core's registry marks such jobs failed) or never started is queued again.
@@ -34,6 +37,7 @@ __all__ = ["Scheduler"]
 
 log = structlog.get_logger("genievm.scheduler")
 ALL_VMS = "*"  # the VM of a verify, prune or copy run: every VM of its policy
+BROKER_UNREACHABLE = 36  # genievm_worker's BrokerUnreachableError (the server does not import the workers)
 
 
 class Scheduler:
@@ -46,6 +50,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._tick_lock = threading.Lock()
         service.queue_length = self.queue_length
+        self.dispatch = service.dispatch
 
     def start(self) -> Scheduler:
         self.recover()
@@ -77,6 +82,8 @@ class Scheduler:
                         self._queue_due(row, now)
                     except GenieVMError as exc:  # e.g. the provider cannot list its VMs now
                         log.warning("scheduler.policy_failed", policy=row.name, error=str(exc))
+            if self.dispatch is not None:
+                self._settle_dispatched()
             self._start_queued(now)
 
     def run_now(self, name: str) -> list[RunRow]:
@@ -93,6 +100,8 @@ class Scheduler:
         for run in self.store.runs(unfinished=True, limit=100_000):
             if run.state != "running":
                 continue  # queued: it starts as it would have
+            if self.dispatch is not None and run.kind == "backup":
+                continue  # a worker's job: the ticks read how it ended
             try:  # the registry marks a job whose process died failed
                 record = self.service.job(run.job_id) if run.job_id is not None else None
             except JobNotFoundError:
@@ -140,6 +149,7 @@ class Scheduler:
         unfinished = self.store.runs(unfinished=True, limit=100_000)
         policies = {row.name: Policy.model_validate(row.spec) for row in self.store.policies()}
         running: Counter[tuple[str, str]] = Counter()
+        busy = {run.vm for run in unfinished if run.state == "running" and run.kind == "backup"}
         for run in unfinished:
             if run.state == "running" and run.policy in policies:
                 running.update(self._limits(policies[run.policy]).keys())
@@ -153,10 +163,15 @@ class Scheduler:
             if run.kind != "backup":
                 self._start_task(run, policy)
                 continue
-            if self.service.vm_busy(run.vm):
+            if run.vm in busy or self.service.vm_busy(run.vm):
                 continue  # it waits, queued, until the VM's backup has ended
             if any(limit is not None and running[key] >= limit for key, limit in self._limits(policy).items()):
                 continue  # it waits for a backup of its policy, provider or repository to end
+            if self.dispatch is not None:
+                if self._dispatch(run, policy):
+                    running.update(self._limits(policy).keys())
+                    busy.add(run.vm)
+                continue
             running.update(self._limits(policy).keys())
             self.store.update_run(run.id, state="running")  # before the job starts: it may end at once
             try:
@@ -175,6 +190,38 @@ class Scheduler:
                 self._retry(run, policy)
                 continue
             self.store.update_run(run.id, job_id=job.id)
+
+    def _dispatch(self, run: RunRow, policy: Policy) -> bool:
+        """Hand a backup run to the workers; whether it was queued (a broker that is down: it stays queued)."""
+        assert self.dispatch is not None
+        try:
+            job_id = self.dispatch.backup(policy, run.vm)
+        except GenieVMError as exc:
+            if exc.exit_code == BROKER_UNREACHABLE:
+                log.warning("scheduler.broker_unreachable", policy=run.policy, vm=run.vm, error=str(exc))
+                return False
+            self.store.update_run(run.id, state="failed", error=str(exc))
+            self._retry(run, policy)
+            return False
+        self.store.update_run(run.id, state="running", job_id=job_id)
+        return True
+
+    def _settle_dispatched(self) -> None:
+        """The runs whose worker's job has ended take its result (a failed one is retried, as in-process)."""
+        assert self.dispatch is not None
+        policies = {row.name: Policy.model_validate(row.spec) for row in self.store.policies()}
+        for run in self.store.runs(unfinished=True, limit=100_000):
+            if run.state != "running" or run.kind != "backup" or run.job_id is None:
+                continue
+            try:
+                record = self.dispatch.job(run.job_id)
+            except JobNotFoundError:
+                continue
+            if not record.finished:
+                continue
+            self.store.update_run(run.id, state=record.state.value, error=record.error)
+            if record.state is JobState.FAILED and run.policy in policies:
+                self._retry(run, policies[run.policy])
 
     def _start_task(self, run: RunRow, policy: Policy) -> None:
         """A verify, prune or copy run of ``policy``: one job for all its VMs."""

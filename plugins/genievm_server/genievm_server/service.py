@@ -17,6 +17,7 @@ from genievm_core.jobs.prune import retention_policy
 from genievm_core.models.vm import VMRef
 from genievm_core.repository import Repository
 from genievm_core.repository.retention import RetentionPolicy
+from genievm_server.dispatch import WorkerDispatch
 from genievm_server.errors import UnknownNameError, VMBusyError
 from genievm_server.metrics import Metrics
 from genievm_server.notify import Notifier
@@ -46,6 +47,9 @@ class Service:
         self.metrics = Metrics(lambda: self.queue_length())
         self.notifier = Notifier(settings.webhooks, settings.email)
         self._busy: dict[str, str] = {}  # VM name -> the id of its running backup job
+        self.dispatch = WorkerDispatch(settings) if settings.broker else None  # backups to the workers
+        if self.dispatch is not None:
+            self.genievm.job_sources.append(self.dispatch)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -54,6 +58,8 @@ class Service:
                 self.genievm.request(record.id, "cancel")
         self.genievm.close()
         self.store.close()
+        if self.dispatch is not None:
+            self.dispatch.close()
 
     # what the settings name
 

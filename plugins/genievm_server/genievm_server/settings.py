@@ -98,6 +98,7 @@ class ServerSettings(_Model):
     scheduler_interval: float = Field(default=30.0, gt=0, description="seconds between two looks at the schedules")
     lock_wait: float = Field(default=600.0, ge=0, description="seconds a job waits for a conflicting repository lock")
     retry_backoff: float = Field(default=300.0, ge=0, description="seconds before a failed VM's first retry")
+    broker: str | None = Field(default=None, description="a Redis URL: scheduled backups go to the workers")
 
     @property
     def database_url(self) -> str:
