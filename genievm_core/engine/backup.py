@@ -3,7 +3,10 @@
 Per disk, one thread walks the chunks of the plan in order, reads the
 allocated parts of each (holes stay zeros and are never read) and hands the
 chunk to a shared pool of workers that zero-detect, hash, look up, compress,
-encrypt and store it. At most ``window`` chunks of a disk are in flight, so
+encrypt and store it. In an incremental with changed extents, a chunk that
+changed in less than half of it is read only where it changed: a worker takes
+the rest from the parent's chunk in the repository (the changed extents say
+every byte outside them is as the parent stored it). At most ``window`` chunks of a disk are in flight, so
 memory is bounded by ``window × chunk size × concurrent disks`` whatever the
 disk size. Results are taken in order, so the index is filled without locks.
 """
@@ -18,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
-from genievm_core.models.extents import Extent, chunk_indexes, clip, normalize
+from genievm_core.errors import CorruptionError
+from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize
 from genievm_core.models.manifest import BackupStats, CBTRecord
 from genievm_core.plugin.protocols import DiskSource
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
@@ -26,6 +30,8 @@ from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
 __all__ = ["BackupEngine", "DiskPlan"]
 
 Outcome = Literal["new", "deduplicated", "zero", "unchanged"]
+Patch = tuple[int, bytes]  # bytes read from the disk and where they go in their chunk
+MERGE_BELOW = 0.5  # a chunk changed in less than this fraction of it is merged into its parent's chunk
 
 
 @dataclass
@@ -107,7 +113,10 @@ class BackupEngine:
         inflight: deque[tuple[int, int, Future[tuple[Outcome, bytes, int]]]] = deque()
         holes_from = 0  # with every_chunk: the first chunk not accounted for yet
         try:
-            for i, pieces in self._with_allocation(todo, allocated, index):
+            changed = normalize(clip(plan.changed or [], size))
+            dirty_parts = self._pieces(todo, changed, index)
+            for i, pieces in zip(todo, self._pieces(todo, allocated, index), strict=True):
+                dirty = next(dirty_parts)
                 if self.control.paused:  # a paused job may be killed: what it stored so far is kept
                     self.repo.flush_chunks()
                 self.control.checkpoint()
@@ -119,10 +128,17 @@ class BackupEngine:
                     index[i] = ZERO_ID
                     self._count(tally, progress, "zero", length, 0, 0)
                     continue
-                data, read = self._read(source, i * self._chunk, length, pieces)
-                self.control.limits.read.take(read)
                 parent_id = plan.parent[i] if plan.parent is not None and i < plan.parent.count else None
-                inflight.append((i, read, self.pool.submit(self._process, data, parent_id)))
+                start = i * self._chunk
+                job: Future[tuple[Outcome, bytes, int]]
+                if parent_id is not None and self._mergeable(plan, i, length, dirty):
+                    patches, read = self._read_patches(source, start, dirty, pieces)
+                    job = self.pool.submit(self._process_patched, parent_id, length, patches)
+                else:
+                    data, read = self._read(source, start, length, pieces)
+                    job = self.pool.submit(self._process, data, parent_id)
+                self.control.limits.read.take(read)
+                inflight.append((i, read, job))
                 if len(inflight) >= self.window:
                     self._finish(inflight.popleft(), index, tally, progress)
             while inflight:
@@ -160,24 +176,39 @@ class BackupEngine:
         progress.zero += length
         self.progress(progress)
 
-    def _with_allocation(
-        self, todo: list[int], allocated: list[Extent], index: ChunkIndex
-    ) -> Iterator[tuple[int, list[Extent]]]:
-        """Each chunk to examine with the allocated extents inside it (empty: a hole)."""
-        alloc = allocated  # normalized
+    def _pieces(self, todo: list[int], extents: list[Extent], index: ChunkIndex) -> Iterator[list[Extent]]:
+        """For each chunk of ``todo`` (ascending), the parts of ``extents`` (normalized) inside it."""
         j = 0
         for i in todo:
             start = i * self._chunk
             end = start + index.chunk_length(i)
-            while j < len(alloc) and alloc[j].end <= start:
+            while j < len(extents) and extents[j].end <= start:
                 j += 1
             pieces = []
             k = j
-            while k < len(alloc) and alloc[k].offset < end:
-                lo, hi = max(alloc[k].offset, start), min(alloc[k].end, end)
+            while k < len(extents) and extents[k].offset < end:
+                lo, hi = max(extents[k].offset, start), min(extents[k].end, end)
                 pieces.append(Extent(lo, hi - lo))
                 k += 1
-            yield i, pieces
+            yield pieces
+
+    def _mergeable(self, plan: DiskPlan, i: int, length: int, dirty: list[Extent]) -> bool:
+        """Whether chunk ``i`` is better read where it changed and merged into the parent's chunk."""
+        parent = plan.parent
+        if plan.changed is None or parent is None or parent.chunk_length(i) != length:
+            return False
+        return sum(d.length for d in dirty) < length * MERGE_BELOW
+
+    def _read_patches(
+        self, source: DiskSource, start: int, dirty: list[Extent], pieces: list[Extent]
+    ) -> tuple[list[Patch], int]:
+        """The changed parts of a chunk, read where allocated (zeros elsewhere), with the bytes read."""
+        patches, total = [], 0
+        for part in dirty:
+            data, read = self._read(source, part.offset, part.length, intersect([part], pieces))
+            patches.append((part.offset - start, data))
+            total += read
+        return patches, total
 
     @staticmethod
     def _read(source: DiskSource, start: int, length: int, pieces: list[Extent]) -> tuple[bytes, int]:
@@ -187,6 +218,15 @@ class BackupEngine:
         for piece in pieces:
             buf[piece.offset - start : piece.end - start] = source.read(piece.offset, piece.length)
         return bytes(buf), sum(p.length for p in pieces)
+
+    def _process_patched(self, parent_id: bytes, length: int, patches: list[Patch]) -> tuple[Outcome, bytes, int]:
+        """The parent's chunk with the changed parts written over it, then processed as read."""
+        chunk = bytearray(length) if parent_id == ZERO_ID else bytearray(self.repo.get_chunk(parent_id))
+        if len(chunk) != length:
+            raise CorruptionError(f"chunk {parent_id.hex()} holds {len(chunk)} bytes, its index says {length}")
+        for at, data in patches:
+            chunk[at : at + len(data)] = data
+        return self._process(bytes(chunk), parent_id)
 
     def _process(self, data: bytes, parent_id: bytes | None) -> tuple[Outcome, bytes, int]:
         zero = self._zero if len(data) == self._chunk else bytes(len(data))

@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,15 @@ from typing import Any
 from genievm_core.errors import ProviderError
 from genievm_core.models.extents import Extent, clip
 
-__all__ = ["ALLOCATION", "Address", "NBDClient", "qemu_nbd"]
+__all__ = ["ALLOCATION", "READERS", "Address", "NBDClient", "qemu_nbd"]
 
 ALLOCATION = "base:allocation"
 _STATE_ZERO = 2  # base:allocation: the range reads as zeros
 _DIRTY = 1  # qemu:dirty-bitmap:*: the range was written
 _MAX_REQUEST = 32 << 20  # qemu's NBD server refuses larger requests
+_PIECE = 1 << 20  # a larger read is split over the extra connections in multiples of this
 _MAX_STATUS = 1 << 30
+READERS = 4  # connections a backup's chunk reads are split over (where the server allows multi-conn)
 
 
 def _nbd() -> Any:
@@ -42,37 +45,62 @@ Address = Path | tuple[str, int]  # a unix socket here, or (host, port) of a TCP
 class NBDClient:
     """One connection to one NBD export, over a unix socket or TCP."""
 
-    def __init__(self, address: Address, export: str, contexts: tuple[str, ...] = (ALLOCATION,)) -> None:
+    def __init__(
+        self, address: Address, export: str, contexts: tuple[str, ...] = (ALLOCATION,), *, readers: int = 0
+    ) -> None:
+        """``readers``: extra connections that large reads are split over, when the server allows several."""
         nbd = _nbd()
-        self._h = nbd.NBD()
         self.contexts = contexts
-        try:
-            for ctx in contexts:
-                self._h.add_meta_context(ctx)
-            self._h.set_export_name(export)
-            if isinstance(address, tuple):
-                self._h.connect_tcp(address[0], str(address[1]))
-            else:
-                self._h.connect_unix(str(address))
-            self.size: int = self._h.get_size()
-        except nbd.Error as exc:
-            raise ProviderError(f"provider kvm: NBD export {export} at {address}: {exc.string}") from exc
         self.export = export
         self._error = nbd.Error
+        self._readers: list[Any] = []
+        self._pool: ThreadPoolExecutor | None = None
+        try:
+            self._h = self._connect(nbd, address, contexts)
+            self.size: int = self._h.get_size()
+            if readers > 1 and self._h.can_multi_conn():
+                self._readers = [self._connect(nbd, address, ()) for _ in range(readers)]
+                self._pool = ThreadPoolExecutor(readers, thread_name_prefix="genievm-nbd")
+        except nbd.Error as exc:
+            self.close()
+            raise ProviderError(f"provider kvm: NBD export {export} at {address}: {exc.string}") from exc
+
+    def _connect(self, nbd: Any, address: Address, contexts: tuple[str, ...]) -> Any:
+        h = nbd.NBD()
+        for ctx in contexts:
+            h.add_meta_context(ctx)
+        h.set_export_name(self.export)
+        if isinstance(address, tuple):
+            h.connect_tcp(address[0], str(address[1]))
+        else:
+            h.connect_unix(str(address))
+        return h
+
+    @property
+    def connections(self) -> int:
+        """How many connections this client reads through (1, or 1 and the extra readers)."""
+        return 1 + len(self._readers)
 
     def has_context(self, ctx: str) -> bool:
         return bool(self._h.can_meta_context(ctx))
 
     def pread(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; a large read split over the extra connections, read at once."""
         try:
-            if length <= _MAX_REQUEST:  # a chunk: one request, one buffer
-                return bytes(self._h.pread(length, offset))
-            pieces = [
-                self._h.pread(min(_MAX_REQUEST, length - pos), offset + pos) for pos in range(0, length, _MAX_REQUEST)
+            if length <= _PIECE or not self._readers:
+                if length <= _MAX_REQUEST:  # a chunk: one request, one buffer
+                    return bytes(self._h.pread(length, offset))
+                parts = [(min(_MAX_REQUEST, length - pos), offset + pos) for pos in range(0, length, _MAX_REQUEST)]
+                return b"".join(self._h.pread(n, at) for n, at in parts)
+            assert self._pool is not None
+            step = -(-length // len(self._readers) // _PIECE) * _PIECE
+            reads = [
+                self._pool.submit(h.pread, min(step, length - pos), offset + pos)
+                for h, pos in zip(self._readers, range(0, length, step), strict=False)
             ]
+            return b"".join(read.result() for read in reads)
         except self._error as exc:
             raise ProviderError(f"provider kvm: reading {self.export} at {offset}: {exc.string}") from exc
-        return b"".join(pieces)
 
     def pwrite(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
@@ -121,11 +149,17 @@ class NBDClient:
         return self.extents(ctx, flag=_DIRTY, present=True)
 
     def close(self) -> None:
-        try:
-            self._h.shutdown()
-        except self._error:
-            pass  # the server may be gone already (backup job aborted)
-        self._h = None  # libnbd 1.14 has no close(): the handle closes when collected
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        for h in [getattr(self, "_h", None), *self._readers]:
+            try:
+                if h is not None:
+                    h.shutdown()
+            except self._error:
+                pass  # the server may be gone already (backup job aborted)
+        self._h = None  # libnbd 1.14 has no close(): the handles close when collected
+        self._readers = []
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from genievm_kvm.lvm_thin import (
     create_thin_snapshot,
     remove_thin_snapshot,
 )
-from genievm_kvm.nbd_export import ALLOCATION, NBDClient, qemu_nbd, socket_dir
+from genievm_kvm.nbd_export import ALLOCATION, READERS, NBDClient, qemu_nbd, socket_dir
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
 __all__ = ["bitmap_changes", "bitmaps", "offline_backup"]
@@ -113,7 +113,7 @@ class _OfflineBackup:
         sock = self.run_dir / f"{secrets.token_hex(4)}.sock"
         stack.enter_context(qemu_nbd(image, disk.format, sock, export=disk.name, bitmap=changes.base))
         contexts = (ALLOCATION, changes.context) if changes.context else (ALLOCATION,)
-        source = NBDDiskSource(disk, NBDClient(sock, disk.name, contexts), changes)
+        source = NBDDiskSource(disk, NBDClient(sock, disk.name, contexts, readers=READERS), changes)
         stack.callback(source.close)
         return source
 
