@@ -6,8 +6,8 @@ chunk to a shared pool of workers that zero-detect, hash, look up, compress,
 encrypt and store it. In an incremental with changed extents, a chunk that
 changed in less than half of it is read only where it changed: a worker takes
 the rest from the parent's chunk in the repository (the changed extents say
-every byte outside them is as the parent stored it). At most ``window`` chunks of a disk are in flight, so
-memory is bounded by ``window × chunk size × concurrent disks`` whatever the
+every byte outside them is as the parent stored it). At most ``window``
+chunks of a disk are in flight, so memory is bounded by ``window × chunk size × concurrent disks`` whatever the
 disk size. Results are taken in order, so the index is filled without locks.
 """
 
@@ -114,9 +114,8 @@ class BackupEngine:
         holes_from = 0  # with every_chunk: the first chunk not accounted for yet
         try:
             changed = normalize(clip(plan.changed or [], size))
-            dirty_parts = self._pieces(todo, changed, index)
-            for i, pieces in zip(todo, self._pieces(todo, allocated, index), strict=True):
-                dirty = next(dirty_parts)
+            chunks = zip(todo, self._pieces(todo, allocated, index), self._pieces(todo, changed, index), strict=True)
+            for i, pieces, dirty in chunks:
                 if self.control.paused:  # a paused job may be killed: what it stored so far is kept
                     self.repo.flush_chunks()
                 self.control.checkpoint()
