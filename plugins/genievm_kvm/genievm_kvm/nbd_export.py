@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from genievm_core.errors import ProviderError
 from genievm_core.models.extents import Extent, clip
 
-__all__ = ["ALLOCATION", "READERS", "Address", "NBDClient", "qemu_nbd"]
+__all__ = ["ALLOCATION", "READERS", "Address", "NBDClient", "PendingRead", "qemu_nbd"]
 
 ALLOCATION = "base:allocation"
 _STATE_ZERO = 2  # base:allocation: the range reads as zeros
@@ -86,19 +86,33 @@ class NBDClient:
 
     def pread(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; a large read split over the extra connections, read at once."""
+        return self.start_read(offset, length).result()
+
+    def reads_ahead(self, length: int) -> bool:
+        """Whether ``start_read`` of ``length`` bytes returns before the bytes are in (it is split over readers)."""
+        return length > _PIECE and bool(self._readers)
+
+    def start_read(self, offset: int, length: int) -> PendingRead:
+        """Start reading ``length`` bytes at ``offset`` over the extra connections; ``result()`` waits for them.
+
+        Without extra connections (or for a small read) the read happens here, at once.
+        """
+        if not self.reads_ahead(length):
+            return PendingRead(self, offset, length, [self._read_here(offset, length)])
+        assert self._pool is not None
+        step = -(-length // len(self._readers) // _PIECE) * _PIECE
+        reads = [
+            self._pool.submit(h.pread, min(step, length - pos), offset + pos)
+            for h, pos in zip(self._readers, range(0, length, step), strict=False)
+        ]
+        return PendingRead(self, offset, length, reads)
+
+    def _read_here(self, offset: int, length: int) -> bytes:
         try:
-            if length <= _PIECE or not self._readers:
-                if length <= _MAX_REQUEST:  # a chunk: one request, one buffer
-                    return bytes(self._h.pread(length, offset))
-                parts = [(min(_MAX_REQUEST, length - pos), offset + pos) for pos in range(0, length, _MAX_REQUEST)]
-                return b"".join(self._h.pread(n, at) for n, at in parts)
-            assert self._pool is not None
-            step = -(-length // len(self._readers) // _PIECE) * _PIECE
-            reads = [
-                self._pool.submit(h.pread, min(step, length - pos), offset + pos)
-                for h, pos in zip(self._readers, range(0, length, step), strict=False)
-            ]
-            return b"".join(read.result() for read in reads)
+            if length <= _MAX_REQUEST:  # a chunk: one request, one buffer
+                return bytes(self._h.pread(length, offset))
+            parts = [(min(_MAX_REQUEST, length - pos), offset + pos) for pos in range(0, length, _MAX_REQUEST)]
+            return b"".join(self._h.pread(n, at) for n, at in parts)
         except self._error as exc:
             raise ProviderError(f"provider kvm: reading {self.export} at {offset}: {exc.string}") from exc
 
@@ -160,6 +174,28 @@ class NBDClient:
                 pass  # the server may be gone already (backup job aborted)
         self._h = None  # libnbd 1.14 has no close(): the handles close when collected
         self._readers = []
+
+
+class PendingRead:
+    """A read under way: its range, and its pieces (bytes, or futures of the readers' bytes) in order."""
+
+    def __init__(self, client: NBDClient, offset: int, length: int, pieces: Sequence[bytes | Future[bytes]]) -> None:
+        self.offset, self.length = offset, length
+        self._client = client
+        self._pieces = pieces
+
+    def result(self) -> bytes:
+        try:
+            parts = [p if isinstance(p, bytes) else p.result() for p in self._pieces]
+        except self._client._error as exc:
+            raise ProviderError(f"provider kvm: reading {self._client.export} at {self.offset}: {exc.string}") from exc
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def drop(self) -> None:
+        """Not wanted after all: let it finish, ignoring what it read or how it failed."""
+        for p in self._pieces:
+            if not isinstance(p, bytes):
+                p.exception()
 
 
 @contextmanager
