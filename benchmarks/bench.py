@@ -264,9 +264,9 @@ def kill_half_way(cmd: list[str], env: dict[str, str], db: Path, logs: Path) -> 
     return progress[0] / progress[1]
 
 
-def install_debian_tools() -> None:
-    """The peers' Debian packages (DEBIAN_TOOLS), installed with apt-get when missing, as root."""
-    missing = sorted({pkg for cmd, pkg in DEBIAN_TOOLS.items() if shutil.which(cmd) is None})
+def install_debian_tools(tools: dict[str, str] = DEBIAN_TOOLS) -> None:
+    """The peers' Debian packages (``tools``: command to package), installed with apt-get when missing, as root."""
+    missing = sorted({pkg for cmd, pkg in tools.items() if shutil.which(cmd) is None})
     if not missing:
         return
     apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends", *missing]

@@ -1,36 +1,44 @@
-"""Benchmark GenieVM's backup of a running KVM VM through libvirt's backup API (NBD) against ``nbdcopy``.
+"""Benchmark GenieVM's backup of a running KVM VM (libvirt's backup API, NBD) against nbdcopy and virtnbdbackup.
 
-It builds one VM as the KVM plugin's tests do (q35, 64 MiB, no OS, started paused) with
-one qcow2 disk (default 4 GiB) that is fully allocated: 4 MiB blocks in a seeded random
-order, a third each of ``os.urandom``, compressible bytes (files under /usr/share and
-/usr/lib) and repeated 512-byte records (no holes: holes are not sent over NBD). Then,
-in one invocation, each step a subprocess:
+It builds one VM per content as the KVM plugin's tests do (q35, 64 MiB, no OS, started
+paused) with one qcow2 disk (default 4 GiB):
+
+    allocated   every 4 MiB block written, in a seeded random order: a third each of
+                os.urandom, compressible bytes (files under /usr/share and /usr/lib) and
+                repeated 512-byte records
+    mix         bench.py's image: 40 % holes, 30 % compressible, 30 % random
+
+Then, in one invocation, per content and round, each step a subprocess:
 
     startup         genievm plugins (interpreter, imports, plugin discovery; no job)
-    nbdcopy         a pull-mode backup job (backupBegin), then
-                    nbdcopy nbd+unix:///vda?socket=S null: (every byte read, nothing
-                    written: the read-side limit, and the base of the ratios)
-    nbdcopy-file    the same export to a raw file next to the repository, --flush
-                    (reference: what writing it all durably costs), then abortJob()
+    nbdcopy         a pull-mode backup job (backupBegin), then nbdcopy nbd+unix:///vda?socket=S
+                    null: (every allocated byte read, nothing written: the read-side limit)
+    nbdcopy-file    the same export to a raw file, --flush (what copying it out durably
+                    costs: the base of the full backup's target), then abortJob()
     full            genievm backup --provider kvm into a fresh repository (encrypted,
                     zstd level 3: the defaults)
     incremental     1 % of the disk rewritten by the guest (random data, 64 KiB-1 MiB
                     writes spread over the disk through HMP qemu-io), then genievm backup
                     (CBT: the libvirt checkpoint's dirty bitmap)
+    restore         genievm restore of the incremental to a raw file (verified, durable)
+    vnb-*, vnbz-*   virtnbdbackup (Debian's package, installed by this script when missing)
+                    -l full, the same 1 % change, -l inc, then virtnbdrestore; vnbz with
+                    --compress. Each runs its own checkpoint chain (it refuses a VM with
+                    checkpoints it did not make); every restored image is compared with the disk.
 
 Per step: wall seconds, CPU seconds and peak RSS of the child (``os.wait4``), and the
-CPU seconds QEMU spent meanwhile (it serves the export). Targets: full <= 2.0x nbdcopy,
-incremental <= 0.1x full. Times are never asserted on; the machine is noisy, so the
-baseline is measured in the same round. With ``--repeat N`` each round uses a new
-repository on the same VM; each step's figures are the median round's (peak RSS: the
-highest) and each ratio is taken within a round, then the median of the rounds' ratios
-(the lower median: a real round's). The VM, its images, the backup job and the
-repositories are removed at the end, on error, Ctrl-C and SIGTERM too (``--keep`` keeps
-the files).
+CPU seconds QEMU spent meanwhile (it serves the export). Targets (issue 13): full <= 2.0x
+nbdcopy-file; full and incremental >= 1.5x faster than virtnbdbackup's, with and without
+--compress; incremental <= 1.0 s. Times are never asserted on; the machine is noisy, so
+every ratio is taken within a round. With ``--repeat N`` each round uses a new repository
+on the same VM; each step's figures are the median round's (peak RSS: the highest) and
+each ratio the median of the rounds' ratios (the lower median: a real round's). The VMs,
+images, backup jobs and repositories are removed at the end, on error, Ctrl-C and SIGTERM
+too (``--keep`` keeps the files).
 
-    .venv/bin/python benchmarks/bench_kvm.py [--size 4G] [--repeat 2] [--json] [--keep]
-        [--encryption none] [--compression-level 1] [--chunk-size N] [--workers N]
-        [--genievm PATH] [--py-spy PATH] [--workdir DIR]
+    .venv/bin/python benchmarks/bench_kvm.py [--size 4G] [--repeat 2] [--content allocated,mix]
+        [--no-peers] [--json] [--keep] [--encryption none] [--compression-level 1]
+        [--chunk-size N] [--workers N] [--genievm PATH] [--py-spy PATH] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -49,18 +57,33 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import BLOCK, MIB, PASSPHRASE, compressible_pool, forked, machine, parse_size, run  # noqa: E402
+from bench import (  # noqa: E402
+    BLOCK,
+    MIB,
+    PASSPHRASE,
+    build_image,
+    compressible_pool,
+    forked,
+    machine,
+    parse_size,
+    run,
+)
 from genievm_kvm.testing import qemu_io, remove_vm, scratch_domain_xml  # noqa: E402
+from kvm_peers import VARIANTS, ensure_installed, peer_round, version  # noqa: E402
 
 URI = "qemu:///system"
-TARGETS = {"full": 2.0, "incremental": 0.1}  # full: x nbdcopy; incremental: x full
-BASE_OF = {"full": "nbdcopy", "incremental": "full", "nbdcopy-file": "nbdcopy"}
+BASE_OF = {"full": "nbdcopy-file", "nbdcopy-file": "nbdcopy", "incremental": "full"}  # ratio: step / base
+BASE_OF |= {f"{v}-{step}": step for v in VARIANTS for step in ("full", "incremental", "restore")}
+TARGETS = {"full": 2.0, "vnb-full": 1.5, "vnbz-full": 1.5, "vnb-incremental": 1.5, "vnbz-incremental": 1.5}
+FASTER = {n for n in TARGETS if n.startswith("vnb")}  # target: the peer's time / GenieVM's, at least
+SECONDS_TARGETS = {"incremental": 1.0}  # wall seconds, at most
 CHANGE_FRACTION = 0.01
 WRITE_SIZES = (64 << 10, 1 << 20)  # the guest's writes: 64 KiB to 1 MiB, in 64 KiB steps
 SOURCES = 8  # random 1 MiB pattern files the guest's writes are filled from
@@ -74,7 +97,7 @@ class Step:
     rss_mib: float
     qemu_cpu_seconds: float = 0.0
     internal_seconds: float | None = None  # genievm's own elapsed_seconds: no interpreter start-up
-    ratio: float | None = None  # to BASE_OF[name] in the same round; the median of the rounds' ratios
+    ratio: float | None = None  # this / BASE_OF[name] in the same round (a peer's: x GenieVM's); the rounds' median
     target: float | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     rounds: list[float] = field(default_factory=list)  # seconds in each round
@@ -82,7 +105,11 @@ class Step:
 
     @property
     def ok(self) -> bool | None:
-        return None if self.target is None or self.ratio is None else self.ratio <= self.target
+        if self.name in SECONDS_TARGETS:
+            return self.seconds <= SECONDS_TARGETS[self.name]
+        if self.target is None or self.ratio is None:
+            return None
+        return self.ratio >= self.target if self.name in FASTER else self.ratio <= self.target
 
     @property
     def mb_per_s(self) -> float | None:
@@ -127,9 +154,9 @@ def build_raw(path: Path, size: int, seed: int) -> dict[str, int]:
     return {k: kinds.count(k) for k in ("random", "compressible", "pattern")}
 
 
-def make_disk(data: Path, size: int, seed: int) -> tuple[Path, dict[str, int]]:
-    raw, image = data / "disk.raw", data / "disk.qcow2"
-    layout = forked(build_raw, raw, size, seed)
+def make_disk(data: Path, size: int, seed: int, content: str) -> tuple[Path, dict[str, int]]:
+    raw, image = data / "disk.raw", data / f"disk-{content}.qcow2"
+    layout = forked(build_raw if content == "allocated" else build_image, raw, size, seed)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
     raw.unlink()
     return image, layout
@@ -225,10 +252,10 @@ def baselines(bench: Bench) -> list[Step]:
         uri = f"nbd+unix:///vda?socket={socket}"
         steps = [measured(bench, "nbdcopy", ["nbdcopy", uri, "null:"])[0]]
         steps.append(measured(bench, "nbdcopy-file", ["nbdcopy", "--flush", uri, str(copy)])[0])
-    size = copy.stat().st_size
+    size = copy.stat().st_blocks * 512  # what nbdcopy wrote: holes stay holes
     copy.unlink()
     for step in steps:
-        step.stats["bytes_read"] = size  # a fully allocated disk: nbdcopy reads all of it
+        step.stats["bytes_read"] = size  # nbdcopy reads the allocated extents
     return steps
 
 
@@ -253,7 +280,34 @@ def drop_checkpoints(dom: libvirt.virDomain) -> None:
             cp.delete()
 
 
-def bench_round(bench: Bench, args: argparse.Namespace, number: int, say: Callable[[str], None]) -> list[Step]:
+def restored_matches(bench: Bench, image: Path, restored: Path) -> None:
+    """Exit loudly unless ``restored`` holds the bytes of the VM's disk (paused, so they stay put)."""
+    out = subprocess.run(["qemu-img", "compare", "-U", str(restored), str(image)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: FAIL: {restored} is not the VM's disk: {(out.stdout + out.stderr).strip()}")
+
+
+def genievm_restore(bench: Bench, repo: Path, image: Path) -> Step:
+    target = bench.work / "data" / "restore"
+    shutil.rmtree(target, ignore_errors=True)
+    cmd = bench.genievm + ["restore", "--vm", bench.name, "--repo", str(repo), "--target", str(target)]
+    step = measured(bench, "restore", cmd)[0]
+    restored = [p for p in target.rglob("*") if p.is_file() and p.stat().st_size == image_size(image)]
+    if not restored:
+        raise SystemExit(f"bench: genievm restore wrote no disk of the VM's size into {target}")
+    restored_matches(bench, image, restored[0])
+    shutil.rmtree(target)
+    return step
+
+
+def image_size(image: Path) -> int:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(image)], capture_output=True, check=True)
+    return int(json.loads(out.stdout)["virtual-size"])
+
+
+def bench_round(
+    bench: Bench, args: argparse.Namespace, image: Path, number: int, say: Callable[[str], None]
+) -> list[Step]:
     assert bench.dom is not None
     repo = bench.work / "data" / f"repo-{number}"
     drop_checkpoints(bench.dom)
@@ -264,7 +318,8 @@ def bench_round(bench: Bench, args: argparse.Namespace, number: int, say: Callab
     extra = ["--workers", str(args.workers)] if args.workers else []
     extra += ["--compression-level", str(args.compression_level)] if args.compression_level else []
     steps.append(genievm_backup(bench, "full", repo, extra))
-    change = guest_change(bench, args.size, args.seed + number, args.chunk_size)
+    seed = args.seed + number
+    change = guest_change(bench, args.size, seed, args.chunk_size)
     wrote = f"{change['bytes'] / MIB:.1f} MiB in {change['writes']} writes"
     say(f"  guest wrote {wrote}, {change['chunks_touched']} chunks touched")
     inc = genievm_backup(bench, "incremental", repo, extra)
@@ -273,9 +328,21 @@ def bench_round(bench: Bench, args: argparse.Namespace, number: int, say: Callab
     if cbt.get("mode") != "cbt" or cbt.get("source") != "libvirt-checkpoint":
         say(f"  warning: the incremental did not use the libvirt checkpoint: {cbt}")
     steps.append(inc)
-    say("  " + "  ".join(f"{s.name} {s.seconds:.2f} s" for s in steps))
+    steps.append(genievm_restore(bench, repo, image))
     if not args.keep:
         shutil.rmtree(repo)
+
+    def peer_step(name: str, cmd: list[str]) -> Step:
+        return measured(bench, name, cmd)[0]
+
+    def peer_change() -> None:  # the same writes as GenieVM's incremental had
+        guest_change(bench, args.size, seed, args.chunk_size)
+
+    for variant in VARIANTS if args.peers else ():
+        drop_checkpoints(bench.dom)  # virtnbdbackup refuses a VM with checkpoints not its own
+        work = bench.work / "data"
+        steps += peer_round(variant, bench.name, work, peer_step, peer_change, partial(restored_matches, bench, image))
+    say("  " + "  ".join(f"{s.name} {s.seconds:.2f} s" for s in steps))
     return steps
 
 
@@ -312,12 +379,14 @@ def combine(rounds: list[list[Step]]) -> list[Step]:
 
 
 def print_table(steps: list[Step]) -> None:
-    row = "{:<13} {:>8} {:>7} {:>7} {:>7} {:>7} {:<8} {:>7} {:>5} {:>6} {:>8}".format
+    row = "{:<17} {:>8} {:>7} {:>7} {:>7} {:>7} {:<13} {:>7} {:>5} {:>6} {:>8}".format
     mark = {None: "-", True: "pass", False: "MISS"}
     print(row("step", "seconds", "cpu s", "qemu s", "job s", "ratio", "of", "target", "", "MB/s", "RSS MiB"))
     for s in steps:
         ratio, of = (f"{s.ratio:.3f}", BASE_OF[s.name]) if s.ratio is not None else ("-", "")
         target = f"<={s.target}x" if s.target is not None else "-"
+        target = f">={s.target}x" if s.name in FASTER else target
+        target = f"<={SECONDS_TARGETS[s.name]}s" if s.name in SECONDS_TARGETS else target
         job = f"{s.internal_seconds:.2f}" if s.internal_seconds is not None else "-"
         rate = f"{s.mb_per_s:.0f}" if s.mb_per_s else "-"
         cells = [s.name, f"{s.seconds:.2f}", f"{s.cpu_seconds:.1f}", f"{s.qemu_cpu_seconds:.1f}", job, ratio, of]
@@ -347,11 +416,16 @@ def start_vm(bench: Bench, image: Path) -> None:
     bench.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
 
 
-def cleanup(bench: Bench, keep: bool) -> None:
+def stop_vm(bench: Bench) -> None:
     if bench.dom is not None:
         abort_job(bench.dom)
         with suppress(libvirt.libvirtError):
             remove_vm(bench.dom)
+        bench.dom = None
+
+
+def cleanup(bench: Bench, keep: bool) -> None:
+    stop_vm(bench)
     with suppress(libvirt.libvirtError):
         bench.conn.close()
     shutil.rmtree(bench.work / "run", ignore_errors=True)
@@ -371,11 +445,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="genievm --workers (default: genievm's)")
     parser.add_argument("--genievm", type=Path, default=Path(sys.executable).with_name("genievm"))
     parser.add_argument("--py-spy", help="profile full and incremental with this py-spy (logs/NAME.pyspy)")
+    parser.add_argument("--content", default="allocated,mix", help="allocated, mix or both (default: both)")
+    parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip the virtnbdbackup rows")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep WORKDIR/data: disk image and repositories")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    args.content = args.content.split(",")
+    if not args.content or set(args.content) - {"allocated", "mix"}:
+        parser.error("--content: allocated, mix or allocated,mix")
+    if args.peers:
+        ensure_installed()
     for tool in ("qemu-img", "nbdcopy"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench: {tool} is missing (apt-get install qemu-utils libnbd-bin)")
@@ -402,27 +483,37 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env |= {"GENIEVM_PASSPHRASE": PASSPHRASE, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
     bench = Bench(work, env, [str(args.genievm)], libvirt.open(URI), py_spy=args.py_spy)
+    results: dict[str, tuple[dict[str, int], list[Step]]] = {}
     try:
-        started = time.perf_counter()
-        image, layout = make_disk(work / "data", args.size, args.seed)
-        say(f"disk of {args.size / (1 << 30):.2f} GiB, 4 MiB blocks {layout}: {time.perf_counter() - started:.1f} s")
-        start_vm(bench, image)
-        run("warm-up", bench.genievm + ["plugins"], work / "logs", env)  # compiles the .pyc files once
-        rounds = []
-        for number in range(args.repeat):
-            say(f"round {number + 1} of {args.repeat}")
-            rounds.append(bench_round(bench, args, number, say))
+        for content in args.content:
+            started = time.perf_counter()
+            image, layout = make_disk(work / "data", args.size, args.seed, content)
+            took = time.perf_counter() - started
+            say(f"{content}: disk of {args.size / (1 << 30):.2f} GiB, 4 MiB blocks {layout}: {took:.1f} s")
+            start_vm(bench, image)
+            run("warm-up", bench.genievm + ["plugins"], work / "logs", env)  # compiles the .pyc files once
+            rounds = []
+            for number in range(args.repeat):
+                say(f"round {number + 1} of {args.repeat}")
+                rounds.append(bench_round(bench, args, image, number, say))
+            stop_vm(bench)
+            image.unlink()
+            results[content] = layout, combine(rounds)
     finally:
         cleanup(bench, args.keep)
-    steps = combine(rounds)
     if args.json:
-        figures = {"machine": machine(), "disk_bytes": args.size, "blocks": layout, "rounds": args.repeat}
+        figures: dict[str, Any] = {"machine": machine(), "disk_bytes": args.size, "rounds": args.repeat}
         figures |= {k: getattr(args, k) for k in ("encryption", "compression_level", "chunk_size", "workers")}
-        figures["steps"] = [asdict(s) | {"ok": s.ok, "mb_per_s": s.mb_per_s} for s in steps]
+        figures["virtnbdbackup"] = version() if args.peers else None
+        figures["contents"] = {
+            content: {"blocks": layout, "steps": [asdict(s) | {"ok": s.ok, "mb_per_s": s.mb_per_s} for s in steps]}
+            for content, (layout, steps) in results.items()
+        }
         print(json.dumps(figures, indent=2))
     else:
-        print()
-        print_table(steps)
+        for content, (layout, steps) in results.items():
+            print(f"\n{content} ({layout}), virtnbdbackup {version() if args.peers else '-'}:")
+            print_table(steps)
     return 0
 
 

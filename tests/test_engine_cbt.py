@@ -7,6 +7,7 @@ extents the test itself wrote (``RecordedChangesSourceDouble``); the data is a r
 from __future__ import annotations
 
 import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,3 +77,57 @@ def test_cbt_reads_only_changed_chunks_and_keeps_the_rest(tmp_path: Path) -> Non
         expected = data[i * CHUNK : (i + 1) * CHUNK]
         got = bytes(len(expected)) if index[i] == ZERO_ID else repo.get_chunk(index[i])
         assert got == expected, f"chunk {i}"
+
+
+def test_a_small_change_is_read_alone_and_merged_into_the_parents_chunk(tmp_path: Path) -> None:
+    """A chunk changed in a few bytes is read only there; the stored chunk is the disk's chunk exactly."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(6 * CHUNK))
+    repo = Repository.init(open_storage(PluginHost(), str(tmp_path / "repo")), passphrase="pw", chunk_size=CHUNK)
+    info = DiskInfo("vda", image.stat().st_size, "raw-file", location=str(image))
+    parent, _ = _backup(repo, ImageDiskSource(info), DiskPlan(CBTRecord(mode="full")))
+
+    with open(image, "r+b") as f:  # chunk 1: two small writes; chunk 3: most of it; chunk 4: a small hole punched
+        for offset, data in ((CHUNK + 7, b"a" * 100), (CHUNK + 5000, b"b" * 3000), (3 * CHUNK + 10, b"c" * 60000)):
+            f.seek(offset)
+            f.write(data)
+    hole = ["fallocate", "--punch-hole", "--offset", str(4 * CHUNK + 4096), "--length", "8192", str(image)]
+    subprocess.run(hole, check=True)
+    changed = [Extent(CHUNK + 7, 100), Extent(CHUNK + 5000, 3000), Extent(3 * CHUNK + 10, 60000)]
+    changed.append(Extent(4 * CHUNK + 4096, 8192))  # reads as zeros now, inside an allocated chunk
+    source = RecordedChangesSourceDouble(info, changed)
+    index, stats = _backup(repo, source, DiskPlan(CBTRecord(mode="cbt"), parent, changed))
+
+    assert sorted(source.reads) == [(CHUNK + 7, 100), (CHUNK + 5000, 3000), (3 * CHUNK, CHUNK)]  # 4: in a hole
+    assert stats.bytes_read == 100 + 3000 + CHUNK
+    data = image.read_bytes()
+    with ThreadPoolExecutor(2) as pool:
+        full, _ = BackupEngine(repo, pool, known_ids=set()).backup_disk(
+            ImageDiskSource(info), DiskPlan(CBTRecord(mode="full"))
+        )
+    assert [index[i] for i in range(index.count)] == [full[i] for i in range(full.count)]
+    for i in (1, 3, 4):
+        assert index[i] != parent[i]
+        assert repo.get_chunk(index[i]) == data[i * CHUNK : (i + 1) * CHUNK], f"chunk {i}"
+
+
+def test_a_small_change_over_a_damaged_parent_chunk_is_read_whole_and_the_backup_goes_on(tmp_path: Path) -> None:
+    """The parent's chunk a small change would be merged into is gone: that chunk is read whole from the disk
+    instead (a warning), and the incremental stores the disk's chunk exactly, as a full backup would."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(3 * CHUNK))
+    repo = Repository.init(open_storage(PluginHost(), str(tmp_path / "repo")), passphrase="pw", chunk_size=CHUNK)
+    info = DiskInfo("vda", image.stat().st_size, "raw-file", location=str(image))
+    parent, _ = _backup(repo, ImageDiskSource(info), DiskPlan(CBTRecord(mode="full")))
+    (tmp_path / "repo" / Repository.chunk_key(parent[1])).unlink()
+    with open(image, "r+b") as f:
+        f.seek(CHUNK + 7)
+        f.write(b"a" * 100)
+    changed = [Extent(CHUNK + 7, 100)]
+    source = RecordedChangesSourceDouble(info, changed)
+    index, stats = _backup(repo, source, DiskPlan(CBTRecord(mode="cbt"), parent, changed))
+
+    assert sorted(source.reads) == [(CHUNK, CHUNK), (CHUNK + 7, 100)]  # the change, then the whole chunk
+    assert stats.bytes_read == 100 + CHUNK
+    assert repo.get_chunk(index[1]) == image.read_bytes()[CHUNK : 2 * CHUNK]
+    assert (index[0], index[2]) == (parent[0], parent[2])

@@ -3,29 +3,53 @@
 Per disk, one thread walks the chunks of the plan in order, reads the
 allocated parts of each (holes stay zeros and are never read) and hands the
 chunk to a shared pool of workers that zero-detect, hash, look up, compress,
-encrypt and store it. At most ``window`` chunks of a disk are in flight, so
-memory is bounded by ``window × chunk size × concurrent disks`` whatever the
+encrypt and store it. In an incremental with changed extents, a chunk that
+changed in less than half of it is read only where it changed: a worker takes
+the rest from the parent's chunk in the repository (the changed extents say
+every byte outside them is as the parent stored it). At most ``window``
+chunks of a disk are in flight, so memory is bounded by ``window × chunk size × concurrent disks`` whatever the
 disk size. Results are taken in order, so the index is filled without locks.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
+import structlog
+
 from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
-from genievm_core.models.extents import Extent, chunk_indexes, clip, normalize
+from genievm_core.errors import CorruptionError
+from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize
 from genievm_core.models.manifest import BackupStats, CBTRecord
 from genievm_core.plugin.protocols import DiskSource
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
 
 __all__ = ["BackupEngine", "DiskPlan"]
 
+log = structlog.get_logger("genievm.engine")
 Outcome = Literal["new", "deduplicated", "zero", "unchanged"]
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A chunk being processed: its number, the bytes read for it, its job, its parent's id, and, for a chunk
+    merged into its parent's, how to read it whole instead."""
+
+    i: int
+    read: int
+    job: Future[tuple[Outcome, bytes, int]]
+    parent_id: bytes | None
+    whole: Callable[[], tuple[bytes, int]] | None
+
+
+Patch = tuple[int, bytes]  # bytes read from the disk and where they go in their chunk
+MERGE_BELOW = 0.5  # a chunk changed in less than this fraction of it is merged into its parent's chunk
 
 
 @dataclass
@@ -104,10 +128,12 @@ class BackupEngine:
         total = size if every_chunk else sum(index.chunk_length(i) for i in todo)
         progress = DiskProgress(source.info.name, total)
         self.progress(progress)
-        inflight: deque[tuple[int, int, Future[tuple[Outcome, bytes, int]]]] = deque()
+        inflight: deque[_InFlight] = deque()
         holes_from = 0  # with every_chunk: the first chunk not accounted for yet
         try:
-            for i, pieces in self._with_allocation(todo, allocated, index):
+            changed = normalize(clip(plan.changed or [], size))
+            chunks = zip(todo, self._pieces(todo, allocated, index), self._pieces(todo, changed, index), strict=True)
+            for i, pieces, dirty in chunks:
                 if self.control.paused:  # a paused job may be killed: what it stored so far is kept
                     self.repo.flush_chunks()
                 self.control.checkpoint()
@@ -119,10 +145,19 @@ class BackupEngine:
                     index[i] = ZERO_ID
                     self._count(tally, progress, "zero", length, 0, 0)
                     continue
-                data, read = self._read(source, i * self._chunk, length, pieces)
-                self.control.limits.read.take(read)
                 parent_id = plan.parent[i] if plan.parent is not None and i < plan.parent.count else None
-                inflight.append((i, read, self.pool.submit(self._process, data, parent_id)))
+                start = i * self._chunk
+                job: Future[tuple[Outcome, bytes, int]]
+                whole: Callable[[], tuple[bytes, int]] | None = None
+                if parent_id is not None and self._mergeable(plan, i, length, dirty):
+                    patches, read = self._read_patches(source, start, dirty, pieces)
+                    job = self.pool.submit(self._process_patched, parent_id, length, patches)
+                    whole = functools.partial(self._read, source, start, length, pieces)
+                else:
+                    data, read = self._read(source, start, length, pieces)
+                    job = self.pool.submit(self._process, data, parent_id)
+                self.control.limits.read.take(read)
+                inflight.append(_InFlight(i, read, job, parent_id, whole))
                 if len(inflight) >= self.window:
                     self._finish(inflight.popleft(), index, tally, progress)
             while inflight:
@@ -130,11 +165,11 @@ class BackupEngine:
             if every_chunk:
                 self._count_holes(tally, progress, index, holes_from, index.count)
         finally:
-            for _, _, fut in inflight:
-                fut.cancel()
-            for _, _, fut in inflight:
-                if not fut.cancelled():
-                    fut.exception()
+            for item in inflight:
+                item.job.cancel()
+            for item in inflight:
+                if not item.job.cancelled():
+                    item.job.exception()
         tally.stats["chunks_unchanged"] = 0 if every_chunk else index.count - len(todo)
         progress.done = True
         self.progress(progress)
@@ -160,24 +195,39 @@ class BackupEngine:
         progress.zero += length
         self.progress(progress)
 
-    def _with_allocation(
-        self, todo: list[int], allocated: list[Extent], index: ChunkIndex
-    ) -> Iterator[tuple[int, list[Extent]]]:
-        """Each chunk to examine with the allocated extents inside it (empty: a hole)."""
-        alloc = allocated  # normalized
+    def _pieces(self, todo: list[int], extents: list[Extent], index: ChunkIndex) -> Iterator[list[Extent]]:
+        """For each chunk of ``todo`` (ascending), the parts of ``extents`` (normalized) inside it."""
         j = 0
         for i in todo:
             start = i * self._chunk
             end = start + index.chunk_length(i)
-            while j < len(alloc) and alloc[j].end <= start:
+            while j < len(extents) and extents[j].end <= start:
                 j += 1
             pieces = []
             k = j
-            while k < len(alloc) and alloc[k].offset < end:
-                lo, hi = max(alloc[k].offset, start), min(alloc[k].end, end)
+            while k < len(extents) and extents[k].offset < end:
+                lo, hi = max(extents[k].offset, start), min(extents[k].end, end)
                 pieces.append(Extent(lo, hi - lo))
                 k += 1
-            yield i, pieces
+            yield pieces
+
+    def _mergeable(self, plan: DiskPlan, i: int, length: int, dirty: list[Extent]) -> bool:
+        """Whether chunk ``i`` is better read where it changed and merged into the parent's chunk."""
+        parent = plan.parent
+        if plan.changed is None or parent is None or parent.chunk_length(i) != length:
+            return False
+        return sum(d.length for d in dirty) < length * MERGE_BELOW
+
+    def _read_patches(
+        self, source: DiskSource, start: int, dirty: list[Extent], pieces: list[Extent]
+    ) -> tuple[list[Patch], int]:
+        """The changed parts of a chunk, read where allocated (zeros elsewhere), with the bytes read."""
+        patches, total = [], 0
+        for part in dirty:
+            data, read = self._read(source, part.offset, part.length, intersect([part], pieces))
+            patches.append((part.offset - start, data))
+            total += read
+        return patches, total
 
     @staticmethod
     def _read(source: DiskSource, start: int, length: int, pieces: list[Extent]) -> tuple[bytes, int]:
@@ -187,6 +237,15 @@ class BackupEngine:
         for piece in pieces:
             buf[piece.offset - start : piece.end - start] = source.read(piece.offset, piece.length)
         return bytes(buf), sum(p.length for p in pieces)
+
+    def _process_patched(self, parent_id: bytes, length: int, patches: list[Patch]) -> tuple[Outcome, bytes, int]:
+        """The parent's chunk with the changed parts written over it, then processed as read."""
+        chunk = bytearray(length) if parent_id == ZERO_ID else bytearray(self.repo.get_chunk(parent_id))
+        if len(chunk) != length:
+            raise CorruptionError(f"chunk {parent_id.hex()} holds {len(chunk)} bytes, its index says {length}")
+        for at, data in patches:
+            chunk[at : at + len(data)] = data
+        return self._process(bytes(chunk), parent_id)
 
     def _process(self, data: bytes, parent_id: bytes | None) -> tuple[Outcome, bytes, int]:
         zero = self._zero if len(data) == self._chunk else bytes(len(data))
@@ -210,17 +269,22 @@ class BackupEngine:
                 self._known.discard(cid)
             raise
 
-    def _finish(
-        self,
-        item: tuple[int, int, Future[tuple[Outcome, bytes, int]]],
-        index: ChunkIndex,
-        tally: _Tally,
-        progress: DiskProgress,
-    ) -> None:
-        i, read, fut = item
-        outcome, cid, stored = fut.result()
-        index[i] = cid
-        self._count(tally, progress, outcome, index.chunk_length(i), read, stored)
+    def _finish(self, item: _InFlight, index: ChunkIndex, tally: _Tally, progress: DiskProgress) -> None:
+        read = item.read
+        try:
+            outcome, cid, stored = item.job.result()
+        except CorruptionError as exc:
+            if item.whole is None:
+                raise
+            # the parent's chunk a small change was to be merged into is damaged or gone: the chunk is read
+            # whole from the disk instead, so the backup goes on (verify names the damaged chunk)
+            log.warning("backup.parent_chunk_unreadable", chunk=item.i, error=str(exc))
+            data, more = item.whole()
+            self.control.limits.read.take(more)
+            read += more
+            outcome, cid, stored = self._process(data, item.parent_id)
+        index[item.i] = cid
+        self._count(tally, progress, outcome, index.chunk_length(item.i), read, stored)
 
     def _count(
         self, tally: _Tally, progress: DiskProgress, outcome: Outcome, length: int, read: int, stored: int

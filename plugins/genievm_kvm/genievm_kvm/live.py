@@ -34,7 +34,7 @@ from genievm_kvm.chain import CHECKPOINT_SOURCE, chain_prefix, new_checkpoint_na
 from genievm_kvm.connection import libvirt_errors, raise_for
 from genievm_kvm.domain import disk_specs
 from genievm_kvm.errors import TransportSecurityError
-from genievm_kvm.nbd_export import ALLOCATION, Address, NBDClient
+from genievm_kvm.nbd_export import ALLOCATION, READERS, Address, NBDClient
 from genievm_kvm.options import KVMOptions
 from genievm_kvm.quiesce import frozen
 from genievm_kvm.source import Changes, NBDDiskSource, Session
@@ -325,7 +325,7 @@ def _with_context(disk: str, changes: Changes, bitmap: str | None) -> Changes:
 
 def _client(address: Address, export: str, changes: Changes, tls_dir: Path | None) -> NBDClient:
     contexts = (ALLOCATION, changes.context) if changes.context else (ALLOCATION,)
-    return NBDClient(address, export, contexts, tls_dir)
+    return NBDClient(address, export, contexts, tls_dir, readers=READERS)
 
 
 def _pid_in(path: Path) -> int | None:

@@ -31,7 +31,7 @@ from genievm_kvm.lvm_thin import (
     create_thin_snapshot,
     remove_thin_snapshot,
 )
-from genievm_kvm.nbd_export import ALLOCATION, NBDClient, socket_dir
+from genievm_kvm.nbd_export import ALLOCATION, READERS, NBDClient, socket_dir
 from genievm_kvm.remote import Host, host_for
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
@@ -118,7 +118,7 @@ class _OfflineBackup:
                 self.bitmapped.append(disk)
         sock = stack.enter_context(self.host.serve_image(image, disk.format, export=disk.name, bitmap=changes.base))
         contexts = (ALLOCATION, changes.context) if changes.context else (ALLOCATION,)
-        source = NBDDiskSource(disk, NBDClient(sock, disk.name, contexts), changes)
+        source = NBDDiskSource(disk, NBDClient(sock, disk.name, contexts, readers=READERS), changes)
         stack.callback(source.close)
         return source
 

@@ -22,7 +22,7 @@ from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.protocols import BackupRequest
 from genievm_kvm.chain import new_checkpoint_name
 from genievm_kvm.connection import libvirt_errors
-from genievm_kvm.nbd_export import NBDClient, qemu_nbd
+from genievm_kvm.nbd_export import READERS, NBDClient, qemu_nbd
 from genievm_kvm.quiesce import frozen
 from genievm_kvm.source import Changes, NBDDiskSource, Session
 
@@ -55,7 +55,7 @@ def snapshot_backup(
                 stack.enter_context(
                     qemu_nbd(Path(disk.location), "qcow2", sock, export=disk.name, snapshot=name, force_share=True)
                 )
-                source = NBDDiskSource(disk, NBDClient(sock, disk.name), Changes(reason=REASON))
+                source = NBDDiskSource(disk, NBDClient(sock, disk.name, readers=READERS), Changes(reason=REASON))
                 stack.callback(source.close)
                 sources[disk.name] = source
             yield Session(sources)
