@@ -357,11 +357,6 @@ class Repository:
             raise BackupNotFoundError(f"no backup {backup_id} in repository {self.url}") from None
         if len(blob) > MAX_MANIFEST:
             raise CorruptionError(f"manifest {backup_id} is corrupt: larger than {MAX_MANIFEST} bytes")
-        digest = self.backup_log.manifest_digest(backup_id)
-        if digest is not None and not hmac.compare_digest(digest, hashlib.sha256(blob).hexdigest()):
-            raise CorruptionError(
-                f"manifest {backup_id} is corrupt or altered: it does not match the digest in its backup-log entry"
-            )
         try:
             data = self.codec.decode(key, blob, max_size=MAX_MANIFEST)  # a small frame may claim gigabytes
         except EncryptionMismatch:
@@ -389,6 +384,12 @@ class Repository:
             raise CorruptionError(f"manifest {backup_id} is corrupt: {_first(exc)}") from None
         if manifest.backup_id != backup_id or manifest.repository_id != self.config.repository_id:
             raise CorruptionError(f"manifest {backup_id} is corrupt: it names another backup or repository")
+        # last: what is not even a manifest is named by its own defect, and the log is read only for a manifest
+        digest = self.backup_log.manifest_digest(backup_id)
+        if digest is not None and not hmac.compare_digest(digest, hashlib.sha256(blob).hexdigest()):
+            raise CorruptionError(
+                f"manifest {backup_id} is corrupt or altered: it does not match the digest in its backup-log entry"
+            )
         return manifest
 
     def warn(self, text: str) -> None:
