@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 from server_support import ServerProcess, Site, wait_job
@@ -77,7 +76,19 @@ def _click(driver: webdriver.Chrome, element: Any) -> None:
     """Click what loads another page, and wait until this one has gone."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+
+    def gone(_driver: webdriver.Chrome) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:  # chromedriver's other word for it, while the new page loads
+            if "does not belong to the document" in str(exc.msg):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, 30).until(gone)
 
 
 def _wait_for_job(driver: webdriver.Chrome, kind: str) -> None:
