@@ -311,3 +311,23 @@ def test_keys_unwrap_with_the_passphrase_only() -> None:
     assert "redacted" in repr(KEYS) and KEYS.enc_key.hex() not in repr(KEYS)
     assert isinstance(keys, Keys) and keys.id_key != keys.enc_key
     assert "codec test" not in RECORD.model_dump_json()
+
+
+@pytest.mark.parametrize("codec", [PLAIN, SEALED], ids=["plain", "encrypted"])
+def test_a_restore_read_trusts_the_tag_and_nothing_less(codec: ObjectCodec) -> None:
+    """check_content=False (a restore) skips the keyed hash only where the tag authenticated the bytes under
+    the chunk's id: a chunk stored under another id is refused in a plaintext repository whatever is asked,
+    and taken in an encrypted one only from a writer that held the key (who could have written anything)."""
+    data, other = random_bytes(4096, 1), random_bytes(4096, 2)
+    wrong_id = codec.chunk_id(other)
+    blob = codec.encode(wrong_id.hex(), data)  # a writer's bug: the bytes of one chunk under another's id
+    with pytest.raises(ObjectDamaged, match="does not match its chunk id"):
+        codec.decode_chunk(wrong_id, bytes(blob))
+    if codec is PLAIN:
+        with pytest.raises(ObjectDamaged, match="does not match its chunk id"):
+            codec.decode_chunk(wrong_id, bytes(blob), check_content=False)
+    else:
+        assert codec.decode_chunk(wrong_id, bytes(blob), check_content=False) == data
+        moved = codec.encode(codec.chunk_id(data).hex(), data)  # the right object under another name: the tag
+        with pytest.raises(ObjectDamaged, match="authentication failed"):
+            codec.decode_chunk(wrong_id, bytes(moved), check_content=False)

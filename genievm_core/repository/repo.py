@@ -274,7 +274,8 @@ class Repository:
         if flush is not None:
             flush()
 
-    def get_chunk(self, chunk_id: bytes) -> bytes:
+    def get_chunk(self, chunk_id: bytes, *, check_content: bool = True) -> bytes:
+        """A chunk's bytes; ``check_content=False`` (a restore) trusts an encrypted chunk's tag alone."""
         key = self.chunk_key(chunk_id)
         self.check_locks()
         try:
@@ -282,7 +283,7 @@ class Repository:
         except ObjectNotFoundError:
             raise CorruptionError(f"chunk {chunk_id.hex()} is missing") from None
         try:
-            return self.codec.decode_chunk(chunk_id, blob)
+            return self.codec.decode_chunk(chunk_id, blob, check_content=check_content)
         except ObjectDamaged as exc:
             raise CorruptionError(f"chunk {chunk_id.hex()} is corrupt: {exc}") from None
 
