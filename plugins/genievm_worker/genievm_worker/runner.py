@@ -30,6 +30,7 @@ __all__ = ["Outcome", "WorkerRuntime", "build_job"]
 
 log = structlog.get_logger("genievm.worker")
 RETRY_AFTER = 3.0  # seconds before a job that could not start here (its VM busy, a cap full) is tried again
+MAX_NOT_STARTED = 5  # attempts at a job that never began (its registry refused it) before it is failed
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class WorkerRuntime:
             return Outcome(retry_after=RETRY_AFTER)
         log.info("worker.job_started", job_id=job_id, kind=spec["kind"], vm=spec.get("vm"), attempt=claim.attempt)
         try:
-            return Outcome(self._execute(job_id, spec, lock, caps))
+            return self._execute(job_id, spec, lock, caps, claim.attempt)
         finally:
             try:
                 if lock is not None:
@@ -98,7 +99,8 @@ class WorkerRuntime:
             except BrokerUnreachableError as exc:  # the broker is down: they expire after a lease
                 log.warning("worker.release_failed", job_id=job_id, error=str(exc))
 
-    def _execute(self, job_id: str, spec: dict[str, Any], lock: str | None, caps: dict[str, int]) -> str:
+    def _execute(self, job_id: str, spec: dict[str, Any], lock: str | None, caps: dict[str, int],
+                 attempt: int) -> Outcome:  # fmt: skip
         name = self.settings.name
         try:
             job = build_job(self.genievm, spec, self.settings.passphrase_file)
@@ -106,23 +108,33 @@ class WorkerRuntime:
             self.shared.finish(job_id, name, "failed", phase=None, progress=[], result=None, error=str(exc),
                                exit_code=exc.exit_code)  # fmt: skip
             log.warning("worker.job_refused", job_id=job_id, error=str(exc))
-            return "failed"
+            return Outcome("failed")
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job_id, job, lock, caps, stop), daemon=True)
         beat.start()
+        error: Exception | None = None
         try:
             self.genievm.run(job)
-        except Exception:  # noqa: S110  # its outcome is in its state, recorded below
-            pass
+        except Exception as exc:  # its outcome is in its state, recorded below
+            error = exc
         finally:
             stop.set()
             beat.join()
+        if not job.finished:  # it never began here (this worker's registry refused it, say): nothing was done
+            log.warning("worker.job_not_started", job_id=job_id, attempt=attempt, error=str(error))
+            if attempt < MAX_NOT_STARTED:
+                self.shared.release(job_id, name)
+                return Outcome(retry_after=RETRY_AFTER)
+            self.shared.finish(job_id, name, "failed", phase=None, progress=[], result=None,
+                               error=f"the job did not start on {name}: {error}",
+                               exit_code=getattr(error, "exit_code", 1))  # fmt: skip
+            return Outcome("failed")
         self.shared.finish(
             job_id, name, job.state.value, phase=job.phase, progress=_progress(job), result=job.result,
             error=job.error, exit_code=job.exit_code,
         )
         log.info("worker.job_ended", job_id=job_id, state=job.state.value, local_job=job.id)
-        return job.state.value
+        return Outcome(job.state.value)
 
     def _heartbeat(self, job_id: str, job: Job, lock: str | None, caps: dict[str, int], stop: threading.Event) -> None:
         interval = max(0.2, self.settings.lease / 6)
