@@ -7,6 +7,7 @@ virtual environment); it is imported lazily so that listing VMs works without it
 from __future__ import annotations
 
 import os
+import socket as sock
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -267,7 +268,7 @@ def qemu_nbd(
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        while not socket.exists():
+        while not _accepting(socket):  # the socket file exists from bind(), a moment before listen()
             if proc.poll() is not None:
                 err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
                 raise ProviderError(
@@ -288,6 +289,18 @@ def qemu_nbd(
         if proc.stderr:
             proc.stderr.close()
         socket.unlink(missing_ok=True)
+
+
+def _accepting(path: Path) -> bool:
+    """Whether a server listens on the unix socket ``path`` (a connection is made and closed at once)."""
+    probe = sock.socket(sock.AF_UNIX, sock.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def socket_dir(workdir: Path | None) -> Path:
