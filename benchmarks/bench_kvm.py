@@ -75,6 +75,7 @@ from bench import (  # noqa: E402
     parse_size,
     run,
 )
+from floor import FormatWork, format_work, verdict  # noqa: E402
 from genievm_kvm.testing import qemu_io, remove_vm, scratch_domain_xml  # noqa: E402
 from kvm_peers import VARIANTS, ensure_installed, peer_round, version  # noqa: E402
 
@@ -154,12 +155,15 @@ def build_raw(path: Path, size: int, seed: int) -> dict[str, int]:
     return {k: kinds.count(k) for k in ("random", "compressible", "pattern")}
 
 
-def make_disk(data: Path, size: int, seed: int, content: str) -> tuple[Path, dict[str, int]]:
+def make_disk(args: argparse.Namespace, data: Path, content: str) -> tuple[Path, dict[str, int], FormatWork]:
+    """The disk's qcow2 image, its layout and the format's own work on its data (floor.py)."""
     raw, image = data / "disk.raw", data / f"disk-{content}.qcow2"
-    layout = forked(build_raw if content == "allocated" else build_image, raw, size, seed)
+    layout = forked(build_raw if content == "allocated" else build_image, raw, args.size, args.seed)
+    level, encrypted = args.compression_level or 3, args.encryption != "none"
+    work = forked(partial(format_work, compression_level=level, encrypted=encrypted, scratch=data), raw)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
     raw.unlink()
-    return image, layout
+    return image, layout, work
 
 
 def abort_job(dom: libvirt.virDomain) -> None:
@@ -400,6 +404,34 @@ def print_table(steps: list[Step]) -> None:
             print(f"{s.name}: " + ", ".join(f"{k} {s.stats[k]}" for k in keys if k in s.stats))
 
 
+def print_floors(steps: list[Step], work: FormatWork) -> None:
+    """Each target missed, against its floor: a full backup cannot beat the export's read (nbdcopy to null),
+    nor the format's work on the data (floor.py) plus what reading costs nbdcopy and QEMU, on every CPU."""
+    by = {s.name: s for s in steps}
+    if "nbdcopy" not in by or "full" not in by:
+        return
+    read = by["nbdcopy"]
+    cpu = work.id_cpu + work.encode_cpu + work.write_cpu + read.cpu_seconds + read.qemu_cpu_seconds
+    full_floor = max(read.seconds, cpu / work.cpus, work.write_seconds)
+    print(
+        f"floor of the full backup: max(nbdcopy's read {read.seconds:.2f} s, (ids {work.id_cpu:.2f} + zstd and "
+        f"AES-GCM {work.encode_cpu:.2f} + writing {work.write_cpu:.2f} + nbdcopy {read.cpu_seconds:.2f} + QEMU "
+        f"{read.qemu_cpu_seconds:.2f} CPU-s) / {work.cpus} CPUs, {work.stored_bytes / 1e9:.2f} GB made durable "
+        f"in {work.write_seconds:.2f} s) = {full_floor:.2f} s"
+    )
+    floors = {"full": full_floor, "incremental": CHANGE_FRACTION * full_floor}  # CBT: only what changed is read
+    wanted = {"full": ("full", 2 * by["nbdcopy-file"].seconds if "nbdcopy-file" in by else None)}
+    wanted["incremental"] = ("incremental", SECONDS_TARGETS["incremental"])
+    for s in steps:
+        if s.name in FASTER:
+            wanted[s.name] = ("full" if s.name.endswith("full") else "incremental", s.seconds / TARGETS[s.name])
+    for s in steps:
+        ours, target = wanted.get(s.name, (None, None))
+        if s.ok is False and ours in by and target is not None:
+            mine = by[ours]
+            print(verdict(f"{ours} vs {s.name}", mine.seconds, target, floors[ours], mine.internal_seconds))
+
+
 def by_round(s: Step) -> str:
     cells = [f"{t:.2f} s" for t in s.rounds]
     if s.ratios:
@@ -483,11 +515,11 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env |= {"GENIEVM_PASSPHRASE": PASSPHRASE, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
     bench = Bench(work, env, [str(args.genievm)], libvirt.open(URI), py_spy=args.py_spy)
-    results: dict[str, tuple[dict[str, int], list[Step]]] = {}
+    results: dict[str, tuple[dict[str, int], list[Step], FormatWork]] = {}
     try:
         for content in args.content:
             started = time.perf_counter()
-            image, layout = make_disk(work / "data", args.size, args.seed, content)
+            image, layout, floor_work = make_disk(args, work / "data", content)
             took = time.perf_counter() - started
             say(f"{content}: disk of {args.size / (1 << 30):.2f} GiB, 4 MiB blocks {layout}: {took:.1f} s")
             start_vm(bench, image)
@@ -498,7 +530,7 @@ def main() -> int:
                 rounds.append(bench_round(bench, args, image, number, say))
             stop_vm(bench)
             image.unlink()
-            results[content] = layout, combine(rounds)
+            results[content] = layout, combine(rounds), floor_work
     finally:
         cleanup(bench, args.keep)
     if args.json:
@@ -506,14 +538,19 @@ def main() -> int:
         figures |= {k: getattr(args, k) for k in ("encryption", "compression_level", "chunk_size", "workers")}
         figures["virtnbdbackup"] = version() if args.peers else None
         figures["contents"] = {
-            content: {"blocks": layout, "steps": [asdict(s) | {"ok": s.ok, "mb_per_s": s.mb_per_s} for s in steps]}
-            for content, (layout, steps) in results.items()
+            content: {
+                "blocks": layout,
+                "steps": [asdict(s) | {"ok": s.ok, "mb_per_s": s.mb_per_s} for s in steps],
+                "format_work": asdict(floor_work),
+            }
+            for content, (layout, steps, floor_work) in results.items()
         }
         print(json.dumps(figures, indent=2))
     else:
-        for content, (layout, steps) in results.items():
+        for content, (layout, steps, floor_work) in results.items():
             print(f"\n{content} ({layout}), virtnbdbackup {version() if args.peers else '-'}:")
             print_table(steps)
+            print_floors(steps, floor_work)
     return 0
 
 

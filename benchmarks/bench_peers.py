@@ -22,10 +22,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from floor import FormatWork, verdict
+
 __all__ = ["PEER_TARGETS", "peer_ratios", "peers_full", "peers_incremental", "print_peer_ratios"]
 
 PASSPHRASE = "genievm-bench-passphrase"
 # (GenieVM step, peer step, at least this many times faster)
+FLOOR_OF = {"full-default": "backup", "incremental": "hash_compare"}  # step: floor.FormatWork's step
 PEER_TARGETS = [("full-default", "restic-full", 6.0), ("full-default", "borg-full", 8.0),
                 ("incremental", "restic-incremental", 10.0)]  # fmt: skip
 
@@ -71,8 +74,9 @@ def peers_incremental(run: Runner, img: Path, data: Path, logs: Path, env: Mappi
     return steps
 
 
-def peer_ratios(by_name: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each target with both figures, the speed-up (peer / GenieVM) and whether it is met."""
+def peer_ratios(by_name: Mapping[str, Any], work: FormatWork | None = None) -> list[dict[str, Any]]:
+    """Each target with both figures, the speed-up (peer / GenieVM), whether it is met, and (given the
+    format's work on the image) the time the target asks for against the format's floor."""
     rows = []
     for ours, peer, target in PEER_TARGETS:
         if ours in by_name and peer in by_name:
@@ -81,12 +85,15 @@ def peer_ratios(by_name: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append({"genievm": ours, "peer": peer, "genievm_seconds": a.seconds, "peer_seconds": b.seconds,
                          "genievm_cpu": a.cpu_seconds, "peer_cpu": b.cpu_seconds, "speedup": speedup,
                          "cpu_speedup": b.cpu_seconds / a.cpu_seconds, "target": target,
-                         "ok": speedup >= target})  # fmt: skip
+                         "ok": speedup >= target, "target_seconds": b.seconds / target,
+                         "job_seconds": a.internal_seconds})  # fmt: skip
+            if work is not None:
+                rows[-1]["floor_seconds"] = work.floor(FLOOR_OF[ours])
     return rows
 
 
-def print_peer_ratios(by_name: Mapping[str, Any]) -> None:
-    rows = peer_ratios(by_name)
+def print_peer_ratios(by_name: Mapping[str, Any], work: FormatWork | None = None) -> None:
+    rows = peer_ratios(by_name, work)
     missing = sorted({"restic", "borg"} - set(available()))
     print("\nagainst restic and borg (peer seconds / GenieVM seconds; CPU likewise)")
     line = "{:<14} {:<19} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}".format
@@ -97,3 +104,17 @@ def print_peer_ratios(by_name: Mapping[str, Any]) -> None:
                    "pass" if r["ok"] else "MISS"))  # fmt: skip
     if missing:
         print(f"(not installed, rows left out: {', '.join(missing)}; apt-get install restic borgbackup)")
+    if work is None:
+        return
+    print(
+        f"\nthe format's own work on this image (benchmarks/floor.py: {work.data_bytes / 1e9:.2f} GB of data, "
+        f"one thread, CPU seconds / {work.cpus} CPUs): backup {work.cpu_seconds('backup'):.2f} CPU-s "
+        f"(read {work.read_cpu:.2f}, ids {work.id_cpu:.2f}, zstd and AES-GCM {work.encode_cpu:.2f}, writing "
+        f"{work.stored_bytes / 1e9:.2f} GB {work.write_cpu:.2f}; durable in {work.write_seconds:.2f} s) = floor "
+        f"{work.floor('backup'):.2f} s; hash compare {work.floor('hash_compare'):.2f} s; "
+        f"restore {work.floor('restore'):.2f} s"
+    )
+    for r in rows:
+        if not r["ok"]:
+            name = f"{r['genievm']} vs {r['peer']}"
+            print(verdict(name, r["genievm_seconds"], r["target_seconds"], r["floor_seconds"], r["job_seconds"]))
