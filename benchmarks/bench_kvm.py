@@ -429,7 +429,8 @@ def print_floors(steps: list[Step], work: FormatWork) -> None:
         ours, target = wanted.get(s.name, (None, None))
         if s.ok is False and ours in by and target is not None:
             mine = by[ours]
-            print(verdict(f"{ours} vs {s.name}", mine.seconds, target, floors[ours], mine.internal_seconds))
+            versus = s.name if s.name in FASTER else BASE_OF.get(s.name) if s.name in TARGETS else f"{target:.1f} s"
+            print(verdict(f"{ours} vs {versus}", mine.seconds, target, floors[ours], mine.internal_seconds))
 
 
 def by_round(s: Step) -> str:
