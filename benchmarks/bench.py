@@ -33,8 +33,10 @@ restore: >= 2.5x faster than restic-restore and <= 2.0x convert-raw. With
 figures are the median round's (peak RSS: the highest). Each restored image
 (restic's and convert-raw's too) is compared byte for byte with the modified
 source; a difference fails the run. The image is in the page cache for every
-step, baseline included; dirty pages are synced before each step and nothing is
-deleted until the round ends, so each step starts the same way. Missing Debian
+step, baseline included (it is read through before each step: a round writes
+about 15 GB, which pushed part of it out of the cache before 2026-12-07, so
+that the incremental read it from the disk); dirty pages are synced before each
+step and nothing is deleted until the round ends, so each step starts the same way. Missing Debian
 tools (qemu-utils, restic) are installed with apt-get when run as root.
 Each target missed is told against its floor: the CPU work the repository format
 itself needs on the image, on every CPU at once (``floor.py``), so a miss reads
@@ -198,9 +200,33 @@ def forked(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+CACHED: list[Path] = []  # read through before each step: the image, in the page cache for every step
+
+
+def read_through(path: Path) -> None:
+    """Read ``path``'s data (holes skipped) so that its pages are in the page cache: the steps before may
+    have pushed some out (a round writes about 15 GB), and the next one would read them from the disk."""
+    buf = bytearray(BLOCK)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offset = 0
+        while True:
+            try:
+                offset = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                return
+            if not (n := os.preadv(fd, [buf], offset)):
+                return
+            offset += n
+    finally:
+        os.close(fd)
+
+
 def run(name: str, cmd: list[str], logs: Path, env: dict[str, str]) -> tuple[Step, str]:
     """Run one step as a child; wait4 gives this child's own rusage (time, peak RSS)."""
     os.sync()  # the previous step's dirty pages are not written back on this step's time
+    for path in CACHED:
+        read_through(path)
     with open(logs / f"{name}.out", "w+b") as out, open(logs / f"{name}.err", "w+b") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -346,6 +372,7 @@ def bench_round(
 
     started = time.perf_counter()
     layout = forked(build_image, img, args.size, args.seed)
+    CACHED[:] = [img]
     say(f"image of {args.size / (1 << 30):.2f} GiB, 4 MiB blocks {layout}: {time.perf_counter() - started:.1f} s")
     run("repo-init", gv + ["repo", "init", str(repo), "--json"], logs, env)  # also warms the .pyc cache
     convert = ["qemu-img", "convert", "-O", "qcow2", str(img)]
