@@ -234,10 +234,12 @@ class SSHHost(Host):
         tag = secrets.token_hex(4)
         folder, local = f"/tmp/genievm-nbd-{tag}", self.run_dir / f"fwd-{tag}.sock"
         remote = f"{folder}/nbd.sock"
+        # --fork: qemu-nbd returns once it listens (a socket file alone may still refuse a connection)
+        serve = shlex.join([*qemu_nbd, "-k", remote, "--fork", f"--pid-file={folder}/pid"])
         script = (
-            f"umask 077; mkdir {folder} || exit 1; {shlex.join([*qemu_nbd, '-k', remote])} & pid=$!; "
-            f"while [ ! -S {remote} ]; do kill -0 $pid 2>/dev/null || {{ rm -rf {folder}; exit 3; }}; "
-            f"sleep 0.05; done; echo ready; read _; kill $pid; wait $pid; rm -rf {folder}"
+            f"umask 077; mkdir {folder} || exit 1; {serve} || {{ rm -rf {folder}; exit 3; }}; "
+            f"echo ready; read _; pid=$(cat {folder}/pid); kill $pid; "
+            f"while kill -0 $pid 2>/dev/null; do sleep 0.05; done; rm -rf {folder}"
         )
         forward = ["-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes", "-L", f"{local}:{remote}"]
         proc = subprocess.Popen(
