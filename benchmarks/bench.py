@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_peers import peer_ratios, peers_full, peers_incremental, print_peer_ratios
-from floor import FormatWork, format_work, verdict
+from floor import FormatWork, data_offsets, format_work, verdict
 
 BLOCK = 4 << 20
 MIB = 1 << 20
@@ -209,15 +209,8 @@ def read_through(path: Path) -> None:
     buf = bytearray(BLOCK)
     fd = os.open(path, os.O_RDONLY)
     try:
-        offset = 0
-        while True:
-            try:
-                offset = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after offset
-                return
-            if not (n := os.preadv(fd, [buf], offset)):
-                return
-            offset += n
+        for offset in data_offsets(fd):
+            os.preadv(fd, [buf], offset)
     finally:
         os.close(fd)
 

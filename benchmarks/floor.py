@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,18 +78,11 @@ def format_work(
     read = ids = enc = dec = 0.0
     fd = os.open(image, os.O_RDONLY)
     try:
-        offset = 0
-        while True:
-            try:
-                offset = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after offset
-                break
+        for offset in data_offsets(fd):
             t0 = time.thread_time()
             block = os.pread(fd, BLOCK, offset)
             t1 = time.thread_time()
-            if not (n := len(block)):
-                break
-            offset += n
+            n = len(block)
             if block == zero[:n]:
                 continue
             cid = codec.chunk_id(block)
@@ -105,6 +99,19 @@ def format_work(
     if scratch is not None:
         work.write_cpu, work.write_seconds = durable_write(scratch, stored)
     return work
+
+
+def data_offsets(fd: int) -> Iterator[int]:
+    """The offsets of the BLOCK-long reads that cover the data of the file open as ``fd``, holes skipped
+    (SEEK_DATA, as GenieVM's image source skips them)."""
+    offset, size = 0, os.fstat(fd).st_size
+    while offset < size:
+        try:
+            offset = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after offset
+            return
+        yield offset
+        offset += BLOCK
 
 
 def durable_write(folder: Path, size: int, repeat: int = 2) -> tuple[float, float]:
