@@ -106,6 +106,7 @@ def describe(aws: AWS, instance: dict[str, Any]) -> VMDescription:
                 "Iops": volume.get("Iops"),
                 "Throughput": volume.get("Throughput"),
                 "Encrypted": volume.get("Encrypted", False),
+                "KmsKeyId": volume.get("KmsKeyId"),  # the key's ARN: an id, not a secret
                 "DeleteOnTermination": m["Ebs"].get("DeleteOnTermination", True),
             }
         )

@@ -73,6 +73,16 @@ class AWSOptions(BaseModel):
     key_name: str | None = Field(
         default=None, description="restores: the new instance's key pair; default the backup's"
     )
+    encrypted: bool | None = Field(
+        default=None,
+        description="restores: encrypt the new snapshots and volumes; default as each backed-up volume was "
+        "(a disk of another provider's backup: not encrypted)",
+    )
+    kms_key_id: str | None = Field(
+        default=None,
+        description="restores: the KMS key (id or ARN) of encrypted restores; default the backed-up volume's, "
+        "else the account's EBS default key",
+    )
 
     @field_validator("restore_to", mode="before")
     @classmethod

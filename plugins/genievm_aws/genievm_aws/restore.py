@@ -23,7 +23,7 @@ from genievm_aws.api import AWS
 from genievm_aws.instances import CONFIG_FORMAT, disk_name, live
 from genievm_aws.options import AWSOptions
 from genievm_aws.sink import SnapshotSink
-from genievm_aws.snapshots import delete_snapshots, tagged
+from genievm_aws.snapshots import delete_snapshots, tagged, wait_for
 from genievm_core.errors import ConfigError, ProviderError, RestoreTargetExistsError
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.vm import DiskInfo, VMDescription
@@ -78,9 +78,8 @@ class EBSRestore:
     def open_sink(self, disk: DiskInfo, config: DiskConfig) -> SnapshotSink:
         tags = {"genievm:restored": self.name, "genievm:disk": disk.name, "genievm:source": self.desc.id}
         tags["Name"] = f"{self.name} {disk.name}"
-        sink = SnapshotSink(
-            self.aws, disk.name, disk.size, tags, self.options.block_threads, self.options.snapshot_timeout_seconds
-        )
+        threads, timeout = self.options.block_threads, self.options.snapshot_timeout_seconds
+        sink = SnapshotSink(self.aws, disk.name, disk.size, tags, threads, timeout, self._encryption(disk.name))
         self.sinks[disk.name] = sink
         return sink
 
@@ -88,6 +87,7 @@ class EBSRestore:
         snapshots = {name: sink.seal() for name, sink in self.sinks.items()}
         for sink in self.sinks.values():
             sink.close()
+        snapshots = {name: self._encrypted(name, snapshot_id) for name, snapshot_id in snapshots.items()}
         if self.options.restore_to == "snapshots":
             return ",".join(snapshots.values())
         if self.options.restore_to == "volumes":
@@ -100,6 +100,49 @@ class EBSRestore:
                 return dict(m)
         return {"DeviceName": f"/dev/{name}"}
 
+    def _encryption(self, name: str) -> dict[str, Any]:
+        """How disk ``name`` is encrypted once restored: as its volume was (the backup's block device mapping),
+        unless ``-o encrypted`` says otherwise; with ``-o kmsKeyId``, else the volume's key, else the account's
+        default. ``{}``: not encrypted."""
+        m = self._mapping(name)
+        wanted = self.options.encrypted if self.options.encrypted is not None else bool(m.get("Encrypted"))
+        if not wanted:
+            return {}
+        key = self.options.kms_key_id or m.get("KmsKeyId")
+        return {"Encrypted": True, "KmsKeyId": key} if key else {"Encrypted": True}
+
+    def _encrypted(self, name: str, snapshot_id: str) -> str:
+        """``snapshot_id``, or an encrypted copy in its place when disk ``name`` is to be encrypted and the
+        snapshot EBS direct made is not (AWS encrypts what ``StartSnapshot`` is asked to; moto does not):
+        never a clear copy of an encrypted volume left behind."""
+        encryption = self._encryption(name)
+        if not encryption:
+            return snapshot_id
+        (snapshot,) = self.aws.ec2("describe_snapshots", snapshot_id, SnapshotIds=[snapshot_id])["Snapshots"]
+        if snapshot.get("Encrypted"):
+            return snapshot_id
+        sink = self.sinks[name]
+        copy = self.aws.ec2(
+            "copy_snapshot",
+            f"an encrypted copy of {snapshot_id}",
+            SourceSnapshotId=snapshot_id,
+            SourceRegion=self.aws.region,
+            Description=f"GenieVM restore of disk {name}",
+            **encryption,
+        )["SnapshotId"]
+        self.made.append(("snapshot", snapshot_id))  # the clear one: removed below, or by discard
+        sink.snapshot_id = copy  # discard removes the copy from now on
+        tags = [{"Key": k, "Value": v} for k, v in sink.tags.items()]
+        self.aws.ec2("create_tags", copy, Resources=[copy], Tags=tags)
+        wait_for(self.aws, [copy], self.options.snapshot_timeout_seconds)
+        (copied,) = self.aws.ec2("describe_snapshots", copy, SnapshotIds=[copy])["Snapshots"]
+        if not copied.get("Encrypted"):
+            raise ProviderError(f"provider aws: disk {name}: snapshot {copy} was to be encrypted and is not")
+        delete_snapshots(self.aws, [snapshot_id])
+        self.made.remove(("snapshot", snapshot_id))
+        log.info("aws.snapshot_encrypted", disk=name, snapshot=copy, replaced=snapshot_id)
+        return str(copy)
+
     def _zone(self) -> str:
         zone = self.options.availability_zone or self.config.get("AvailabilityZone")
         if not zone:
@@ -109,6 +152,7 @@ class EBSRestore:
     def _volume(self, name: str, snapshot_id: str) -> str:
         m = self._mapping(name)
         params: dict[str, Any] = {"SnapshotId": snapshot_id, "AvailabilityZone": self._zone()}
+        params |= self._encryption(name)
         if m.get("VolumeType"):
             params["VolumeType"] = m["VolumeType"]
         if m.get("VolumeType") in ("io1", "io2", "gp3") and m.get("Iops"):
@@ -188,6 +232,8 @@ class EBSRestore:
                     self.aws.ec2("terminate_instances", made_id, InstanceIds=[made_id])
                 elif kind == "image":
                     self.aws.ec2("deregister_image", made_id, ImageId=made_id)
+                elif kind == "snapshot":
+                    delete_snapshots(self.aws, [made_id])
                 else:
                     self.aws.ec2("delete_volume", made_id, VolumeId=made_id)
             except ProviderError as exc:

@@ -32,12 +32,28 @@ log = structlog.get_logger("genievm.aws.sink")
 class SnapshotSink:
     """One new EBS snapshot being written, of a volume of ``size`` bytes (rounded up to whole GiB)."""
 
-    def __init__(self, aws: AWS, name: str, size: int, tags: dict[str, str], threads: int, timeout: float) -> None:
+    def __init__(
+        self,
+        aws: AWS,
+        name: str,
+        size: int,
+        tags: dict[str, str],
+        threads: int,
+        timeout: float,
+        encryption: dict[str, Any] | None = None,
+    ) -> None:
+        """``encryption``: ``{"Encrypted": True}`` and maybe ``"KmsKeyId"``, for an encrypted snapshot."""
         self.aws = aws
         self.name = name
         self.size = size
+        self.tags = tags
         self.timeout = timeout
         self.threads = threads
+        encrypt = {}
+        if encryption:
+            encrypt["Encrypted"] = True
+            if encryption.get("KmsKeyId"):
+                encrypt["KmsKeyArn"] = encryption["KmsKeyId"]
         answer = aws.ebs(
             "start_snapshot",
             f"a snapshot for disk {name}",
@@ -45,6 +61,7 @@ class SnapshotSink:
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
             Description=f"GenieVM restore of disk {name}",
             Timeout=60,  # minutes without a call before EBS gives up on the snapshot
+            **encrypt,
         )
         self.snapshot_id: str = answer["SnapshotId"]
         self.block_size = check_block_size(int(answer.get("BlockSize") or 0), self.snapshot_id)

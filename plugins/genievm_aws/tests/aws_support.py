@@ -104,11 +104,13 @@ def ebs(aws_endpoint: str) -> Any:
     return _client("ebs", aws_endpoint)
 
 
-def launch(ec2: Any, sizes_gib: list[int], name: str | None = None) -> Instance:
+def launch(ec2: Any, sizes_gib: list[int], name: str | None = None, kms_key: str | None = None) -> Instance:
+    """An instance with one gp3 volume per size; encrypted with ``kms_key`` if given."""
     name = name or f"genievm-test-{secrets.token_hex(3)}"
     image = ec2.describe_images()["Images"][0]["ImageId"]
+    encryption = {"Encrypted": True, "KmsKeyId": kms_key} if kms_key else {}
     mappings = [
-        {"DeviceName": d, "Ebs": {"VolumeSize": s, "VolumeType": "gp3"}}
+        {"DeviceName": d, "Ebs": {"VolumeSize": s, "VolumeType": "gp3", **encryption}}
         for d, s in zip(DEVICES, sizes_gib, strict=False)
     ]
     answer = ec2.run_instances(
@@ -128,8 +130,8 @@ def launch(ec2: Any, sizes_gib: list[int], name: str | None = None) -> Instance:
 def make_instance(ec2: Any) -> Iterator[Callable[..., Instance]]:
     made: list[Instance] = []
 
-    def make(sizes_gib: list[int] | None = None, name: str | None = None) -> Instance:
-        instance = launch(ec2, sizes_gib or [1], name)
+    def make(sizes_gib: list[int] | None = None, name: str | None = None, kms_key: str | None = None) -> Instance:
+        instance = launch(ec2, sizes_gib or [1], name, kms_key)
         made.append(instance)
         return instance
 

@@ -101,6 +101,7 @@ def _patches() -> list[Any]:
     create_snapshot = EC2Backend.create_snapshot
     delete_snapshot = EC2Backend.delete_snapshot
     create_volume = EC2Backend.create_volume
+    copy_snapshot = EC2Backend.copy_snapshot
     start_snapshot = EBSBackend.start_snapshot
     get_snapshot_block = EBSBackend.get_snapshot_block
 
@@ -117,6 +118,19 @@ def _patches() -> list[Any]:
         gone = delete_snapshot(self, snapshot_id)
         _ebs(self).snapshots.pop(snapshot_id, None)
         return gone
+
+    def copy_with_data(self: Any, source_snapshot_id: str, *args: Any, **kwargs: Any) -> Any:
+        """A copy holds its source's blocks, as on AWS (moto copies only the EC2 record)."""
+        snapshot = copy_snapshot(self, source_snapshot_id, *args, **kwargs)
+        source = _ebs(self).snapshots.get(source_snapshot_id)
+        if source is not None:
+            direct = EBSSnapshot(account_id=self.account_id, snapshot=snapshot)
+            direct.block_size, direct.status = source.block_size, "completed"
+            for index, block in source.blocks.items():
+                data = block.block_data
+                direct.put_block(index, data, checksum(data), "SHA256", len(data))
+            _ebs(self).snapshots[snapshot.id] = direct
+        return snapshot
 
     def volume_from_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
         volume = create_volume(self, *args, **kwargs)
@@ -152,6 +166,7 @@ def _patches() -> list[Any]:
         mock.patch.object(EC2Backend, "create_snapshot", snapshot_with_data),
         mock.patch.object(EC2Backend, "delete_snapshot", delete_both),
         mock.patch.object(EC2Backend, "create_volume", volume_from_snapshot),
+        mock.patch.object(EC2Backend, "copy_snapshot", copy_with_data),
         mock.patch.object(EBSBackend, "start_snapshot", start_with_ebs_block_size),
         mock.patch.object(EBSBackend, "get_snapshot_block", get_block),
         mock.patch.object(EBSBackend, "list_changed_blocks", changed_blocks),

@@ -217,3 +217,35 @@ def test_an_excluded_volume_keeps_no_snapshot(
     assert genievm_snapshots(ec2, instance=instance.id) == {token}, "only the backed-up volume's snapshot stays"
     (kept,) = ec2.describe_snapshots(SnapshotIds=[token])["Snapshots"]
     assert kept["VolumeId"] == instance.volumes["sda1"]
+
+
+def test_an_encrypted_volume_is_restored_encrypted_with_its_key(
+    cli: CLI, make_instance: Callable[..., Instance], aws_options: list[str], repo: str, ec2: Any, ebs: Any
+) -> None:
+    """The backup keeps each volume's encryption and KMS key; snapshots and volumes restored from it are encrypted
+    with that key (or ``-o kmsKeyId``), and no clear copy of the data is left behind."""
+    key = "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d-genievm-test"
+    instance = make_instance([1], kms_key=key)
+    data = os.urandom(MiB)
+    instance.write("sda1", 0, data)
+    backup(cli, instance, repo, aws_options)
+    restore = ("restore", "--vm", instance.id, "--repo", repo, *aws_options)
+
+    cli(*restore, "-o", "restoreTo=snapshots", "--new-name", "enc-snaps")
+    (snapshot,) = genievm_snapshots(ec2, restored="enc-snaps")
+    (described,) = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+    assert described["Encrypted"] and described["KmsKeyId"] == key
+    assert snapshot_content(ebs, snapshot, MiB) == data
+
+    other = "arn:aws:kms:eu-west-1:123456789012:key/9f8e7d6c-genievm-other"
+    result = cli(*restore, "-o", "restoreTo=volumes", "-o", f"kmsKeyId={other}", "--new-name", "enc-vols", "--json")
+    (volume_id,) = result.json()["vm_id"].split(",")
+    (volume,) = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    assert volume["Encrypted"] and volume["KmsKeyId"] == other
+    assert read_volume(volume_id, MiB) == data
+    (behind,) = genievm_snapshots(ec2, restored="enc-vols")
+    assert ec2.describe_snapshots(SnapshotIds=[behind])["Snapshots"][0]["KmsKeyId"] == other
+
+    cli(*restore, "-o", "restoreTo=snapshots", "-o", "encrypted=false", "--new-name", "clear-snaps")
+    (clear,) = genievm_snapshots(ec2, restored="clear-snaps")
+    assert not ec2.describe_snapshots(SnapshotIds=[clear])["Snapshots"][0].get("Encrypted")
