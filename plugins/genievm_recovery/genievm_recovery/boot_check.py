@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from genievm_kvm.firmware import NVRAM_FILE
 
 from genievm_core.errors import ConfigError, GenieVMError, JobCancelledError, ProviderError, TranslationError
+from genievm_core.jobs.vm_files import stored_files
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin.protocols import Problem, RepositoryReader, VerifyReport
 from genievm_core.repository import Repository
@@ -93,11 +95,20 @@ class BootVerifier:
             )
             with _serving(repository, export) as uris:
                 overlays = {d: (_overlay(folder / f"{d}.qcow2", uri), uri) for d, uri in zip(disks, uris, strict=True)}
-                boot = BootVM(vm, {d.name: overlays[d.name] for d in vm.disks}, folder, opts.accel)
+                boot = BootVM(vm, {d.name: overlays[d.name] for d in vm.disks}, folder, opts.accel,
+                              efi_vars(manifest, vm))  # fmt: skip
                 result = boot_and_wait(boot, opts.uri, opts.pattern, opts.timeout)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return _report(repository, manifest, vm, opts, result)
+
+
+def efi_vars(manifest: BackupManifest, vm: PortableVM) -> bytes | None:
+    """A KVM backup's NVRAM, for an EFI VM (a vSphere ``.nvram`` is not in OVMF's format); checked against its
+    checksum in the manifest."""
+    if vm.firmware != "efi" or manifest.vm.config_format != "libvirt-domain-xml":
+        return None
+    return stored_files(manifest).get(NVRAM_FILE)
 
 
 def _vm(manifest: BackupManifest, disks: list[str]) -> PortableVM:

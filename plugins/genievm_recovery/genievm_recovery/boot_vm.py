@@ -41,6 +41,7 @@ class BootVM:
     overlays: dict[str, tuple[Path, str]]  # the backup's disk name → (overlay, the NBD URI behind it)
     folder: Path  # the console log and EFI variables go here
     accel: str = "auto"  # kvm, tcg, or auto (kvm where /dev/kvm exists)
+    efi_vars: bytes | None = None  # the backup's EFI variables (a KVM VM's NVRAM); None: OVMF's template
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,18 @@ def domain_xml(boot: BootVM, name: str) -> str:
     memory = min(max(vm.memory_mib, 256), MAX_MEMORY_MIB)
     kind = "qemu" if boot.accel == "tcg" or (boot.accel == "auto" and not os.path.exists("/dev/kvm")) else "kvm"
     made = libvirt_domain(
-        PortableVM(vm.source, vm.name, vm.cpus, vm.cores_per_socket, memory, vm.firmware, vm.secure_boot,
-                   vm.os_family, vm.disks, ()),  # fmt: skip
+        PortableVM(
+            vm.source,
+            vm.name,
+            vm.cpus,
+            vm.cores_per_socket,
+            memory,
+            vm.firmware,
+            vm.secure_boot,
+            vm.os_family,
+            vm.disks,
+            (),
+        ),  # fmt: skip
         list(boot.overlays),
         LibvirtTarget(name=name, domain_type=kind, disk_bus="sata", no_nics=True),
     )
@@ -101,6 +112,13 @@ def domain_xml(boot: BootVM, name: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def place_efi_vars(boot: BootVM) -> None:
+    """An EFI VM starts from the backup's variables (its boot entries) where the backup has them: libvirt
+    copies OVMF's template only to an NVRAM file that does not exist."""
+    if boot.vm.firmware == "efi" and boot.efi_vars is not None:
+        (boot.folder / "VARS.fd").write_bytes(boot.efi_vars)
+
+
 def boot_and_wait(boot: BootVM, uri: str, pattern: str, timeout: float) -> BootResult:
     """Boot, wait for a heartbeat or ``timeout`` seconds, take a screenshot, destroy: nothing is left."""
     name = f"genievm-boot-{secrets.token_hex(4)}"
@@ -110,6 +128,7 @@ def boot_and_wait(boot: BootVM, uri: str, pattern: str, timeout: float) -> BootR
     except libvirt.libvirtError as exc:
         raise ProviderError(f"boot check: cannot connect to libvirt at {uri}: {exc.get_error_message()}") from exc
     try:
+        place_efi_vars(boot)
         try:
             dom = conn.createXML(domain_xml(boot, name), libvirt.VIR_DOMAIN_START_AUTODESTROY)
         except libvirt.libvirtError as exc:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("libvirt")
 
-from genievm_recovery.boot_vm import BootVM, domain_xml, plain_vm, png_from_ppm  # noqa: E402
+from genievm_recovery.boot_check import efi_vars  # noqa: E402
+from genievm_recovery.boot_vm import BootVM, domain_xml, place_efi_vars, plain_vm, png_from_ppm  # noqa: E402
 
+from genievm_core.errors import CorruptionError  # noqa: E402
+from genievm_core.jobs.vm_files import session_files  # noqa: E402
+from genievm_core.models.manifest import BackupManifest, VMRecord  # noqa: E402
 from genievm_core.translate import PortableDisk, PortableNic, PortableVM  # noqa: E402
 
 
@@ -45,6 +50,43 @@ def test_an_image_backup_boots_as_a_plain_bios_vm(tmp_path: Path) -> None:
     root = ET.fromstring(domain_xml(BootVM(vm, {"vda": (tmp_path / "o", "nbd+unix:///vda?socket=/s")}, tmp_path),
                                     "b"))  # fmt: skip
     assert root.find("os/loader") is None and root.findtext("memory") == "512"
+
+
+class _Session:
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def sources(self) -> dict[str, object]:
+        return {}
+
+    def vm_files(self) -> dict[str, bytes]:
+        return self.files
+
+
+def _manifest(config_format: str, files: dict[str, bytes]) -> BackupManifest:
+    now = datetime.now(UTC)
+    records = session_files(_Session(files), "kvm", "uefi1")  # type: ignore[arg-type]
+    vm = VMRecord(id="uefi1", name="uefi1", provider="kvm", config_format=config_format, files=records)
+    return BackupManifest(backup_id="20261207T000000.000000Z-0123abcd", repository_id="0" * 32, vm=vm,
+                          kind="full", started_at=now, finished_at=now, disks=())  # fmt: skip
+
+
+def test_an_efi_vm_boots_with_the_backups_variables(tmp_path: Path) -> None:
+    """A KVM backup's NVRAM (its boot entries) is the check's VARS.fd; a vSphere .nvram or a BIOS VM gets none."""
+    efi = PortableVM("kvm", "uefi1", 1, 1, 512, "efi", False, "linux", (PortableDisk("vda", "virtio"),), ())
+    manifest = _manifest("libvirt-domain-xml", {"nvram": b"EFI variables", "swtpm.tar": b"tpm"})
+    assert efi_vars(manifest, efi) == b"EFI variables"
+    assert efi_vars(_manifest("vsphere-vmx+json", {"nvram": b"vmware"}), efi) is None
+    assert efi_vars(manifest, plain_vm("uefi1", ["vda"])) is None
+    place_efi_vars(BootVM(efi, {}, tmp_path, efi_vars=efi_vars(manifest, efi)))
+    assert (tmp_path / "VARS.fd").read_bytes() == b"EFI variables"
+    place_efi_vars(BootVM(plain_vm("b", ["vda"]), {}, tmp_path / "bios", efi_vars=b"x"))  # nothing written
+    assert not (tmp_path / "bios").exists()
+    damaged = manifest.model_copy(
+        update={"vm": manifest.vm.model_copy(update={"files": (manifest.vm.files[0].model_copy(update={"size": 3}),)})}
+    )
+    with pytest.raises(CorruptionError, match="VM file nvram does not match its checksum"):
+        efi_vars(damaged, efi)
 
 
 def test_a_ppm_screenshot_becomes_a_png() -> None:
