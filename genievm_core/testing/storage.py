@@ -183,11 +183,13 @@ class StorageContract:
             readers = [pool.submit(reader, n) for n in range(2)]
             deadline = time.monotonic() + 30
             rounds = 0
-            try:  # at least 4 rounds, and on until both readers have read many times (a busy machine may
-                # schedule them late: a fast store could otherwise finish every put before any read)
-                while rounds < 4 or (min(reads) < 20 and time.monotonic() < deadline):
+            try:  # at least 4 rounds, and on until both readers have read many times and seen two versions
+                # (a busy machine may schedule them late, and a fast in-memory store may hold the GIL through
+                # every put of a round: each put hands it over, so that a reader can run between two puts)
+                while rounds < 4 or ((min(reads) < 20 or len(seen) < 2) and time.monotonic() < deadline):
                     for version in versions:
                         storage.put("big", version)
+                        time.sleep(0)
                     rounds += 1
             finally:
                 stop.set()
