@@ -36,8 +36,9 @@ source; a difference fails the run. The image is in the page cache for every
 step, baseline included (it is read through before each step: a round writes
 about 15 GB, which pushed part of it out of the cache before 2026-12-07, so
 that the incremental read it from the disk); dirty pages are synced before each
-step and nothing is deleted until the round ends, so each step starts the same way. Missing Debian
-tools (qemu-utils, restic) are installed with apt-get when run as root.
+step and nothing is deleted until the round ends, so each step starts the same
+way. Missing Debian tools (qemu-utils, restic) are installed with apt-get when
+run as root.
 Each target missed is told against its floor: the CPU work the repository format
 itself needs on the image, on every CPU at once (``floor.py``), so a miss reads
 either as out of reach on this machine or as time GenieVM spends over the floor.

@@ -4,9 +4,10 @@ over every CPU of the machine.
 GenieVM's own object codec (``genievm_core.repository.objects.ObjectCodec`` with the defaults: keyed
 BLAKE3 chunk id, the zstd probe then zstd level 3, AES-256-GCM) runs over every non-zero 4 MiB block
 of the image in this process, one block after the other on one thread, timed with the thread's CPU
-clock: no interpreter start-up, no key derivation, no job, no lock, no write to a disk. Divided by
-the CPU count it is the least wall time any program writing this format could take for that step on
-this machine. A target below its floor cannot be met without changing the format's algorithms, which
+clock: no interpreter start-up, no key derivation, no job, no lock. What it stores is then written
+once beside the repository and fsynced (``durable_write``). The CPU divided by the CPU count, or the
+device's time if longer, is the least wall time any program writing this format could take for that
+step on this machine. A target below its floor cannot be met without changing the format's algorithms, which
 issue 13 keeps ("the same dedup, compression ratio within 5 %"); a target above it can, and what
 GenieVM spends over the floor is its own.
 

@@ -39,6 +39,10 @@ if [[ -f /run/libvirtd.pid ]] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null;
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "libvirtd.sh: libvirtd (pid $pid) did not stop within 10 s; qemu.conf changed, restart it by hand" >&2
+    exit 1
+  fi
 fi
 libvirtd -d
 for _ in $(seq 1 100); do

@@ -63,18 +63,8 @@ def domain_xml(boot: BootVM, name: str) -> str:
     memory = min(max(vm.memory_mib, 256), MAX_MEMORY_MIB)
     kind = "qemu" if boot.accel == "tcg" or (boot.accel == "auto" and not os.path.exists("/dev/kvm")) else "kvm"
     made = libvirt_domain(
-        PortableVM(
-            vm.source,
-            vm.name,
-            vm.cpus,
-            vm.cores_per_socket,
-            memory,
-            vm.firmware,
-            vm.secure_boot,
-            vm.os_family,
-            vm.disks,
-            (),
-        ),  # fmt: skip
+        PortableVM(vm.source, vm.name, vm.cpus, vm.cores_per_socket, memory, vm.firmware, vm.secure_boot,
+                   vm.os_family, vm.disks, ()),  # fmt: skip
         list(boot.overlays),
         LibvirtTarget(name=name, domain_type=kind, disk_bus="sata", no_nics=True),
     )

@@ -52,7 +52,9 @@ def test_an_image_backup_boots_as_a_plain_bios_vm(tmp_path: Path) -> None:
     assert root.find("os/loader") is None and root.findtext("memory") == "512"
 
 
-class _Session:
+class FakeSession:
+    """A test double of a backup session: only the VM files it offers (``session_files`` reads them)."""
+
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
 
@@ -65,7 +67,7 @@ class _Session:
 
 def _manifest(config_format: str, files: dict[str, bytes]) -> BackupManifest:
     now = datetime.now(UTC)
-    records = session_files(_Session(files), "kvm", "uefi1")  # type: ignore[arg-type]
+    records = session_files(FakeSession(files), "kvm", "uefi1")  # type: ignore[arg-type]
     vm = VMRecord(id="uefi1", name="uefi1", provider="kvm", config_format=config_format, files=records)
     return BackupManifest(backup_id="20261207T000000.000000Z-0123abcd", repository_id="0" * 32, vm=vm,
                           kind="full", started_at=now, finished_at=now, disks=())  # fmt: skip
