@@ -1,5 +1,5 @@
 """``python -m genievm_core`` runs the ``genievm`` command."""
 
-from genievm_core.cli import main
+from genievm_core.cli import run
 
-main()
+run()

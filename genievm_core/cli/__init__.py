@@ -7,6 +7,7 @@ traceback; so is a number outside its option's range (``check_ranges``, exit 3).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import math
 import os
@@ -326,6 +327,9 @@ def _root(
     global _debug
     _debug = log_level is LogLevel.DEBUG
     tune_allocator()
+    if _collecting_after_start_up:
+        gc.freeze()  # what start-up made lives as long as the process: no later collection walks it
+        gc.enable()
     configure_logging(log_level.value, log_format)
     ctx.obj = State(
         disabled_plugins=list(disable_plugin or []),
@@ -355,6 +359,28 @@ def _json_error(exc: Exception, exit_code: int, message: str) -> None:
 
     if error_format.json and not error_format.result_printed:
         emit_json({"error": {"code": type(exc).__name__, "exit": exit_code, "message": message}})
+
+
+_collecting_after_start_up = False  # run() turned the collector off for the start-up
+
+
+def run() -> None:
+    """The ``genievm`` command: ``main`` in a process of its own.
+
+    Start-up (typer, pydantic's models, the library API, the plugins) makes some hundred thousand
+    objects that live until the process ends, and the cyclic collector walked them over and over
+    while they were made, then once more at exit: about 0.1 s of every command
+    (docs/performance.md, "Start-up"). The collector is off until the root command has loaded
+    (its objects are then frozen: set aside from every later collection) and the survivors are
+    frozen again on the way out, so the exit's collection has nothing to walk.
+    """
+    global _collecting_after_start_up
+    gc.disable()
+    _collecting_after_start_up = True
+    try:
+        main()
+    finally:
+        gc.freeze()
 
 
 def main() -> None:

@@ -114,7 +114,7 @@ def stage_core(src: Path, settings: dict[str, object], wheels: Path, completions
         if not path.name.startswith("python"):
             path.unlink(missing_ok=True)
     launcher = venv / "bin/genievm"
-    launcher.write_text(f"#!{VENV}/bin/python\nimport sys\n\nfrom genievm_core.cli import main\n\nsys.exit(main())\n")
+    launcher.write_text(f"#!{VENV}/bin/python\nimport sys\n\nfrom genievm_core.cli import run\n\nsys.exit(run())\n")
     launcher.chmod(0o755)
     for path in venv.glob("lib/python3.11/site-packages/*.dist-info/direct_url.json"):  # names the build folder
         path.unlink()
