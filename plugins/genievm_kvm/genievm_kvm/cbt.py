@@ -21,10 +21,7 @@ from __future__ import annotations
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin.protocols import CBTSource, ChangedExtents
 from genievm_kvm.chain import BITMAP_SOURCE, CHECKPOINT_SOURCE, RUNNING
-from genievm_kvm.connection import connect, find_domain
-from genievm_kvm.live import checkpoint_changes, job_place
 from genievm_kvm.lvm_thin import LVMThinCBT
-from genievm_kvm.offline import bitmap_changes
 
 __all__ = ["CBT_SOURCES", "LibvirtCheckpointCBT", "Qcow2BitmapCBT"]
 
@@ -45,6 +42,9 @@ class LibvirtCheckpointCBT:
     def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
         if not token:
             return ChangedExtents.unavailable("no checkpoint to compare with")
+        from genievm_kvm.connection import connect, find_domain  # libvirt: not for every command that loads plugins
+        from genievm_kvm.live import checkpoint_changes, job_place
+
         conn = connect(disk.details["uri"])
         try:
             dom = find_domain(conn, disk.details["vm_uuid"])
@@ -67,6 +67,8 @@ class Qcow2BitmapCBT:
         return disk.storage_kind == "qcow2-file" and disk.details.get("vm_state") not in RUNNING
 
     def changed_extents(self, disk: DiskInfo, token: str | None) -> ChangedExtents:
+        from genievm_kvm.offline import bitmap_changes
+
         return bitmap_changes(disk, token)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from genievm_kvm.firmware import NVRAM_FILE
@@ -31,8 +31,10 @@ from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin.protocols import Problem, RepositoryReader, VerifyReport
 from genievm_core.repository import Repository
 from genievm_core.translate import PortableVM, read_config
-from genievm_recovery.boot_vm import BootResult, BootVM, boot_and_wait, plain_vm
 from genievm_recovery.export import START_TIMEOUT, Export, ServeJob
+
+if TYPE_CHECKING:
+    from genievm_recovery.boot_vm import BootResult
 
 __all__ = ["DEFAULT_PATTERN", "BootOptions", "BootVerifier"]
 
@@ -78,6 +80,8 @@ class BootVerifier:
     def verify_with(
         self, repository: RepositoryReader, manifest: BackupManifest, options: Mapping[str, Any]
     ) -> VerifyReport:
+        from genievm_recovery.boot_vm import BootVM, boot_and_wait  # libvirt: only for a boot check
+
         opts = BootOptions.of(options)
         if not isinstance(repository, Repository):
             raise ProviderError("boot check: needs the repository itself (an export reads it), not a reader")
@@ -112,6 +116,8 @@ def efi_vars(manifest: BackupManifest, vm: PortableVM) -> bytes | None:
 
 
 def _vm(manifest: BackupManifest, disks: list[str]) -> PortableVM:
+    from genievm_recovery.boot_vm import plain_vm
+
     config = base64.b64decode(manifest.vm.config) if manifest.vm.config else b""
     if not config:
         return plain_vm(manifest.vm.name, disks)
