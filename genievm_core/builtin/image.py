@@ -136,7 +136,9 @@ class _ImageBackup:
 
 
 class ImageDiskSource:
-    """A raw image or block device, read with pread."""
+    """A raw image or block device, read with pread: from the engine's workers at once (``ReadsConcurrently``)."""
+
+    concurrent_reads = True
 
     def __init__(self, info: DiskInfo) -> None:
         self._info = info

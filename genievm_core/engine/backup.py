@@ -3,7 +3,11 @@
 Per disk, one thread walks the chunks of the plan in order, reads the
 allocated parts of each (holes stay zeros and are never read) and hands the
 chunk to a shared pool of workers that zero-detect, hash, look up, compress,
-encrypt and store it. In an incremental with changed extents, a chunk that
+encrypt and store it. A source that ``ReadsConcurrently`` (an image, read
+with pread) is read by those workers instead, each reading the chunk it
+processes: one reading thread and the hashing workers kept waiting on each
+other for the GIL (on two CPUs a hash-compare incremental's copy took 0.47
+instead of 0.38 s). In an incremental with changed extents, a chunk that
 changed in less than half of it is read only where it changed: a worker takes
 the rest from the parent's chunk in the repository (the changed extents say
 every byte outside them is as the parent stored it). At most ``window``
@@ -27,7 +31,7 @@ from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallba
 from genievm_core.errors import CorruptionError
 from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize
 from genievm_core.models.manifest import BackupStats, CBTRecord
-from genievm_core.plugin.protocols import DiskSource
+from genievm_core.plugin.protocols import DiskSource, ReadsConcurrently
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
 
 __all__ = ["BackupEngine", "DiskPlan"]
@@ -124,6 +128,7 @@ class BackupEngine:
             assert plan.parent is not None
             index.take_from(plan.parent)
             todo = self._chunks_to_examine(index, plan)
+        concurrent = isinstance(source, ReadsConcurrently) and source.concurrent_reads is True
         tally = _Tally()
         total = size if every_chunk else sum(index.chunk_length(i) for i in todo)
         progress = DiskProgress(source.info.name, total)
@@ -153,6 +158,9 @@ class BackupEngine:
                     patches, read = self._read_patches(source, start, dirty, pieces)
                     job = self.pool.submit(self._process_patched, parent_id, length, patches)
                     whole = functools.partial(self._read, source, start, length, pieces)
+                elif concurrent:  # read by the worker that processes it: reads overlap each other and the hashing
+                    read = sum(p.length for p in pieces)
+                    job = self.pool.submit(self._read_and_process, source, start, length, pieces, parent_id)
                 else:
                     data, read = self._read(source, start, length, pieces)
                     job = self.pool.submit(self._process, data, parent_id)
@@ -237,6 +245,11 @@ class BackupEngine:
         for piece in pieces:
             buf[piece.offset - start : piece.end - start] = source.read(piece.offset, piece.length)
         return bytes(buf), sum(p.length for p in pieces)
+
+    def _read_and_process(
+        self, source: DiskSource, start: int, length: int, pieces: list[Extent], parent_id: bytes | None
+    ) -> tuple[Outcome, bytes, int]:
+        return self._process(self._read(source, start, length, pieces)[0], parent_id)
 
     def _process_patched(self, parent_id: bytes, length: int, patches: list[Patch]) -> tuple[Outcome, bytes, int]:
         """The parent's chunk with the changed parts written over it, then processed as read."""

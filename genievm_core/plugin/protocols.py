@@ -29,6 +29,7 @@ __all__ = [
     "DiskSource",
     "OffersCBTSources",
     "OffersVMFiles",
+    "ReadsConcurrently",
     "Problem",
     "Provider",
     "ProviderFactory",
@@ -65,7 +66,8 @@ class ChangedExtents:
 class DiskSource(Protocol):
     """One disk at the backup's point in time, read-only.
 
-    ``read`` is called from one thread per disk, sequentially by offset.
+    ``read`` is called from one thread per disk, sequentially by offset (unless the source says it
+    ``ReadsConcurrently``).
     """
 
     @property
@@ -89,6 +91,19 @@ class DiskSource(Protocol):
 
     def next_token(self) -> str | None:
         """The token to store in the manifest and pass to the next backup, or None."""
+
+
+@runtime_checkable
+class ReadsConcurrently(Protocol):
+    """What a ``DiskSource`` may also declare (since 0.5): ``concurrent_reads = True`` when its ``read`` may
+    be called from several threads at once and out of order (positional reads of a file or device).
+
+    The engine then reads each chunk on the worker that hashes and stores it, instead of on the disk's
+    one thread; reads still come in ascending order within a window of a few chunks. Without it (or
+    with False), reads stay on one thread, in order.
+    """
+
+    concurrent_reads: bool
 
 
 @dataclass(frozen=True)
