@@ -367,7 +367,7 @@ _collecting_after_start_up = False  # run() turned the collector off for the sta
 def run() -> None:
     """The ``genievm`` command: ``main`` in a process of its own.
 
-    Start-up (typer, pydantic's models, the library API, the plugins) makes some hundred thousand
+    Start-up (typer, pydantic's models, the library API, the plugins) makes some fifty thousand
     objects that live until the process ends, and the cyclic collector walked them over and over
     while they were made, then once more at exit: about 0.1 s of every command
     (docs/performance.md, "Start-up"). The collector is off until the root command has loaded
