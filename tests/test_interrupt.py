@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,3 +40,36 @@ def test_sigterm_mid_backup_commits_nothing_and_releases_the_lock(tmp_path: Path
     assert not list(repo.rglob("*.tmp"))
     chunks = sum(1 for p in (repo / "chunks").rglob("*") if p.is_file())
     assert 0 < chunks < 48, "the backup ran to the end instead of stopping between chunks"
+
+
+_SIGTERM_WHILE_A_THREAD_STARTS = """
+import signal, sys, threading, time
+from genievm_core.errors import JobInterruptedError
+from genievm_core.interrupts import raise_on
+
+raise_on([signal.SIGTERM])
+start_new_thread = threading._start_new_thread
+def start_then_signal(function, args):  # the handler runs inside raise_signal, in Thread.start's window
+    ident = start_new_thread(function, args)
+    signal.raise_signal(signal.SIGTERM)
+    return ident
+threading._start_new_thread = start_then_signal
+ran = threading.Event()
+thread = threading.Thread(target=ran.set)
+try:
+    thread.start()
+    print("started", flush=True)
+    time.sleep(10)
+except JobInterruptedError as exc:
+    print(exc, flush=True)
+print("ran", ran.wait(10), flush=True)
+"""
+
+
+def test_a_signal_while_a_thread_starts_is_raised_once_it_has_started() -> None:
+    """Raised inside Thread.start, the interruption made threading forget a started thread, which then printed
+    a KeyError traceback before the command's one line (a CI failure of test_repo_copy's SIGTERM test)."""
+    result = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_A_THREAD_STARTS], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == ["started", "interrupted by SIGTERM", "ran True"]

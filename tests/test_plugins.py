@@ -417,3 +417,15 @@ def test_every_hookspec_is_documented_with_its_version() -> None:
     for name in hooks:
         doc = getattr(spec, name).__doc__ or ""
         assert ":param registry:" in doc and "Since 0.1" in doc, name
+
+
+def test_a_sigterm_while_a_plugin_loads_is_an_interruption_not_a_broken_plugin(
+    genievm_exe: Run, tmp_path: Path
+) -> None:
+    """A worker stopped while its plugins loaded said "plugin aws ... failed to load: JobInterruptedError"."""
+    site = tmp_path / "site"
+    stopped = "import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)\n"
+    install(site, "genievm-slow", "1.0", {"slow": "genievm_slow.plugin"},
+            {"genievm_slow/__init__.py": "", "genievm_slow/plugin.py": stopped})  # fmt: skip
+    result = genievm_exe("plugins", "--json", env=site_env(site, tmp_path / "cache"))
+    assert (result.code, result.err_lines) == (130, ["genievm: error: interrupted by SIGTERM"])

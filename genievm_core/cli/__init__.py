@@ -28,7 +28,8 @@ from genievm_core.choices import (
     LogFormat,
     LogLevel,
 )
-from genievm_core.errors import ConfigError, GenieVMError, JobInterruptedError
+from genievm_core.errors import ConfigError, GenieVMError
+from genievm_core.interrupts import raise_on
 
 if TYPE_CHECKING:
     from typer import _click as click  # the click typer vendors (its types; nothing imported at run time)
@@ -343,10 +344,6 @@ def _root(
     ctx.call_on_close(ctx.obj.close)
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise JobInterruptedError(f"interrupted by {signal.Signals(signum).name}")
-
-
 def _say(line: str) -> None:
     from genievm_core.cli.common import err_console  # imported on the way out: it brings in the library API
 
@@ -387,9 +384,7 @@ def main() -> None:
     common = sys.modules.get("genievm_core.cli.common")
     if common is not None:  # a second run in this process (the tests): forget the last run's --json
         common.error_format.json = common.error_format.result_printed = False
-    for signum in (signal.SIGINT, signal.SIGTERM):  # stop between chunks and clean up, with one line
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, _interrupt)
+    raise_on((signal.SIGINT, signal.SIGTERM))  # stop between chunks and clean up, with one line
     try:
         # the click command itself: Typer's own __call__ sets an attribute on every escaping exception,
         # which SDK errors that refuse new attributes (pyVmomi's faults) turn into an AttributeError

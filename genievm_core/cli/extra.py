@@ -17,7 +17,7 @@ import functools
 from importlib.metadata import entry_points
 from typing import Any
 
-from genievm_core.errors import PluginError
+from genievm_core.errors import JobInterruptedError, PluginError
 
 __all__ = ["COMMANDS_GROUP", "JOBS_COMMANDS_GROUP", "load_plugin_command", "plugin_commands"]
 
@@ -45,6 +45,8 @@ def load_plugin_command(name: str, group: str = COMMANDS_GROUP) -> Any:
     ep = next(e for e in entry_points(group=group) if e.name == name)
     try:
         return ep.load()
+    except JobInterruptedError:
+        raise
     except Exception as exc:  # one broken distribution must not take the other commands with it
         return _broken(ep.name, ep.value, exc)
 

@@ -23,7 +23,7 @@ from stevedore import NamedExtensionManager
 
 from genievm_core import __version__
 from genievm_core.choices import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
-from genievm_core.errors import PluginError
+from genievm_core.errors import JobInterruptedError, PluginError
 from genievm_core.plugin import spec
 from genievm_core.plugin.options import option_fields
 from genievm_core.plugin.registry import (
@@ -114,6 +114,8 @@ class PluginHost:
 
     def _load_entry_points(self) -> None:
         def failed(_manager: Any, entry_point: Any, exc: BaseException) -> None:
+            if isinstance(exc, JobInterruptedError):  # a Ctrl-C or SIGTERM while it imported: not the plugin's
+                raise exc
             raise PluginError(
                 f"plugin {entry_point.name} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc

@@ -22,6 +22,7 @@ from typing import Any
 from genievm_core.api import GenieVM
 from genievm_core.choices import LogFormat
 from genievm_core.errors import GenieVMError, JobCancelledError, JobInterruptedError
+from genievm_core.interrupts import interrupt
 from genievm_core.jobs import default_job_db
 from genievm_core.logging import configure_logging
 from genievm_core.repository import Repository
@@ -56,10 +57,6 @@ class InstantExportJob(ServeJob):
             return {"instant": self.folder.name, "vm": record["name"], "disks": record["targets"]}
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise JobInterruptedError(f"interrupted by {signal.Signals(signum).name}")
-
-
 def main(argv: list[str]) -> int:
     folder = Path(argv[0])
     request = json.loads((folder / "owner-request.json").read_text())
@@ -69,7 +66,7 @@ def main(argv: list[str]) -> int:
             passphrase = pipe.read()
     configure_logging(os.environ.get("GENIEVM_LOG_LEVEL", "warning"), LogFormat(os.environ.get("GENIEVM_LOG_FORMAT",
                       "console")))  # into owner.log; the variables are those of every genievm command  # fmt: skip
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # detached: a Ctrl-C in the starting terminal is not for it
     options = request.get("storage_options") or {}
     try:
