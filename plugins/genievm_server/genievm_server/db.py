@@ -104,22 +104,32 @@ def connect(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> int:
-    """Apply the migrations the database lacks; its version before."""
+    """Apply the migrations the database lacks, in one transaction; its version before. Servers started
+    together on one database take turns (``hold_schema_lock``): one migrates, the others find it done."""
     with engine.begin() as conn:
+        hold_schema_lock(conn)
         _version.create(conn, checkfirst=True)
         found = conn.execute(sa.select(_version.c.version)).scalar()
         if found is None:
             conn.execute(_version.insert().values(version=0))
             found = 0
-    if found > SCHEMA_VERSION:
-        raise ConfigError(
-            f"invalid configuration: database: schema {found} is newer than this server's {SCHEMA_VERSION}"
-        )
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        with engine.begin() as conn:
+        if found > SCHEMA_VERSION:
+            raise ConfigError(
+                f"invalid configuration: database: schema {found} is newer than this server's {SCHEMA_VERSION}"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[version - 1](conn)
             conn.execute(_version.update().values(version=version))
     return int(found)
+
+
+def hold_schema_lock(conn: Connection) -> None:
+    """Hold, until ``conn``'s transaction ends, the lock every opener takes before it reads or changes the
+    schema: PostgreSQL's advisory lock, SQLite's write lock (``BEGIN IMMEDIATE``)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('genievm_server_schema'))"))
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the driver's own BEGIN comes only before a write, not DDL
 
 
 def _safe(url: str) -> str:

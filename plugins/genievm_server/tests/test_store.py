@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 from genievm_server.db import MIGRATIONS, SCHEMA_VERSION, connect, migrate
@@ -18,6 +20,30 @@ def test_migrate_creates_the_schema_once(database_url: str) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version FROM genievm_server_schema")).scalar() == SCHEMA_VERSION
     engine.dispose()
+
+
+def test_servers_started_together_on_a_new_database_migrate_it_once(database_url: str) -> None:
+    """Openers of one new database at once: each made the tables it found missing, and all but one failed
+    ("already exists"), or a migration ran twice."""
+    start, engines, errors = threading.Barrier(8), [], []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            engines.append(connect(database_url))
+        except Exception as exc:  # noqa: BLE001 - every opener's error is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and len(engines) == 8
+    with engines[0].connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM genievm_server_schema")).scalars().all() == [SCHEMA_VERSION]
+    for engine in engines:
+        engine.dispose()
 
 
 def test_a_database_of_a_newer_server_is_refused(database_url: str) -> None:

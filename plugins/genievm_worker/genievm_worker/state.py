@@ -97,6 +97,15 @@ class Attempt:
     outcome: str | None
 
 
+def hold_schema_lock(conn: sa.Connection) -> None:
+    """Hold, until ``conn``'s transaction ends, a lock that every opener of the database takes before it
+    reads or makes the tables: PostgreSQL's advisory lock, SQLite's write lock (``BEGIN IMMEDIATE``)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('genievm_worker_schema'))"))
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the driver's own BEGIN comes only before a write, not DDL
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -112,6 +121,7 @@ class SharedJobs:
                 url, pool_pre_ping=True, connect_args={"timeout": 30} if sqlite else {}
             )
             with self.engine.begin() as conn:
+                hold_schema_lock(conn)  # hosts started together on a new database: one makes the tables
                 metadata.create_all(conn)
                 found = conn.execute(sa.select(_version.c.version)).scalar()
                 if found is None:

@@ -4,15 +4,19 @@ cap's slots in a real Redis; a broker that does not answer is one line and exit 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from genievm_worker.coordination import Coordinator, vm_key
 from genievm_worker.state import SharedJobs
 from worker_support import Env, free_port, postgres_database
+
+OPENERS = 8
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -25,6 +29,44 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedJob
     with postgres_database(request.getfixturevalue("postgres")) as url:
         jobs = SharedJobs(url)
         yield jobs
+        jobs.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database, on each engine."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+        return
+    with postgres_database(request.getfixturevalue("postgres")) as url:
+        yield url
+
+
+def test_hosts_opening_a_new_database_at_once_make_one_schema(fresh_url: str) -> None:
+    """Three workers and a submitting CLI, started together on a new database, all open it (a CI run had one
+    fail with 'relation "genievm_worker_schema" already exists'), and it has one schema version."""
+    start, opened, errors = threading.Barrier(OPENERS), [], []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            opened.append(SharedJobs(fresh_url))
+        except Exception as exc:  # noqa: BLE001 - every opener's error is the finding
+            errors.append(exc)
+
+    for round_ in range(3):  # the window is a few milliseconds wide: open a new schema three times
+        threads = [threading.Thread(target=open_it) for _ in range(OPENERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == [] and len(opened) == OPENERS * (round_ + 1)
+        with opened[0].engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT version FROM genievm_worker_schema")).scalars().all() == [1]
+            if round_ < 2:
+                for table in ("worker_attempts", "worker_jobs", "genievm_worker_schema"):
+                    conn.execute(sa.text(f"DROP TABLE {table}"))
+    for jobs in opened:
         jobs.close()
 
 
