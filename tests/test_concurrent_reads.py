@@ -11,6 +11,7 @@ from pathlib import Path
 
 from genievm_core.builtin.image import ImageDiskSource
 from genievm_core.engine import BackupEngine, DiskPlan
+from genievm_core.models.extents import Extent
 from genievm_core.models.manifest import CBTRecord
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin import PluginHost
@@ -73,3 +74,29 @@ def test_a_source_that_reads_concurrently_is_read_on_the_workers(tmp_path: Path)
     assert [offset for _, offset in serial.reads] == [i * CHUNK for i in range(25)]
     assert list(index) == list(serial_index)  # the same chunks, in the same places
     assert b"".join(repo.get_chunk(cid) for cid in index) == data
+
+
+def test_the_changed_parts_merged_into_the_parents_chunks_are_read_on_the_workers(tmp_path: Path) -> None:
+    """An incremental with changed extents: each chunk changed in a small part is read there by a worker
+    (a source that reads concurrently) and merged into its parent's chunk; the chunks are the disk's."""
+    image = tmp_path / "disk.img"
+    data = bytearray(os.urandom(24 * CHUNK))
+    image.write_bytes(data)
+    info = DiskInfo("vda", len(data), "raw-file", location=str(image))
+    repo, parent = _backup(tmp_path, "a", WatchedImageSource(info, concurrent=True))
+    changed = [Extent(i * CHUNK + 4096, 512) for i in range(0, 24, 2)]  # 12 chunks, 512 bytes each
+    with image.open("r+b") as f:
+        for extent in changed:
+            data[extent.offset : extent.end] = os.urandom(extent.length)
+            f.seek(extent.offset)
+            f.write(data[extent.offset : extent.end])
+    source = WatchedImageSource(info, concurrent=True)
+    with ThreadPoolExecutor(4, thread_name_prefix="worker") as pool:
+        engine = BackupEngine(repo, pool, known_ids=set(parent), window=6)
+        index, stats = engine.backup_disk(source, DiskPlan(CBTRecord(mode="cbt"), parent, changed))
+    repo.flush_chunks()
+
+    assert sorted(offset for _, offset in source.reads) == [e.offset for e in changed]  # only the changed parts
+    assert {name.split("_")[0] for name, _ in source.reads} == {"worker"} and source.most_at_once >= 2
+    assert (stats.bytes_read, stats.chunks_new) == (12 * 512, 12)
+    assert b"".join(repo.get_chunk(cid) for cid in index) == bytes(data)

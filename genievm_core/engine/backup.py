@@ -155,9 +155,13 @@ class BackupEngine:
                 job: Future[tuple[Outcome, bytes, int]]
                 whole: Callable[[], tuple[bytes, int]] | None = None
                 if parent_id is not None and self._mergeable(plan, i, length, dirty):
-                    patches, read = self._read_patches(source, start, dirty, pieces)
-                    job = self.pool.submit(self._process_patched, parent_id, length, patches)
                     whole = functools.partial(self._read, source, start, length, pieces)
+                    if concurrent:  # the changed parts too are read by the worker
+                        read = sum(p.length for part in dirty for p in intersect([part], pieces))
+                        job = self.pool.submit(self._read_and_patch, source, start, dirty, pieces, parent_id, length)
+                    else:
+                        patches, read = self._read_patches(source, start, dirty, pieces)
+                        job = self.pool.submit(self._process_patched, parent_id, length, patches)
                 elif concurrent:  # read by the worker that processes it: reads overlap each other and the hashing
                     read = sum(p.length for p in pieces)
                     job = self.pool.submit(self._read_and_process, source, start, length, pieces, parent_id)
@@ -250,6 +254,10 @@ class BackupEngine:
         self, source: DiskSource, start: int, length: int, pieces: list[Extent], parent_id: bytes | None
     ) -> tuple[Outcome, bytes, int]:
         return self._process(self._read(source, start, length, pieces)[0], parent_id)
+
+    def _read_and_patch(self, source: DiskSource, start: int, dirty: list[Extent], pieces: list[Extent],
+                        parent_id: bytes, length: int) -> tuple[Outcome, bytes, int]:  # fmt: skip
+        return self._process_patched(parent_id, length, self._read_patches(source, start, dirty, pieces)[0])
 
     def _process_patched(self, parent_id: bytes, length: int, patches: list[Patch]) -> tuple[Outcome, bytes, int]:
         """The parent's chunk with the changed parts written over it, then processed as read."""

@@ -10,6 +10,7 @@ that a provider's ``open_backup`` yields: one source per disk name, and the VM's
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 
@@ -30,6 +31,7 @@ class CountingDiskSource(ABC):
         self._info = info
         self._read = read
         self._close = close
+        self._counting = threading.Lock()  # a source that ReadsConcurrently is read from several threads
         self.bytes_read = 0
 
     @property
@@ -37,7 +39,8 @@ class CountingDiskSource(ABC):
         return self._info
 
     def read(self, offset: int, length: int) -> bytes:
-        self.bytes_read += length
+        with self._counting:
+            self.bytes_read += length
         return self._read(offset, length)
 
     def close(self) -> None:

@@ -7,11 +7,11 @@ virtual environment); it is imported lazily so that listing VMs works without it
 from __future__ import annotations
 
 import os
+import queue
 import socket as sock
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,14 @@ from genievm_core.errors import ProviderError
 from genievm_core.models.extents import Extent, clip
 from genievm_kvm.errors import TransportSecurityError
 
-__all__ = ["ALLOCATION", "READERS", "Address", "NBDClient", "PendingRead", "qemu_nbd", "qemu_nbd_argv"]
+__all__ = ["ALLOCATION", "READERS", "Address", "NBDClient", "qemu_nbd", "qemu_nbd_argv"]
 
 ALLOCATION = "base:allocation"
 _STATE_ZERO = 2  # base:allocation: the range reads as zeros
 _DIRTY = 1  # qemu:dirty-bitmap:*: the range was written
 _MAX_REQUEST = 32 << 20  # qemu's NBD server refuses larger requests
-_PIECE = 1 << 20  # a larger read is split over the extra connections in multiples of this
 _MAX_STATUS = 1 << 30
-READERS = 4  # connections a backup's chunk reads are split over (where the server allows multi-conn)
+READERS = 4  # extra connections a backup's chunks are read over at once (where the server allows multi-conn)
 
 
 def _nbd() -> Any:
@@ -45,7 +44,7 @@ Address = Path | tuple[str, int]  # a unix socket here, or (host, port) of a TCP
 
 
 class NBDClient:
-    """One connection to one NBD export, over a unix socket or TCP."""
+    """One NBD export, over a unix socket or TCP: one connection, and ``readers`` more where allowed."""
 
     def __init__(
         self,
@@ -58,20 +57,21 @@ class NBDClient:
     ) -> None:
         """``tls_dir``: TLS required, with the CA and client certificates there (``ca-cert.pem``,
         ``client-cert.pem``, ``client-key.pem``); the server's certificate must name its host. ``readers``: extra
-        connections that large reads are split over, when the server allows several."""
+        connections for reads from several threads at once, when the server allows several (multi-conn)."""
         nbd = _nbd()
         self.contexts = contexts
         self.export = export
         self._error = nbd.Error
         self._readers: list[Any] = []
-        self._pool: ThreadPoolExecutor | None = None
         self._tls_dir = tls_dir
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()  # the connections no read_at holds
         try:
             self._h = self._connect(nbd, address, contexts)
             self.size: int = self._h.get_size()
             if readers > 1 and self._h.can_multi_conn():
                 self._readers = [self._connect(nbd, address, ()) for _ in range(readers)]
-                self._pool = ThreadPoolExecutor(readers, thread_name_prefix="genievm-nbd")
+            for h in [self._h, *self._readers]:
+                self._free.put(h)
         except nbd.Error as exc:
             self.close()
             if tls_dir is not None and ("tls" in exc.string.lower() or "certificate" in exc.string.lower()):
@@ -87,6 +87,7 @@ class NBDClient:
             h.set_tls(nbd.TLS_REQUIRE)
             h.set_tls_certificates(str(self._tls_dir))
             h.set_tls_verify_peer(True)
+        h.set_pread_initialize(False)  # no memset of every buffer before it is read into (a failed read raises)
         for ctx in contexts:
             h.add_meta_context(ctx)
         h.set_export_name(self.export)
@@ -105,34 +106,20 @@ class NBDClient:
         return bool(self._h.can_meta_context(ctx))
 
     def pread(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``; a large read split over the extra connections, read at once."""
-        return self.start_read(offset, length).result()
+        """``length`` bytes at ``offset``, on a connection no other ``pread`` holds: safe from several threads,
+        whose reads then go over several connections at once (``connections``), each one request."""
+        h = self._free.get()
+        try:
+            return self._read_on(h, offset, length)
+        finally:
+            self._free.put(h)
 
-    def reads_ahead(self, length: int) -> bool:
-        """Whether ``start_read`` of ``length`` bytes returns before the bytes are in (it is split over readers)."""
-        return length > _PIECE and bool(self._readers)
-
-    def start_read(self, offset: int, length: int) -> PendingRead:
-        """Start reading ``length`` bytes at ``offset`` over the extra connections; ``result()`` waits for them.
-
-        Without extra connections (or for a small read) the read happens here, at once.
-        """
-        if not self.reads_ahead(length):
-            return PendingRead(self, offset, length, [self._read_here(offset, length)])
-        assert self._pool is not None
-        step = -(-length // len(self._readers) // _PIECE) * _PIECE
-        reads = [
-            self._pool.submit(h.pread, min(step, length - pos), offset + pos)
-            for h, pos in zip(self._readers, range(0, length, step), strict=False)
-        ]
-        return PendingRead(self, offset, length, reads)
-
-    def _read_here(self, offset: int, length: int) -> bytes:
+    def _read_on(self, h: Any, offset: int, length: int) -> bytes:
         try:
             if length <= _MAX_REQUEST:  # a chunk: one request, one buffer
-                return bytes(self._h.pread(length, offset))
+                return bytes(h.pread(length, offset))
             parts = [(min(_MAX_REQUEST, length - pos), offset + pos) for pos in range(0, length, _MAX_REQUEST)]
-            return b"".join(self._h.pread(n, at) for n, at in parts)
+            return b"".join(h.pread(n, at) for n, at in parts)
         except self._error as exc:
             raise ProviderError(f"provider kvm: reading {self.export} at {offset}: {exc.string}") from exc
 
@@ -183,9 +170,6 @@ class NBDClient:
         return self.extents(ctx, flag=_DIRTY, present=True)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         for h in [getattr(self, "_h", None), *self._readers]:
             try:
                 if h is not None:
@@ -194,28 +178,7 @@ class NBDClient:
                 pass  # the server may be gone already (backup job aborted)
         self._h = None  # libnbd 1.14 has no close(): the handles close when collected
         self._readers = []
-
-
-class PendingRead:
-    """A read under way: its range, and its pieces (bytes, or futures of the readers' bytes) in order."""
-
-    def __init__(self, client: NBDClient, offset: int, length: int, pieces: Sequence[bytes | Future[bytes]]) -> None:
-        self.offset, self.length = offset, length
-        self._client = client
-        self._pieces = pieces
-
-    def result(self) -> bytes:
-        try:
-            parts = [p if isinstance(p, bytes) else p.result() for p in self._pieces]
-        except self._client._error as exc:
-            raise ProviderError(f"provider kvm: reading {self._client.export} at {self.offset}: {exc.string}") from exc
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def drop(self) -> None:
-        """Not wanted after all: let it finish, ignoring what it read or how it failed."""
-        for p in self._pieces:
-            if not isinstance(p, bytes):
-                p.exception()
+        self._free = queue.SimpleQueue()
 
 
 def qemu_nbd_argv(

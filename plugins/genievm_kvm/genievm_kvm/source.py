@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -10,11 +9,9 @@ from genievm_core.engine import CountingDiskSource, DiskSources
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin.protocols import BoundCBTSource, CBTSource, ChangedExtents
-from genievm_kvm.nbd_export import NBDClient, PendingRead
+from genievm_kvm.nbd_export import NBDClient
 
 __all__ = ["Changes", "NBDDiskSource", "Session"]
-
-_LONGEST = 1 << 63  # sorts after any extent's length
 
 
 @dataclass(frozen=True)
@@ -37,45 +34,20 @@ class Changes:
 class NBDDiskSource(CountingDiskSource):
     """Reads one export; its extents and changes come from the export's block status.
 
-    Reads come in ascending order (the ``DiskSource`` contract). When one read follows the
-    last where it ended and the same length after it is allocated, that next range is read
-    ahead while the caller works on this one: in a full backup, exactly the next chunk.
+    Reads may come from several threads at once (``ReadsConcurrently``): the engine's workers each read
+    their chunk whole, in one request, over a connection of their own where the export allows several.
     """
 
+    concurrent_reads = True
+
     def __init__(self, info: DiskInfo, client: NBDClient, changes: Changes) -> None:
-        super().__init__(info, self._read_in_order, self._close)
+        super().__init__(info, client.pread, client.close)
         self._client = client
         self._changes = changes
         self.offered: tuple[CBTSource, ...] = ()  # the plugin's CBT sources, bound to this export by cbt_sources
-        self._allocated: list[Extent] = []
-        self._end = -1  # where the last read ended
-        self._ahead: PendingRead | None = None
 
     def allocated_extents(self) -> list[Extent]:
-        self._allocated = self._client.allocated()
-        return self._allocated
-
-    def _read_in_order(self, offset: int, length: int) -> bytes:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and (ahead.offset, ahead.length) != (offset, length):
-            ahead.drop()
-            ahead = None
-        pending = ahead or self._client.start_read(offset, length)
-        nxt = offset + length
-        if offset == self._end and self._client.reads_ahead(length) and self._is_allocated(nxt, length):
-            self._ahead = self._client.start_read(nxt, length)
-        self._end = nxt
-        return pending.result()
-
-    def _is_allocated(self, offset: int, length: int) -> bool:
-        i = bisect_right(self._allocated, (offset, _LONGEST)) - 1
-        return i >= 0 and self._allocated[i].offset <= offset and offset + length <= self._allocated[i].end
-
-    def _close(self) -> None:
-        if self._ahead is not None:
-            self._ahead.drop()
-            self._ahead = None
-        self._client.close()
+        return self._client.allocated()
 
     def changed_extents(self, token: str | None) -> ChangedExtents:
         c = self._changes

@@ -1,17 +1,21 @@
-"""Reads over NBD split over several connections return what one connection reads, byte for byte;
-reads in sequence read the next range ahead, and one that is not wanted is dropped."""
+"""Reads over NBD through several connections return what one connection reads, byte for byte, and reads
+from several threads go over several connections at once."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from genievm_kvm.nbd_export import NBDClient, PendingRead, qemu_nbd
+from genievm_kvm.nbd_export import NBDClient, qemu_nbd
 from genievm_kvm.source import Changes, NBDDiskSource
 
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
+from genievm_core.plugin.protocols import ReadsConcurrently
 
 MIB = 1 << 20
 
@@ -25,7 +29,7 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield sock, data
 
 
-def test_a_read_split_over_connections_is_the_same_bytes(served) -> None:  # type: ignore[no-untyped-def]
+def test_reads_through_several_connections_are_the_same_bytes(served) -> None:  # type: ignore[no-untyped-def]
     sock, data = served
     one, several = NBDClient(sock, "vda"), NBDClient(sock, "vda", readers=4)
     try:
@@ -38,35 +42,40 @@ def test_a_read_split_over_connections_is_the_same_bytes(served) -> None:  # typ
         several.close()
 
 
-class RecordingClient(NBDClient):
-    """A real client that notes each read it starts."""
+class WatchedClient(NBDClient):
+    """A real client that notes, for each request, its connection and how many were under way at once."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.started: list[tuple[int, int]] = []
+        self.used: set[int] = set()
+        self.most_at_once = self._now = 0
+        self._lock = threading.Lock()
 
-    def start_read(self, offset: int, length: int) -> PendingRead:
-        self.started.append((offset, length))
-        return super().start_read(offset, length)
+    def _read_on(self, h, offset: int, length: int) -> bytes:  # type: ignore[no-untyped-def]
+        with self._lock:
+            self._now += 1
+            self.most_at_once = max(self.most_at_once, self._now)
+            self.used.add(id(h))
+        try:
+            time.sleep(0.005)  # a read that takes a while, as one from a busy server does
+            return super()._read_on(h, offset, length)
+        finally:
+            with self._lock:
+                self._now -= 1
 
 
-def test_reads_in_sequence_read_the_next_chunk_ahead_and_a_skip_drops_it(served) -> None:  # type: ignore[no-untyped-def]
+def test_reads_from_several_threads_go_over_several_connections_at_once(served) -> None:  # type: ignore[no-untyped-def]
     sock, data = served
-    client = RecordingClient(sock, "vda", readers=4)
+    client = WatchedClient(sock, "vda", readers=4)
     source = NBDDiskSource(DiskInfo("vda", len(data), "raw-file"), client, Changes())
     try:
+        assert isinstance(source, ReadsConcurrently) and source.concurrent_reads is True
         assert source.allocated_extents() == [Extent(0, len(data))]
-        chunk = 2 * MIB
-        assert source.read(0, chunk) == data[:chunk]
-        assert source.read(chunk, chunk) == data[chunk : 2 * chunk]
-        assert client.started[-1] == (2 * chunk, chunk)  # the next chunk, read ahead
-        assert source.read(3 * chunk, chunk) == data[3 * chunk : 4 * chunk]  # not the one read ahead
-        assert source.read(4 * chunk, 100) == data[4 * chunk : 4 * chunk + 100]
-        assert client.started == [(0, chunk), (chunk, chunk), (2 * chunk, chunk), (3 * chunk, chunk), (4 * chunk, 100)]
-        last = len(data) - chunk  # ahead only where the whole next range is allocated: not past the end
-        assert source.read(last - chunk, chunk) == data[last - chunk : last]
-        assert source.read(last, chunk) == data[last:]
-        assert client.started[-1] == (last, chunk)
-        assert source.bytes_read == 5 * chunk + 100
+        ranges = [(i * MIB, MIB) for i in range(9)] + [(9 * MIB, 12288), (7, 100), (MIB + 512, 5 * MIB + 4096)]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda r: source.read(*r), ranges * 3))
+        assert got == [data[offset : offset + length] for offset, length in ranges * 3]
+        assert 2 <= client.most_at_once <= 4 and len(client.used) >= 2  # each request on a connection of its own
+        assert source.bytes_read == 3 * sum(length for _, length in ranges)
     finally:
         source.close()
