@@ -249,9 +249,11 @@ def transfer_backup(
                         d.name: dp.submit(engine.backup_disk, sources[d.name], plans[d.name]) for d in plan.disks
                     }
                     results = dict(results_or_cancel(futures, control))
+                durable = pool.submit(repo.flush_chunks)  # the last chunks' fsyncs, while the provider ends its job
                 tokens = {d.name: sources[d.name].next_token() for d in plan.disks}
                 files = session_files(session, config.provider, plan.vm.id)  # at the same point in time
                 plan.vm_record = plan.vm_record.model_copy(update={"files": files})
+            durable.result()
     except BaseException:
         with contextlib.suppress(GenieVMError):  # keep what was stored for a resume; the first error is the one
             repo.flush_chunks()
