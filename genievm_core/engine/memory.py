@@ -11,7 +11,6 @@ buffers in the heap and re-uses them. Process-wide, so only the CLI calls it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["tune_allocator"]
 
@@ -23,7 +22,7 @@ _MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses more on 64-bit (HEAP_MAX_SIZE / 
 def tune_allocator(trim_threshold: int = 256 << 20) -> bool:
     """Ask glibc to keep large buffers in the heap; False where there is no glibc ``mallopt``."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols, libc's among them (find_library runs ldconfig: 20 ms)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

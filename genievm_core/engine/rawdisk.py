@@ -17,7 +17,6 @@ final fsync waits only for the tail. ``sync`` is that one final flush.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -34,7 +33,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 def _sync_file_range() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them (no ldconfig run)
         call = libc.sync_file_range
     except (OSError, AttributeError):
         return None
