@@ -29,7 +29,7 @@ import structlog
 
 from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
 from genievm_core.errors import CorruptionError
-from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize
+from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize, total_length
 from genievm_core.models.manifest import BackupStats, CBTRecord
 from genievm_core.plugin.protocols import DiskSource, ReadsConcurrently
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
@@ -156,11 +156,11 @@ class BackupEngine:
                 whole: Callable[[], tuple[bytes, int]] | None = None
                 if parent_id is not None and self._mergeable(plan, i, length, dirty):
                     whole = functools.partial(self._read, source, start, length, pieces)
+                    read = total_length(intersect(dirty, pieces))  # the changed parts, where allocated
                     if concurrent:  # the changed parts too are read by the worker
-                        read = sum(p.length for part in dirty for p in intersect([part], pieces))
                         job = self.pool.submit(self._read_and_patch, source, start, dirty, pieces, parent_id, length)
                     else:
-                        patches, read = self._read_patches(source, start, dirty, pieces)
+                        patches = self._read_patches(source, start, dirty, pieces)
                         job = self.pool.submit(self._process_patched, parent_id, length, patches)
                 elif concurrent:  # read by the worker that processes it: reads overlap each other and the hashing
                     read = sum(p.length for p in pieces)
@@ -232,14 +232,12 @@ class BackupEngine:
 
     def _read_patches(
         self, source: DiskSource, start: int, dirty: list[Extent], pieces: list[Extent]
-    ) -> tuple[list[Patch], int]:
-        """The changed parts of a chunk, read where allocated (zeros elsewhere), with the bytes read."""
-        patches, total = [], 0
-        for part in dirty:
-            data, read = self._read(source, part.offset, part.length, intersect([part], pieces))
-            patches.append((part.offset - start, data))
-            total += read
-        return patches, total
+    ) -> list[Patch]:
+        """The changed parts of a chunk, read where allocated (zeros elsewhere)."""
+        return [
+            (part.offset - start, self._read(source, part.offset, part.length, intersect([part], pieces))[0])
+            for part in dirty
+        ]
 
     @staticmethod
     def _read(source: DiskSource, start: int, length: int, pieces: list[Extent]) -> tuple[bytes, int]:
@@ -257,7 +255,7 @@ class BackupEngine:
 
     def _read_and_patch(self, source: DiskSource, start: int, dirty: list[Extent], pieces: list[Extent],
                         parent_id: bytes, length: int) -> tuple[Outcome, bytes, int]:  # fmt: skip
-        return self._process_patched(parent_id, length, self._read_patches(source, start, dirty, pieces)[0])
+        return self._process_patched(parent_id, length, self._read_patches(source, start, dirty, pieces))
 
     def _process_patched(self, parent_id: bytes, length: int, patches: list[Patch]) -> tuple[Outcome, bytes, int]:
         """The parent's chunk with the changed parts written over it, then processed as read."""

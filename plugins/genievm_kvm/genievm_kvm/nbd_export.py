@@ -64,7 +64,7 @@ class NBDClient:
         self._error = nbd.Error
         self._readers: list[Any] = []
         self._tls_dir = tls_dir
-        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()  # the connections no read_at holds
+        self._free: queue.SimpleQueue[Any | None] = queue.SimpleQueue()  # connections no pread holds; None: closed
         try:
             self._h = self._connect(nbd, address, contexts)
             self.size: int = self._h.get_size()
@@ -110,6 +110,8 @@ class NBDClient:
         whose reads then go over several connections at once (``connections``), each one request."""
         h = self._free.get()
         try:
+            if h is None:  # closed: a read now would wait for ever
+                raise ProviderError(f"provider kvm: reading {self.export} at {offset}: the NBD client is closed")
             return self._read_on(h, offset, length)
         finally:
             self._free.put(h)
@@ -178,7 +180,9 @@ class NBDClient:
                 pass  # the server may be gone already (backup job aborted)
         self._h = None  # libnbd 1.14 has no close(): the handles close when collected
         self._readers = []
-        self._free = queue.SimpleQueue()
+        while not self._free.empty():  # let go of the handles, and let a late pread fail at once
+            self._free.get_nowait()
+        self._free.put(None)
 
 
 def qemu_nbd_argv(

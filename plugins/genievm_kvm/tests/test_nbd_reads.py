@@ -13,6 +13,7 @@ import pytest
 from genievm_kvm.nbd_export import NBDClient, qemu_nbd
 from genievm_kvm.source import Changes, NBDDiskSource
 
+from genievm_core.errors import ProviderError
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin.protocols import ReadsConcurrently
@@ -79,3 +80,14 @@ def test_reads_from_several_threads_go_over_several_connections_at_once(served) 
         assert source.bytes_read == 3 * sum(length for _, length in ranges)
     finally:
         source.close()
+
+
+def test_a_read_after_close_fails_at_once(served) -> None:  # type: ignore[no-untyped-def]
+    """A closed client has no connection left to hand out: a late read is a ProviderError, not a wait for ever."""
+    sock, data = served
+    client = NBDClient(sock, "vda", readers=4)
+    assert client.pread(0, 4096) == data[:4096]
+    client.close()
+    for _ in range(2):
+        with pytest.raises(ProviderError, match="the NBD client is closed"):
+            client.pread(0, 4096)

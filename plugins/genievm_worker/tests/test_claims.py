@@ -20,19 +20,6 @@ OPENERS = 8
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedJobs]:
-    if request.param == "sqlite":
-        jobs = SharedJobs(f"sqlite:///{tmp_path / 'shared.sqlite'}")
-        yield jobs
-        jobs.close()
-        return
-    with postgres_database(request.getfixturevalue("postgres")) as url:
-        jobs = SharedJobs(url)
-        yield jobs
-        jobs.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database, on each engine."""
     if request.param == "sqlite":
@@ -40,6 +27,13 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     with postgres_database(request.getfixturevalue("postgres")) as url:
         yield url
+
+
+@pytest.fixture
+def shared(fresh_url: str) -> Iterator[SharedJobs]:
+    jobs = SharedJobs(fresh_url)
+    yield jobs
+    jobs.close()
 
 
 def test_hosts_opening_a_new_database_at_once_make_one_schema(fresh_url: str) -> None:
