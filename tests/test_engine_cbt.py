@@ -11,6 +11,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from genievm_core.builtin.image import ImageDiskSource
 from genievm_core.engine import BackupEngine, DiskPlan
 from genievm_core.models.extents import Extent
@@ -111,15 +113,25 @@ def test_a_small_change_is_read_alone_and_merged_into_the_parents_chunk(tmp_path
         assert repo.get_chunk(index[i]) == data[i * CHUNK : (i + 1) * CHUNK], f"chunk {i}"
 
 
-def test_a_small_change_over_a_damaged_parent_chunk_is_read_whole_and_the_backup_goes_on(tmp_path: Path) -> None:
-    """The parent's chunk a small change would be merged into is gone: that chunk is read whole from the disk
-    instead (a warning), and the incremental stores the disk's chunk exactly, as a full backup would."""
+@pytest.mark.parametrize("damage", ["gone", "one byte changed"])
+def test_a_small_change_over_a_damaged_parent_chunk_is_read_whole_and_the_backup_goes_on(
+    tmp_path: Path, damage: str
+) -> None:
+    """The parent's chunk a small change would be merged into is gone, or its tag fails (the merge trusts an
+    encrypted chunk's tag, as a restore does): that chunk is read whole from the disk instead (a warning), and
+    the incremental stores the disk's chunk exactly, as a full backup would."""
     image = tmp_path / "disk.img"
     image.write_bytes(os.urandom(3 * CHUNK))
     repo = Repository.init(open_storage(PluginHost(), str(tmp_path / "repo")), passphrase="pw", chunk_size=CHUNK)
     info = DiskInfo("vda", image.stat().st_size, "raw-file", location=str(image))
     parent, _ = _backup(repo, ImageDiskSource(info), DiskPlan(CBTRecord(mode="full")))
-    (tmp_path / "repo" / Repository.chunk_key(parent[1])).unlink()
+    stored = tmp_path / "repo" / Repository.chunk_key(parent[1])
+    if damage == "gone":
+        stored.unlink()
+    else:
+        blob = bytearray(stored.read_bytes())
+        blob[len(blob) // 2] ^= 1
+        stored.write_bytes(blob)
     with open(image, "r+b") as f:
         f.seek(CHUNK + 7)
         f.write(b"a" * 100)

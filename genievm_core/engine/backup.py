@@ -230,9 +230,7 @@ class BackupEngine:
             return False
         return sum(d.length for d in dirty) < length * MERGE_BELOW
 
-    def _read_patches(
-        self, source: DiskSource, start: int, dirty: list[Extent], pieces: list[Extent]
-    ) -> list[Patch]:
+    def _read_patches(self, source: DiskSource, start: int, dirty: list[Extent], pieces: list[Extent]) -> list[Patch]:
         """The changed parts of a chunk, read where allocated (zeros elsewhere)."""
         return [
             (part.offset - start, self._read(source, part.offset, part.length, intersect([part], pieces))[0])
@@ -259,7 +257,10 @@ class BackupEngine:
 
     def _process_patched(self, parent_id: bytes, length: int, patches: list[Patch]) -> tuple[Outcome, bytes, int]:
         """The parent's chunk with the changed parts written over it, then processed as read."""
-        chunk = bytearray(length) if parent_id == ZERO_ID else bytearray(self.repo.get_chunk(parent_id))
+        if parent_id == ZERO_ID:
+            chunk = bytearray(length)
+        else:  # where encrypted, the parent's tag is its check, as in a restore: no second keyed hash of it
+            chunk = bytearray(self.repo.get_chunk(parent_id, check_content=False))
         if len(chunk) != length:
             raise CorruptionError(f"chunk {parent_id.hex()} holds {len(chunk)} bytes, its index says {length}")
         for at, data in patches:

@@ -355,6 +355,7 @@ def abort_stale_job(dom: libvirt.virDomain, place: JobPlace) -> None:
 
 
 ABORT_WAIT = 30.0  # seconds to wait for libvirt to end an aborted backup job
+ABORT_POLL = 0.002  # the first pause before looking again whether it has (doubled up to 50 ms)
 
 
 def _abort(dom: libvirt.virDomain) -> None:
@@ -364,12 +365,13 @@ def _abort(dom: libvirt.virDomain) -> None:
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job: already gone
             log.warning("kvm.abort_failed", vm=dom.name(), error=exc.get_error_message())
-    deadline = time.monotonic() + ABORT_WAIT
-    while _has_backup_job(dom):
+    deadline, pause = time.monotonic() + ABORT_WAIT, ABORT_POLL
+    while _has_backup_job(dom):  # it usually goes within a few milliseconds: look again soon, then less often
         if time.monotonic() > deadline:
             log.warning("kvm.backup_job_lingers", vm=dom.name(), seconds=ABORT_WAIT)
             return
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 def _has_backup_job(dom: libvirt.virDomain) -> bool:
