@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-import structlog
 from hypothesis import settings
+
+from genievm_core.logging import reset_logging
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -38,13 +39,13 @@ settings.load_profile("genievm")
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No GENIEVM_* variable of the caller leaks into a test; each test has its own job registry
-    (``GENIEVM_JOB_DB``, passed on to subprocesses); structlog is reset after each."""
+    (``GENIEVM_JOB_DB``, passed on to subprocesses); logging is reset after each."""
     for name in list(os.environ):
         if name.startswith("GENIEVM_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("GENIEVM_JOB_DB", str(tmp_path / "jobs.sqlite"))
     yield
-    structlog.reset_defaults()
+    reset_logging()
 
 
 @pytest.fixture(scope="session")

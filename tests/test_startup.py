@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +14,20 @@ from genievm_core.cli import COMMANDS, load_command
 from genievm_core.testing.cli import run_cli
 
 # what the root's --help must not pay for: each costs tens of milliseconds or more
-HEAVY = ["genievm_core.api", "genievm_core.engine", "genievm_core.cli.common", "pydantic", "structlog", "pluggy",
-         "stevedore", "importlib.metadata", "genievm_kvm", "genievm_vmware", "genievm_storage_s3", "boto3"]
+HEAVY = [
+    "genievm_core.api",
+    "genievm_core.engine",
+    "genievm_core.cli.common",
+    "pydantic",
+    "structlog",
+    "pluggy",
+    "stevedore",
+    "importlib.metadata",
+    "genievm_kvm",
+    "genievm_vmware",
+    "genievm_storage_s3",
+    "boto3",
+]
 
 PROBE = """
 import json, sys
@@ -129,3 +143,28 @@ def test_the_command_collects_only_after_start_up() -> None:
     assert report["start_up_collects"] == "False" and report["command_collects"] == "True", done.stderr
     assert int(report["frozen"]) > 10_000  # typer, pydantic, the library API: set aside before the command
     assert int(report["unfrozen"]) < 100  # what the exit's collection would still walk
+
+
+def test_a_backup_with_json_output_imports_no_structlog_nor_rich(tmp_path: Path) -> None:
+    """Logging and the consoles are imported when used (about 50 ms): a backup that logs nothing at its level and
+    prints only JSON imports neither; the same backup at --log-level info does, and logs its events."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    env = os.environ | {"GENIEVM_PASSPHRASE": "pw"}
+    repo = str(tmp_path / "repo")
+    subprocess.run([sys.executable, "-c", PROBE, "repo", "init", repo], env=env, capture_output=True, timeout=60)
+    backup = ["backup", "--vm", "a", "--repo", repo, "--disk", f"vda={image}", "--json"]
+    quiet = subprocess.run([sys.executable, "-c", PROBE, *backup], capture_output=True, text=True, env=env, timeout=60)
+    modules = set(json.loads(quiet.stderr.strip().splitlines()[-1]))
+    assert "genievm_core.jobs.backup" in modules and json.loads(quiet.stdout)["kind"] == "full"
+    assert sorted(m for m in modules if m.split(".")[0] in {"structlog", "rich"}) == []
+
+    loud = subprocess.run(
+        [sys.executable, "-c", PROBE, "--log-level", "info", *backup],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "structlog" in json.loads(loud.stderr.strip().splitlines()[-1])
+    assert "backup.done" in loud.stderr and json.loads(loud.stdout)["kind"] == "incremental"

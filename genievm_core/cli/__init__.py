@@ -397,9 +397,9 @@ def main() -> None:
         _say("genievm: interrupted")
         sys.exit(130)
     except Exception as exc:
-        import structlog
+        from genievm_core.logging import get_logger
 
-        structlog.get_logger("genievm").debug("internal_error", exc_info=True)
+        get_logger("genievm").debug("internal_error", exc_info=True)
         _say(f"genievm: internal error: {type(exc).__name__}: {exc} (run with --log-level debug for the traceback)")
         _json_error(exc, 1, f"internal error: {type(exc).__name__}: {exc}")
         if _debug:

@@ -7,24 +7,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from genievm_core.api import REPO_ENV, GenieVM, passphrase_source
 from genievm_core.choices import MAX_SECONDS
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 __all__ = [
     "ConfigFileOption",
@@ -111,9 +105,30 @@ def provider_options(base: dict[str, Any], values: list[str] | None) -> dict[str
     return out
 
 
-err_console = Console(stderr=True, soft_wrap=True)
-# piped output is not cut to 80 columns: backup ids must survive `genievm backups list | grep`
-out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+class LazyConsole:
+    """A rich ``Console``, made (and rich imported, about 20 ms) when first used: a command that prints
+    nothing through it, such as a backup with ``--json``, never imports rich."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            if self._stderr:
+                self._console = Console(stderr=True, soft_wrap=True)
+            else:  # piped output is not cut to 80 columns: backup ids must survive `genievm backups list | grep`
+                self._console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+err_console = LazyConsole(stderr=True)
+out_console = LazyConsole(stderr=False)
 
 
 class State(GenieVM):
@@ -167,13 +182,22 @@ def disk_progress(enabled: bool) -> Iterator[Any]:
     if not enabled or not err_console.is_terminal:
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bars = Progress(
         TextColumn("[bold]{task.fields[disk]}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=err_console.get(),
     )
     tasks: dict[str, TaskID] = {}
 

@@ -221,7 +221,7 @@ def _watch_bars(registry: JobRegistry, record: JobRecord, interval: float) -> No
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TextColumn("{task.fields[state]}"),
-        console=err_console,
+        console=err_console.get(),
     )
     tasks: dict[str, TaskID] = {}
     with bars:

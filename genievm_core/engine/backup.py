@@ -25,10 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-import structlog
-
 from genievm_core.engine.control import DiskProgress, JobControl, ProgressCallback
 from genievm_core.errors import CorruptionError
+from genievm_core.logging import get_logger
 from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, normalize, total_length
 from genievm_core.models.manifest import BackupStats, CBTRecord
 from genievm_core.plugin.protocols import DiskSource, ReadsConcurrently
@@ -36,7 +35,7 @@ from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
 
 __all__ = ["BackupEngine", "DiskPlan"]
 
-log = structlog.get_logger("genievm.engine")
+log = get_logger("genievm.engine")
 Outcome = Literal["new", "deduplicated", "zero", "unchanged"]
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-import structlog
-
+from genievm_core.logging import get_logger
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin.protocols import CBTSource, ChangedExtents, DiskSource, OffersCBTSources
 
 __all__ = ["changed_since", "choose_cbt_source"]
 
-log = structlog.get_logger("genievm.cbt")
+log = get_logger("genievm.cbt")
 
 
 def choose_cbt_source(

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
 from pydantic import ValidationError
 
 from genievm_core.engine import (
@@ -40,6 +39,7 @@ from genievm_core.errors import CBTError, ConfigError, CorruptionError, GenieVME
 from genievm_core.jobs.job import Job
 from genievm_core.jobs.prune import prune_vms, retention_policy
 from genievm_core.jobs.vm_files import session_files
+from genievm_core.logging import get_logger
 from genievm_core.models.config import BackupConfig
 from genievm_core.models.manifest import (
     BackupManifest,
@@ -65,7 +65,7 @@ __all__ = [
     "transfer_backup",
 ]
 
-log = structlog.get_logger("genievm.backup")
+log = get_logger("genievm.backup")
 PhaseCallback = Callable[[str], None]
 
 

@@ -19,16 +19,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
-import structlog
-
 from genievm_core.choices import DISABLE_AUTOLOAD_ENV
 from genievm_core.jobs.job import JobState
 from genievm_core.jobs.registry import JobRecord
+from genievm_core.logging import get_logger
 
 __all__ = ["JOB_SOURCES_GROUP", "JobSource", "job_sources"]
 
 JOB_SOURCES_GROUP = "genievm.job_sources"
-log = structlog.get_logger("genievm.jobs")
+log = get_logger("genievm.jobs")
 
 
 class JobSource(Protocol):

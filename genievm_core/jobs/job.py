@@ -25,14 +25,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-import structlog
-
 from genievm_core.engine import DiskProgress, JobControl, ProgressCallback
 from genievm_core.errors import GenieVMError, JobCancelledError, JobInterruptedError, JobStateError
+from genievm_core.logging import bound, get_logger
 
 __all__ = ["FINAL_STATES", "Job", "JobState", "new_job_id"]
 
-log = structlog.get_logger("genievm.jobs")
+log = get_logger("genievm.jobs")
 
 
 class JobState(StrEnum):
@@ -100,7 +99,7 @@ class Job(ABC):
         self.started_at = datetime.now(UTC)
         self._notify()
         try:
-            with structlog.contextvars.bound_contextvars(job_id=self.id):  # on every line the job logs
+            with bound(job_id=self.id):  # on every line the job logs
                 result = self.execute()
         except (JobCancelledError, JobInterruptedError) as exc:
             self._finish(JobState.CANCELLED, exc)

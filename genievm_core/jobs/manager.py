@@ -13,16 +13,15 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
-import structlog
-
 from genievm_core.errors import GenieVMError, JobNotFoundError, JobStateError
 from genievm_core.jobs.job import Job
 from genievm_core.jobs.registry import JobRegistry
+from genievm_core.logging import get_logger
 
 __all__ = ["DEFAULT_MAX_CONCURRENT_JOBS", "JobManager"]
 
 DEFAULT_MAX_CONCURRENT_JOBS = 2
-log = structlog.get_logger("genievm.jobs")
+log = get_logger("genievm.jobs")
 
 
 class JobManager:

@@ -6,9 +6,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from genievm_core.jobs.job import Job
+from genievm_core.logging import get_logger
 from genievm_core.models.config import BackupConfig
 from genievm_core.repository import Damaged, Repository
 from genievm_core.repository.gc import PruneReport, prune_repository
@@ -17,7 +16,7 @@ from genievm_core.repository.retention import RetentionPolicy, plan_retention
 __all__ = ["DEFAULT_GRACE", "PruneJob", "prune_vms", "retention_policy"]
 
 DEFAULT_GRACE = timedelta(hours=24)
-log = structlog.get_logger("genievm.prune")
+log = get_logger("genievm.prune")
 
 
 def retention_policy(config: BackupConfig) -> RetentionPolicy:

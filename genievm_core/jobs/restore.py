@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import structlog
-
 from genievm_core.engine import JobControl, ProgressCallback, RestoreEngine, chunk_workers, results_or_cancel
 from genievm_core.errors import ConfigError, VerifyError
 from genievm_core.jobs.job import Job
 from genievm_core.jobs.vm_files import stored_files
+from genievm_core.logging import get_logger
 from genievm_core.models.config import DiskConfig, RestoreConfig
 from genievm_core.models.manifest import BackupManifest, DiskRecord
 from genievm_core.models.vm import DiskInfo, VMDescription
@@ -24,7 +23,7 @@ from genievm_core.repository import ChunkIndex, Repository
 
 __all__ = ["RestoreJob", "RestorePlan", "RestoreResult", "plan_restore", "run_restore", "write_restore"]
 
-log = structlog.get_logger("genievm.restore")
+log = get_logger("genievm.restore")
 PhaseCallback = Callable[[str], None]
 
 

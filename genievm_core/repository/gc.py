@@ -26,9 +26,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import structlog
-
 from genievm_core.errors import CorruptionError, ObjectLockedError, ObjectNotFoundError, RepositoryLockedError
+from genievm_core.logging import get_logger
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.repository.layout import is_chunk_key, is_index_key, unknown_keys
 from genievm_core.repository.objects import ObjectDamaged
@@ -39,7 +38,7 @@ __all__ = ["LEDGER_KEY", "Mark", "PruneReport", "mark_repository", "prune_reposi
 LEDGER_KEY = "gc/pending"
 DELETE_BATCH = 1000  # objects deleted between two cancel checks (one request where the target has delete_many)
 LOCK_ROUND = 1.0  # seconds of each attempt at the exclusive lock; a cancel is honoured between them
-log = structlog.get_logger("genievm.gc")
+log = get_logger("genievm.gc")
 Checkpoint = Callable[[], None]
 
 

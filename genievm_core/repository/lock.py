@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import structlog
-
 from genievm_core.choices import LOCK_STALE_AFTER
 from genievm_core.errors import (
     GenieVMError,
@@ -42,6 +40,7 @@ from genievm_core.errors import (
     RepositoryLockedError,
     StoragePermissionError,
 )
+from genievm_core.logging import get_logger
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.processes import process_alive
 
@@ -59,7 +58,7 @@ __all__ = [
 PREFIX = "locks/"
 STALE_AFTER = LOCK_STALE_AFTER  # seconds without a refresh after which another host's lock is stale
 RISK = "reading without a lock: a prune or gc running meanwhile may delete what is read"
-log = structlog.get_logger("genievm.lock")
+log = get_logger("genievm.lock")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
-import structlog
 from pydantic import ValidationError
 
 from genievm_core.errors import (
@@ -40,6 +39,7 @@ from genievm_core.errors import (
     UnsupportedFormatError,
     WrongPassphraseError,
 )
+from genievm_core.logging import get_logger
 from genievm_core.models.manifest import (
     CONFIG_FORMAT_VERSION,
     FORMAT_VERSION,
@@ -64,7 +64,7 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 MAX_MANIFEST = 16 << 20
 PassphraseSource = Callable[[], str]
 Damaged = tuple[str, RepositoryError]
-log = structlog.get_logger("genievm.repository")
+log = get_logger("genievm.repository")
 
 
 class _Downgraded(CorruptionError):

@@ -23,10 +23,10 @@ import errno
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from genievm_core.errors import StorageError
+from genievm_core.logging import get_logger
 from genievm_core.plugin.protocols import StorageTarget
 
 __all__ = ["DEFAULT_ATTEMPTS", "RetryingStorage", "is_transient", "retrying", "with_retries"]
@@ -50,7 +50,7 @@ TRANSIENT_ERRNOS = frozenset(
     }
 )
 T = TypeVar("T")
-log = structlog.get_logger("genievm.storage")
+log = get_logger("genievm.storage")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Mapping
 
 import pytest
-import structlog
+
+from genievm_core.logging import reset_logging
 
 __all__ = ["error_lines", "run_cli"]
 
@@ -27,7 +28,7 @@ def run_cli(
 ) -> tuple[int, str, str]:
     """``genievm ARGS`` through the function the console script calls: exit code, stdout, stderr.
 
-    ``env`` is set for the call only; structlog, which the CLI bound to the captured
+    ``env`` is set for the call only; logging, which the CLI bound to the captured
     stderr, is reset afterwards.
     """
     from genievm_core.cli import main
@@ -40,6 +41,6 @@ def run_cli(
         with pytest.raises(SystemExit) as exit_info:
             main()
     out, err = capsys.readouterr()
-    structlog.reset_defaults()
+    reset_logging()
     code = exit_info.value.code
     return 0 if code is None else int(code), out, err

@@ -15,8 +15,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-import structlog
-
 from genievm_aws.api import AWS, error_code
 from genievm_aws.blocks import SnapshotBlocks, changed_blocks
 from genievm_aws.cbt_source import EBS_CHANGED_BLOCKS
@@ -25,13 +23,14 @@ from genievm_aws.options import AWSOptions
 from genievm_aws.snapshots import SnapshotSet, prune_kept, sweep_leftovers, wait_for
 from genievm_core.engine import CountingDiskSource, DiskSources
 from genievm_core.errors import CBTError, ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import BackupRequest, BoundCBTSource, CBTSource, ChangedExtents
 
 __all__ = ["EBSDiskSource", "snapshot_backup"]
 
-log = structlog.get_logger("genievm.aws.backup")
+log = get_logger("genievm.aws.backup")
 SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}$")
 SOURCE = EBS_CHANGED_BLOCKS.name
 

@@ -20,8 +20,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-import structlog
-
 from genievm_aws.api import AWS
 from genievm_aws.backup import snapshot_backup
 from genievm_aws.instances import describe, find_instance, list_instances
@@ -29,13 +27,14 @@ from genievm_aws.options import AWSOptions
 from genievm_aws.restore import EBSRestore
 from genievm_core.engine import DiskSources
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.models.vm import VMDescription, VMRef
 from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
 
 __all__ = ["AWSProvider"]
 
-log = structlog.get_logger("genievm.aws")
+log = get_logger("genievm.aws")
 
 
 class AWSProvider:

@@ -17,21 +17,20 @@ import time
 import uuid
 from typing import Any
 
-import structlog
-
 from genievm_aws.api import AWS
 from genievm_aws.instances import CONFIG_FORMAT, disk_name, live
 from genievm_aws.options import AWSOptions
 from genievm_aws.sink import SnapshotSink
 from genievm_aws.snapshots import delete_snapshots, tagged, wait_for
 from genievm_core.errors import ConfigError, ProviderError, RestoreTargetExistsError
+from genievm_core.logging import get_logger
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import RestoreRequest
 
 __all__ = ["EBSRestore"]
 
-log = structlog.get_logger("genievm.aws.restore")
+log = get_logger("genievm.aws.restore")
 
 
 class EBSRestore:

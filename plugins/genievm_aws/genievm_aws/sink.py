@@ -16,17 +16,16 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import structlog
-
 from genievm_aws.api import AWS
 from genievm_aws.blocks import SnapshotBlocks, check_block_size, checksum
 from genievm_aws.instances import GiB
 from genievm_aws.snapshots import wait_for
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 
 __all__ = ["SnapshotSink"]
 
-log = structlog.get_logger("genievm.aws.sink")
+log = get_logger("genievm.aws.sink")
 
 
 class SnapshotSink:

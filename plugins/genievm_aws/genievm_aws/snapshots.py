@@ -19,14 +19,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from genievm_aws.api import AWS, error_code
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 
 __all__ = ["TAG", "SnapshotSet", "delete_snapshots", "prune_kept", "sweep_leftovers", "wait_for"]
 
-log = structlog.get_logger("genievm.aws.snapshots")
+log = get_logger("genievm.aws.snapshots")
 TAG = "genievm"  # tag key prefix
 
 

@@ -17,13 +17,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import structlog
-
 from genievm_core.errors import CorruptionError, ProviderError, RestoreTargetExistsError
+from genievm_core.logging import get_logger
 
 __all__ = ["NVRAM_FILE", "SWTPM_FILE", "Firmware", "firmware_of", "place_swtpm_state", "read_vm_files"]
 
-log = structlog.get_logger("genievm.kvm.firmware")
+log = get_logger("genievm.kvm.firmware")
 
 NVRAM_FILE = "nvram"
 SWTPM_FILE = "swtpm.tar"

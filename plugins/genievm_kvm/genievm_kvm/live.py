@@ -22,9 +22,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import libvirt
-import structlog
 
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.options import parse_options
@@ -41,7 +41,7 @@ from genievm_kvm.source import Changes, NBDDiskSource, Session
 
 __all__ = ["JobPlace", "abort_stale_job", "checkpoint_changes", "job_place", "live_backup", "run_dir"]
 
-log = structlog.get_logger("genievm.kvm.live")
+log = get_logger("genievm.kvm.live")
 SOURCE = CHECKPOINT_SOURCE
 
 

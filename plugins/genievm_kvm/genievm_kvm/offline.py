@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import libvirt
-import structlog
 
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import BackupRequest, ChangedExtents
 from genievm_kvm.chain import BITMAP_SOURCE, chain_prefix, new_checkpoint_name
@@ -37,7 +37,7 @@ from genievm_kvm.source import Changes, NBDDiskSource, Session
 
 __all__ = ["bitmap_changes", "bitmaps", "offline_backup"]
 
-log = structlog.get_logger("genievm.kvm.offline")
+log = get_logger("genievm.kvm.offline")
 SOURCE = BITMAP_SOURCE
 
 

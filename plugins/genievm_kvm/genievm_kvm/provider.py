@@ -21,11 +21,10 @@ from dataclasses import replace
 from typing import Any
 
 import libvirt
-import structlog
 
 from genievm_core.engine.cbt_choice import choose_cbt_source
 from genievm_core.errors import ProviderError
-from genievm_core.logging import redact_url
+from genievm_core.logging import get_logger, redact_url
 from genievm_core.models.vm import DiskInfo, VMDescription, VMRef
 from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
@@ -44,7 +43,7 @@ from genievm_kvm.source import Session
 
 __all__ = ["CBT_SOURCES", "KVMProvider", "job_place", "run_dir"]
 
-log = structlog.get_logger("genievm.kvm")
+log = get_logger("genievm.kvm")
 
 
 class KVMProvider:

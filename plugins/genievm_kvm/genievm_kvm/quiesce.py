@@ -6,13 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import libvirt
-import structlog
 
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 
 __all__ = ["frozen"]
 
-log = structlog.get_logger("genievm.kvm.quiesce")
+log = get_logger("genievm.kvm.quiesce")
 
 
 @contextmanager

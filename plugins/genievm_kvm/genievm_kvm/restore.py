@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import libvirt
-import structlog
 
 from genievm_core.builtin.image import ImageDiskSink
 from genievm_core.errors import ConfigError, ProviderError, RestoreTargetExistsError
+from genievm_core.logging import get_logger
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import DiskSink, RestoreRequest
@@ -35,7 +35,7 @@ from genievm_kvm.sink import NBDImageSink
 
 __all__ = ["KVMRestore", "restored_domain_xml"]
 
-log = structlog.get_logger("genievm.kvm.restore")
+log = get_logger("genievm.kvm.restore")
 Sink = ImageDiskSink | NBDImageSink
 
 

@@ -15,9 +15,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import libvirt
-import structlog
 
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.protocols import BackupRequest
 from genievm_kvm.chain import new_checkpoint_name
@@ -28,7 +28,7 @@ from genievm_kvm.source import Changes, NBDDiskSource, Session
 
 __all__ = ["snapshot_backup"]
 
-log = structlog.get_logger("genievm.kvm.snapshot")
+log = get_logger("genievm.kvm.snapshot")
 REASON = "internal-snapshot backups have no changed-block tracking"
 
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from genievm_kvm.firmware import NVRAM_FILE
 
 from genievm_core.errors import ConfigError, GenieVMError, JobCancelledError, ProviderError, TranslationError
 from genievm_core.jobs.vm_files import stored_files
+from genievm_core.logging import get_logger
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin.protocols import Problem, RepositoryReader, VerifyReport
 from genievm_core.repository import Repository
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_PATTERN", "BootOptions", "BootVerifier"]
 
 DEFAULT_PATTERN = r"login:"
-log = structlog.get_logger("genievm.boot")
+log = get_logger("genievm.boot")
 ZERO_ID = bytes(32)
 
 

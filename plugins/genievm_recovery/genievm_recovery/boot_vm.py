@@ -21,14 +21,14 @@ from pathlib import Path
 
 import libvirt
 import libvirt_qemu
-import structlog
 
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.translate import LibvirtTarget, PortableDisk, PortableVM, libvirt_domain
 
 __all__ = ["BootResult", "BootVM", "boot_and_wait", "png_from_ppm"]
 
-log = structlog.get_logger("genievm.boot")
+log = get_logger("genievm.boot")
 MAX_MEMORY_MIB = 2048
 AGENT_PING = '{"execute": "guest-ping"}'
 

@@ -27,10 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from genievm_core.engine.limits import save_limits
 from genievm_core.jobs import Job
+from genievm_core.logging import get_logger
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.processes import process_alive
 from genievm_core.repository import Repository
@@ -41,7 +40,7 @@ __all__ = ["Export", "ServeJob", "cleanup_stale", "exports_root", "running"]
 NBDKIT = "nbdkit"
 PLUGIN = Path(__file__).with_name("nbdkit_plugin.py")  # a script for nbdkit, never imported here
 START_TIMEOUT = 60.0
-log = structlog.get_logger("genievm.serve")
+log = get_logger("genievm.serve")
 
 
 def exports_root(job_db: Path) -> Path:

@@ -28,14 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from genievm_core.logging import get_logger
 from genievm_recovery.errors import GuestFilesError
 from genievm_recovery.extract import TargetTree, UnsafePathError
 
 __all__ = ["Entry", "GuestFiles", "guest_path"]
 
-log = structlog.get_logger("genievm.files")
+log = get_logger("genievm.files")
 NOT_MOUNTABLE = frozenset({"unknown", "swap", "crypto_LUKS", "LVM2_member", ""})
 _TYPES = {
     stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",

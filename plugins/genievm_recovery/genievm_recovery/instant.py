@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import structlog
 from genievm_kvm.connection import connect, libvirt_errors
 from genievm_kvm.restore import restored_domain_xml
 
 from genievm_core.errors import ConfigError, GenieVMError, RestoreTargetExistsError
 from genievm_core.jobs import JobRegistry
 from genievm_core.jobs.job import new_job_id
+from genievm_core.logging import get_logger
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.processes import process_alive
 from genievm_recovery.errors import InstantBootError
@@ -63,7 +63,7 @@ __all__ = [
 OWNER_START_TIMEOUT = 60.0
 OWNER_STOP_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 107  # sun_path
-log = structlog.get_logger("genievm.instant")
+log = get_logger("genievm.instant")
 
 
 def instant_root(job_db: Path) -> Path:

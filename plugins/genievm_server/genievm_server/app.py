@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genievm_core.errors import GenieVMError
+from genievm_core.logging import get_logger
 from genievm_server import console
 from genievm_server.api import jobs, policies, repositories, system
 from genievm_server.api.deps import ServiceDep, needs
@@ -26,7 +26,7 @@ from genievm_server.settings import ServerSettings
 __all__ = ["API_PREFIX", "create_app"]
 
 API_PREFIX = "/api/v1"
-log = structlog.get_logger("genievm.server")
+log = get_logger("genievm.server")
 VERSION = "0.1.0"
 
 

@@ -12,14 +12,14 @@ from email.message import EmailMessage
 from typing import Any
 
 import httpx
-import structlog
 
 from genievm_core.jobs import Job, JobState
+from genievm_core.logging import get_logger
 from genievm_server.settings import EmailSettings, WebhookSettings
 
 __all__ = ["Notifier"]
 
-log = structlog.get_logger("genievm.server")
+log = get_logger("genievm.server")
 TIMEOUT = 10.0
 
 

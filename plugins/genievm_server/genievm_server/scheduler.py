@@ -24,10 +24,9 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import structlog
-
 from genievm_core.errors import GenieVMError, JobNotFoundError
 from genievm_core.jobs import Job, JobState
+from genievm_core.logging import get_logger
 from genievm_server.errors import VMBusyError
 from genievm_server.policy import Policy, latest_slot, next_slot
 from genievm_server.service import Service
@@ -35,7 +34,7 @@ from genievm_server.store import PolicyRow, RunRow
 
 __all__ = ["Scheduler"]
 
-log = structlog.get_logger("genievm.scheduler")
+log = get_logger("genievm.scheduler")
 ALL_VMS = "*"  # the VM of a verify, prune or copy run: every VM of its policy
 BROKER_UNREACHABLE = 36  # genievm_worker's BrokerUnreachableError (the server does not import the workers)
 

@@ -8,12 +8,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from genievm_core.api import GenieVM, RestoreConfig
 from genievm_core.errors import ConfigError
 from genievm_core.jobs import Job, JobRecord, JobState
 from genievm_core.jobs.prune import retention_policy
+from genievm_core.logging import get_logger
 from genievm_core.models.vm import VMRef
 from genievm_core.repository import Repository
 from genievm_core.repository.retention import RetentionPolicy
@@ -27,7 +26,7 @@ from genievm_server.store import Store
 
 __all__ = ["Service"]
 
-log = structlog.get_logger("genievm.server")
+log = get_logger("genievm.server")
 UNFINISHED = (JobState.PENDING, JobState.RUNNING, JobState.PAUSED)
 
 

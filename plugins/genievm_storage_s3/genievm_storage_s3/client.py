@@ -16,7 +16,6 @@ from typing import Any
 import boto3
 import botocore.exceptions as bce
 import botocore.session
-import structlog
 from botocore.config import Config
 from urllib3.exceptions import InsecureRequestWarning
 
@@ -27,11 +26,12 @@ from genievm_core.errors import (
     StorageFullError,
     StoragePermissionError,
 )
+from genievm_core.logging import get_logger
 from genievm_storage_s3.options import S3Options
 
 __all__ = ["error_code", "make_client", "storage_error"]
 
-log = structlog.get_logger("genievm.storage.s3")
+log = get_logger("genievm.storage.s3")
 
 NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"})

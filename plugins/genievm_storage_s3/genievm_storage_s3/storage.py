@@ -24,17 +24,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import botocore.exceptions as bce
-import structlog
 from boto3.s3.transfer import TransferConfig
 
 from genievm_core.errors import ObjectLockedError, StorageError, StoragePermissionError
+from genievm_core.logging import get_logger
 from genievm_core.repository.retry import retrying
 from genievm_storage_s3.client import DENIED, NOT_FOUND, error_code, make_client, storage_error
 from genievm_storage_s3.options import S3Location, S3Options, parse_options, parse_url
 
 __all__ = ["S3Storage", "open_s3_storage"]
 
-log = structlog.get_logger("genievm.storage.s3")
+log = get_logger("genievm.storage.s3")
 STREAM_ERRORS = (bce.ResponseStreamingError, bce.IncompleteReadError, bce.ReadTimeoutError, bce.ConnectionClosedError)
 
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import boto3
 import pytest
-import structlog
+
+from genievm_core.logging import reset_logging
 
 sys.path.insert(0, str(Path(__file__).parent))  # s3_testbed, faulty_network (import mode importlib)
 
@@ -131,7 +132,7 @@ def iam_user(s3_endpoint: str) -> Iterator[Callable[..., dict[str, str]]]:
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No GENIEVM_* or AWS_* setting of the caller reaches a test (nor ~/.aws); structlog reset after each."""
+    """No GENIEVM_* or AWS_* setting of the caller reaches a test (nor ~/.aws); logging reset after each."""
     for name in list(os.environ):
         if (name.startswith("GENIEVM_") and name != ENDPOINT_ENV) or name.startswith("AWS_"):
             monkeypatch.delenv(name)
@@ -140,4 +141,4 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("GENIEVM_JOB_DB", str(tmp_path / "jobs.sqlite"))  # not the machine's job registry
     yield
-    structlog.reset_defaults()
+    reset_logging()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
-import structlog
 from pyVmomi import vim
 
 from genievm_core.engine import DiskSources
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.models.vm import VMDescription
 from genievm_core.plugin.protocols import BackupRequest
 from genievm_vmware.cbt import cbt_enabled, enable_cbt
@@ -22,7 +22,7 @@ from genievm_vmware.transport import DiskLocation, DiskTransport
 
 __all__ = ["snapshot_backup"]
 
-log = structlog.get_logger("genievm.vmware.backup")
+log = get_logger("genievm.vmware.backup")
 
 
 @contextmanager

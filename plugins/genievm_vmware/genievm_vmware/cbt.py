@@ -9,17 +9,17 @@ or CBT turned off and on) and every changed area since that changeId is unknown.
 
 from __future__ import annotations
 
-import structlog
 from pyVmomi import vim, vmodl
 
 from genievm_core.errors import CBTError
+from genievm_core.logging import get_logger
 from genievm_core.models.extents import Extent, normalize
 from genievm_vmware.connection import fault_message, wait
 from genievm_vmware.snapshot import genievm_snapshot
 
 __all__ = ["ALL_AREAS", "CBTRefused", "changed_areas", "enable_cbt", "is_reset"]
 
-log = structlog.get_logger("genievm.vmware.cbt")
+log = get_logger("genievm.vmware.cbt")
 ALL_AREAS = "*"  # QueryChangedDiskAreas' changeId for every allocated area
 
 

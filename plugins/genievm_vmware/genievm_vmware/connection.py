@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
-import structlog
 from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
 from genievm_core.errors import AuthenticationError, ConfigError, ProviderError
+from genievm_core.logging import get_logger
 from genievm_vmware.options import VMwareOptions
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "wait",
 ]
 
-log = structlog.get_logger("genievm.vmware")
+log = get_logger("genievm.vmware")
 PASSWORD_ENV = "GENIEVM_VMWARE_PASSWORD"
 USER_ENV = "GENIEVM_VMWARE_USER"
 

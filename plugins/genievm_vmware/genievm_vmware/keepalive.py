@@ -12,14 +12,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import structlog
 from pyVmomi import vim, vmodl
 
+from genievm_core.logging import get_logger
 from genievm_vmware.options import DEFAULT_INTERVAL
 
 __all__ = ["DEFAULT_INTERVAL", "session_kept_alive"]
 
-log = structlog.get_logger("genievm.vmware")
+log = get_logger("genievm.vmware")
 
 
 @contextmanager

@@ -9,15 +9,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import structlog
 from pyVmomi import vim
 
+from genievm_core.logging import get_logger
 from genievm_vmware.connection import vsphere_errors
 from genievm_vmware.transport.https import HTTPSTransport
 
 __all__ = ["NVRAM_FILE", "nvram_location", "read_nvram", "write_nvram"]
 
-log = structlog.get_logger("genievm.vmware.nvram")
+log = get_logger("genievm.vmware.nvram")
 
 NVRAM_FILE = "nvram"
 _DATASTORE_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\] ?(?P<path>.*)$")

@@ -28,9 +28,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from genievm_core.engine import DiskSources
+from genievm_core.logging import get_logger
 from genievm_core.models.vm import VMDescription, VMRef
 from genievm_core.plugin.options import parse_options
 from genievm_core.plugin.protocols import BackupRequest, RestoreRequest
@@ -56,7 +55,7 @@ from genievm_vmware.transport.select import choose_transport
 
 __all__ = ["VMwareProvider"]
 
-log = structlog.get_logger("genievm.vmware")
+log = get_logger("genievm.vmware")
 
 
 class VMwareProvider:

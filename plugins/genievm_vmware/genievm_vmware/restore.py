@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from pyVmomi import vim
 
 from genievm_core.errors import ConfigError, GenieVMError, ProviderError, RestoreTargetExistsError
+from genievm_core.logging import get_logger
 from genievm_core.models.config import DiskConfig
 from genievm_core.models.vm import DiskInfo, VMDescription
 from genievm_core.plugin.protocols import DiskSink, RestoreRequest
@@ -36,7 +36,7 @@ from genievm_vmware.vmspec import DiskSlot, new_vm_spec, slot
 
 __all__ = ["VMwareDiskSink", "VMwareRestore"]
 
-log = structlog.get_logger("genievm.vmware.restore")
+log = get_logger("genievm.vmware.restore")
 
 
 class VMwareDiskSink:

@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-import structlog
 from pyVmomi import vim, vmodl
 
 from genievm_core.errors import GenieVMError, ProviderError
+from genievm_core.logging import get_logger
 from genievm_vmware.connection import raise_for, vsphere_errors, wait
 
 __all__ = ["GENIEVM_TAG", "SnapshotGone", "genievm_snapshot", "genievm_snapshots", "remove_snapshot", "sweep_stale"]
 
-log = structlog.get_logger("genievm.vmware.snapshot")
+log = get_logger("genievm.vmware.snapshot")
 PREFIX = "genievm-"
 GENIEVM_TAG = "Made by GenieVM for a backup; removed when it ends."
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import structlog
 from pyVmomi import vim
 
 from genievm_core.engine import CountingDiskSource
 from genievm_core.errors import CBTError
+from genievm_core.logging import get_logger
 from genievm_core.models.extents import Extent
 from genievm_core.models.vm import DiskInfo
 from genievm_core.plugin.protocols import BoundCBTSource, CBTSource, ChangedExtents
@@ -20,7 +20,7 @@ from genievm_vmware.transport import DiskHandle
 
 __all__ = ["SnapshotDisk", "VMwareDiskSource"]
 
-log = structlog.get_logger("genievm.vmware.source")
+log = get_logger("genievm.vmware.source")
 SOURCE = VSPHERE_CBT.name
 
 

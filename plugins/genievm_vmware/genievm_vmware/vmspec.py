@@ -16,17 +16,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
 from pyVmomi import vim
 
 from genievm_core.errors import ConfigError
+from genievm_core.logging import get_logger
 from genievm_vmware.networks import backing_networks
 from genievm_vmware.options import VMwareOptions
 from genievm_vmware.placement import Placement
 
 __all__ = ["DiskSlot", "network_backing", "new_vm_spec", "slot"]
 
-log = structlog.get_logger("genievm.vmware.restore")
+log = get_logger("genievm.vmware.restore")
 DiskSlot = tuple[str, int, int]  # controller kind, bus number, unit number: how disks of two VMs are matched
 _CONTROLLERS: tuple[type[Any], ...] = (
     vim.vm.device.VirtualSCSIController,

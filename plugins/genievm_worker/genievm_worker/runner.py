@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from genievm_core.api import BackupConfig, GenieVM, RestoreConfig, RetentionPolicy
 from genievm_core.errors import GenieVMError
 from genievm_core.jobs import Job
+from genievm_core.logging import get_logger
 from genievm_worker.coordination import Coordinator, vm_key
 from genievm_worker.errors import BrokerUnreachableError
 from genievm_worker.settings import WorkerSettings
@@ -28,7 +27,7 @@ from genievm_worker.state import SharedJobs
 
 __all__ = ["Outcome", "WorkerRuntime", "build_job"]
 
-log = structlog.get_logger("genievm.worker")
+log = get_logger("genievm.worker")
 RETRY_AFTER = 3.0  # seconds before a job that could not start here (its VM busy, a cap full) is tried again
 MAX_NOT_STARTED = 5  # attempts at a job that never began (its registry refused it) before it is failed
 

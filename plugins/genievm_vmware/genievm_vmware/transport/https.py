@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlencode
 
-import structlog
 import urllib3
 from urllib3.exceptions import HTTPError
 
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 from genievm_core.models.extents import Extent
 from genievm_vmware.transport import DiskHandle, DiskLocation
 
 __all__ = ["HTTPSDiskHandle", "HTTPSTransport"]
 
-log = structlog.get_logger("genievm.vmware.https")
+log = get_logger("genievm.vmware.https")
 UPLOAD_BLOCK = 1 << 20
 
 

@@ -14,9 +14,8 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-import structlog
-
 from genievm_core.errors import ConfigError, GenieVMError, ProviderError
+from genievm_core.logging import get_logger
 from genievm_vmware.connection import Endpoint, ssl_context
 from genievm_vmware.options import VMwareOptions
 from genievm_vmware.transport import DiskTransport
@@ -24,7 +23,7 @@ from genievm_vmware.transport.https import HTTPSTransport
 
 __all__ = ["choose_transport", "server_thumbprint"]
 
-log = structlog.get_logger("genievm.vmware.transport")
+log = get_logger("genievm.vmware.transport")
 
 
 def choose_transport(

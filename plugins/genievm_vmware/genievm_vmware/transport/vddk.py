@@ -18,9 +18,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
 from genievm_core.errors import ConfigError, GenieVMError
+from genievm_core.logging import get_logger
 from genievm_core.models.extents import Extent
 
 from ..vddk import Connection, ConnectParams, Disk, VixDiskLib
@@ -28,7 +27,7 @@ from . import DiskLocation
 
 __all__ = ["TRANSPORT_MODES", "VDDKDiskHandle", "VDDKTransport", "parse_modes"]
 
-log = structlog.get_logger("genievm.vmware.vddk")
+log = get_logger("genievm.vmware.vddk")
 
 TRANSPORT_MODES = ("nbd", "nbdssl", "hotadd", "san")
 

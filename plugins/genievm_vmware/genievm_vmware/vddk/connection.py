@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 
 from . import abi, logbridge
 from .disk import Disk
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectParams", "Connection"]
 
-log = structlog.get_logger("genievm.vmware.vddk")
+log = get_logger("genievm.vmware.vddk")
 
 # Byte offsets in VixDiskLibConnectParams of the char * fields this module points at its own buffers.
 _UID = abi.ConnectParams.creds.offset + abi.Creds.uid.offset

@@ -19,13 +19,13 @@ import threading
 from collections import Counter
 from typing import Any
 
-import structlog
+from genievm_core.logging import get_logger
 
 from .abi import LogFunc
 
 __all__ = ["LOG_CALLBACKS", "hide", "unhide"]
 
-log = structlog.get_logger("genievm.vmware.vddk")
+log = get_logger("genievm.vmware.vddk")
 
 _MESSAGE_MAX = 4096
 _libc = ctypes.CDLL(None)

@@ -17,9 +17,8 @@ import ctypes
 import threading
 from pathlib import Path
 
-import structlog
-
 from genievm_core.errors import ProviderError
+from genievm_core.logging import get_logger
 
 from .abi import API_VERSION
 from .errors import translate
@@ -28,7 +27,7 @@ from .logbridge import LOG_CALLBACKS
 
 __all__ = ["VixDiskLib", "shutdown"]
 
-log = structlog.get_logger("genievm.vmware.vddk")
+log = get_logger("genievm.vmware.vddk")
 
 _registry_lock = threading.Lock()
 _initialized: dict[Path, VixDiskLib] = {}
