@@ -39,7 +39,7 @@ def test_restore_by_hand_matches_the_source(tmp_path: Path, passphrase: str | No
     if second_key:  # a key slot of `more_keys`, labelled: the feature key-slots
         assert passphrase is not None
         add_key(repo, passphrase, "second")
-        assert repo.config.features == ("key-slots",)
+        assert set(repo.config.features) == {"key-slots", "patched-chunks"}
     config = BackupConfig(
         vm_id="vm1", backup_path=str(tmp_path / "repo"), provider_options={"vms": {"vm1": {"vda": str(image)}}}
     )

@@ -280,7 +280,9 @@ def test_index_header_is_checked() -> None:
     data = bytearray(index.to_bytes())
     with pytest.raises(ObjectDamaged, match="version 1"):
         ChunkIndex.from_bytes(b"XXXX" + bytes(data[4:]))
-    with pytest.raises(ObjectDamaged, match="version 1"):
+    with pytest.raises(ObjectDamaged, match="version 1 or 2"):
+        ChunkIndex.from_bytes(bytes(data[:4]) + b"\x03" + bytes(data[5:]))
+    with pytest.raises(ObjectDamaged, match="does not hold"):  # version 2 without its patch table
         ChunkIndex.from_bytes(bytes(data[:4]) + b"\x02" + bytes(data[5:]))
     # a count that does not fit the disk size, with a length that matches the count
     bad = bytearray(data)

@@ -15,6 +15,8 @@ Format 1 (no authentication, passphrases taken as given) is still read;
 The feature ``key-slots`` marks a config whose ``encryption`` has more than its first key slot, or a
 label on one (``genievm repo key``): a reader without it refuses the repository in one line instead of
 finding fields it does not know. A config with one unlabelled key has no such fields and no feature.
+The feature ``patched-chunks`` (set on every repository ``init`` creates) marks one whose indexes may be of
+version 2, with patched entries (``genievm_core.repository.patches``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from pydantic import ValidationError
 from genievm_core.errors import CorruptionError, UnsupportedFormatError
 from genievm_core.models.manifest import CONFIG_FORMAT_VERSION, ConfigAuthentication, RepositoryConfig
 from genievm_core.repository.keys import Keys
+from genievm_core.repository.patches import PATCHED_CHUNKS
 
 __all__ = ["MAX_CONFIG", "check_tag", "parse_config", "seal_config"]
 
 MAX_CONFIG = 64 << 10  # a config is under 1 KiB; anything this large is not one
 KEY_SLOTS = "key-slots"
-KNOWN_FEATURES: frozenset[str] = frozenset({KEY_SLOTS})
+KNOWN_FEATURES: frozenset[str] = frozenset({KEY_SLOTS, PATCHED_CHUNKS})
 _SLOT_EXTRAS = ("label", "added_at")
 _DOMAIN = b"genievm config v2\n"
 

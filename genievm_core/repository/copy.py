@@ -150,7 +150,7 @@ class _Copy:
         with self._lock:
             if target_id in self.done:
                 return target_id
-        if self.target.has_chunk(target_id):
+        if self.target.has_object(target_id):  # a patched chunk there is not stored under its id
             with self._lock:
                 self.stats.chunks_present += 1
         else:

@@ -2,28 +2,36 @@
 
 Layout (little-endian), stored inside an object envelope::
 
-    magic "GVMI" | version u8 = 1 | 3 reserved zero bytes
+    magic "GVMI" | version u8 = 1 or 2 | 3 reserved zero bytes
     chunk_size u64 | disk_size u64 | chunk_count u64
     chunk_count entries of 32 bytes: the chunk id, or 32 zero bytes for an all-zero chunk
+    version 2 only: patch_count u64, then patch_count records, ascending by entry:
+        entry u64 | base id (32) | patch id (32)
 
-Entry i covers disk bytes ``[i * chunk_size, min((i + 1) * chunk_size, disk_size))``.
+Entry i covers disk bytes ``[i * chunk_size, min((i + 1) * chunk_size, disk_size))``. A patched
+entry (version 2, ``genievm_core.repository.patches``) is not stored under its id: its content is
+the base chunk with the patch chunk written over it. An index without patched entries is written
+as version 1, which every GenieVM reads.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 
 from genievm_core.repository.objects import ZERO_ID, ObjectDamaged
+from genievm_core.repository.patches import PatchRef
 
 __all__ = ["ChunkIndex", "chunk_count"]
 
 _HEADER = struct.Struct("<4sB3xQQQ")
 _MAGIC = b"GVMI"
 ENTRY = 32
+_COUNT = struct.Struct("<Q")
+_PATCH = struct.Struct("<Q32s32s")
 _SCAN_BLOCK = 4096  # entries looked at together when skipping zero runs (128 KiB)
 
 
@@ -36,6 +44,7 @@ class ChunkIndex:
     chunk_size: int
     disk_size: int
     entries: bytearray  # chunk_count * 32 bytes
+    patches: dict[int, PatchRef] = field(default_factory=dict)  # the patched entries, by entry number
 
     @classmethod
     def empty(cls, disk_size: int, chunk_size: int) -> ChunkIndex:
@@ -49,7 +58,15 @@ class ChunkIndex:
         return bytes(self.entries[i * ENTRY : (i + 1) * ENTRY])
 
     def __setitem__(self, i: int, chunk_id: bytes) -> None:
+        """Entry ``i`` names a chunk stored under its id (or the zero chunk)."""
         self.entries[i * ENTRY : (i + 1) * ENTRY] = chunk_id
+        if self.patches:
+            self.patches.pop(i, None)
+
+    def set_patched(self, i: int, chunk_id: bytes, ref: PatchRef) -> None:
+        """Entry ``i`` is the chunk ``chunk_id``, made of ``ref``'s base and patch."""
+        self.entries[i * ENTRY : (i + 1) * ENTRY] = chunk_id
+        self.patches[i] = ref
 
     def __iter__(self) -> Iterator[bytes]:
         return (self[i] for i in range(self.count))
@@ -58,7 +75,14 @@ class ChunkIndex:
         return min(self.chunk_size, self.disk_size - i * self.chunk_size)
 
     def stored_ids(self) -> set[bytes]:
-        return {cid for _i, cid in self.stored_entries()}
+        """The ids of the objects the index needs: its entries' chunks, or their bases and patches."""
+        patched = self.patches
+        ids = {cid for i, cid in self.stored_entries() if i not in patched}
+        for ref in patched.values():
+            ids.add(ref.patch)
+            if ref.base != ZERO_ID:
+                ids.add(ref.base)
+        return ids
 
     def stored_entries(self) -> Iterator[tuple[int, bytes]]:
         """``(i, chunk id)`` of every entry that is not a zero chunk, in order.
@@ -82,23 +106,51 @@ class ChunkIndex:
         if n and self.chunk_length(n - 1) != parent.chunk_length(n - 1):
             n -= 1  # only the last chunk both have can differ in length
         self.entries[: n * ENTRY] = parent.entries[: n * ENTRY]
+        self.patches = {i: ref for i, ref in parent.patches.items() if i < n}
 
     def checksum(self) -> str:
         """Hex BLAKE3 of the entries: the disk's checksum recorded in the manifest."""
         return blake3.blake3(bytes(self.entries)).hexdigest()
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(_MAGIC, 1, self.chunk_size, self.disk_size, self.count) + bytes(self.entries)
+        version = 2 if self.patches else 1
+        head = _HEADER.pack(_MAGIC, version, self.chunk_size, self.disk_size, self.count)
+        if not self.patches:
+            return head + bytes(self.entries)
+        table = [_PATCH.pack(i, ref.base, ref.patch) for i, ref in sorted(self.patches.items())]
+        return b"".join([head, bytes(self.entries), _COUNT.pack(len(table)), *table])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChunkIndex:
         if len(data) < _HEADER.size:
             raise ObjectDamaged("index truncated")
         magic, version, chunk_size, disk_size, count = _HEADER.unpack_from(data)
-        if magic != _MAGIC or version != 1:
-            raise ObjectDamaged("not a version 1 chunk index")
+        if magic != _MAGIC or version not in (1, 2):
+            raise ObjectDamaged("not a version 1 or 2 chunk index")
         if chunk_size <= 0 or count != chunk_count(disk_size, chunk_size):
             raise ObjectDamaged(f"index of {count} chunks does not fit a disk of {disk_size} bytes")
-        if len(data) != _HEADER.size + count * ENTRY:
+        end = _HEADER.size + count * ENTRY
+        short = len(data) < end + _COUNT.size if version == 2 else len(data) != end
+        if short:
             raise ObjectDamaged(f"index length {len(data)} does not hold {count} entries")
-        return cls(chunk_size, disk_size, bytearray(data[_HEADER.size :]))
+        index = cls(chunk_size, disk_size, bytearray(data[_HEADER.size : end]))
+        if version == 2:
+            index.patches = _patch_table(data, end, index)
+        return index
+
+
+def _patch_table(data: bytes, at: int, index: ChunkIndex) -> dict[int, PatchRef]:
+    """A version 2 index's patch table, checked: ascending entries, each a stored chunk with a patch."""
+    (n,) = _COUNT.unpack_from(data, at)
+    at += _COUNT.size
+    if len(data) != at + n * _PATCH.size:
+        raise ObjectDamaged(f"index length {len(data)} does not hold its {n} patched entries")
+    patches: dict[int, PatchRef] = {}
+    last = -1
+    for k in range(n):
+        i, base, patch = _PATCH.unpack_from(data, at + k * _PATCH.size)
+        if i <= last or i >= index.count or index[i] == ZERO_ID or patch == ZERO_ID:
+            raise ObjectDamaged(f"index's patched entry {i} is out of order, outside the disk or empty")
+        patches[i] = PatchRef(base, patch)
+        last = i
+    return patches

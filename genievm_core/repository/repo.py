@@ -56,7 +56,8 @@ from genievm_core.repository.keys import Keys, WrongPassphrase, create_keys, rew
 from genievm_core.repository.known import KnownRepositories
 from genievm_core.repository.layout import is_known_key, unknown_keys
 from genievm_core.repository.lock import HeldLock, LockPolicy, read_lock, repository_lock
-from genievm_core.repository.objects import EncryptionMismatch, ObjectCodec, ObjectDamaged
+from genievm_core.repository.objects import ZERO_ID, EncryptionMismatch, ObjectCodec, ObjectDamaged
+from genievm_core.repository.patches import PATCHED_CHUNKS, PatchRef, apply_patch
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Repository", "new_backup_id"]
 
@@ -90,6 +91,7 @@ class Repository:
         self.known: KnownRepositories | None = None  # this client's memory of repositories: set by ``open``
         self.backup_log = BackupLog(storage, codec.keys)
         self.key_slot: int | None = None  # which key slot the passphrase opened (None: a key file, or none)
+        self._patched: dict[bytes, PatchRef] = {}  # chunk id -> base and patch, from the indexes read or written
 
     @property
     def url(self) -> str:
@@ -98,6 +100,11 @@ class Repository:
     @property
     def chunk_size(self) -> int:
         return self.config.chunk_size
+
+    @property
+    def patches_allowed(self) -> bool:
+        """Whether a backup may store a chunk as a patch over another (the feature ``patched-chunks``)."""
+        return PATCHED_CHUNKS in self.config.features
 
     @classmethod
     def init(
@@ -120,6 +127,7 @@ class Repository:
                 chunk_size=chunk_size,
                 chunk_id="blake3-keyed" if keys else "blake3",
                 encryption=encryption,
+                features=(PATCHED_CHUNKS,),
             )
         except ValidationError as exc:
             raise ConfigError(f"cannot create repository: {_first(exc)}") from exc
@@ -253,7 +261,23 @@ class Repository:
         return f"chunks/{hexid[:2]}/{hexid}"
 
     def has_chunk(self, chunk_id: bytes) -> bool:
+        """Whether the chunk can be read: stored under its id, or, patched, its base and patch are."""
+        ref = self._patched.get(chunk_id)
+        if ref is None:
+            return self.has_object(chunk_id)
+        return self.has_object(ref.patch) and (ref.base == ZERO_ID or self.has_object(ref.base))
+
+    def has_object(self, chunk_id: bytes) -> bool:
+        """Whether a chunk is stored under its id (a patched chunk is not)."""
         return self.storage.exists(self.chunk_key(chunk_id))
+
+    def patch_of(self, chunk_id: bytes) -> PatchRef | None:
+        """The base and patch of a patched chunk named by an index read or written here; None for others."""
+        return self._patched.get(chunk_id)
+
+    def add_patched(self, chunk_id: bytes, ref: PatchRef) -> None:
+        """Note a patched chunk a backup made (its patch is stored), so later chunks of that content use it."""
+        self._patched.setdefault(chunk_id, ref)
 
     def put_chunk(self, chunk_id: bytes, data: bytes, *, batched: bool = True) -> int:
         """Store a chunk; return the bytes written.
@@ -275,7 +299,26 @@ class Repository:
             flush()
 
     def get_chunk(self, chunk_id: bytes, *, check_content: bool = True) -> bytes:
-        """A chunk's bytes; ``check_content=False`` (a restore) trusts an encrypted chunk's tag alone."""
+        """A chunk's bytes; ``check_content=False`` (a restore) trusts an encrypted chunk's tag alone.
+
+        A patched chunk (named by an index read here) is its base with its patch written over it; its id
+        is checked as any chunk's: the base's and the patch's tags, and the index's, authenticate it where
+        encrypted.
+        """
+        ref = self._patched.get(chunk_id)
+        if ref is None:
+            return self._get_object(chunk_id, check_content)
+        patch = self._get_object(ref.patch, check_content)
+        base = None if ref.base == ZERO_ID else self._get_object(ref.base, check_content)
+        try:
+            data = apply_patch(base, patch)
+        except ObjectDamaged as exc:
+            raise CorruptionError(f"chunk {chunk_id.hex()} is corrupt: its patch {ref.patch.hex()}: {exc}") from None
+        if (check_content or self.codec.keys is None) and self.codec.chunk_id(data) != chunk_id:
+            raise CorruptionError(f"chunk {chunk_id.hex()} is corrupt: its base and patch do not make its content")
+        return data
+
+    def _get_object(self, chunk_id: bytes, check_content: bool) -> bytes:
         key = self.chunk_key(chunk_id)
         self.check_locks()
         try:
@@ -298,11 +341,14 @@ class Repository:
 
     def get_index(self, key: str) -> ChunkIndex:
         try:
-            return ChunkIndex.from_bytes(self.codec.decode(key, self.storage.get(key)))
+            index = ChunkIndex.from_bytes(self.codec.decode(key, self.storage.get(key)))
         except ObjectNotFoundError:
             raise CorruptionError(f"index {key} is missing") from None
         except ObjectDamaged as exc:
             raise CorruptionError(f"index {key} is corrupt: {exc}") from None
+        for i, ref in index.patches.items():
+            self._patched.setdefault(index[i], ref)
+        return index
 
     def disk_index(self, disk: DiskRecord) -> ChunkIndex:
         """The index of a disk in a manifest, checked against the manifest's size, chunk size and checksum."""
