@@ -434,16 +434,20 @@ def print_floors(steps: list[Step], work: FormatWork) -> None:
 
 
 def incremental_floor(step: Step | None, work: FormatWork) -> float:
-    """The format's work in a CBT incremental: each chunk the guest's writes touched is a new chunk, whose
-    id is computed, encoded and made durable whole (the reads are the dirty extents, a small part)."""
-    touched = step.stats.get("bytes_new", 0) if step is not None else 0  # the touched chunks, whole
+    """The format's work in a CBT incremental: each chunk the guest's writes touched gets its new id, from its
+    parent's chunk decoded with the changed bytes written over it; only the changed bytes are encoded and made
+    durable, as a patch (docs/repository-format.md, "Patched chunks")."""
+    stats = step.stats if step is not None else {}
+    touched, changed = stats.get("bytes_new", 0), stats.get("bytes_read", 0)
     share = touched / work.data_bytes if work.data_bytes else 0.0
-    cpu = share * (work.id_cpu + work.encode_cpu + work.write_cpu)
-    floor = max(cpu / work.cpus, share * work.write_seconds)
+    changed_share = changed / work.data_bytes if work.data_bytes else 0.0
+    cpu = share * (work.decode_cpu + work.id_cpu) + changed_share * (work.encode_cpu + work.write_cpu)
+    floor = max(cpu / work.cpus, changed_share * work.write_seconds)
     print(
         f"floor of the incremental: the {touched / 1e6:.0f} MB of chunks the writes touched ({share:.1%} of the data) "
-        f"through ids, zstd, AES-GCM and writing ({cpu:.2f} CPU-s / {work.cpus} CPUs), or made durable "
-        f"({share * work.write_seconds:.2f} s) = {floor:.2f} s"
+        f"decoded and through ids, the {changed / 1e6:.0f} MB they changed through zstd, AES-GCM and writing "
+        f"({cpu:.2f} CPU-s / {work.cpus} CPUs), or made durable ({changed_share * work.write_seconds:.2f} s) "
+        f"= {floor:.2f} s"
     )
     return floor
 
