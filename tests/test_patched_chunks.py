@@ -234,3 +234,21 @@ def test_patches_apply_and_refuse_what_does_not_fit() -> None:
         apply_patch(base[:-1], payload)  # a base of another length
     with pytest.raises(ObjectDamaged):
         apply_patch(base, payload[:-1])  # truncated
+
+
+def test_a_patch_this_process_read_before_and_that_is_gone_since_does_not_hide_the_chunk(tmp_path: Path) -> None:
+    """A long-running process (the server, an NBD export) keeps the patches of the indexes it read; when one is
+    collected since, the chunk is read from another index's patch of the same content, or whole."""
+    folder = make_vm_folder(tmp_path / "vms")
+    repo = _repo(tmp_path, "repo", True)
+    first = _backup(repo, folder)
+    patch(folder / "web01-vda.img", 600 * KiB, b"\xaa" * 10)
+    second = _backup(repo, folder)
+    fresh = _reopen(tmp_path, "repo", True)
+    patched, whole = _index(fresh, second, "vda"), _index(fresh, first, "vda")
+    content = fresh.get_chunk(patched[0])
+    gone = PatchRef(whole[0], b"\x07" * 32)  # a patch collected since
+    fresh.add_patched(patched[0], gone)
+    assert fresh.patch_of(patched[0]) == gone and fresh.get_chunk(patched[0]) == content  # the other patch
+    fresh.add_patched(whole[0], gone)  # the first backup's chunk, stored whole, once known as patched too
+    assert fresh.has_chunk(whole[0]) and fresh.get_chunk(whole[0]) == repo.get_chunk(whole[0])

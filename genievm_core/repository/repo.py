@@ -91,7 +91,7 @@ class Repository:
         self.known: KnownRepositories | None = None  # this client's memory of repositories: set by ``open``
         self.backup_log = BackupLog(storage, codec.keys)
         self.key_slot: int | None = None  # which key slot the passphrase opened (None: a key file, or none)
-        self._patched: dict[bytes, PatchRef] = {}  # chunk id -> base and patch, from the indexes read or written
+        self._patched: dict[bytes, tuple[PatchRef, ...]] = {}  # chunk id -> its bases and patches, newest first
 
     @property
     def url(self) -> str:
@@ -262,10 +262,10 @@ class Repository:
 
     def has_chunk(self, chunk_id: bytes) -> bool:
         """Whether the chunk can be read: stored under its id, or, patched, its base and patch are."""
-        ref = self._patched.get(chunk_id)
-        if ref is None:
-            return self.has_object(chunk_id)
-        return self.has_object(ref.patch) and (ref.base == ZERO_ID or self.has_object(ref.base))
+        for ref in self._patched.get(chunk_id, ()):
+            if self.has_object(ref.patch) and (ref.base == ZERO_ID or self.has_object(ref.base)):
+                return True
+        return self.has_object(chunk_id)
 
     def has_object(self, chunk_id: bytes) -> bool:
         """Whether a chunk is stored under its id (a patched chunk is not)."""
@@ -273,11 +273,14 @@ class Repository:
 
     def patch_of(self, chunk_id: bytes) -> PatchRef | None:
         """The base and patch of a patched chunk named by an index read or written here; None for others."""
-        return self._patched.get(chunk_id)
+        refs = self._patched.get(chunk_id)
+        return refs[0] if refs else None
 
     def add_patched(self, chunk_id: bytes, ref: PatchRef) -> None:
-        """Note a patched chunk a backup made (its patch is stored), so later chunks of that content use it."""
-        self._patched.setdefault(chunk_id, ref)
+        """Note a patched chunk of an index read here, or of a backup's (its patch stored): it comes first."""
+        refs = self._patched.get(chunk_id, ())
+        if not refs or refs[0] != ref:
+            self._patched[chunk_id] = (ref, *(r for r in refs if r != ref))
 
     def put_chunk(self, chunk_id: bytes, data: bytes, *, batched: bool = True) -> int:
         """Store a chunk; return the bytes written.
@@ -305,9 +308,21 @@ class Repository:
         is checked as any chunk's: the base's and the patch's tags, and the index's, authenticate it where
         encrypted.
         """
-        ref = self._patched.get(chunk_id)
-        if ref is None:
+        refs = self._patched.get(chunk_id)
+        if not refs:
             return self._get_object(chunk_id, check_content)
+        first: CorruptionError | None = None
+        for ref in refs:  # another index's base and patch of the same content, if this process read one
+            try:
+                return self._patched_content(chunk_id, ref, check_content)
+            except CorruptionError as exc:
+                first = first or exc
+        if self.has_object(chunk_id):  # stored whole too, where an index names it so
+            return self._get_object(chunk_id, check_content)
+        assert first is not None
+        raise first
+
+    def _patched_content(self, chunk_id: bytes, ref: PatchRef, check_content: bool) -> bytes:
         patch = self._get_object(ref.patch, check_content)
         base = None if ref.base == ZERO_ID else self._get_object(ref.base, check_content)
         try:
@@ -347,7 +362,7 @@ class Repository:
         except ObjectDamaged as exc:
             raise CorruptionError(f"index {key} is corrupt: {exc}") from None
         for i, ref in index.patches.items():
-            self._patched.setdefault(index[i], ref)
+            self.add_patched(index[i], ref)
         return index
 
     def disk_index(self, disk: DiskRecord) -> ChunkIndex:
