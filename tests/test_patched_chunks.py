@@ -62,6 +62,15 @@ def _restore_matches(repo: Repository, manifest: BackupManifest, target: Path, i
         assert (target / f"{disk}.img").read_bytes() == data, disk
 
 
+def _two_backups(tmp_path: Path, name: str, encrypted: bool) -> tuple[Path, Repository, BackupManifest, BackupManifest]:
+    """The dirvm VM's folder, a new repository, a full backup and an incremental with one block of vda patched."""
+    folder = make_vm_folder(tmp_path / "vms")
+    repo = _repo(tmp_path, name, encrypted)
+    first = _backup(repo, folder)
+    patch(folder / "web01-vda.img", 600 * KiB, b"\xaa" * 10)
+    return folder, repo, first, _backup(repo, folder)
+
+
 def _images(folder: Path) -> dict[str, bytes]:
     return {disk: (folder / f"web01-{disk}.img").read_bytes() for disk in ("vda", "vdb")}
 
@@ -105,11 +114,7 @@ def test_a_small_change_is_stored_as_a_patch_over_the_parents_chunk(tmp_path: Pa
 
 
 def test_changes_over_a_quarter_of_the_chunk_store_it_whole_again(tmp_path: Path) -> None:
-    folder = make_vm_folder(tmp_path / "vms")
-    repo = _repo(tmp_path, "repo", False)
-    _backup(repo, folder)
-    patch(folder / "web01-vda.img", 600 * KiB, b"\xaa" * 10)
-    second = _backup(repo, folder)
+    folder, repo, _, second = _two_backups(tmp_path, "repo", False)
     patch(folder / "web01-vda.img", 0, os.urandom(200 * KiB))  # with the patch's 64 KiB: 256 KiB + 10 bytes
     patch(folder / "web01-vda.img", 300 * KiB, b"\xdd")
     third = _backup(repo, folder)
@@ -134,11 +139,7 @@ def test_a_patch_over_a_hole_has_the_zero_chunk_as_its_base(tmp_path: Path) -> N
 
 
 def test_collecting_garbage_keeps_the_base_of_a_patch_whose_backup_is_gone(tmp_path: Path) -> None:
-    folder = make_vm_folder(tmp_path / "vms")
-    repo = _repo(tmp_path, "repo", True)
-    first = _backup(repo, folder)
-    patch(folder / "web01-vda.img", 600 * KiB, b"\xaa" * 10)
-    second = _backup(repo, folder)
+    folder, repo, first, second = _two_backups(tmp_path, "repo", True)
     base = _index(repo, first, "vda")[0]
     assert _index(repo, second, "vda").patches[0].base == base and base not in _index(repo, second, "vda")
 
@@ -153,11 +154,7 @@ def test_collecting_garbage_keeps_the_base_of_a_patch_whose_backup_is_gone(tmp_p
 
 
 def test_verify_finds_a_damaged_patch_and_a_missing_base(tmp_path: Path) -> None:
-    folder = make_vm_folder(tmp_path / "vms")
-    repo = _repo(tmp_path, "repo", False)
-    _backup(repo, folder)
-    patch(folder / "web01-vda.img", 600 * KiB, b"\xaa" * 10)
-    second = _backup(repo, folder)
+    folder, repo, _, second = _two_backups(tmp_path, "repo", False)
     ref = _index(repo, second, "vda").patches[0]
     patch_file = tmp_path / "repo" / Repository.chunk_key(ref.patch)
     blob = bytearray(patch_file.read_bytes())
@@ -174,11 +171,7 @@ def test_verify_finds_a_damaged_patch_and_a_missing_base(tmp_path: Path) -> None
 
 
 def test_a_copy_writes_patched_chunks_whole_at_its_target(tmp_path: Path) -> None:
-    folder = make_vm_folder(tmp_path / "vms")
-    source = _repo(tmp_path, "source", True)
-    _backup(source, folder)
-    patch(folder / "web01-vda.img", 600 * KiB, b"\xaa" * 10)
-    second = _backup(source, folder)
+    folder, _, _, second = _two_backups(tmp_path, "source", True)
     target = _repo(tmp_path, "target", True)
     copy_backups(_reopen(tmp_path, "source", True), target, [second])
     copied = _reopen(tmp_path, "target", True)
@@ -239,11 +232,7 @@ def test_patches_apply_and_refuse_what_does_not_fit() -> None:
 def test_a_patch_this_process_read_before_and_that_is_gone_since_does_not_hide_the_chunk(tmp_path: Path) -> None:
     """A long-running process (the server, an NBD export) keeps the patches of the indexes it read; when one is
     collected since, the chunk is read from another index's patch of the same content, or whole."""
-    folder = make_vm_folder(tmp_path / "vms")
-    repo = _repo(tmp_path, "repo", True)
-    first = _backup(repo, folder)
-    patch(folder / "web01-vda.img", 600 * KiB, b"\xaa" * 10)
-    second = _backup(repo, folder)
+    folder, repo, first, second = _two_backups(tmp_path, "repo", True)
     fresh = _reopen(tmp_path, "repo", True)
     patched, whole = _index(fresh, second, "vda"), _index(fresh, first, "vda")
     content = fresh.get_chunk(patched[0])

@@ -28,7 +28,7 @@ from genievm_core.models.config import BackupConfig
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import Verifier, VerifyReport
-from genievm_core.repository import ZERO_ID, Repository
+from genievm_core.repository import Repository
 
 __all__ = ["DAMAGE", "VerifierContract"]
 
@@ -44,8 +44,10 @@ def _flip(repo: Repository, key: str) -> None:
 def _a_chunk(repo: Repository, manifest: BackupManifest) -> str:
     disk = next(d for d in manifest.disks if d.name == DAMAGED_DISK)
     vda = next(d for d in manifest.disks if d.name != DAMAGED_DISK)
-    shared = {c for c in repo.disk_index(vda) if c != ZERO_ID}
-    own = [c for c in repo.disk_index(disk) if c != ZERO_ID and c not in shared]
+    shared = repo.disk_index(vda).stored_ids()  # the objects: a patched chunk's base and patch, not its id
+    index = repo.disk_index(disk)
+    whole = [c for i, c in index.stored_entries() if i not in index.patches]  # in disk order
+    own = [c for c in whole + sorted(index.stored_ids() - set(whole)) if c not in shared]
     return repo.chunk_key(own[0])
 
 
