@@ -150,6 +150,6 @@ def latest_slot(schedule: Schedule, at: datetime) -> datetime:
     """The last schedule time at or before ``at``."""
     start = at.astimezone(ZoneInfo(schedule.timezone))
     if croniter.match(schedule.cron, start.replace(second=0, microsecond=0)) and start.second == 0:
-        return start
+        return start.replace(microsecond=0)  # within the schedule time's first second: that time itself
     value: datetime = croniter(schedule.cron, start).get_prev(datetime)
     return value

@@ -20,6 +20,8 @@ def test_schedule_times_are_in_the_schedules_time_zone() -> None:
     assert latest_slot(berlin, after).astimezone(UTC) == datetime(2026, 7, 1, 0, 0, tzinfo=UTC)
     exact = datetime(2026, 7, 1, 0, 0, tzinfo=UTC)
     assert latest_slot(berlin, exact).astimezone(UTC) == exact  # a schedule time is its own latest
+    just_after = exact.replace(microsecond=912014)  # a tick in the schedule time's first second
+    assert latest_slot(berlin, just_after).astimezone(UTC) == exact
 
 
 @pytest.mark.parametrize(
