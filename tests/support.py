@@ -7,6 +7,7 @@ folders, the real backup and restore jobs through the built-in image provider.
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from genievm_core.repository.storage import open_storage
 from genievm_core.testing.cli import error_lines
 
 CHUNK = 65536
+FORMAT_DOC = Path(__file__).parents[1] / "docs" / "repository-format.md"
 PASSPHRASE = "correct horse battery staple"
 
 Layout = Sequence[tuple[int, bytes]]
@@ -126,3 +128,10 @@ def genievm_path() -> str:
     found = shutil.which("genievm")
     assert found, "the genievm console script is not installed (run `uv sync`)"
     return found
+
+
+def restore_by_hand_program() -> str:
+    """The program at the end of docs/repository-format.md, which restores a disk without GenieVM."""
+    blocks = re.findall(r"```python\n(.*?)```", FORMAT_DOC.read_text(), re.S)
+    assert blocks, "the format doc has no python program"
+    return blocks[-1]

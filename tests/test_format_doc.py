@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import restore_by_hand_program
 
 from genievm_core.jobs import run_backup
 from genievm_core.models.config import BackupConfig
@@ -16,14 +16,6 @@ from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
 from genievm_core.repository.key_slots import add_key
 from genievm_core.repository.storage import open_storage
-
-DOC = Path(__file__).parents[1] / "docs" / "repository-format.md"
-
-
-def _program() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert blocks, "the format doc has no python program"
-    return blocks[-1]
 
 
 @pytest.mark.parametrize(("passphrase", "second_key"), [(None, False), ("doc passphrase", False), ("döc 2", True)])
@@ -45,7 +37,7 @@ def test_restore_by_hand_matches_the_source(tmp_path: Path, passphrase: str | No
     )
     manifest = run_backup(host, config, repo)
     script = tmp_path / "restore_by_hand.py"
-    script.write_text(_program())
+    script.write_text(restore_by_hand_program())
     out = tmp_path / "out.img"
     args = [sys.executable, str(script), str(tmp_path / "repo"), manifest.backup_id, "vda", str(out)]
     subprocess.run(args + ([passphrase] if passphrase else []), check=True, capture_output=True)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from genievm_dirvm.checks import make_vm_folder, patch
-from support import open_repo, restore_vm
-from test_format_doc import _program
+from support import open_repo, restore_by_hand_program, restore_vm
 
 from genievm_core.jobs import run_backup, run_verify
 from genievm_core.models.config import BackupConfig
@@ -26,7 +25,7 @@ from genievm_core.repository.config import seal_config
 from genievm_core.repository.copy import copy_backups
 from genievm_core.repository.gc import prune_repository
 from genievm_core.repository.objects import ObjectDamaged
-from genievm_core.repository.patches import PatchRef, apply_patch, encode_patch, merge, patch_extents
+from genievm_core.repository.patches import PatchRef, apply_patch, encode_patch, merge
 from genievm_core.repository.storage import open_storage
 
 KiB, MiB = 1024, 1 << 20
@@ -93,8 +92,9 @@ def test_a_small_change_is_stored_as_a_patch_over_the_parents_chunk(tmp_path: Pa
     assert not full.patches and _index(fresh, second, "vdb").patches == {}
     assert two.patches[0].base == three.patches[0].base == full[0]  # never a patch over a patch
     assert two[0] != full[0] != three[0] != two[0]  # each entry is the id of its whole content
-    assert patch_extents(fresh.get_chunk(two.patches[0].patch))[1] == [(576 * KiB, 640 * KiB)]
-    assert patch_extents(fresh.get_chunk(three.patches[0].patch))[1] == [(64 * KiB, 128 * KiB), (576 * KiB, 640 * KiB)]
+    assert fresh.patched_content(two[0], two.patches[0], check_content=True)[1] == [(576 * KiB, 640 * KiB)]
+    spans = fresh.patched_content(three[0], three.patches[0], check_content=True)[1]
+    assert spans == [(64 * KiB, 128 * KiB), (576 * KiB, 640 * KiB)]
     assert _stored(second, "vda") < 80 * KiB < _stored(first, "vda") // 2  # 64 KiB of random data, not 164
     assert fresh.has_object(_index(fresh, second, "vdb")[0])  # stored whole
     assert second.disks[0].cbt.mode == "cbt"
@@ -106,7 +106,7 @@ def test_a_small_change_is_stored_as_a_patch_over_the_parents_chunk(tmp_path: Pa
     assert [p for r in reports for p in r.problems] == []
 
     script = tmp_path / "restore_by_hand.py"  # the format doc's program restores a patched disk too
-    script.write_text(_program())
+    script.write_text(restore_by_hand_program())
     out = tmp_path / "by_hand.img"
     args = [sys.executable, str(script), str(tmp_path / "repo"), third.backup_id, "vda", str(out)]
     subprocess.run(args + ([PASSPHRASE] if encrypted else []), check=True, capture_output=True)
@@ -221,8 +221,8 @@ def test_patches_apply_and_refuse_what_does_not_fit() -> None:
     spans = merge([(10, 20)], [(15, 18), (40000, 40001)], [(20, 25)])
     assert spans == [(10, 25), (40000, 40001)]
     payload = encode_patch(bytes(chunk), spans)
-    assert apply_patch(base, payload) == bytes(chunk)
-    assert apply_patch(None, payload)[10:20] == b"x" * 10
+    assert apply_patch(base, payload) == (bytes(chunk), spans)
+    assert apply_patch(None, payload)[0][10:20] == b"x" * 10
     with pytest.raises(ObjectDamaged):
         apply_patch(base[:-1], payload)  # a base of another length
     with pytest.raises(ObjectDamaged):

@@ -35,8 +35,7 @@ from genievm_core.models.extents import Extent, chunk_indexes, clip, intersect, 
 from genievm_core.models.manifest import BackupStats, CBTRecord
 from genievm_core.plugin.protocols import DiskSource, ReadsConcurrently
 from genievm_core.repository import ZERO_ID, ChunkIndex, Repository
-from genievm_core.repository.objects import ObjectDamaged
-from genievm_core.repository.patches import PatchRef, Span, encode_patch, merge, patch_extents
+from genievm_core.repository.patches import PatchRef, Span, encode_patch, merge
 
 __all__ = ["BackupEngine", "DiskPlan"]
 
@@ -262,13 +261,14 @@ class BackupEngine:
 
     def _process_patched(self, parent_id: bytes, length: int, patches: list[Patch]) -> tuple[Outcome, bytes, int]:
         """The parent's chunk with the changed parts written over it, then processed as read, or as a patch."""
+        # where encrypted, the parent's tag is its check, as in a restore: no second keyed hash of it
         ref = self.repo.patch_of(parent_id)
-        base, before = (ZERO_ID, []) if ref is None else (ref.base, self._spans(ref))
-        if parent_id == ZERO_ID:
-            chunk = bytearray(length)
-        else:  # where encrypted, the parent's tag is its check, as in a restore: no second keyed hash of it
-            chunk = bytearray(self.repo.get_chunk(parent_id, check_content=False))
-            base = parent_id if ref is None else base
+        if ref is not None:  # a new patch goes over the parent's base, covering the parent's changes too
+            content, before = self.repo.patched_content(parent_id, ref, check_content=False)
+            chunk, base = bytearray(content), ref.base
+        else:
+            chunk = bytearray(length if parent_id == ZERO_ID else self.repo.get_chunk(parent_id, check_content=False))
+            base, before = parent_id, []
         if len(chunk) != length:
             raise CorruptionError(f"chunk {parent_id.hex()} holds {len(chunk)} bytes, its index says {length}")
         for at, data in patches:
@@ -276,13 +276,6 @@ class BackupEngine:
         spans = merge(before, [(at, at + len(data)) for at, data in patches])
         small = sum(end - start for start, end in spans) <= length * PATCH_UP_TO
         return self._process(bytes(chunk), parent_id, (base, spans) if small and self.repo.patches_allowed else None)
-
-    def _spans(self, ref: PatchRef) -> list[Span]:
-        """Where a patched parent differs from its base."""
-        try:
-            return patch_extents(self.repo.get_chunk(ref.patch, check_content=False))[1]
-        except ObjectDamaged as exc:
-            raise CorruptionError(f"patch {ref.patch.hex()} is corrupt: {exc}") from None
 
     def _process(
         self, data: bytes, parent_id: bytes | None, patch: tuple[bytes, list[Span]] | None = None

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from genievm_core.repository.objects import ObjectDamaged
 
-__all__ = ["PATCHED_CHUNKS", "PatchRef", "apply_patch", "encode_patch", "merge", "patch_extents"]
+__all__ = ["PATCHED_CHUNKS", "PatchRef", "Span", "apply_patch", "encode_patch", "merge"]
 
 PATCHED_CHUNKS = "patched-chunks"  # the repository feature: indexes may have a patch table
 _HEADER = struct.Struct("<4sB3xQQ")
@@ -85,14 +85,8 @@ def _parse(payload: bytes) -> tuple[int, list[Span], int]:
     return length, spans, data_at
 
 
-def patch_extents(payload: bytes) -> tuple[int, list[Span]]:
-    """The patched chunk's length and the spans the patch covers."""
-    length, spans, _ = _parse(payload)
-    return length, spans
-
-
-def apply_patch(base: bytes | None, payload: bytes) -> bytes:
-    """The patched chunk: ``base`` (None: zeros) with the patch written over it."""
+def apply_patch(base: bytes | None, payload: bytes) -> tuple[bytes, list[Span]]:
+    """The patched chunk, ``base`` (None: zeros) with the patch written over it, and the spans the patch covers."""
     length, spans, at = _parse(payload)
     if base is not None and len(base) != length:
         raise ObjectDamaged(f"patch of a {length}-byte chunk over a base of {len(base)} bytes")
@@ -101,4 +95,4 @@ def apply_patch(base: bytes | None, payload: bytes) -> bytes:
     for start, end in spans:
         out[start:end] = view[at : at + end - start]
         at += end - start
-    return bytes(out)
+    return bytes(out), spans

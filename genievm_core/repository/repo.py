@@ -57,7 +57,7 @@ from genievm_core.repository.known import KnownRepositories
 from genievm_core.repository.layout import is_known_key, unknown_keys
 from genievm_core.repository.lock import HeldLock, LockPolicy, read_lock, repository_lock
 from genievm_core.repository.objects import ZERO_ID, EncryptionMismatch, ObjectCodec, ObjectDamaged
-from genievm_core.repository.patches import PATCHED_CHUNKS, PatchRef, apply_patch
+from genievm_core.repository.patches import PATCHED_CHUNKS, PatchRef, Span, apply_patch
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Repository", "new_backup_id"]
 
@@ -314,7 +314,7 @@ class Repository:
         first: CorruptionError | None = None
         for ref in refs:  # another index's base and patch of the same content, if this process read one
             try:
-                return self._patched_content(chunk_id, ref, check_content)
+                return self.patched_content(chunk_id, ref, check_content=check_content)[0]
             except CorruptionError as exc:
                 first = first or exc
         if self.has_object(chunk_id):  # stored whole too, where an index names it so
@@ -322,16 +322,18 @@ class Repository:
         assert first is not None
         raise first
 
-    def _patched_content(self, chunk_id: bytes, ref: PatchRef, check_content: bool) -> bytes:
+    def patched_content(self, chunk_id: bytes, ref: PatchRef, *, check_content: bool) -> tuple[bytes, list[Span]]:
+        """The content of ``chunk_id`` made of ``ref``'s base and patch, and the spans where it differs from the
+        base; checked as ``get_chunk`` checks."""
         patch = self._get_object(ref.patch, check_content)
         base = None if ref.base == ZERO_ID else self._get_object(ref.base, check_content)
         try:
-            data = apply_patch(base, patch)
+            data, spans = apply_patch(base, patch)
         except ObjectDamaged as exc:
             raise CorruptionError(f"chunk {chunk_id.hex()} is corrupt: its patch {ref.patch.hex()}: {exc}") from None
         if (check_content or self.codec.keys is None) and self.codec.chunk_id(data) != chunk_id:
             raise CorruptionError(f"chunk {chunk_id.hex()} is corrupt: its base and patch do not make its content")
-        return data
+        return data, spans
 
     def _get_object(self, chunk_id: bytes, check_content: bool) -> bytes:
         key = self.chunk_key(chunk_id)
