@@ -12,10 +12,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import CHUNK, genievm_path, write_image
@@ -23,7 +25,7 @@ from support import CHUNK, genievm_path, write_image
 from genievm_core.errors import LockLostError
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
-from genievm_core.repository.lock import LockPolicy, repository_lock
+from genievm_core.repository.lock import LockPolicy, remove_locks, repository_lock
 from genievm_core.repository.storage import open_storage
 from genievm_core.testing import mounted_tmpfs
 from genievm_core.testing.cli import error_lines
@@ -61,7 +63,13 @@ def plant(repo: Path, host: str, pid: int, created_at: str, refreshed_at: str | 
 
 def locks(repo: Path) -> list[dict[str, object]]:
     folder = repo / "locks"  # the file storage removes a folder left empty
-    return [json.loads(p.read_text()) for p in sorted(folder.iterdir())] if folder.exists() else []
+    held = sorted(p for p in folder.iterdir() if not p.name.endswith(".removed")) if folder.exists() else []
+    return [json.loads(p.read_text()) for p in held]
+
+
+def tombstones(repo: Path) -> list[str]:
+    """What removers of locks whose holders may still run left beside them (``removed_at <time> by <what>``)."""
+    return sorted(p.read_text() for p in (repo / "locks").glob("*.removed"))
 
 
 def test_a_months_old_lock_of_another_host_no_longer_blocks_a_backup(tmp_path: Path) -> None:
@@ -74,6 +82,8 @@ def test_a_months_old_lock_of_another_host_no_longer_blocks_a_backup(tmp_path: P
     assert not left.exists()
     assert "lock.stale_removed" in run.stderr and "otherhost" in run.stderr  # said, not done silently
     assert locks(repo) == []
+    (tombstone,) = tombstones(repo)  # that host's process may still run: it learns its lock was taken over
+    assert tombstone.startswith("removed_at ") and tombstone.endswith(" by a lock taken over it (stale)\n")
 
 
 def test_a_lock_of_another_host_with_a_fresh_heartbeat_is_never_broken(tmp_path: Path) -> None:
@@ -126,7 +136,7 @@ def test_unlock_removes_what_is_stale_and_keeps_a_live_process_of_this_host(tmp_
 HOLDER = """
 import sys, time
 from genievm_core.plugin import PluginHost
-from genievm_core.repository.lock import LockPolicy, repository_lock
+from genievm_core.repository.lock import LockPolicy, remove_locks, repository_lock
 from genievm_core.repository.storage import open_storage
 storage = open_storage(PluginHost(), sys.argv[1], {})
 with repository_lock(storage, "exclusive", "prune", policy=LockPolicy(stale_after=2.0)):
@@ -164,7 +174,7 @@ def test_a_running_holder_refreshes_its_lock_so_others_never_take_it_as_stale(tm
     gc = genievm(tmp_path, "--lock-stale-after", "2", "gc", "--repo", str(repo), "--lock-wait", "0")
     assert gc.returncode == 0, gc.stderr
     assert "lock.stale_removed" in gc.stderr and "lockholder.example" in gc.stderr
-    assert locks(repo) == []
+    assert locks(repo) == [] and len(tombstones(repo)) == 1
 
 
 def test_the_holder_removes_its_lock_when_it_ends(tmp_path: Path) -> None:
@@ -206,9 +216,55 @@ def test_a_lock_removed_by_force_is_lost_by_its_holder(tmp_path: Path) -> None:
     with repository_lock(storage, "shared", "restore of web01", policy=LockPolicy(refresh_every=0.1)) as held:
         forced = genievm(tmp_path, "repo", "unlock", str(repo_path), "--force")
         assert forced.returncode == 0 and forced.stdout.splitlines()[-1] == "1 lock removed, 0 locks kept"
-        time.sleep(0.4)
+        wait_until_lost(held)
         with pytest.raises(LockLostError, match=r"its lock object was removed by another process"):
             held.check()
+    assert list(storage.list("locks/")) == [], "the lock and its tombstone are gone"
+
+
+class RemovedDuringRefresh:
+    """The real storage, where `repo unlock --force` runs between the heartbeat's look at its lock and its put."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage, self.removed = storage, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+    def exists(self, key: str) -> bool:
+        there = self.storage.exists(key)
+        if there and not self.removed and threading.current_thread().name.startswith("genievm-lock-"):
+            self.removed = len(remove_locks(self.storage, force=True)[0])
+        return there
+
+
+def test_a_lock_removed_while_its_heartbeat_refreshes_it_is_still_lost(tmp_path: Path) -> None:
+    repo_path = new_repo(tmp_path)
+    storage = RemovedDuringRefresh(open_storage(PluginHost(), str(repo_path), {}))
+    with repository_lock(storage, "shared", "backup of web01", policy=LockPolicy(refresh_every=0.05)) as held:
+        wait_until_lost(held)
+        assert storage.removed == 1
+        with pytest.raises(LockLostError, match=r"its lock object was removed by another process"):
+            held.check()
+        assert len(list(storage.list("locks/"))) == 2, "the refresh put the lock back beside its tombstone"
+    assert list(storage.list("locks/")) == [], "the lock and its tombstone are gone"
+
+
+def test_tombstones_of_removed_locks_go_once_their_holders_had_time_to_see_them(tmp_path: Path) -> None:
+    repo_path = new_repo(tmp_path)
+    (repo_path / "locks").mkdir(exist_ok=True)
+    old, fresh = (repo_path / "locks" / f"{uuid.uuid4().hex}.removed" for _ in range(2))
+    old.write_text(f"removed_at {MONTHS_AGO} by genievm repo unlock --force\n")
+    fresh.write_text(f"removed_at {datetime.now(UTC).isoformat()} by genievm repo unlock --force\n")
+    listed = genievm(tmp_path, "repo", "unlock", str(repo_path))
+    assert listed.returncode == 0 and listed.stdout.splitlines()[-1] == "0 locks removed, 0 locks kept", listed.stdout
+    assert sorted((repo_path / "locks").iterdir()) == [fresh]
+
+
+def wait_until_lost(held: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while held.lost is None and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def test_backup_and_restore_take_lock_wait(tmp_path: Path) -> None:

@@ -15,6 +15,12 @@ A holder that cannot refresh its lock for long enough that others may take
 it as stale has lost it: ``HeldLock.check`` then raises ``LockLostError``, and
 the repository calls it before every chunk, index, manifest and deletion, so
 the job stops with that one line instead of writing on unprotected.
+
+Whoever removes a lock (``genievm repo unlock``, or a lock taken over a stale
+one) first leaves a tombstone beside it, ``locks/<id>.removed``, and the
+heartbeat looks for it after each refresh: a refresh racing the removal would
+otherwise put the lock back unnoticed. Tombstones are plain text, not JSON,
+so readers of older versions skip them as they skip any unreadable lock.
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ __all__ = [
 ]
 
 PREFIX = "locks/"
+TOMBSTONE = ".removed"  # locks/<id>.removed: its holder learns the lock was removed
 STALE_AFTER = LOCK_STALE_AFTER  # seconds without a refresh after which another host's lock is stale
+REMOVED = "its lock object was removed by another process (genievm repo unlock --force?)"
 RISK = "reading without a lock: a prune or gc running meanwhile may delete what is read"
 log = get_logger("genievm.lock")
 
@@ -101,6 +109,8 @@ class HeldLock:
         self._thread.join()
         try:
             self.storage.delete(self.key)
+            if self.lost is not None:  # a tombstone is likely: it was seen, or the lock was found gone
+                self.storage.delete(self.key + TOMBSTONE)
         except ObjectNotFoundError:
             pass
         except GenieVMError as exc:  # the job's own outcome stands; the lock is stale once this process ends
@@ -112,11 +122,14 @@ class HeldLock:
         while not self._stop.wait(interval):
             try:
                 if not self.storage.exists(self.key):
-                    self._lose("its lock object was removed by another process (genievm repo unlock --force?)")
+                    self._lose(REMOVED)
                     return
                 self.record["refreshed_at"] = datetime.now(UTC).isoformat()
                 self.storage.put(self.key, json.dumps(self.record).encode())
                 last_refresh = time.monotonic()
+                if self.storage.exists(self.key + TOMBSTONE):  # removed between the look and the put
+                    self._lose(REMOVED)
+                    return
             except Exception as exc:  # noqa: BLE001 - any failure of the storage is a failed refresh
                 unrefreshed = time.monotonic() - last_refresh
                 log.warning("lock.refresh_failed", key=self.key, error=str(exc), unrefreshed_seconds=round(unrefreshed))
@@ -216,11 +229,11 @@ def remove_locks(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Remove the stale locks (every lock with ``force``); the removed and the kept ones, each with its key."""
     removed, kept = [], []
-    for key, holder in _holders(storage):
+    for key, holder in _holders(storage, stale_after):
         holder = {"key": key} | holder
         if force or is_stale(holder, stale_after):
             try:
-                storage.delete(key)
+                _remove(storage, key, holder, "genievm repo unlock --force" if force else "genievm repo unlock (stale)")
             except ObjectNotFoundError:
                 continue
             log.info("lock.removed", key=key, holder=describe_lock(holder), forced=force)
@@ -254,8 +267,24 @@ def is_stale(holder: dict[str, Any], stale_after: float = STALE_AFTER, now: date
     return ((now or datetime.now(UTC)) - beat).total_seconds() > stale_after
 
 
-def _holders(storage: StorageTarget) -> Iterator[tuple[str, dict[str, Any]]]:
-    for key in list(storage.list(PREFIX)):
+def _remove(storage: StorageTarget, key: str, holder: dict[str, Any], by: str) -> None:
+    """Remove a lock so that its holder, if it may still run, learns of it: the tombstone first, then the lock."""
+    if holder.get("host") != socket.gethostname() or _process_runs(holder.get("pid")):
+        storage.put(key + TOMBSTONE, f"removed_at {datetime.now(UTC).isoformat()} by {by}\n".encode())
+    storage.delete(key)
+
+
+def _holders(storage: StorageTarget, stale_after: float = STALE_AFTER) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each lock with its record; tombstones of removed locks go once ``stale_after`` has passed."""
+    keys = set(storage.list(PREFIX))
+    for tombstone in sorted(k for k in keys if k.endswith(TOMBSTONE)):
+        keys.discard(tombstone)
+        if _tombstone_expired(storage, tombstone, stale_after):
+            try:
+                storage.delete(tombstone)  # its holder has had time to see it (or is gone)
+            except GenieVMError as exc:  # left for the next lock: harmless meanwhile
+                log.warning("lock.tombstone_kept", key=tombstone, error=str(exc))
+    for key in sorted(keys):
         try:
             holder = json.loads(storage.get(key))
         except (ObjectNotFoundError, ValueError):
@@ -264,14 +293,23 @@ def _holders(storage: StorageTarget) -> Iterator[tuple[str, dict[str, Any]]]:
             yield key, holder
 
 
+def _tombstone_expired(storage: StorageTarget, key: str, stale_after: float) -> bool:
+    try:
+        text = storage.get(key).decode("ascii", "replace")
+    except ObjectNotFoundError:
+        return False
+    when = _when(text.removeprefix("removed_at ").split(" ", 1)[0])
+    return when is None or (datetime.now(UTC) - when).total_seconds() > stale_after
+
+
 def _conflict(storage: StorageTarget, kind: str, exclude: str | None, stale_after: float) -> dict[str, Any] | None:
-    for key, holder in _holders(storage):
+    for key, holder in _holders(storage, stale_after):
         if key == exclude:
             continue
         if is_stale(holder, stale_after):
             log.warning("lock.stale_removed", key=key, holder=describe_lock(holder))
             try:
-                storage.delete(key)
+                _remove(storage, key, holder, "a lock taken over it (stale)")
             except ObjectNotFoundError:
                 pass
             continue

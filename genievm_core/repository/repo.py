@@ -8,6 +8,7 @@ Object keys::
     manifests/<backup id>                   BackupManifest, JSON
     log/<entry id>                          the backup log, one entry an object (backup_log.py)
     locks/<uuid>                            lock holders, JSON
+    locks/<uuid>.removed                    tombstones of removed locks, text (lock.py)
     gc/pending                              garbage collection's ledger of unreferenced objects
 
 Every object but ``config``, locks and log entries is in the envelope of ``objects.py``. Any other key is

@@ -41,6 +41,7 @@ from genievm_core.models.config import BackupConfig
 from genievm_core.plugin import PluginHost
 from genievm_core.repository import Repository
 from genievm_core.repository.gc import prune_repository
+from genievm_core.repository.lock import TOMBSTONE
 from genievm_core.repository.repo import Damaged
 from genievm_core.repository.storage import open_storage
 
@@ -151,7 +152,8 @@ def repository_problems(
         for report in run_verify(host, repo, manifests, read_data=read_data):
             problems += [f"verify {report.verifier}: {report.backup_id}:{p.disk}: {p.detail}" for p in report.problems]
         if settled:
-            problems += [f"lock left behind: {key}" for key in repo.storage.list("locks/")]
+            left = [key for key in repo.storage.list("locks/") if not key.endswith(TOMBSTONE)]
+            problems += [f"lock left behind: {key}" for key in left]
     except GenieVMError as exc:
         problems.append(f"repository cannot be checked: {type(exc).__name__}: {exc}")
     if settled and url.startswith(("/", "file://")):
