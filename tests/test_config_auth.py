@@ -169,7 +169,7 @@ def test_an_unencrypted_repository_says_so_once_per_command(cli: Cli, tmp_path: 
 def _as_format_1(path: Path) -> None:
     """Rewrite a repository's config as GenieVM 0.1 wrote it (same key, passphrase taken as given)."""
     data = json.loads((path / "config").read_text())
-    data["format_version"] = 1
+    data["format_version"], data["features"] = 1, []  # 0.1 knew no features
     del data["authentication"]
     (path / "config").write_text(json.dumps(data, indent=2))
 
@@ -189,7 +189,7 @@ def test_format_1_opens_with_a_warning_and_upgrade_authenticates_it(
     upgraded = cli("repo", "upgrade", str(repo), "--json", env=ENV | fresh)
     assert json.loads(upgraded.stdout) == {
         "url": f"file://{repo}", "format_version_before": 1, "format_version": 2, "upgraded": True,
-        "backups_logged": 0,
+        "features_added": ["patched-chunks"], "backups_logged": 0,
     }, upgraded.stderr
     assert json.loads((repo / "config").read_text())["authentication"]["tag"]
     again = cli("repo", "upgrade", str(repo), "--json", env=ENV | fresh)

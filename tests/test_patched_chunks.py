@@ -193,6 +193,26 @@ def test_a_repository_without_the_feature_stores_whole_chunks_in_version_1_index
     index = _index(repo, second, "vda")
     assert not index.patches and index.to_bytes()[4] == 1 and repo.has_object(index[0])
 
+    upgrade = [sys.executable, "-m", "genievm_core", "repo", "upgrade", repo.url]
+    upgraded = subprocess.run(
+        upgrade, capture_output=True, text=True, env=os.environ | {"GENIEVM_JOB_DB": str(tmp_path / "jobs")}
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.splitlines() == [
+        f"added patched-chunks to repository {repo.url}: older GenieVM versions refuse it now"
+    ]
+    repo = _reopen(tmp_path, "repo", False)
+    assert repo.patches_allowed and repo.config.format_version == 2
+    patch(folder / "web01-vda.img", 700 * KiB, b"\xbb" * 10)
+    third = _backup(repo, folder)
+    index = _index(repo, third, "vda")
+    assert list(index.patches) == [0] and index.to_bytes()[4] == 2, "the upgraded repository stores a patch"
+    _restore_matches(_reopen(tmp_path, "repo", False), third, tmp_path / "restored", _images(folder))
+    again = subprocess.run(
+        upgrade, capture_output=True, text=True, env=os.environ | {"GENIEVM_JOB_DB": str(tmp_path / "jobs")}
+    )
+    assert again.stdout.splitlines() == [f"repository {repo.url} is already at format 2"], again.stderr
+
 
 def test_a_version_2_index_round_trips_and_a_bad_patch_table_is_refused() -> None:
     index = ChunkIndex.empty(3 * MiB, MiB)

@@ -143,22 +143,28 @@ def upgrade(
 ) -> None:
     """Bring a repository's config to the current format (format 2: authenticated, NFC passphrases).
 
-    Also enters the backups made before the repository had a backup log into it.
+    Also adds the features a new repository has (patched-chunks: older GenieVM versions then refuse it),
+    and enters the backups made before the repository had a backup log into it.
     """
     st = state(ctx)
     repo = st.open_repository(repository_argument(url, repo_option), passphrase_file)
-    before = repo.config.format_version
+    before, features_before = repo.config.format_version, repo.config.features
     changed, logged = st.upgrade_repository(repo, passphrase_file, lock_wait=lock_wait)
     after = repo.config.format_version
+    added = [f for f in repo.config.features if f not in features_before]
     if json_output:
         emit_json(
             {"url": repo.url, "format_version_before": before, "format_version": after, "upgraded": changed,
-             "backups_logged": logged}  # fmt: skip
+             "features_added": added, "backups_logged": logged}  # fmt: skip
         )
         return
-    if changed:
+    if before != after:
         out_console.print(f"upgraded repository {repo.url} from format {before} to {after}", highlight=False)
-    else:
+    if added:
+        features = ", ".join(added)
+        out_console.print(f"added {features} to repository {repo.url}: older GenieVM versions refuse it now",
+                          highlight=False)  # fmt: skip
+    if not changed:
         out_console.print(f"repository {repo.url} is already at format {after}", highlight=False)
     if logged:
         out_console.print(f"entered {plural(logged, 'backup')} in the backup log", highlight=False)

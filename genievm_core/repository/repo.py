@@ -66,6 +66,8 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 MAX_MANIFEST = 16 << 20
 PassphraseSource = Callable[[], str]
 Damaged = tuple[str, RepositoryError]
+INIT_FEATURES = (PATCHED_CHUNKS,)  # what a new repository has; `repo upgrade` adds them to an old one
+
 log = get_logger("genievm.repository")
 
 
@@ -128,7 +130,7 @@ class Repository:
                 chunk_size=chunk_size,
                 chunk_id="blake3-keyed" if keys else "blake3",
                 encryption=encryption,
-                features=(PATCHED_CHUNKS,),
+                features=INIT_FEATURES,
             )
         except ValidationError as exc:
             raise ConfigError(f"cannot create repository: {_first(exc)}") from exc
@@ -198,17 +200,21 @@ class Repository:
         return repo
 
     def upgrade(self, passphrase: PassphraseSource | None) -> bool:
-        """Rewrite a format-1 config as format 2 (authenticated; the key wrapped anew for NFC passphrases).
+        """Bring the config to what ``init`` writes now: a format-1 config as format 2 (authenticated; the key
+        wrapped anew for NFC passphrases), and the feature ``patched-chunks`` (older readers then refuse the
+        repository in one line).
 
         Returns False when the config is already current. The caller holds the exclusive lock.
         """
-        if self.config.format_version >= CONFIG_FORMAT_VERSION:
-            return False
         config = self.config
-        if self.codec.keys is not None:
+        missing = tuple(f for f in INIT_FEATURES if f not in config.features)
+        if config.format_version >= CONFIG_FORMAT_VERSION and not missing:
+            return False
+        if config.format_version < CONFIG_FORMAT_VERSION and self.codec.keys is not None:
             assert passphrase is not None and config.encryption is not None  # open() needed both
             record = rewrap_keys(passphrase(), self.codec.keys, scrypt_n=config.encryption.kdf.n)
             config = config.model_copy(update={"encryption": record})
+        config = config.model_copy(update={"features": (*config.features, *missing)})
         config, blob = seal_config(config, self.codec.keys)
         self.storage.put("config", blob)
         self.config = config
