@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from support import CLIResult, backup_vm, write_image
 
 from genievm_core.errors import ConfigError
-from genievm_core.models.config import BackupConfig, DiskConfig, RestoreConfig, load_config
+from genievm_core.models.config import BackupConfig, DiskConfig, RestoreConfig, load_config, names_a_field
 from genievm_core.plugin import PluginHost
 
 BASE = {"vm_id": "web01", "backup_path": "/srv/backups"}
@@ -142,6 +143,29 @@ def test_validation_errors_name_the_camel_case_field(tmp_path: Path, data: dict[
     snake = {"compressionLevel": "compression_level", "maxConcurrentDisks": "max_concurrent_disks"}.get(field)
     if snake:
         assert snake not in message
+
+
+@pytest.mark.parametrize("model", [BackupConfig, RestoreConfig])
+def test_every_field_variable_is_layered_and_no_other(model: type[BackupConfig] | type[RestoreConfig]) -> None:
+    """load_config skips the layering (and pydantic-settings' import) only when no variable names a field."""
+    for name in model.model_fields:
+        assert names_a_field(model, {f"GENIEVM_{name.upper()}": "x"}), name
+    others = {"GENIEVM_PASSPHRASE": "x", "GENIEVM_JOB_DB": "x", "GENIEVM_vm_id": "x", "VM_ID": "x", "GENIEVM_VMID": "x"}
+    assert not names_a_field(model, others)
+    assert load_config(BackupConfig, overrides=BASE, environ=others) == load_config(BackupConfig, overrides=BASE)
+
+
+def test_the_options_alone_give_what_the_layering_gives() -> None:
+    """Without a file or a field's variable the options are validated as they are: the same config, and the same
+    one-line error, as through the layers (a variable of another field forces them here)."""
+    layers = {"GENIEVM_QUIESCE": "false"}
+    options = BASE | {"excluded_disks": ("vdb",), "storage_options": {"region": "x"}, "enable_cbt": False}
+    assert load_config(BackupConfig, overrides=options, environ={}) == load_config(
+        BackupConfig, overrides=options, environ=layers
+    )
+    for bad in ({"compression_level": 99}, {"enableCBT": "maybe"}, {"no_such_field": 1}, {"vm_id": ""}):
+        alone = one_line_error(partial(load_config, BackupConfig, overrides=BASE | bad, environ={}))
+        assert alone == one_line_error(partial(load_config, BackupConfig, overrides=BASE | bad, environ=layers))
 
 
 def test_missing_fields_are_all_named() -> None:

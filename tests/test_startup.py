@@ -158,6 +158,7 @@ def test_a_backup_with_json_output_imports_no_structlog_nor_rich(tmp_path: Path)
     modules = set(json.loads(quiet.stderr.strip().splitlines()[-1]))
     assert "genievm_core.jobs.backup" in modules and json.loads(quiet.stdout)["kind"] == "full"
     assert sorted(m for m in modules if m.split(".")[0] in {"structlog", "rich"}) == []
+    assert "pydantic_settings" not in modules  # no config file nor GENIEVM_<FIELD> variable: nothing to layer
 
     loud = subprocess.run(
         [sys.executable, "-c", PROBE, "--log-level", "info", *backup],

@@ -4,7 +4,8 @@ Field names follow the seed's camelCase in JSON and TOML (``vmId``, ``backupPath
 and snake_case in Python. ``load_config`` layers, lowest first: a config file
 (JSON, or TOML when its name ends in ``.toml``), environment variables
 ``GENIEVM_<FIELD>`` (``GENIEVM_COMPRESSION_LEVEL=3``), then options given on the
-command line; the layering is pydantic-settings' (its sources, in that order).
+command line; the layering is pydantic-settings' (its sources, in that order, in
+``layering.py``, imported only when a file or a variable is there to layer).
 """
 
 from __future__ import annotations
@@ -19,14 +20,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
 
 from genievm_core.errors import ConfigError
 from genievm_core.models.user_files import read_user_file, text_of
@@ -153,26 +146,21 @@ def load_config(
     from_file = {} if path is None else read_config_file(Path(path))
     from_options = {k: v for k, v in (overrides or {}).items() if v is not None}
     env = os.environ if environ is None else environ
-
-    class Layered(BaseSettings, model):  # type: ignore[misc,valid-type]  # model's fields, pydantic-settings' sources
-        model_config = SettingsConfigDict(env_prefix="GENIEVM_", case_sensitive=True)  # vmID is not vmId
-
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,  # the options: Layered(**from_options)
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:  # highest first
-            return init_settings, _Environment(settings_cls, env), _File(settings_cls, from_file)
-
     try:
-        layered = Layered(**from_options)
+        if path is None and not names_a_field(model, env):  # the options alone: nothing to layer
+            return model.model_validate(from_options)
+        from genievm_core.models.layering import layered  # pydantic-settings: 50 ms of imports, when used
+
+        return model.model_validate(layered(model, from_file, from_options, env))
     except ValidationError as exc:
         raise ConfigError(_one_line(model, exc)) from exc
-    return model.model_validate(dict(layered))
+
+
+def names_a_field(model: type[_Model], environ: Mapping[str, str]) -> bool:
+    """Whether a variable of ``environ`` is ``GENIEVM_<FIELD>`` of one of ``model``'s fields (the layering's
+    rule: upper-case names only)."""
+    fields = {f"genievm_{name}" for name in model.model_fields}
+    return any(name.isupper() and name.lower() in fields for name in environ)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -195,42 +183,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a JSON object")
     return loaded
 
-
-class _Environment(EnvSettingsSource):
-    """``GENIEVM_<FIELD>`` from ``environ``; a list or mapping field takes JSON, or, for a list, comma-separated
-    words."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        super().__init__(settings_cls, case_sensitive=False)  # field vm_id, variable GENIEVM_VM_ID
-        self.env_vars = {name.lower(): value for name, value in environ.items() if name.isupper()}
-
-    def __call__(self) -> dict[str, Any]:
-        # keyed by alias, as the other sources are: a field given under both its names is an error
-        fields = self.settings_cls.model_fields
-        found = {(fields[key].alias or key) if key in fields else key: v for key, v in super().__call__().items()}
-        return _below(self, found)
-
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, (list, dict)):
-            return parsed
-        return tuple(v.strip() for v in str(value).split(",") if v.strip())
-
-
-class _File(InitSettingsSource):
-    """The config file's fields, those no higher layer gives."""
-
-    def __call__(self) -> dict[str, Any]:
-        return _below(self, super().__call__())
-
-
-def _below(source: PydanticBaseSettingsSource, found: dict[str, Any]) -> dict[str, Any]:
-    """``found`` less the fields a higher layer gave: a layer replaces a field whole, a mapping
-    (``storageOptions``) included, where pydantic-settings would merge the mappings."""
-    return {key: value for key, value in found.items() if key not in source.current_state}
 
 def _one_line(model: type[_Model], exc: ValidationError) -> str:
     problems = []
