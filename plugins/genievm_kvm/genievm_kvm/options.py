@@ -11,8 +11,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from genievm_core.translate import network_map_pairs
-
 __all__ = ["KVMOptions"]
 
 
@@ -78,4 +76,6 @@ class KVMOptions(BaseModel):
     @field_validator("network_map", mode="before")
     @classmethod
     def _network_map(cls, value: Any) -> Any:
+        from genievm_core.translate import network_map_pairs  # the translators: 9 ms, for restores that map
+
         return network_map_pairs(value)

@@ -30,10 +30,10 @@ from genievm_core.logging import get_logger
 from genievm_core.models.manifest import BackupManifest
 from genievm_core.plugin.protocols import Problem, RepositoryReader, VerifyReport
 from genievm_core.repository import Repository
-from genievm_core.translate import PortableVM, read_config
 from genievm_recovery.export import START_TIMEOUT, Export, ServeJob
 
 if TYPE_CHECKING:
+    from genievm_core.translate import PortableVM
     from genievm_recovery.boot_vm import BootResult
 
 __all__ = ["DEFAULT_PATTERN", "BootOptions", "BootVerifier"]
@@ -116,6 +116,7 @@ def efi_vars(manifest: BackupManifest, vm: PortableVM) -> bytes | None:
 
 
 def _vm(manifest: BackupManifest, disks: list[str]) -> PortableVM:
+    from genievm_core.translate import read_config  # the translators: 9 ms, for a boot check only
     from genievm_recovery.boot_vm import plain_vm
 
     config = base64.b64decode(manifest.vm.config) if manifest.vm.config else b""
