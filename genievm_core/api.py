@@ -376,18 +376,21 @@ class GenieVM:
     def _derive_key_ahead(self, url: str | None, passphrase: str | None, passphrase_file: Path | None) -> None:
         """Start scrypt for a repository on this host's file system while its plugins load (about 0.09 s of
         every command that opens one, on another CPU): only when the passphrase is at hand without side
-        effects (given, or in GENIEVM_PASSPHRASE). The config is read here as the file storage lays it out, a
-        guess only: ``Repository.open`` reads and checks it as always, and takes the key only if it derives
-        the very same one (``keys.derive_ahead``)."""
-        if passphrase is None and (passphrase_file or self.passphrase_command or self.key_file):
-            return
-        secret = passphrase if passphrase is not None else os.environ.get(PASSPHRASE_ENV)
+        effects (given, in a regular file, or in GENIEVM_PASSPHRASE; not a pipe, nor a command). The config is
+        read here as the file storage lays it out, a guess only: ``Repository.open`` reads and checks it as
+        always, and takes the key only if it derives the very same one (``keys.derive_ahead``)."""
         target = url or os.environ.get(REPO_ENV) or ""
-        if not secret or ("://" in target and not target.startswith("file://")):
+        if ("://" in target and not target.startswith("file://")) or (passphrase is None and self.key_file):
             return
         path = Path(target.removeprefix("file://")) / "config"
         try:
-            if not path.is_file() or path.stat().st_size > MAX_CONFIG:
+            if passphrase is not None:
+                secret: str | None = passphrase
+            elif passphrase_file is not None:
+                secret = _passphrase_of_file(passphrase_file) if passphrase_file.is_file() else None
+            else:
+                secret = None if self.passphrase_command else os.environ.get(PASSPHRASE_ENV)
+            if not secret or not path.is_file() or path.stat().st_size > MAX_CONFIG:
                 return
             config, _ = parse_config(target, path.read_bytes())
         except (GenieVMError, OSError):
@@ -403,6 +406,11 @@ class GenieVM:
             self._warned.add(warning)
             if self.on_warning is not None:
                 self.on_warning(warning)
+
+
+def _passphrase_of_file(path: Path) -> str:
+    data = read_user_file(path, what="passphrase file", limit=MAX_PASSPHRASE)
+    return text_of(data, path, what="passphrase file").rstrip("\n")
 
 
 def passphrase_source(
@@ -421,8 +429,7 @@ def passphrase_source(
         if command is not None:
             passphrase = _run_passphrase_command(command)
         elif passphrase_file is not None:
-            data = read_user_file(passphrase_file, what="passphrase file", limit=MAX_PASSPHRASE)
-            passphrase = text_of(data, passphrase_file, what="passphrase file").rstrip("\n")
+            passphrase = _passphrase_of_file(passphrase_file)
         elif os.environ.get(PASSPHRASE_ENV):
             passphrase = os.environ[PASSPHRASE_ENV]
         elif not sys.stdin.isatty():

@@ -3,6 +3,7 @@ takes its result only when it derives the very same key; every other case derive
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -75,14 +76,31 @@ def test_a_key_derived_ahead_for_other_inputs_is_not_taken(tmp_path: Path, scryp
     assert repo.codec.keys is not None and repo.codec.keys != elsewhere.codec.keys
 
 
-def test_no_key_is_derived_ahead_from_a_passphrase_with_side_effects_or_from_remote_storage(
-    tmp_path: Path, scrypt_runs: list[str], monkeypatch: pytest.MonkeyPatch
+def test_a_passphrase_file_is_read_ahead_when_regular_and_once_when_a_pipe(
+    tmp_path: Path, scrypt_runs: list[str]
 ) -> None:
     path = _repo(tmp_path)
     secret = tmp_path / "passphrase"
-    secret.write_text(PASSPHRASE)
+    secret.write_text(PASSPHRASE + "\n")
     scrypt_runs.clear()
-    _api(tmp_path).open_repository(str(path), passphrase_file=secret)  # a file may be a pipe: read once
+    _api(tmp_path).open_repository(str(path), passphrase_file=secret)
+    assert scrypt_runs == ["genievm-scrypt"]
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_text, args=(PASSPHRASE,))
+    writer.start()
+    scrypt_runs.clear()
+    _api(tmp_path).open_repository(str(path), passphrase_file=pipe)  # read once: by the open
+    writer.join(5)
+    assert scrypt_runs == [threading.current_thread().name]
+
+
+def test_no_key_is_derived_ahead_from_a_passphrase_command_or_for_remote_storage(
+    tmp_path: Path, scrypt_runs: list[str]
+) -> None:
+    path = _repo(tmp_path)
+    scrypt_runs.clear()
+    GenieVM(job_db=tmp_path / "jobs.sqlite", passphrase_command=f"echo {PASSPHRASE}").open_repository(str(path))
     assert scrypt_runs == [threading.current_thread().name]
     scrypt_runs.clear()
     api = _api(tmp_path)
