@@ -170,6 +170,37 @@ def test_verify_finds_a_damaged_patch_and_a_missing_base(tmp_path: Path) -> None
     assert problems == [f"chunk {_index(repo, second, 'vda')[0].hex()} is missing"]
 
 
+def test_verify_finds_a_damaged_patch_that_another_backups_patch_of_the_same_content_would_hide(
+    tmp_path: Path,
+) -> None:
+    """The second and the fourth backup hold the same content of vda's chunk, patched differently over the same
+    base (the fourth's patch also carries the block the third changed and the fourth changed back); a restore
+    of the fourth would find the content through the second's patch too, but garbage collection keeps only the
+    fourth's own, so verify reads each backup's chunk through its own index."""
+    folder, repo, first, second = _two_backups(tmp_path, "repo", False)
+    image = folder / "web01-vda.img"
+    original = image.read_bytes()[700 * KiB : 700 * KiB + 10]
+    patch(image, 700 * KiB, b"\xbb" * 10)
+    third = _backup(repo, folder)
+    patch(image, 700 * KiB, original)
+    fourth = _backup(_reopen(tmp_path, "repo", False), folder)  # a process that never read the second's index
+    two, four = _index(repo, second, "vda"), _index(repo, fourth, "vda")
+    assert two[0] == four[0] and two.patches[0].patch != four.patches[0].patch
+    patch_file = tmp_path / "repo" / Repository.chunk_key(four.patches[0].patch)
+    blob = bytearray(patch_file.read_bytes())
+    blob[-1] ^= 1
+    patch_file.write_bytes(blob)
+    reports = run_verify(PluginHost(), _reopen(tmp_path, "repo", False), [first, second, third, fourth], read_data=True)
+    problems = [(r.backup_id, p.detail) for r in reports for p in r.problems]
+    assert len(problems) == 1 and problems[0][0] == fourth.backup_id, problems
+    assert four.patches[0].patch.hex() in problems[0][1] and "corrupt" in problems[0][1]
+
+    patch_file.unlink()
+    reports = run_verify(PluginHost(), _reopen(tmp_path, "repo", False), [first, second, third, fourth])
+    problems = [(r.backup_id, p.detail) for r in reports for p in r.problems]
+    assert problems == [(fourth.backup_id, f"chunk {four[0].hex()} is missing")]
+
+
 def test_a_copy_writes_patched_chunks_whole_at_its_target(tmp_path: Path) -> None:
     folder, _, _, second = _two_backups(tmp_path, "source", True)
     target = _repo(tmp_path, "target", True)

@@ -2,9 +2,13 @@
 
 - ``manifest``: every disk's index loads, fits the disk's size and chunk size,
   and matches the checksum in the manifest.
-- ``chunks``: every chunk an index references exists in storage.
+- ``chunks``: every chunk an index references exists in storage (a patched
+  one: the base and the patch its own index names).
 - ``data``: every referenced chunk is read, authenticated, decompressed and
-  its id checked against its content (``genievm verify --read-data``).
+  its id checked against its content (``genievm verify --read-data``); a
+  patched chunk through its own index's base and patch, so that another
+  backup's patch of the same content, read in the same process, does not
+  hide a damaged one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from genievm_core.plugin.marker import hookimpl
 from genievm_core.plugin.protocols import Problem, RepositoryReader, VerifyReport
 from genievm_core.plugin.registry import SelfCheckRegistry, VerifierRegistry
 from genievm_core.repository.objects import ZERO_ID
+from genievm_core.repository.patches import PatchRef
 
 __all__ = ["ChunksVerifier", "DataVerifier", "ManifestVerifier"]
 
@@ -64,12 +69,20 @@ class ChunksVerifier:
 
     def verify(self, repository: RepositoryReader, manifest: BackupManifest) -> VerifyReport:
         report = VerifyReport(self.name, manifest.backup_id)
+        has_object = getattr(repository, "has_object", None)  # a Repository's; a reader may lack it
+
+        def present(cid: bytes, ref: PatchRef | None) -> bool:  # a patched chunk: its own index's base and patch
+            if ref is None or has_object is None:
+                return repository.has_chunk(cid)
+            return bool(has_object(ref.patch) and (ref.base == ZERO_ID or has_object(ref.base)))
+
         for disk, index in _indexes(repository, manifest, report):
+            patches = getattr(index, "patches", {})
             for i, cid in enumerate(index):
                 if cid == ZERO_ID:
                     continue
                 report.checked += 1
-                if not repository.has_chunk(cid):
+                if not present(cid, patches.get(i)):
                     report.problems.append(Problem(disk.name, f"chunk {cid.hex()} is missing", i))
         return report
 
@@ -83,16 +96,23 @@ class DataVerifier:
     def verify(self, repository: RepositoryReader, manifest: BackupManifest) -> VerifyReport:
         report = VerifyReport(self.name, manifest.backup_id)
 
-        def check(cid: bytes) -> str | None:
+        patched_content = getattr(repository, "patched_content", None)  # a Repository's; a reader may lack it
+
+        def check(chunk: tuple[bytes, PatchRef | None]) -> str | None:
+            cid, ref = chunk
             try:
-                repository.get_chunk(cid)
+                if ref is not None and patched_content is not None:
+                    patched_content(cid, ref, check_content=True)
+                else:
+                    repository.get_chunk(cid)
             except CorruptionError as exc:
                 return str(exc)
             return None
 
         with ThreadPoolExecutor(self.workers) as pool:
             for disk, index in _indexes(repository, manifest, report):
-                stored = [(i, cid) for i, cid in enumerate(index) if cid != ZERO_ID]
+                patches = getattr(index, "patches", {})
+                stored = [(i, (cid, patches.get(i))) for i, cid in enumerate(index) if cid != ZERO_ID]
                 for start in range(0, len(stored), BATCH):  # a bounded number of chunks in flight
                     batch = stored[start : start + BATCH]
                     for (i, _), problem in zip(batch, pool.map(check, [c for _, c in batch]), strict=True):
