@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from genievm_core import key_ahead
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError, GenieVMError, JobNotFoundError, PassphraseRequiredError
 from genievm_core.jobs import (
@@ -65,8 +66,7 @@ from genievm_core.models.vm import VMRef
 from genievm_core.plugin import PluginHost
 from genievm_core.plugin.protocols import StorageTarget
 from genievm_core.repository import DEFAULT_CHUNK_SIZE, Damaged, Repository
-from genievm_core.repository.config import MAX_CONFIG, parse_config
-from genievm_core.repository.keys import Keys, derive_ahead, keys_of_file
+from genievm_core.repository.keys import Keys, keys_of_file
 from genievm_core.repository.known import KnownRepositories
 from genievm_core.repository.lock import STALE_AFTER, LockPolicy, remove_locks
 from genievm_core.repository.retention import RetentionPolicy
@@ -375,14 +375,11 @@ class GenieVM:
 
     def _derive_key_ahead(self, url: str | None, passphrase: str | None, passphrase_file: Path | None) -> None:
         """Start scrypt for a repository on this host's file system while its plugins load (about 0.09 s of
-        every command that opens one, on another CPU): only when the passphrase is at hand without side
-        effects (given, in a regular file, or in GENIEVM_PASSPHRASE; not a pipe, nor a command). The config is
-        read here as the file storage lays it out, a guess only: ``Repository.open`` reads and checks it as
-        always, and takes the key only if it derives the very same one (``keys.derive_ahead``)."""
-        target = url or os.environ.get(REPO_ENV) or ""
-        if ("://" in target and not target.startswith("file://")) or (passphrase is None and self.key_file):
+        every command that opens one, on another CPU; ``genievm_core.key_ahead``): only when the passphrase is
+        at hand without side effects (given, in a regular file, or in GENIEVM_PASSPHRASE; not a pipe, which
+        is read once, nor a command). ``Repository.open`` takes the key only if it derives the very same one."""
+        if passphrase is None and self.key_file:
             return
-        path = Path(target.removeprefix("file://")) / "config"
         try:
             if passphrase is not None:
                 secret: str | None = passphrase
@@ -390,13 +387,10 @@ class GenieVM:
                 secret = _passphrase_of_file(passphrase_file) if passphrase_file.is_file() else None
             else:
                 secret = None if self.passphrase_command else os.environ.get(PASSPHRASE_ENV)
-            if not secret or not path.is_file() or path.stat().st_size > MAX_CONFIG:
-                return
-            config, _ = parse_config(target, path.read_bytes())
         except (GenieVMError, OSError):
             return  # the open says what is wrong
-        if config.encryption is not None:
-            derive_ahead(secret, config.encryption, normalize=config.format_version >= 2)
+        if secret:
+            key_ahead.start_for_local(url or os.environ.get(REPO_ENV) or "", secret)
 
     def _source(self, passphrase: str | None, passphrase_file: Path | None) -> Callable[[], str]:
         return (lambda: passphrase) if passphrase is not None else self.passphrase_source(passphrase_file)

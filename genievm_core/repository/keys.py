@@ -17,9 +17,6 @@ import base64
 import hashlib
 import json
 import os
-import threading
-import unicodedata
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +24,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from genievm_core import key_ahead
 from genievm_core.models.manifest import EncryptionRecord, KDFRecord, KeySlot
 
 __all__ = [
@@ -81,46 +78,16 @@ def _derive(master: bytes) -> Keys:
     )
 
 
-_Inputs = tuple[bytes, bytes, int, int, int]  # what scrypt derives a key from: secret, salt, n, r, p
-_ahead: dict[_Inputs, Future[bytes]] = {}  # at most one: the key ``derive_ahead`` is deriving
-_ahead_lock = threading.Lock()
-
-
-def _inputs(passphrase: str, kdf: KDFRecord, normalize: bool) -> _Inputs:
-    if normalize:  # the NFD and NFC spellings of one passphrase are one passphrase
-        passphrase = unicodedata.normalize("NFC", passphrase)
-    return passphrase.encode(), base64.b64decode(kdf.salt), kdf.n, kdf.r, kdf.p
-
-
-def _scrypt(inputs: _Inputs) -> bytes:
-    secret, salt, n, r, p = inputs
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(secret)
-
-
 def _kek(passphrase: str, kdf: KDFRecord, *, normalize: bool) -> bytes:
-    inputs = _inputs(passphrase, kdf, normalize)
-    with _ahead_lock:
-        pending = _ahead.pop(inputs, None)
-    return pending.result() if pending is not None else _scrypt(inputs)
+    key = key_ahead.inputs(passphrase, kdf.salt, kdf.n, kdf.r, kdf.p, normalize=normalize)
+    derived = key_ahead.take(key)  # the key derived ahead, when it is this one (genievm_core/key_ahead.py)
+    return derived if derived is not None else key_ahead.derive(key)
 
 
 def derive_ahead(passphrase: str, record: EncryptionRecord, *, normalize: bool) -> None:
-    """Start deriving the key of ``record``'s first slot on a thread of its own; the next unwrap that needs
-    that very key (the same passphrase, salt and costs) takes it from there. scrypt releases the GIL, so it
-    runs while the caller does other work (loading the plugins, opening the storage) on another CPU."""
-    inputs = _inputs(passphrase, record.kdf, normalize)
-    pending: Future[bytes] = Future()
-
-    def run() -> None:
-        try:
-            pending.set_result(_scrypt(inputs))
-        except BaseException as exc:  # noqa: BLE001 - the unwrap that takes it raises it
-            pending.set_exception(exc)
-
-    with _ahead_lock:
-        _ahead.clear()  # one at a time: a key derived ahead and never taken is not kept
-        _ahead[inputs] = pending
-    threading.Thread(target=run, name="genievm-scrypt", daemon=True).start()
+    """Start deriving the key of ``record``'s first slot on a thread of its own (``key_ahead.start``)."""
+    kdf = record.kdf
+    key_ahead.start(key_ahead.inputs(passphrase, kdf.salt, kdf.n, kdf.r, kdf.p, normalize=normalize))
 
 
 def wrap_slot(passphrase: str, keys: Keys, *, scrypt_n: int = SCRYPT_N, label: str | None = None) -> KeySlot:
