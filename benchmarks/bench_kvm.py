@@ -497,7 +497,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="genievm --workers (default: genievm's)")
     parser.add_argument("--genievm", type=Path, default=Path(sys.executable).with_name("genievm"))
     parser.add_argument("--py-spy", help="profile full and incremental with this py-spy (logs/NAME.pyspy)")
-    parser.add_argument("--content", default="allocated,mix", help="allocated, mix or allocated,mix (the default: both)")
+    parser.add_argument("--content", default="allocated,mix", help="allocated, mix or allocated,mix (default)")
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip the virtnbdbackup rows")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep WORKDIR/data: disk image and repositories")
