@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from genievm_core import key_ahead
+from genievm_core.choices import PASSPHRASE_ENV, REPO_ENV
 from genievm_core.engine import DiskProgress
 from genievm_core.errors import ConfigError, GenieVMError, JobNotFoundError, PassphraseRequiredError
 from genievm_core.jobs import (
@@ -85,9 +86,7 @@ __all__ = [
     "passphrase_source",
 ]
 
-PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"
 PASSPHRASE_COMMAND_TIMEOUT = 120.0  # seconds a passphrase command may take (a secret manager may prompt)
-REPO_ENV = "GENIEVM_BACKUP_PATH"
 STORAGE_OPTIONS_ENV = "GENIEVM_STORAGE_OPTIONS"
 MAX_PASSPHRASE = 4 << 10  # bytes of a passphrase file
 Progress = Callable[[DiskProgress], None]

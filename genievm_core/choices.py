@@ -14,12 +14,16 @@ __all__ = [
     "LOCK_STALE_AFTER",
     "MAX_COUNT",
     "MAX_SECONDS",
+    "PASSPHRASE_ENV",
+    "REPO_ENV",
     "LogFormat",
     "LogLevel",
 ]
 
 ENTRY_POINT_GROUP = "genievm"  # the entry points of plugins (genievm_core.plugin.host)
 DISABLE_AUTOLOAD_ENV = "GENIEVM_DISABLE_PLUGIN_AUTOLOAD"
+PASSPHRASE_ENV = "GENIEVM_PASSPHRASE"  # a repository's passphrase
+REPO_ENV = "GENIEVM_BACKUP_PATH"  # the repository, where no --repo is given
 
 LOCK_STALE_AFTER = 1800.0  # seconds without a refresh after which another host's lock is stale (restic's 30 min)
 MAX_SECONDS = 366 * 86400  # the longest wait an option takes: a year

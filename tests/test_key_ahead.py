@@ -15,7 +15,7 @@ from genievm_core.api import GenieVM
 from genievm_core.errors import WrongPassphraseError
 from genievm_core.models.manifest import KDFRecord
 from genievm_core.plugin import PluginHost
-from genievm_core.repository import Repository, keys
+from genievm_core.repository import Repository
 from genievm_core.repository.config import MAX_CONFIG
 from genievm_core.repository.storage import open_storage
 
@@ -74,7 +74,8 @@ def test_a_key_derived_ahead_for_other_inputs_is_not_taken(tmp_path: Path, scryp
     elsewhere = Repository.open(open_storage(PluginHost(), str(path)), passphrase=lambda: PASSPHRASE)
     assert elsewhere.config.encryption is not None
     scrypt_runs.clear()
-    keys.derive_ahead(PASSPHRASE, elsewhere.config.encryption, normalize=True)
+    kdf = elsewhere.config.encryption.kdf
+    key_ahead.start(key_ahead.inputs(PASSPHRASE, kdf.salt, kdf.n, kdf.r, kdf.p, normalize=True))
     repo = Repository.open(storage, passphrase=lambda: PASSPHRASE)
     assert sorted(scrypt_runs) == sorted(["genievm-scrypt", threading.current_thread().name])  # again, here
     assert repo.codec.keys is not None and repo.codec.keys != elsewhere.codec.keys

@@ -25,6 +25,8 @@ from genievm_core.choices import (
     ENTRY_POINT_GROUP,
     LOCK_STALE_AFTER,
     MAX_SECONDS,
+    PASSPHRASE_ENV,
+    REPO_ENV,
     LogFormat,
     LogLevel,
 )
@@ -216,7 +218,7 @@ def _derive_key_ahead(root: dict[str, Any], words: list[str]) -> None:
     of GENIEVM_PASSPHRASE, before the command's modules import (about 0.15 s on one CPU, while scrypt runs on
     the other): a guess from the raw words, which ``genievm_core.key_ahead`` turns into a key only for a local
     repository, and the open takes only if it would derive the very same one."""
-    secret = os.environ.get("GENIEVM_PASSPHRASE")
+    secret = os.environ.get(PASSPHRASE_ENV)
     if not secret or root.get("passphrase_command") or root.get("key_file"):
         return
     words = words[: words.index("--")] if "--" in words else words
@@ -225,7 +227,7 @@ def _derive_key_ahead(root: dict[str, Any], words: list[str]) -> None:
     repo = next((w.partition("=")[2] for w in words if w.startswith("--repo=")), None)
     if repo is None and "--repo" in words[:-1]:
         repo = words[words.index("--repo") + 1]
-    repo = repo or os.environ.get("GENIEVM_BACKUP_PATH")
+    repo = repo or os.environ.get(REPO_ENV)
     if repo:
         from genievm_core import key_ahead
 

@@ -33,7 +33,6 @@ __all__ = [
     "Keys",
     "WrongPassphrase",
     "create_keys",
-    "derive_ahead",
     "key_file",
     "key_id",
     "keys_of_file",
@@ -82,12 +81,6 @@ def _kek(passphrase: str, kdf: KDFRecord, *, normalize: bool) -> bytes:
     key = key_ahead.inputs(passphrase, kdf.salt, kdf.n, kdf.r, kdf.p, normalize=normalize)
     derived = key_ahead.take(key)  # the key derived ahead, when it is this one (genievm_core/key_ahead.py)
     return derived if derived is not None else key_ahead.derive(key)
-
-
-def derive_ahead(passphrase: str, record: EncryptionRecord, *, normalize: bool) -> None:
-    """Start deriving the key of ``record``'s first slot on a thread of its own (``key_ahead.start``)."""
-    kdf = record.kdf
-    key_ahead.start(key_ahead.inputs(passphrase, kdf.salt, kdf.n, kdf.r, kdf.p, normalize=normalize))
 
 
 def wrap_slot(passphrase: str, keys: Keys, *, scrypt_n: int = SCRYPT_N, label: str | None = None) -> KeySlot:

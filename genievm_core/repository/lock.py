@@ -16,8 +16,9 @@ it as stale has lost it: ``HeldLock.check`` then raises ``LockLostError``, and
 the repository calls it before every chunk, index, manifest and deletion, so
 the job stops with that one line instead of writing on unprotected.
 
-Whoever removes a lock (``genievm repo unlock``, or a lock taken over a stale
-one) first leaves a tombstone beside it, ``locks/<id>.removed``, and the
+Whoever removes a lock whose holder may still run (``genievm repo unlock
+--force``, or a stale lock of another host taken over) first leaves a tombstone
+beside it, ``locks/<id>.removed``, and the
 heartbeat looks for it after each refresh: a refresh racing the removal would
 otherwise put the lock back unnoticed. Tombstones are plain text, not JSON,
 so readers of older versions skip them as they skip any unreadable lock.
