@@ -26,6 +26,9 @@ ALLOCATION = "base:allocation"
 _STATE_ZERO = 2  # base:allocation: the range reads as zeros
 _DIRTY = 1  # qemu:dirty-bitmap:*: the range was written
 _MAX_REQUEST = 32 << 20  # qemu's NBD server refuses larger requests
+# Reads are asked for in pieces this large: QEMU's NBD server spent twice the CPU on 4 MiB requests as on
+# 1 MiB ones for the same bytes (fresh pages for each larger buffer), more than joining the pieces costs here
+_READ_REQUEST = 1 << 20
 _MAX_STATUS = 1 << 30
 READERS = 4  # extra connections a backup's chunks are read over at once (where the server allows multi-conn)
 
@@ -118,10 +121,10 @@ class NBDClient:
 
     def _read_on(self, h: Any, offset: int, length: int) -> bytes:
         try:
-            if length <= _MAX_REQUEST:  # a chunk: one request, one buffer
+            if length <= _READ_REQUEST:
                 return bytes(h.pread(length, offset))
-            parts = [(min(_MAX_REQUEST, length - pos), offset + pos) for pos in range(0, length, _MAX_REQUEST)]
-            return b"".join(h.pread(n, at) for n, at in parts)
+            parts = [(min(_READ_REQUEST, length - pos), offset + pos) for pos in range(0, length, _READ_REQUEST)]
+            return b"".join([h.pread(n, at) for n, at in parts])
         except self._error as exc:
             raise ProviderError(f"provider kvm: reading {self.export} at {offset}: {exc.string}") from exc
 
