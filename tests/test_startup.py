@@ -169,3 +169,25 @@ def test_a_backup_with_json_output_imports_no_structlog_nor_rich(tmp_path: Path)
     )
     assert "structlog" in json.loads(loud.stderr.strip().splitlines()[-1])
     assert "backup.done" in loud.stderr and json.loads(loud.stdout)["kind"] == "incremental"
+
+
+def test_a_backup_printed_as_text_off_a_terminal_imports_no_rich(tmp_path: Path) -> None:
+    """The summary of a backup run by cron or a service (no terminal) is written as plain lines, without rich
+    (about 50 ms); a variable that makes rich see a terminal (FORCE_TERMINAL) still gets rich's output."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_TERMINAL", "TTY_COMPATIBLE", "FORCE_COLOR"}}
+    env["GENIEVM_PASSPHRASE"] = "pw"
+    repo = str(tmp_path / "repo")
+    subprocess.run([sys.executable, "-c", PROBE, "repo", "init", repo], env=env, capture_output=True, timeout=60)
+    backup = ["backup", "--vm", "a", "--repo", repo, "--disk", f"vda={image}"]
+    for forced, kind, mode in ((False, "full", "full"), (True, "incremental", "hash-compare")):
+        run_env = env | {"FORCE_TERMINAL": "1"} if forced else env
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE, *backup], capture_output=True, text=True, env=run_env, timeout=60
+        )
+        modules = set(json.loads(done.stderr.strip().splitlines()[-1]))
+        first, added, disk = done.stdout.splitlines()[:3]
+        assert first.startswith("backup ") and f" of a: {kind}, 1 disk, 1.0 MiB examined in " in first, done.stdout
+        assert added.startswith("  added to the repository: ") and disk.startswith(f"  vda: 1.0 MiB, {mode} (")
+        assert ("rich.console" in modules) is forced

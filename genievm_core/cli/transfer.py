@@ -161,32 +161,29 @@ def backup(
         _print_backup(job.manifest, elapsed)
         if "prune" in extra:
             report = extra["prune"]
-            out_console.print(
+            out_console.line(
                 f"pruned: {len(report['removed_backups'])} backups removed, {report['deleted_objects']} objects "
-                f"deleted, {report['kept_by_grace']} kept for the grace period",
-                highlight=False,
+                f"deleted, {report['kept_by_grace']} kept for the grace period"
             )
         if "prune_error" in extra:
-            out_console.print(f"prune after the backup failed: {extra['prune_error']}", highlight=False)
+            out_console.line(f"prune after the backup failed: {extra['prune_error']}")
 
 
 def _print_backup(manifest: BackupManifest, elapsed: float) -> None:
     s = manifest.stats
-    out_console.print(
+    out_console.line(
         f"backup {manifest.backup_id} of {manifest.vm.id}: {manifest.kind}, {plural(len(manifest.disks), 'disk')}, "
-        f"{human_size(s.bytes_scanned)} examined in {elapsed:.1f} s ({human_rate(s.bytes_scanned, elapsed)})",
-        highlight=False,
+        f"{human_size(s.bytes_scanned)} examined in {elapsed:.1f} s ({human_rate(s.bytes_scanned, elapsed)})"
     )
-    out_console.print(
+    out_console.line(
         f"  added to the repository: {human_size(s.bytes_new)} ({human_size(s.bytes_stored)} stored, "
         f"compression {ratio(s.bytes_new, s.bytes_stored)}); unchanged or deduplicated: "
         f"{human_size(s.bytes_deduplicated)} (dedup {ratio(s.bytes_new + s.bytes_deduplicated, s.bytes_new)}); "
-        f"zero: {human_size(s.bytes_zero)}",
-        highlight=False,
+        f"zero: {human_size(s.bytes_zero)}"
     )
     for d in manifest.disks:
         why = f" ({d.cbt.reason})" if d.cbt.reason else ""
-        out_console.print(f"  {d.name}: {human_size(d.size)}, {d.cbt.mode}{why}", highlight=False)
+        out_console.line(f"  {d.name}: {human_size(d.size)}, {d.cbt.mode}{why}")
 
 
 def restore(
@@ -304,8 +301,7 @@ def restore(
         emit_json(result.__dict__ | {"elapsed_seconds": elapsed, "job_id": job.id})
     else:
         verified = ", verified" if result.verified else ""
-        out_console.print(
+        out_console.line(
             f"restored backup {result.backup_id} as {result.vm_id}: {plural(len(result.disks), 'disk')} "
-            f"({', '.join(result.disks)}) into {config.restore_path or 'their targets'}{verified}, in {elapsed:.1f} s",
-            highlight=False,
+            f"({', '.join(result.disks)}) into {config.restore_path or 'their targets'}{verified}, in {elapsed:.1f} s"
         )
