@@ -9,9 +9,10 @@ backup), and a put whose folder a concurrent delete removed makes it again.
 
 ``put_batched`` (what the core uses for chunks) writes the temporary file
 only; a batch of them is made durable together, in the background once it
-holds ``BATCH_BYTES`` or ``BATCH_OBJECTS``, or by ``flush()``: every file of
-the batch fsynced, then each renamed into place, then each folder fsynced
-once. On ext4 the first fsync commits the journal for the whole batch and the
+holds ``BATCH_BYTES`` or ``BATCH_OBJECTS`` (or ``EARLY_BYTES`` while no other
+batch is being made durable, so that little is left for the end), or by
+``flush()``: every file of the batch fsynced, then each renamed into place,
+then each folder fsynced once. On ext4 the first fsync commits the journal for the whole batch and the
 others find their data written, so a batch costs about one journal commit
 where a put pays two. An object becomes visible only once it is durable, as
 with ``put``: no other process can find a chunk (and name it in its
@@ -46,6 +47,7 @@ TMP_SUFFIX = ".tmp"
 CREATE_ATTEMPTS = 100  # folder made again after a concurrent delete removed it (each loss needs a new race)
 LEFTOVER_AGE = 60.0  # seconds after which a temporary file where puts may be under way (locks/) is debris
 BATCH_BYTES, BATCH_OBJECTS = 64 << 20, 256  # a batch of put_batched objects is made durable at either bound
+EARLY_BYTES = 8 << 20  # or at this size when no batch is being made durable: little is left for flush() to wait for
 
 
 def open_filesystem_storage(url: str, options: Mapping[str, Any]) -> FilesystemStorage:
@@ -105,7 +107,9 @@ class FilesystemStorage:
             self._raise_failed_flush()
             self._batch.append((key, tmp, path))
             self._batch_bytes += len(data)
-            if self._batch_bytes < BATCH_BYTES and len(self._batch) < BATCH_OBJECTS:
+            full = self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_OBJECTS
+            idle = not self._flushing and self._batch_bytes >= EARLY_BYTES  # (done batches were just dropped)
+            if not (full or idle):
                 return
             batch = self._take_batch()
             if self._flusher is None:

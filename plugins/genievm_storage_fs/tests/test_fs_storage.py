@@ -299,6 +299,31 @@ def test_a_full_batch_is_made_durable_in_the_background(
     assert store.exists("chunks/ab/ab09")
 
 
+def test_a_batch_goes_early_while_no_other_is_being_made_durable(
+    store: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At ``EARLY_BYTES`` a batch is made durable at once when the flusher is idle, so the end's flush has little
+    left; while one is being made durable, the next waits for the batch bounds or the flush."""
+    monkeypatch.setattr("genievm_storage_fs.storage.EARLY_BYTES", 4)
+    fsync, gate = os.fsync, threading.Event()
+
+    def held(fd: int) -> None:
+        assert gate.wait(10)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held)
+    store.put_batched("chunks/ab/ab01", b"1234")  # the flusher is idle: this batch goes now
+    store.put_batched("chunks/ab/ab02", b"5678")  # ab01 is being made durable: this one waits
+    gate.set()
+    for _ in range(200):
+        if store.exists("chunks/ab/ab01"):
+            break
+        threading.Event().wait(0.05)
+    assert store.exists("chunks/ab/ab01") and not store.exists("chunks/ab/ab02")
+    store.flush()
+    assert store.get("chunks/ab/ab02") == b"5678"
+
+
 def test_a_failed_batch_fails_the_flush_and_leaves_nothing_behind(
     store: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
