@@ -112,6 +112,17 @@ def test_loading_the_plugins_imports_no_hypervisor_sdk_until_a_provider_is_made(
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True], done.stderr
 
 
+
+def test_a_kvm_backup_imports_no_restore_path() -> None:
+    """The kvm provider's module leaves its restore (the translators and the image sink, about 13 ms) to a restore."""
+    probe = (
+        "import json, sys\n"
+        "import genievm_kvm.provider\n"
+        "print(json.dumps([m in sys.modules for m in ('genievm_kvm.restore', 'genievm_core.translate')]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, False], done.stderr
+
 COLLECTOR_PROBE = """
 import gc, sys
 from genievm_core import cli

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 
@@ -37,9 +37,11 @@ from genievm_kvm.live import job_place, live_backup, run_dir
 from genievm_kvm.offline import offline_backup
 from genievm_kvm.options import KVMOptions
 from genievm_kvm.remote import Askpass, Host, host_for, ssh_password
-from genievm_kvm.restore import KVMRestore
 from genievm_kvm.snapshot import snapshot_backup
 from genievm_kvm.source import Session
+
+if TYPE_CHECKING:  # imported by a restore only: the translators and the image sink (about 13 ms)
+    from genievm_kvm.restore import KVMRestore
 
 __all__ = ["CBT_SOURCES", "KVMProvider", "job_place", "run_dir"]
 
@@ -125,6 +127,8 @@ class KVMProvider:
 
     @contextmanager
     def _restore(self, vm: VMDescription, request: RestoreRequest) -> Iterator[KVMRestore]:
+        from genievm_kvm.restore import KVMRestore
+
         session = KVMRestore(self.conn, vm, request, self._host(), self.options)
         try:
             yield session
