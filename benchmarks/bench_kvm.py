@@ -419,6 +419,8 @@ def print_floors(steps: list[Step], work: FormatWork) -> None:
         f"{read.qemu_cpu_seconds:.2f} CPU-s) / {work.cpus} CPUs, {work.stored_bytes / 1e9:.2f} GB made durable "
         f"in {work.write_seconds:.2f} s) = {full_floor:.2f} s"
     )
+    if note := work.fresh_pages_note():
+        print(note)
     floors = {"full": full_floor, "incremental": incremental_floor(by.get("incremental"), work)}
     wanted = {}  # a step with a target: (GenieVM's step, the seconds the target allows it, the yardstick)
     if "nbdcopy-file" in by:

@@ -114,6 +114,8 @@ def print_peer_ratios(by_name: Mapping[str, Any], work: FormatWork | None = None
         f"{work.floor('backup'):.2f} s; hash compare {work.floor('hash_compare'):.2f} s; "
         f"restore {work.floor('restore'):.2f} s"
     )
+    if note := work.fresh_pages_note():
+        print(note)
     for r in rows:
         if not r["ok"]:
             name = f"{r['genievm']} vs {r['peer']}"

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from floor import BLOCK, format_work, verdict  # noqa: E402
+from floor import BLOCK, FormatWork, format_work, verdict  # noqa: E402
 
 
 def test_holes_and_zero_blocks_are_not_data(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_holes_and_zero_blocks_are_not_data(tmp_path: Path) -> None:
         f.write(bytes(BLOCK))  # 3: written zeros
     work = format_work(image, scratch=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.img"]  # the durable write's file is gone
-    assert work.write_cpu > 0 and work.write_seconds > 0
+    assert work.write_cpu > 0 and work.write_seconds > 0 and work.write_fresh_cpu >= work.write_cpu
     assert work.data_bytes == 2 * BLOCK
     assert BLOCK < work.stored_bytes < 1.01 * BLOCK  # the random block, plus a little for the other
     assert work.cpu_seconds("backup") > work.cpu_seconds("hash_compare") > 0
@@ -35,3 +35,12 @@ def test_a_target_below_the_floor_is_out_of_reach() -> None:
     assert "below the format's floor" in verdict("full", 5.0, 2.0, 2.5, 4.4)
     line = verdict("incremental", 1.9, 1.1, 0.7, 1.3)
     assert "above the format's floor" in line and "0.80 s of GenieVM's 1.90 s" in line
+
+
+def test_writing_into_fresh_pages_is_told_when_it_costs_clearly_more() -> None:
+    """The floor keeps the cheaper write; the first try's cost is told beside it, on every CPU."""
+    work = FormatWork(2 * BLOCK, BLOCK, 0.1, 0.1, 0.5, 0.3, 2, write_cpu=0.5, write_seconds=0.4, write_fresh_cpu=2.5)
+    assert work.floor("backup") == pytest.approx(0.6)  # (0.1 + 0.1 + 0.5 + 0.5) / 2: the cheaper write
+    assert "took 2.50 CPU-s, not 0.50" in work.fresh_pages_note() and "up to 1.00 s more" in work.fresh_pages_note()
+    work.write_fresh_cpu = 0.6
+    assert work.fresh_pages_note() == ""
