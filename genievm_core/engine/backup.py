@@ -264,18 +264,17 @@ class BackupEngine:
         # where encrypted, the parent's tag is its check, as in a restore: no second keyed hash of it
         ref = self.repo.patch_of(parent_id)
         if ref is not None:  # a new patch goes over the parent's base, covering the parent's changes too
-            content, before = self.repo.patched_content(parent_id, ref, check_content=False)
-            chunk, base = bytearray(content), ref.base
+            parent, before = self.repo.patched_content(parent_id, ref, check_content=False)
+            base = ref.base
         else:
-            chunk = bytearray(length if parent_id == ZERO_ID else self.repo.get_chunk(parent_id, check_content=False))
+            parent = bytes(length) if parent_id == ZERO_ID else self.repo.get_chunk(parent_id, check_content=False)
             base, before = parent_id, []
-        if len(chunk) != length:
-            raise CorruptionError(f"chunk {parent_id.hex()} holds {len(chunk)} bytes, its index says {length}")
-        for at, data in patches:
-            chunk[at : at + len(data)] = data
+        if len(parent) != length:
+            raise CorruptionError(f"chunk {parent_id.hex()} holds {len(parent)} bytes, its index says {length}")
         spans = merge(before, [(at, at + len(data)) for at, data in patches])
         small = sum(end - start for start, end in spans) <= length * PATCH_UP_TO
-        return self._process(bytes(chunk), parent_id, (base, spans) if small and self.repo.patches_allowed else None)
+        chunk = _written_over(parent, patches)
+        return self._process(chunk, parent_id, (base, spans) if small and self.repo.patches_allowed else None)
 
     def _process(
         self, data: bytes, parent_id: bytes | None, patch: tuple[bytes, list[Span]] | None = None
@@ -345,3 +344,20 @@ class BackupEngine:
         else:
             progress.deduplicated += length
         self.progress(progress)
+
+
+def _written_over(base: bytes, patches: list[Patch]) -> bytes:
+    """``base`` with the bytes of each patch (offset, bytes) written over it, in one copy where the patches are in
+    order and apart (a chunk's changed extents always are); otherwise one after the other, on a copy."""
+    view, at = memoryview(base), 0
+    parts: list[bytes | memoryview] = []
+    for offset, data in patches:
+        if offset < at:
+            out = bytearray(base)
+            for offset_, data_ in patches:
+                out[offset_ : offset_ + len(data_)] = data_
+            return bytes(out)
+        parts += [view[at:offset], data]
+        at = offset + len(data)
+    parts.append(view[at:])
+    return b"".join(parts)
