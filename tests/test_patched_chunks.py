@@ -7,6 +7,7 @@ The CBT is the dirvm example's (64 KiB blocks of a real image file, found by has
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from datetime import timedelta
@@ -297,8 +298,6 @@ def test_a_patch_this_process_read_before_and_that_is_gone_since_does_not_hide_t
 def test_changed_bytes_written_over_a_parent_chunk_land_where_they_belong() -> None:
     """The merge writes each changed extent over the parent's bytes in one copy; extents out of order or
     overlapping (which a disk's normalized changes never are) still come out as writing them one by one."""
-    import random
-
     from genievm_core.engine.backup import _written_over
 
     rng = random.Random(3)

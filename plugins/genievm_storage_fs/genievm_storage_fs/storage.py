@@ -12,9 +12,9 @@ only; a batch of them is made durable together, in the background once it
 holds ``BATCH_BYTES`` or ``BATCH_OBJECTS`` (or ``EARLY_BYTES`` while no other
 batch is being made durable, so that little is left for the end), or by
 ``flush()``: every file of the batch fsynced, then each renamed into place,
-then each folder fsynced once. On ext4 the first fsync commits the journal for the whole batch and the
-others find their data written, so a batch costs about one journal commit
-where a put pays two. An object becomes visible only once it is durable, as
+then each folder fsynced once. On ext4 the first fsync commits the journal
+for the whole batch and the others find their data written, so a batch costs
+about one journal commit where a put pays two. An object becomes visible only once it is durable, as
 with ``put``: no other process can find a chunk (and name it in its
 manifest) that a power loss could still take away.
 """
