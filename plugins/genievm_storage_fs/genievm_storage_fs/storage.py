@@ -17,6 +17,15 @@ for the whole batch and the others find their data written, so a batch costs
 about one journal commit where a put pays two. An object becomes visible only once it is durable, as
 with ``put``: no other process can find a chunk (and name it in its
 manifest) that a power loss could still take away.
+
+Once a batch's file is durable its pages are dropped from the page cache
+(``POSIX_FADV_DONTNEED``, as borg does with its segment files): a chunk is read
+again by a restore, a check or a later backup that changes part of it, seldom
+right away, and a backup that kept gigabytes of them cached would push out what
+the host itself reads. On a VM whose host takes back freed memory, every new
+page of the cache also costs a fault on the host; dropped pages are the ones
+the next batch gets (docs/performance.md). Objects of ``put`` (indexes,
+manifests) stay cached: the next backup reads them.
 """
 
 from __future__ import annotations
@@ -152,6 +161,7 @@ class FilesystemStorage:
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
                     os.fsync(fd)
+                    _drop_cached(fd)
                 finally:
                     os.close(fd)
             for item in batch:
@@ -310,6 +320,14 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _drop_cached(fd: int) -> None:
+    """Advise the kernel that the (clean) pages of ``fd`` need not stay cached; advice only, never an error."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):  # AttributeError: a platform without posix_fadvise
+        pass
 
 
 def _remove_quietly(path: Path) -> None:

@@ -7,6 +7,8 @@ root here); without it those tests are skipped with the reason.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import shutil
 import threading
@@ -322,6 +324,36 @@ def test_a_batch_goes_early_while_no_other_is_being_made_durable(
     assert store.exists("chunks/ab/ab01") and not store.exists("chunks/ab/ab02")
     store.flush()
     assert store.get("chunks/ab/ab02") == b"5678"
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of the file is in the page cache: mincore(2) over a mapping of it (which reads nothing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = ctypes.create_string_buffer(-(-size // mmap.PAGESIZE))
+    with path.open("rb") as f:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            assert libc.mincore(address, size, pages) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(address, size)
+    return sum(byte & 1 for byte in pages.raw) * mmap.PAGESIZE
+
+
+def test_a_durable_batch_leaves_the_page_cache_and_a_put_stays_in_it(store: FilesystemStorage) -> None:
+    """Chunks are read back at a restore or a check: a backup does not keep them cached (indexes it does)."""
+    data = os.urandom(1 << 20)
+    store.put("indexes/ab01", data)
+    store.put_batched("chunks/ab/ab01", data)
+    store.flush()
+    assert resident_bytes(store.root / "indexes" / "ab01") == len(data)  # what was just written is cached ...
+    assert resident_bytes(store.root / "chunks" / "ab" / "ab01") == 0  # ... unless it was dropped
+    assert store.get("chunks/ab/ab01") == data
 
 
 def test_a_failed_batch_fails_the_flush_and_leaves_nothing_behind(
