@@ -25,7 +25,8 @@ right away, and a backup that kept gigabytes of them cached would push out what
 the host itself reads. On a VM whose host takes back freed memory, every new
 page of the cache also costs a fault on the host; dropped pages are the ones
 the next batch gets (docs/performance.md). Objects of ``put`` (indexes,
-manifests) stay cached: the next backup reads them.
+manifests) stay cached: the next backup reads them. A ``get`` of an object not
+in the cache reads it past the cache (reads.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from genievm_core.errors import (
     StorageFullError,
     StoragePermissionError,
 )
+from genievm_storage_fs.reads import ObjectReader
 
 __all__ = ["FilesystemStorage", "open_filesystem_storage"]
 
@@ -89,6 +91,7 @@ class FilesystemStorage:
         self._batch_lock = threading.Lock()
         self._flusher: ThreadPoolExecutor | None = None
         self._flushing: list[Future[None]] = []
+        self._reader = ObjectReader()  # past the page cache where an object is not in it (reads.py)
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -178,7 +181,11 @@ class FilesystemStorage:
 
     def get(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            fd = os.open(self._path(key), os.O_RDONLY)
+            try:
+                return self._reader.read(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise self._error(exc, key) from exc
 

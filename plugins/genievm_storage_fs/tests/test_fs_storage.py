@@ -8,6 +8,8 @@ root here); without it those tests are skipped with the reason.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import mmap
 import os
 import shutil
@@ -354,6 +356,38 @@ def test_a_durable_batch_leaves_the_page_cache_and_a_put_stays_in_it(store: File
     assert resident_bytes(store.root / "indexes" / "ab01") == len(data)  # what was just written is cached ...
     assert resident_bytes(store.root / "chunks" / "ab" / "ab01") == 0  # ... unless it was dropped
     assert store.get("chunks/ab/ab01") == data
+
+
+def test_an_object_not_in_the_page_cache_is_read_past_it(store: FilesystemStorage) -> None:
+    """A restore's chunk comes from the device into the reader's buffer, not through new cache pages."""
+    data = os.urandom((1 << 20) + 123)  # not a whole number of pages
+    store.put_batched("chunks/ab/ab01", data)
+    store.put("indexes/ab01", data)
+    store.flush()
+    chunk = store.root / "chunks" / "ab" / "ab01"
+    assert [store.get("chunks/ab/ab01") for _ in range(2)] == [data, data]
+    assert resident_bytes(chunk) == 0
+    assert store.get("indexes/ab01") == data  # cached: read from the cache, and left there
+    assert resident_bytes(store.root / "indexes" / "ab01") == len(data) + mmap.PAGESIZE - 123
+
+
+def test_where_o_direct_is_refused_objects_are_read_buffered(
+    store: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(1 << 20)
+    store.put_batched("chunks/ab/ab01", data)
+    store.flush()
+    real = fcntl.fcntl
+
+    def refusing(fd: int, command: int, flags: int = 0) -> int:
+        if command == fcntl.F_SETFL and flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")  # as tmpfs before Linux 6.6, some FUSE file systems
+        return real(fd, command, flags)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing)
+    assert store.get("chunks/ab/ab01") == data
+    assert resident_bytes(store.root / "chunks" / "ab" / "ab01") == len(data)  # read through the cache
+    assert not store._reader.direct
 
 
 def test_a_failed_batch_fails_the_flush_and_leaves_nothing_behind(
