@@ -14,9 +14,9 @@ batch is being made durable, so that little is left for the end), or by
 ``flush()``: every file of the batch fsynced, then each renamed into place,
 then each folder fsynced once. On ext4 the first fsync commits the journal
 for the whole batch and the others find their data written, so a batch costs
-about one journal commit where a put pays two. An object becomes visible only once it is durable, as
-with ``put``: no other process can find a chunk (and name it in its
-manifest) that a power loss could still take away.
+about one journal commit where a put pays two. An object becomes visible only
+once it is durable, as with ``put``: no other process can find a chunk (and
+name it in its manifest) that a power loss could still take away.
 
 Once a batch's file is durable its pages are dropped from the page cache
 (``POSIX_FADV_DONTNEED``, as borg does with its segment files): a chunk is read
@@ -26,7 +26,7 @@ the host itself reads. On a VM whose host takes back freed memory, every new
 page of the cache also costs a fault on the host; dropped pages are the ones
 the next batch gets (docs/performance.md). Objects of ``put`` (indexes,
 manifests) stay cached: the next backup reads them. A ``get`` of an object not
-in the cache reads it past the cache (reads.py).
+in the cache reads it past the cache (pagecache.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from genievm_core.errors import (
     StorageFullError,
     StoragePermissionError,
 )
-from genievm_storage_fs.reads import ObjectReader
+from genievm_storage_fs.pagecache import ObjectReader, drop_cached
 
 __all__ = ["FilesystemStorage", "open_filesystem_storage"]
 
@@ -91,7 +91,7 @@ class FilesystemStorage:
         self._batch_lock = threading.Lock()
         self._flusher: ThreadPoolExecutor | None = None
         self._flushing: list[Future[None]] = []
-        self._reader = ObjectReader()  # past the page cache where an object is not in it (reads.py)
+        self._reader = ObjectReader()  # past the page cache where an object is not in it (pagecache.py)
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -164,7 +164,7 @@ class FilesystemStorage:
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
                     os.fsync(fd)
-                    _drop_cached(fd)
+                    drop_cached(fd)
                 finally:
                     os.close(fd)
             for item in batch:
@@ -327,14 +327,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _drop_cached(fd: int) -> None:
-    """Advise the kernel that the (clean) pages of ``fd`` need not stay cached; advice only, never an error."""
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except (OSError, AttributeError):  # AttributeError: a platform without posix_fadvise
-        pass
 
 
 def _remove_quietly(path: Path) -> None:

@@ -347,28 +347,20 @@ def resident_bytes(path: Path) -> int:
     return sum(byte & 1 for byte in pages.raw) * mmap.PAGESIZE
 
 
-def test_a_durable_batch_leaves_the_page_cache_and_a_put_stays_in_it(store: FilesystemStorage) -> None:
-    """Chunks are read back at a restore or a check: a backup does not keep them cached (indexes it does)."""
-    data = os.urandom(1 << 20)
-    store.put("indexes/ab01", data)
-    store.put_batched("chunks/ab/ab01", data)
-    store.flush()
-    assert resident_bytes(store.root / "indexes" / "ab01") == len(data)  # what was just written is cached ...
-    assert resident_bytes(store.root / "chunks" / "ab" / "ab01") == 0  # ... unless it was dropped
-    assert store.get("chunks/ab/ab01") == data
-
-
-def test_an_object_not_in_the_page_cache_is_read_past_it(store: FilesystemStorage) -> None:
-    """A restore's chunk comes from the device into the reader's buffer, not through new cache pages."""
+def test_a_chunk_leaves_the_page_cache_once_durable_and_reads_do_not_bring_it_back(store: FilesystemStorage) -> None:
+    """Chunks are read again by a restore or a check: a backup does not keep them cached, and a restore reads
+    them from the device into the reader's buffer, not through new cache pages. Indexes (put) stay cached."""
     data = os.urandom((1 << 20) + 123)  # not a whole number of pages
-    store.put_batched("chunks/ab/ab01", data)
     store.put("indexes/ab01", data)
+    store.put_batched("chunks/ab/ab01", data)
     store.flush()
-    chunk = store.root / "chunks" / "ab" / "ab01"
+    chunk, index = store.root / "chunks" / "ab" / "ab01", store.root / "indexes" / "ab01"
+    pages = -(-len(data) // mmap.PAGESIZE) * mmap.PAGESIZE  # the whole file, in whole pages
+    assert resident_bytes(index) == pages  # what was just written is cached ...
+    assert resident_bytes(chunk) == 0  # ... unless it was dropped
     assert [store.get("chunks/ab/ab01") for _ in range(2)] == [data, data]
     assert resident_bytes(chunk) == 0
-    assert store.get("indexes/ab01") == data  # cached: read from the cache, and left there
-    assert resident_bytes(store.root / "indexes" / "ab01") == len(data) + mmap.PAGESIZE - 123
+    assert store.get("indexes/ab01") == data and resident_bytes(index) == pages  # read from the cache, left there
 
 
 def test_where_o_direct_is_refused_objects_are_read_buffered(

@@ -1,17 +1,18 @@
-"""Reading an object: from the page cache where it is there, past the cache where it is not.
+"""What the filesystem target leaves in the page cache: chunk files neither stay there nor come back.
 
-A chunk file's pages leave the page cache once it is durable (storage.py), so a
-restore or a check mostly reads files that are not cached. A buffered read of
-such a file makes the kernel take a page-cache page for every 4 KiB of it (on a
-host whose memory is full of cache, each one reclaimed from something else; on
-a VM whose host takes back freed memory, a fault on the host) and copy out of
-it. An ``O_DIRECT`` read goes from the device into a page-aligned buffer the
-thread keeps: about half the CPU of a restore (docs/performance.md). Whether a
-file is cached is asked of its first byte (``preadv`` with ``RWF_NOWAIT`` fails
-with EAGAIN where it would wait for the device); objects are written and
-dropped whole. The pages that question reads ahead are dropped after a direct
-read, so an object read past the cache once is read so again. Where the
-platform or the file system refuses either flag, reads are buffered.
+``drop_cached``: once a batch's file is durable its pages are dropped
+(storage.py). ``ObjectReader``: a restore or a check therefore mostly reads
+files that are not cached. A buffered read of such a file makes the kernel take
+a page-cache page for every 4 KiB of it (on a host whose memory is full of
+cache, each one reclaimed from something else; on a VM whose host takes back
+freed memory, a fault on the host) and copy out of it. An ``O_DIRECT`` read goes
+from the device into a page-aligned buffer the thread keeps: about half the CPU
+of a restore (docs/performance.md). Whether a file is cached is asked of its
+first byte (``preadv`` with ``RWF_NOWAIT`` fails with EAGAIN where it would wait
+for the device); objects are written and dropped whole. The pages that question
+reads ahead are dropped after a direct read, so an object read past the cache
+once is read so again. Where the platform or the file system refuses either
+flag, reads are buffered.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import mmap
 import os
 import threading
 
-__all__ = ["DIRECT_FROM", "ObjectReader"]
+__all__ = ["DIRECT_FROM", "ObjectReader", "drop_cached"]
 
 DIRECT_FROM = 256 << 10  # smaller objects (manifests, indexes, small chunks) are read buffered
 _ALIGN = mmap.PAGESIZE  # O_DIRECT: the buffer's address and length (a page covers 512 and 4096-byte sectors)
@@ -72,7 +73,7 @@ class ObjectReader:
             return None
         finally:
             fcntl.fcntl(fd, fcntl.F_SETFL, status)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the page that _cached read ahead
+        drop_cached(fd)  # the page that _cached read ahead
         return data
 
     def _buffer(self, size: int) -> mmap.mmap:
@@ -82,3 +83,11 @@ class ObjectReader:
             buffer = mmap.mmap(-1, (size // _ALIGN + 1) * _ALIGN)
             self._local.buffer = buffer
         return buffer
+
+
+def drop_cached(fd: int) -> None:
+    """Advise the kernel that the (clean) pages of ``fd`` need not stay cached; advice only, never an error."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):  # AttributeError: a platform without posix_fadvise
+        pass
